@@ -16,6 +16,30 @@
 // Content-Length, differing duplicate Content-Length, obs-fold, bare CR, NUL,
 // invalid token characters, invalid or overflowing chunk sizes.
 //
+// Choices where RFC 9112 leaves room (each is tested):
+//  - A lone LF never ends a line (kBareLF); only CRLF does.
+//  - The version must be exactly HTTP/1.0 or HTTP/1.1. Another well-formed
+//    HTTP/d.d (HTTP/1.2, HTTP/2.0) is kUnsupportedVersion (505), not treated
+//    as 1.1; anything else is kBadVersion (400).
+//  - Transfer-Encoding in an HTTP/1.0 message is rejected (kBadTransferEncoding):
+//    a 1.0 peer cannot mean it, and a 1.0 hop in front of us may ignore it.
+//  - A status line may lack the SP before an empty reason ("HTTP/1.1 200\r\n"):
+//    common in the wild, and it cannot change the framing.
+//  - Only the leading empty lines of a request are skipped; a response must
+//    start with its status line.
+//  - The request-target is visible ASCII; non-CONNECT targets are origin-form,
+//    "*" (OPTIONS only) or absolute-form with "scheme://"; CONNECT needs
+//    host:port. A Host value must use URI host characters.
+//  - Empty list elements are ignored in Connection but rejected in
+//    Content-Length and Transfer-Encoding, where they can only be a trick.
+//  - At most 32 Connection options beyond close/keep-alive/upgrade (400
+//    beyond), which bounds the work of marking the fields they name.
+//  - Chunk sizes have at most 16 hex digits; all chunk-extension bytes of one
+//    body together are bounded by header_bytes_max (kBadChunkExtension), so
+//    extensions cannot carry unbounded data past body_bytes_max. Trailer
+//    fields are validated (kBadTrailer), bounded by header_bytes_max in total
+//    (kHeaderTooLarge) and discarded.
+//
 // Thread rules: a parser object belongs to one connection on one thread.
 // No allocation after construction: header slots are reserved up front.
 #pragma once
@@ -38,8 +62,8 @@ enum class Error : uint8_t {
   kNone = 0,
   kBadRequestLine,     // 400
   kBadStatusLine,      // (response) -> 502 by the proxy
-  kBadVersion,         // 505 for requests (HTTP/2.0, HTTP/1.2 ...), 400 if malformed
-  kUnsupportedVersion, // 505: well-formed but not HTTP/1.x
+  kBadVersion,         // 400: malformed HTTP-version ("HTTP/1.10", "http/1.1")
+  kUnsupportedVersion, // 505: well-formed HTTP/d.d but not 1.0 or 1.1
   kTargetTooLong,      // 414
   kBadHeaderName,      // 400: invalid token char, empty name, space before colon
   kBadHeaderValue,     // 400: control char / NUL in value
@@ -62,7 +86,8 @@ enum class Error : uint8_t {
   kUnexpectedEof,      // message cut short (response only; request: caller closes)
 };
 
-// The status a request parse error maps to (400, 413, 414, 431, 501, 505).
+// The status a request parse error maps to (400, 413, 414, 431, 501, 505);
+// kBadStatusLine gives 502, kNone gives 0.
 int status_for(Error e);
 // A short, stable, human-readable name ("bad chunk size") for logs and counters.
 std::string_view describe(Error e);
@@ -89,9 +114,10 @@ struct Span {
 struct HeaderField {
   Span name;
   Span value;          // leading and trailing whitespace excluded
-  bool hop_by_hop;     // Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
-                       // Transfer-Encoding, Upgrade, Proxy-Authorization... and
-                       // every field named in a Connection header
+  bool hop_by_hop = false;  // Connection, Keep-Alive, Proxy-Connection, TE,
+                       // Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate,
+                       // Proxy-Authorization, and every field named in a
+                       // Connection header
 };
 
 struct Head {
@@ -133,7 +159,9 @@ class Parser {
 
   Parser(Kind kind, const Limits& limits);
 
-  // Ready for a new message; keeps the reserved header slots.
+  // Ready for a new message; keeps the reserved header slots and the request
+  // method set by set_request_method (a response parser reset after a 1xx
+  // still answers the same request).
   void reset();
 
   // Response parsers only: the method of the request this response answers
@@ -149,11 +177,15 @@ class Parser {
 
   // Phase 2, after parse_head returned kComplete. Feeds raw bytes that follow
   // the head. With body == kNone it returns {0, true}. For kUntilClose call
-  // finish_at_eof() when the peer closes.
+  // finish_at_eof() when the peer closes. On an error, `consumed` counts the
+  // bytes accepted before the offending one and every later call repeats
+  // the error.
   BodyProgress parse_body(std::string_view in, BodySink sink, void* ctx);
 
   // The peer closed. Returns true if that ends the message cleanly
-  // (until-close body); false if the message was cut short.
+  // (until-close body, or the message was already complete); false if the
+  // message was cut short (error() becomes kUnexpectedEof unless an error
+  // was already set). A close before any byte is the caller's to tell apart.
   bool finish_at_eof();
 
   const Head& head() const { return head_; }
@@ -162,20 +194,49 @@ class Parser {
   bool body_done() const;
 
  private:
-  // Internal state: the implementation defines these.
+  uint32_t step_head(const char* s, uint32_t p, uint32_t limit);
+  uint32_t step_request_line(const char* s, uint32_t p, uint32_t limit);
+  uint32_t step_status_line(const char* s, uint32_t p, uint32_t limit);
+  uint32_t step_field(const char* s, uint32_t p, uint32_t limit);
+  uint32_t end_line(const char* s, uint32_t p);
+  uint32_t fail_head(Error e, uint32_t p);
+  uint32_t expect_lf(uint8_t line_end, uint32_t p);
+  uint32_t expect_lf_invalid(Error e, uint32_t p);
+  bool end_request_line(const char* s, uint32_t p);
+  bool end_field(const char* s);
+  bool on_content_length(std::string_view value);
+  bool on_transfer_encoding(std::string_view value);
+  bool on_connection(std::string_view value);
+  bool finish_head(const char* s);
+  BodyKind body_kind() const;
+  void mark_connection_options(const char* s);
+  size_t step_body(const char* in, size_t p, size_t n, BodySink sink, void* ctx);
+  size_t step_chunk_line(char c, size_t p);
+  size_t step_trailer(char c, size_t p);
+  size_t fail_body(Error e, size_t p);
+
   Kind kind_;
   Limits limits_;
   Head head_;
   Error error_ = Error::kNone;
+  Error eol_error_ = Error::kNone;  // what a CR ends in if its LF comes
   Method request_method_ = Method::kGet;
-  uint64_t body_bytes_ = 0;
-  uint32_t scan_pos_ = 0;     // head: where scanning resumes
   uint8_t head_state_ = 0;
+  uint8_t line_end_ = 0;       // what the CR being confirmed ends
   uint8_t body_state_ = 0;
-  uint64_t chunk_left_ = 0;   // chunked: data bytes left in the current chunk
-  uint32_t line_bytes_ = 0;   // chunked: bytes of the current size/trailer line
-  uint32_t trailer_bytes_ = 0;
-  uint32_t flags_ = 0;        // scratch the implementation may use
+  uint8_t size_digits_ = 0;    // chunked: hex digits of the current size
+  uint8_t host_count_ = 0;
+  uint8_t connection_options_ = 0;  // Connection tokens naming other fields
+  uint32_t flags_ = 0;         // framing facts gathered from the fields
+  uint32_t scan_pos_ = 0;      // head: where scanning resumes
+  uint32_t mark_ = 0;          // head: start of the element being scanned
+  uint32_t name_len_ = 0;      // head: length of the current field name
+  uint32_t value_start_ = 0;   // head: current field value, OWS excluded
+  uint32_t value_end_ = 0;
+  uint32_t ext_bytes_ = 0;     // chunked: extension bytes in this body
+  uint32_t trailer_bytes_ = 0; // chunked: bytes of the trailer section
+  uint64_t chunk_left_ = 0;    // chunked: size, then data bytes left
+  uint64_t body_bytes_ = 0;
 };
 
 }  // namespace offload::http
