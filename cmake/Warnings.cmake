@@ -2,6 +2,6 @@
 function(offload_warnings target)
   target_compile_options(${target} PRIVATE
     -Wall -Wextra -Werror -Wshadow -Wnon-virtual-dtor -Wcast-align
-    -Wunused -Wnull-dereference -Wdouble-promotion -Wformat=2 -Wimplicit-fallthrough
+    -Wunused -Wdouble-promotion -Wformat=2 -Wimplicit-fallthrough
     -Wno-missing-field-initializers)
 endfunction()

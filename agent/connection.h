@@ -1,0 +1,126 @@
+// The two kinds of connection a shard holds, and the exchange (one request
+// and its response) that links them.
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "buffers.h"
+#include "http_parser.h"
+#include "list.h"
+#include "timer_list.h"
+
+namespace offload {
+
+struct UpstreamConn;
+
+// A response larger than response_buffer goes on in an unlinked temporary
+// file: bytes [read_off, write_off) are waiting for the client.
+struct Spill {
+  int fd = -1;
+  uint64_t write_off = 0;
+  uint64_t read_off = 0;
+  uint64_t punched_off = 0;  // bytes before this were given back to the file system
+  uint64_t unread() const { return write_off - read_off; }
+};
+
+// Everything a request in progress needs. Pooled: a connection holds one only
+// while a request is being received, forwarded or answered, so an idle
+// keep-alive connection costs no more than its ClientConn.
+struct alignas(16) Exchange {
+  explicit Exchange(const http::Limits& limits) : parser(http::Parser::Kind::kRequest, limits) {}
+
+  http::Parser parser;
+  Block* in = nullptr;         // the head being parsed, later pipelined bytes
+  BlockChain overflow;         // pipelined bytes beyond `in` (receiving paused)
+  Block* forward = nullptr;    // the head sent upstream
+  uint32_t forward_bytes = 0;
+  BlockChain body;             // the decoded request body
+  BlockChain out;              // the response waiting for the client
+  Spill spill;
+  Block* stage = nullptr;      // upstream bytes on their way to the spill file
+  UpstreamConn* up = nullptr;  // the channel serving it, while it does
+  Exchange* next_free = nullptr;
+
+  msghdr send_msg{};           // the client send in flight
+  iovec send_iov[8]{};
+
+  uint64_t response_bytes = 0; // raw bytes received from upstream
+  http::Method method = http::Method::kGet;
+  bool head_done = false;      // the request head is parsed
+  bool request_done = false;   // the whole request is in
+  bool response_head_done = false;
+  bool response_done = false;  // the whole response is in `out` / the spill
+  bool sent_to_client = false; // some response byte reached the client
+  bool retried = false;
+  bool close_after = false;    // close the client when this response is sent
+  bool client_http10 = false;
+};
+
+enum class ClientState : uint8_t {
+  kIdle,        // keep-alive, no request bytes yet
+  kHead,        // receiving a request head
+  kBody,        // receiving a request body
+  kQueued,      // complete, waiting for an upstream channel
+  kUpstream,    // on a channel: forwarded and/or being answered
+  kLingering,   // response sent, write side shut, draining input before close
+  kClosing,     // waiting for in-flight operations before the slot is freed
+};
+
+enum TimerKind : uint8_t {
+  kTimerHeader,
+  kTimerBody,
+  kTimerKeepalive,
+  kTimerSend,
+  kTimerQueue,
+  kTimerLinger,
+  kTimerResponse,
+  kTimerReconnect,
+  kTimerKinds,
+};
+
+struct alignas(16) ClientConn {
+  Timer timer;
+  ListNode queue_node;          // in the ready queue while kQueued
+  Exchange* ex = nullptr;
+  int fd = -1;
+  uint32_t slot = 0;
+  ClientState state = ClientState::kIdle;
+  uint8_t inflight = 0;         // io_uring operations still to complete
+  bool recv_armed = false;      // the multishot receive is running
+  bool recv_paused = false;     // input is full: receiving stopped on purpose
+  bool send_busy = false;
+  bool peer_eof = false;
+  uint8_t peer_family = 0;      // 0: not looked up yet
+  uint8_t peer_addr[16] = {};
+};
+
+enum class UpstreamState : uint8_t { kFree, kConnecting, kIdle, kBusy, kClosing };
+
+struct alignas(16) UpstreamConn {
+  UpstreamConn(uint32_t index, const http::Limits& limits)
+      : parser(http::Parser::Kind::kResponse, limits), slot(index) {}
+
+  Timer timer;
+  ListNode idle_node;
+  http::Parser parser;
+  ClientConn* client = nullptr;
+  msghdr send_msg{};
+  iovec send_iov[16]{};
+  uint64_t send_off = 0;        // request bytes sent so far
+  int fd = -1;
+  uint32_t slot;
+  UpstreamState state = UpstreamState::kFree;
+  uint8_t inflight = 0;
+  bool poll_armed = false;
+  bool recv_busy = false;
+  bool send_busy = false;
+  bool used = false;            // has carried a request (for reuse counting)
+  bool reusable = true;         // may carry another request after this one
+  bool read_paused = false;     // the client's buffers are full
+};
+
+}  // namespace offload

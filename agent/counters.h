@@ -1,0 +1,62 @@
+// Per-shard counters. Each shard is the only writer of its own counters, so an
+// increment is a relaxed load and store (no locked instruction on the hot
+// path); the admin thread reads them with relaxed loads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace offload {
+
+#define OFFLOAD_COUNTERS(X)                                                                    \
+  X(accepted, "client connections accepted")                                                  \
+  X(rejected_over_limit, "client connections closed at once: over max_clients")               \
+  X(active_clients, "client connections open now (gauge)")                                     \
+  X(requests, "complete requests received")                                                   \
+  X(responses_1xx, "responses sent, by class")                                                \
+  X(responses_2xx, "")                                                                        \
+  X(responses_3xx, "")                                                                        \
+  X(responses_4xx, "")                                                                        \
+  X(responses_5xx, "")                                                                        \
+  X(agent_errors, "error responses made by the agent itself (400..505)")                      \
+  X(parse_errors, "requests rejected by the parser")                                          \
+  X(upstream_bad_responses, "responses from upstream rejected by the parser (502)")           \
+  X(queue_waits, "requests that waited for a free upstream channel")                          \
+  X(queue_length, "requests waiting now (gauge)")                                             \
+  X(upstream_connects, "upstream connections opened")                                         \
+  X(upstream_connect_errors, "upstream connections that failed to open")                      \
+  X(upstream_active, "upstream connections open now (gauge)")                                 \
+  X(upstream_reuses, "requests sent on a kept-alive upstream connection")                      \
+  X(upstream_retries, "GET/HEAD retried on a fresh connection")                               \
+  X(timeouts_header, "timeouts, by kind")                                                     \
+  X(timeouts_body, "")                                                                        \
+  X(timeouts_keepalive, "")                                                                   \
+  X(timeouts_send, "")                                                                        \
+  X(timeouts_connect, "")                                                                     \
+  X(timeouts_response, "")                                                                    \
+  X(timeouts_queue, "")                                                                       \
+  X(client_aborts, "clients gone before their response was sent")                             \
+  X(spilled_responses, "responses that spilled to a temporary file")                          \
+  X(buffer_exhausted, "requests refused because buffer memory was exhausted")                 \
+  X(bytes_in, "bytes received from clients")                                                  \
+  X(bytes_out, "bytes sent to clients")
+
+struct Counters {
+#define OFFLOAD_DECLARE(name, help) std::atomic<uint64_t> name{0};
+  OFFLOAD_COUNTERS(OFFLOAD_DECLARE)
+#undef OFFLOAD_DECLARE
+};
+
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+inline void drop(std::atomic<uint64_t>& c, uint64_t n = 1) {
+  c.store(c.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+}
+
+// Renders a snapshot: "name value" lines, one JSON object, or Prometheus text.
+enum class StatsFormat { kText, kJson, kPrometheus };
+std::string render_counters(const Counters& c, StatsFormat format);
+
+}  // namespace offload

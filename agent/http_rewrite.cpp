@@ -1,0 +1,137 @@
+#include "http_rewrite.h"
+
+#include <array>
+#include <cstring>
+#include <string>
+
+#include <fmt/format.h>
+
+namespace offload {
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if ((a[i] | 0x20) != (b[i] | 0x20)) return false;
+  return true;
+}
+
+// Appends to a fixed buffer; remembers overflow instead of checking each call.
+class HeadWriter {
+ public:
+  HeadWriter(char* out, size_t cap) : out_(out), cap_(cap) {}
+  HeadWriter& operator<<(std::string_view s) {
+    if (len_ + s.size() > cap_) {
+      overflow_ = true;
+    } else {
+      std::memcpy(out_ + len_, s.data(), s.size());
+      len_ += s.size();
+    }
+    return *this;
+  }
+  HeadWriter& operator<<(uint64_t n) {
+    char digits[24];
+    auto r = fmt::format_to_n(digits, sizeof digits, "{}", n);
+    return *this << std::string_view(digits, r.size);
+  }
+  size_t finish() const { return overflow_ ? 0 : len_; }
+
+ private:
+  char* out_;
+  size_t cap_;
+  size_t len_ = 0;
+  bool overflow_ = false;
+};
+
+}  // namespace
+
+size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
+                                   const ForwardInfo& info, char* out, size_t cap) {
+  HeadWriter w(out, cap);
+  w << head.method_text.in(msg) << " " << head.target.in(msg) << " HTTP/1.1\r\n";
+  std::string_view xff, forwarded;
+  bool have_host = false;
+  for (const auto& f : head.headers) {
+    if (f.hop_by_hop) continue;
+    std::string_view name = f.name.in(msg);
+    if (iequals(name, "content-length") || iequals(name, "expect")) continue;
+    if (iequals(name, "x-forwarded-for")) {
+      xff = f.value.in(msg);  // the last one wins; ours is appended below
+      continue;
+    }
+    if (iequals(name, "forwarded")) {
+      forwarded = f.value.in(msg);
+      continue;
+    }
+    have_host = have_host || iequals(name, "host");
+    w << name << ": " << f.value.in(msg) << "\r\n";
+  }
+  if (!have_host && !info.default_host.empty()) w << "Host: " << info.default_host << "\r\n";
+  w << "X-Forwarded-For: ";
+  if (!xff.empty()) w << xff << ", ";
+  w << info.client_ip << "\r\n";
+  const bool v6 = info.client_ip.find(':') != std::string_view::npos;
+  w << "Forwarded: ";
+  if (!forwarded.empty()) w << forwarded << ", ";
+  w << (v6 ? "for=\"[" : "for=") << info.client_ip << (v6 ? "]\"" : "") << "\r\n";
+  return w.finish();
+}
+
+size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_body,
+                                    uint64_t body_bytes) {
+  HeadWriter w(out + len, cap - len);
+  if (has_body) w << "Content-Length: " << body_bytes << "\r\n";
+  w << "\r\n";
+  size_t n = w.finish();
+  return n == 0 ? 0 : len + n;
+}
+
+size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
+                                  bool client_http10, char* out, size_t cap) {
+  HeadWriter w(out, cap);
+  w << "HTTP/1.1 " << uint64_t(head.status) << " " << head.reason.in(msg) << "\r\n";
+  for (const auto& f : head.headers) {
+    std::string_view name = f.name.in(msg);
+    if (f.hop_by_hop && !iequals(name, "transfer-encoding")) continue;
+    w << name << ": " << f.value.in(msg) << "\r\n";
+  }
+  if (close) {
+    w << "Connection: close\r\n";
+  } else if (client_http10) {
+    w << "Connection: keep-alive\r\n";
+  }
+  w << "\r\n";
+  return w.finish();
+}
+
+std::string_view error_response(int status, bool close) {
+  struct Entry {
+    int status;
+    const char* reason;
+  };
+  static constexpr Entry kEntries[] = {
+      {400, "Bad Request"},        {408, "Request Timeout"},
+      {413, "Content Too Large"},  {414, "URI Too Long"},
+      {431, "Request Header Fields Too Large"},
+      {500, "Internal Server Error"}, {501, "Not Implemented"},
+      {502, "Bad Gateway"},        {503, "Service Unavailable"},
+      {504, "Gateway Timeout"},    {505, "HTTP Version Not Supported"},
+  };
+  // Built once: two variants (keep-alive, close) per status.
+  static const auto kTable = [] {
+    std::array<std::array<std::string, 2>, std::size(kEntries)> t;
+    for (size_t i = 0; i < std::size(kEntries); ++i) {
+      std::string body = fmt::format("{} {}\n", kEntries[i].status, kEntries[i].reason);
+      for (int c = 0; c < 2; ++c)
+        t[i][c] = fmt::format("HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+                              kEntries[i].status, kEntries[i].reason, body.size(),
+                              c ? "Connection: close\r\n" : "", body);
+    }
+    return t;
+  }();
+  for (size_t i = 0; i < std::size(kEntries); ++i)
+    if (kEntries[i].status == status) return kTable[i][close ? 1 : 0];
+  return kTable[5][1];  // 500
+}
+
+}  // namespace offload

@@ -1,0 +1,45 @@
+// The heads the proxy writes: the request it forwards upstream, the response
+// head it gives the client, and the error responses it makes itself.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "http_parser.h"
+
+namespace offload {
+
+struct ForwardInfo {
+  std::string_view client_ip;     // for X-Forwarded-For / Forwarded
+  std::string_view default_host;  // Host for an HTTP/1.0 request without one
+};
+
+// Writes the upstream request head into out[0, cap): the request line in
+// HTTP/1.1, every end-to-end field of `head` except Content-Length, Expect and
+// X-Forwarded-For (which are rewritten), X-Forwarded-For with the client
+// appended, and Forwarded with for= appended. The head is left open: the
+// body's length is known only once the whole body is in (a chunked body is
+// forwarded de-chunked), so finish_upstream_request_head() closes it.
+// Returns the length, or 0 if it does not fit.
+size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
+                                   const ForwardInfo& info, char* out, size_t cap);
+
+// Appends "Content-Length: N" (when there is a body) and the final CRLF to a
+// head of `len` bytes. Returns the new length, or 0 if it does not fit.
+size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_body,
+                                    uint64_t body_bytes);
+
+// Writes the client's response head: "HTTP/1.1 status reason", every
+// end-to-end field (Transfer-Encoding is kept: the body is passed through as
+// it came), and "Connection: close" when `close` (or "Connection: keep-alive"
+// for an HTTP/1.0 client that keeps the connection). Returns the length, or 0
+// if it does not fit.
+size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
+                                  bool client_http10, char* out, size_t cap);
+
+// A complete error response made by the agent (status 400..505), with a short
+// text body. `close` adds "Connection: close".
+std::string_view error_response(int status, bool close);
+
+}  // namespace offload

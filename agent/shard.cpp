@@ -1,0 +1,816 @@
+// The shard's loop and the client side of the flow. The upstream side (the
+// ready queue, the channel pool and the responses) is in upstream.cpp.
+#include "shard.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "http_rewrite.h"
+
+namespace offload {
+namespace {
+
+constexpr uint32_t kDataBlockBytes = 64 * 1024;
+
+uint64_t monotonic_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
+
+void sink_to_chain(void* ctx, const char* data, size_t len);
+
+struct BodySinkCtx {
+  BlockChain* chain;
+  BlockPool* pool;
+  bool failed;
+};
+
+void sink_to_chain(void* ctx, const char* data, size_t len) {
+  auto* s = static_cast<BodySinkCtx*>(ctx);
+  if (!s->chain->append(*s->pool, data, len)) s->failed = true;
+}
+
+int status_class_index(int status) { return status / 100; }
+
+}  // namespace
+
+Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters)
+    : config_(config),
+      counters_(counters),
+      uring_(1024, 8192),
+      listen_fds_(std::move(listen_fds)),
+      accepting_(listen_fds_.size(), false),
+      clients_(new ClientConn[config.max_clients]),
+      input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4),
+      data_pool_(kDataBlockBytes, config.buffer_memory_max) {
+  request_limits_.header_bytes_max = config.header_bytes_max;
+  request_limits_.header_count_max = config.header_count_max;
+  request_limits_.body_bytes_max = config.body_bytes_max;
+  response_limits_.header_bytes_max = kDataBlockBytes / 2;
+  response_limits_.header_count_max = 1000;
+  response_limits_.body_bytes_max = 0;  // unlimited: responses stream through
+  uring_.setup_buffers(config.recv_buffers, config.recv_buffer_bytes);
+
+  free_slots_.reserve(config.max_clients);
+  for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
+  for (uint32_t i = 0; i < config.max_upstream; ++i)
+    upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
+
+  const uint32_t durations[kTimerKinds] = {
+      config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
+      config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
+      config.response_timeout_ms, 1000 /* reconnect backoff */};
+  for (int k = 0; k < kTimerKinds; ++k) timers_[k].set_duration(durations[k]);
+  connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
+  connect_timeout_.tv_nsec = (config.connect_timeout_ms % 1000) * 1000000ll;
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  signal_fd_ = signalfd(-1, &mask, SFD_CLOEXEC);
+}
+
+Shard::~Shard() {
+  for (uint32_t i = 0; i < config_.max_clients; ++i)
+    if (clients_[i].fd >= 0) ::close(clients_[i].fd);
+  for (auto& u : upstreams_)
+    if (u->fd >= 0) ::close(u->fd);
+  for (auto& ex : exchanges_) {
+    ex->body.clear(data_pool_);
+    ex->out.clear(data_pool_);
+    if (ex->spill.fd >= 0) ::close(ex->spill.fd);
+  }
+  if (signal_fd_ >= 0) ::close(signal_fd_);
+}
+
+// ---------------------------------------------------------------- the loop
+
+int Shard::run() {
+  now_ms_ = monotonic_ms();
+  for (size_t i = 0; i < listen_fds_.size(); ++i) post_accept(i);
+  post_signal_read();
+  refill_pool();
+  while (!stop_now_) {
+    uint64_t deadline = next_deadline();
+    __kernel_timespec ts{};
+    uint64_t wait_ms = deadline > now_ms_ ? deadline - now_ms_ : 0;
+    if (wait_ms > 1000) wait_ms = 1000;
+    ts.tv_sec = int64_t(wait_ms / 1000);
+    ts.tv_nsec = int64_t(wait_ms % 1000) * 1000000;
+    uring_.publish_buffers();
+    io_uring_cqe* cqe = nullptr;
+    int rc = io_uring_submit_and_wait_timeout(uring_.ring(), &cqe, 1, &ts, nullptr);
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
+      fmt::print(stderr, "offload-agent: io_uring wait: {}\n", std::strerror(-rc));
+    now_ms_ = monotonic_ms();
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(uring_.ring(), head, cqe) {
+      handle(cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(uring_.ring(), seen);
+    expire_timers();
+    if (draining_ && (active_clients_ == 0 || now_ms_ >= drain_deadline_ms_)) break;
+  }
+  if (draining_ && active_clients_ > 0) {
+    fmt::print(stderr, "offload-agent: drain deadline passed with {} connections open\n", active_clients_);
+    if (getenv("OFFLOAD_DEBUG_DRAIN")) {
+      for (uint32_t i = 0; i < config_.max_clients; ++i) {
+        ClientConn* c = &clients_[i];
+        if (c->fd < 0) continue;
+        fmt::print(stderr, "  slot {} state {} inflight {} recv_armed {} paused {} send_busy {} eof {} ex {} up {}\n", i,
+                   int(c->state), c->inflight, c->recv_armed, c->recv_paused, c->send_busy, c->peer_eof,
+                   (void*)c->ex, c->ex ? (void*)c->ex->up : nullptr);
+      }
+    }
+  }
+  return 0;
+}
+
+void Shard::handle(io_uring_cqe* cqe) {
+  const uint64_t ud = io_uring_cqe_get_data64(cqe);
+  switch (op_of(ud)) {
+    case Op::kAccept: on_accept(ud >> 4, cqe); break;
+    case Op::kSignal: on_signal(cqe->res); break;
+    case Op::kClientRecv: on_client_recv(obj_of<ClientConn>(ud), cqe); break;
+    case Op::kClientSend: on_client_send(obj_of<ClientConn>(ud), cqe->res); break;
+    case Op::kClientCancel: {
+      ClientConn* c = obj_of<ClientConn>(ud);
+      client_op_done(c);
+      maybe_free_client(c);
+      break;
+    }
+    case Op::kUpConnect: on_up_connect(obj_of<UpstreamConn>(ud), cqe->res); break;
+    case Op::kUpConnectTimeout: {
+      UpstreamConn* u = obj_of<UpstreamConn>(ud);
+      --u->inflight;
+      if (cqe->res == -ETIME) bump(counters_.timeouts_connect);
+      maybe_free_upstream(u);
+      break;
+    }
+    case Op::kUpSend: on_up_send(obj_of<UpstreamConn>(ud), cqe->res); break;
+    case Op::kUpRecv: on_up_recv(obj_of<UpstreamConn>(ud), cqe->res); break;
+    case Op::kUpPoll: on_up_poll(obj_of<UpstreamConn>(ud), cqe->res); break;
+    case Op::kNone: break;
+  }
+}
+
+uint64_t Shard::next_deadline() const {
+  uint64_t d = UINT64_MAX;
+  for (const auto& t : timers_) d = std::min(d, t.next_deadline_ms());
+  if (draining_) d = std::min(d, drain_deadline_ms_);
+  return d;
+}
+
+void Shard::arm_timer(Timer& t, TimerKind kind) {
+  if (t.armed()) timers_[t.kind].disarm(&t);
+  t.kind = kind;
+  timers_[kind].arm(&t, now_ms_);
+}
+
+void Shard::disarm_timer(Timer& t) {
+  if (t.armed()) timers_[t.kind].disarm(&t);
+}
+
+void Shard::expire_timers() {
+  for (auto& list : timers_)
+    while (Timer* t = list.pop_expired(now_ms_)) on_timer(t);
+}
+
+void Shard::on_timer(Timer* t) {
+  if (t == &reconnect_timer_) {
+    reconnect_backoff_ = false;
+    refill_pool();
+    return;
+  }
+  if (t->kind == kTimerResponse) {
+    auto* u = reinterpret_cast<UpstreamConn*>(reinterpret_cast<char*>(t) - offsetof(UpstreamConn, timer));
+    bump(counters_.timeouts_response);
+    upstream_failed(u, 504, false);
+    return;
+  }
+  auto* c = reinterpret_cast<ClientConn*>(reinterpret_cast<char*>(t) - offsetof(ClientConn, timer));
+  switch (TimerKind(t->kind)) {
+    case kTimerHeader:
+      bump(counters_.timeouts_header);
+      // A connection that never sent a byte just closes; a partial head gets 408.
+      if (c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0) reject(c, 408, true);
+      else close_client(c);
+      break;
+    case kTimerBody: bump(counters_.timeouts_body); reject(c, 408, true); break;
+    case kTimerKeepalive: bump(counters_.timeouts_keepalive); close_client(c); break;
+    case kTimerSend: bump(counters_.timeouts_send); close_client(c); break;
+    case kTimerQueue:
+      bump(counters_.timeouts_queue);
+      ready_.remove(c);
+      drop(counters_.queue_length);
+      respond_error(c, 503);
+      break;
+    case kTimerLinger: close_client(c); break;
+    default: break;
+  }
+}
+
+void Shard::post_signal_read() {
+  if (signal_fd_ < 0) return;
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_read(s, signal_fd_, signal_buf_, sizeof(signalfd_siginfo), 0);
+  io_uring_sqe_set_data64(s, uint64_t(Op::kSignal));
+}
+
+void Shard::on_signal(int res) {
+  if (res == int(sizeof(signalfd_siginfo))) {
+    signalfd_siginfo info;
+    std::memcpy(&info, signal_buf_, sizeof info);
+    if (info.ssi_signo == SIGINT && ++sigint_count_ >= 2) {
+      fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
+      stop_now_ = true;
+      return;
+    }
+    start_drain();
+  }
+  post_signal_read();
+}
+
+void Shard::start_drain() {
+  if (draining_) return;
+  draining_ = true;
+  drain_deadline_ms_ = now_ms_ + config_.drain_timeout_ms;
+  fmt::print(stderr, "offload-agent: draining {} connections (deadline {} ms)\n", active_clients_,
+             config_.drain_timeout_ms);
+  // shutdown() ends a multishot accept; the sockets close with the process.
+  for (int fd : listen_fds_) ::shutdown(fd, SHUT_RDWR);
+  for (uint32_t i = 0; i < config_.max_clients; ++i) {
+    ClientConn* c = &clients_[i];
+    if (c->fd < 0 || c->state == ClientState::kClosing) continue;
+    bool has_bytes = c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0;
+    if (c->state == ClientState::kIdle || (c->state == ClientState::kHead && !has_bytes)) close_client(c);
+    else if (c->ex != nullptr) c->ex->close_after = true;
+  }
+}
+
+// ------------------------------------------------------------- accepting
+
+void Shard::post_accept(size_t listener) {
+  if (draining_) return;
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_multishot_accept(s, listen_fds_[listener], nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(s, (uint64_t(listener) << 4) | uint64_t(Op::kAccept));
+  accepting_[listener] = true;
+}
+
+void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
+  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+    accepting_[listener] = false;
+    if (!draining_) post_accept(listener);
+  }
+  if (cqe->res < 0) return;  // -EMFILE, -ENFILE...: counted by the kernel, retried
+  int fd = cqe->res;
+  if (draining_) {
+    ::close(fd);
+    return;
+  }
+  if (free_slots_.empty()) {
+    ::close(fd);
+    bump(counters_.rejected_over_limit);
+    return;
+  }
+  ClientConn* c = &clients_[free_slots_.back()];
+  c->slot = free_slots_.back();
+  free_slots_.pop_back();
+  c->fd = fd;
+  c->state = ClientState::kHead;
+  c->peer_family = 0;
+  c->peer_eof = c->recv_paused = c->send_busy = false;
+  ++active_clients_;
+  bump(counters_.accepted);
+  bump(counters_.active_clients);
+  arm_timer(c->timer, kTimerHeader);
+  post_recv(c);
+}
+
+// -------------------------------------------------------------- receiving
+
+void Shard::post_recv(ClientConn* c) {
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_recv_multishot(s, c->fd, nullptr, 0, 0);
+  s->flags |= IOSQE_BUFFER_SELECT;
+  s->buf_group = 0;
+  io_uring_sqe_set_data64(s, pack(c, Op::kClientRecv));
+  c->recv_armed = true;
+  ++c->inflight;
+}
+
+void Shard::on_client_recv(ClientConn* c, io_uring_cqe* cqe) {
+  const bool more = cqe->flags & IORING_CQE_F_MORE;
+  if (!more) {
+    c->recv_armed = false;
+    client_op_done(c);
+  }
+  if (cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+    uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    if (c->state != ClientState::kClosing) on_client_bytes(c, uring_.buffer(bid), size_t(cqe->res), true);
+    uring_.recycle_buffer(bid);
+  } else if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS && cqe->res != -ECANCELED)) {
+    c->peer_eof = true;
+    const bool answering = c->state == ClientState::kQueued || c->state == ClientState::kUpstream;
+    if (cqe->res == 0 && answering) {
+      // A half-close after a complete request: the response is still
+      // delivered (a dead client shows up as a failed send), then we close.
+    } else if (c->state != ClientState::kClosing) {
+      if (answering) bump(counters_.client_aborts);
+      close_client(c);
+    }
+  }
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  // Out of provided buffers ends a multishot receive: back-pressure, re-arm.
+  if (!c->recv_armed && !c->peer_eof && !c->recv_paused) {
+    uring_.publish_buffers();
+    post_recv(c);
+  }
+}
+
+void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh) {
+  if (fresh) bump(counters_.bytes_in, len);
+  if (c->state == ClientState::kLingering) return;  // discarded on purpose
+  if (c->ex == nullptr) {
+    c->ex = get_exchange();
+    if (c->ex == nullptr) {
+      bump(counters_.buffer_exhausted);
+      respond_error(c, 503);
+      return;
+    }
+  }
+  Exchange* ex = c->ex;
+  switch (c->state) {
+    case ClientState::kIdle:
+      c->state = ClientState::kHead;
+      arm_timer(c->timer, kTimerHeader);
+      [[fallthrough]];
+    case ClientState::kHead: {
+      size_t n = append_head_bytes(c, data, len);
+      if (c->state != ClientState::kHead) break;
+      parse_input(c);
+      if (n == len || c->state == ClientState::kClosing || c->state == ClientState::kLingering) break;
+      if (c->state == ClientState::kHead) {
+        // The input block is full and the head is still not complete.
+        bump(counters_.parse_errors);
+        reject(c, 431, true);
+        break;
+      }
+      on_client_bytes(c, data + n, len - n, false);  // body or pipelined bytes
+      break;
+    }
+    case ClientState::kBody:
+      arm_timer(c->timer, kTimerBody);
+      feed_body(c, data, len, false);
+      break;
+    default:
+      // A pipelined request behind the one in progress: kept for later.
+      (void)ex;
+      keep_pipelined(c, data, len);
+      break;
+  }
+}
+
+// Copies as much of a head as fits into the input block; returns how much.
+size_t Shard::append_head_bytes(ClientConn* c, const char* data, size_t len) {
+  Block* in = input_block(c);
+  if (in == nullptr) return 0;
+  size_t n = std::min<size_t>(len, in->writable());
+  std::memcpy(in->data() + in->tail, data, n);
+  in->tail += uint32_t(n);
+  return n;
+}
+
+// The connection's input block, with its unread bytes slid to the front.
+Block* Shard::input_block(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (ex->in == nullptr) {
+    ex->in = input_pool_.get();
+    if (ex->in == nullptr) {
+      bump(counters_.buffer_exhausted);
+      respond_error(c, 503);
+      return nullptr;
+    }
+  }
+  Block* in = ex->in;
+  if (in->head > 0) {
+    std::memmove(in->data(), in->data() + in->head, in->readable());
+    in->tail -= in->head;
+    in->head = 0;
+  }
+  return in;
+}
+
+// Keeps bytes that arrive behind the request in progress (pipelining): in
+// the input block, then in the overflow chain with receiving paused.
+void Shard::keep_pipelined(ClientConn* c, const char* data, size_t len) {
+  Exchange* ex = c->ex;
+  Block* in = ex->overflow.empty() ? input_block(c) : ex->in;
+  if (in == nullptr) return;
+  if (len > in->writable() || !ex->overflow.empty()) {
+    // More pipelined input than one block: park it and stop receiving until
+    // the request in progress is answered (bounded input per connection).
+    if (!ex->overflow.append(data_pool_, data, len)) {
+      bump(counters_.buffer_exhausted);
+      reject(c, 503, true);
+      return;
+    }
+    pause_recv(c);
+    return;
+  }
+  std::memcpy(in->data() + in->tail, data, len);
+  in->tail += uint32_t(len);
+}
+
+void Shard::pause_recv(ClientConn* c) {
+  if (c->recv_paused) return;
+  c->recv_paused = true;
+  if (!c->recv_armed) return;
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_cancel64(s, pack(c, Op::kClientRecv), 0);
+  io_uring_sqe_set_data64(s, pack(c, Op::kClientCancel));
+  ++c->inflight;
+}
+
+// Parses the head at the front of the input block; on completion moves on to
+// the body and, when the request is whole, to the queue.
+void Shard::parse_input(ClientConn* c) {
+  Exchange* ex = c->ex;
+  Block* in = ex->in;
+  std::string_view msg(in->data() + in->head, in->readable());
+  http::Result r = ex->parser.parse_head(msg);
+  if (r == http::Result::kIncomplete) return;
+  if (r == http::Result::kError) {
+    bump(counters_.parse_errors);
+    reject(c, http::status_for(ex->parser.error()), true);
+    return;
+  }
+  if (!take_head(c)) return;
+  const uint32_t head_bytes = ex->parser.head().head_bytes;
+  in->head += head_bytes;
+  if (ex->parser.head().body == http::BodyKind::kNone) {
+    on_request_complete(c);
+    return;
+  }
+  c->state = ClientState::kBody;
+  arm_timer(c->timer, kTimerBody);
+  if (ex->parser.head().expect_continue && in->readable() == 0) {
+    static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    // Tiny and first on the socket: a direct non-blocking send cannot block.
+    (void)::send(c->fd, kContinue, sizeof kContinue - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  if (in->readable() > 0) {
+    // Body bytes that came with the head are fed from the input block; what
+    // follows the body stays there as the next (pipelined) request.
+    feed_body(c, nullptr, 0, true);
+  }
+}
+
+// Builds the upstream head while the client's head is at the front of `in`.
+bool Shard::take_head(ClientConn* c) {
+  Exchange* ex = c->ex;
+  const http::Head& h = ex->parser.head();
+  std::string_view msg(ex->in->data() + ex->in->head, h.head_bytes);
+  ex->method = h.method;
+  ex->client_http10 = h.version_minor == 0;
+  ex->close_after = !h.keep_alive || draining_;
+  ex->head_done = true;
+  if (h.method == http::Method::kConnect || h.upgrade) {
+    // Tunnels and protocol switches belong to the pass-through proxy.
+    bump(counters_.parse_errors);
+    reject(c, 501, true);
+    return false;
+  }
+  ex->forward = input_pool_.get();
+  if (ex->forward == nullptr) {
+    bump(counters_.buffer_exhausted);
+    respond_error(c, 503);
+    return false;
+  }
+  char ip[INET6_ADDRSTRLEN];
+  ForwardInfo info;
+  info.client_ip = client_ip(c, ip, sizeof ip);
+  info.default_host = config_.upstream.address.text;
+  size_t n = write_upstream_request_head(h, msg, info, ex->forward->data(), ex->forward->capacity);
+  if (n == 0) {
+    bump(counters_.parse_errors);
+    reject(c, 431, true);
+    return false;
+  }
+  ex->forward_bytes = uint32_t(n);
+  return true;
+}
+
+void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_input) {
+  Exchange* ex = c->ex;
+  if (from_input) {
+    data = ex->in->data() + ex->in->head;
+    len = ex->in->readable();
+  }
+  BodySinkCtx sink{&ex->body, &data_pool_, false};
+  http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_chain, &sink);
+  if (p.error != http::Error::kNone) {
+    bump(counters_.parse_errors);
+    reject(c, http::status_for(p.error), true);
+    return;
+  }
+  if (sink.failed) {
+    bump(counters_.buffer_exhausted);
+    reject(c, 503, true);
+    return;
+  }
+  if (from_input) ex->in->head += uint32_t(p.consumed);
+  if (!p.done) return;
+  if (!from_input && p.consumed < len) keep_pipelined(c, data + p.consumed, len - p.consumed);
+  if (c->state == ClientState::kClosing) return;
+  on_request_complete(c);
+}
+
+void Shard::on_request_complete(ClientConn* c) {
+  Exchange* ex = c->ex;
+  ex->request_done = true;
+  bump(counters_.requests);
+  disarm_timer(c->timer);
+  // The body is forwarded de-chunked: now its length is known.
+  size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
+                                          ex->parser.head().body != http::BodyKind::kNone, ex->body.bytes());
+  if (n == 0) {
+    reject(c, 431, true);
+    return;
+  }
+  ex->forward_bytes = uint32_t(n);
+  c->state = ClientState::kQueued;
+  enqueue(c, false);
+}
+
+std::string_view Shard::client_ip(ClientConn* c, char* buf, size_t cap) {
+  if (c->peer_family == 0) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      if (ss.ss_family == AF_INET) {
+        c->peer_family = AF_INET;
+        std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, 4);
+      } else if (ss.ss_family == AF_INET6) {
+        c->peer_family = AF_INET6;
+        std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
+      }
+    }
+  }
+  if (c->peer_family == 0 || inet_ntop(c->peer_family, c->peer_addr, buf, socklen_t(cap)) == nullptr)
+    return "unknown";
+  return buf;
+}
+
+// --------------------------------------------------------------- answering
+
+// An error the agent makes for a request it will not forward; the rest of
+// the connection's input is not trusted any more, so it closes afterwards.
+void Shard::reject(ClientConn* c, int status, bool close) {
+  if (c->state == ClientState::kClosing || c->state == ClientState::kLingering) return;
+  if (c->ex == nullptr) {
+    close_client(c);
+    return;
+  }
+  c->ex->close_after = c->ex->close_after || close;
+  respond_error(c, status);
+}
+
+// Replaces whatever response was pending with the agent's own error response.
+void Shard::respond_error(ClientConn* c, int status) {
+  Exchange* ex = c->ex;
+  if (ex == nullptr || ex->sent_to_client || c->send_busy) {
+    // Part of a response already went out: the only honest end is a close.
+    close_client(c);
+    return;
+  }
+  bump(counters_.agent_errors);
+  ex->out.clear(data_pool_);
+  if (ex->spill.fd >= 0) {
+    ::close(ex->spill.fd);
+    ex->spill = Spill{};
+  }
+  if (status >= 400 && status != 502 && status != 503 && status != 504) ex->close_after = true;
+  if (!ex->request_done) ex->close_after = true;  // the rest of the request is unread
+  std::string_view text = error_response(status, ex->close_after);
+  if (!ex->out.append(data_pool_, text.data(), text.size())) {
+    close_client(c);
+    return;
+  }
+  switch (status_class_index(status)) {
+    case 4: bump(counters_.responses_4xx); break;
+    default: bump(counters_.responses_5xx); break;
+  }
+  ex->response_head_done = ex->response_done = true;
+  c->state = ClientState::kUpstream;  // answered: sending is all that is left
+  disarm_timer(c->timer);
+  post_client_send(c);
+}
+
+void Shard::post_client_send(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (c->send_busy || ex == nullptr) return;
+  if (ex->out.empty()) fill_out_from_spill(c);
+  if (ex->out.empty()) return;
+  int n = ex->out.fill_iovec(ex->send_iov, 8);
+  ex->send_msg = msghdr{};
+  ex->send_msg.msg_iov = ex->send_iov;
+  ex->send_msg.msg_iovlen = size_t(n);
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_sendmsg(s, c->fd, &ex->send_msg, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(s, pack(c, Op::kClientSend));
+  ++c->inflight;
+  c->send_busy = true;
+  arm_timer(c->timer, kTimerSend);
+}
+
+// The client has drained memory: bring the next part of the spill file in.
+void Shard::fill_out_from_spill(ClientConn* c) {
+  Exchange* ex = c->ex;
+  Spill& sp = ex->spill;
+  if (sp.fd < 0 || sp.unread() == 0) return;
+  Block* b = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
+  if (b == nullptr) return;  // retried when memory frees up (next send)
+  uint64_t want = std::min<uint64_t>(b->writable(), sp.unread());
+  // Page-cache reads of data written moments ago: synchronous, like nginx's
+  // temp files without aio.
+  ssize_t got = ::pread(sp.fd, b->data() + b->tail, want, off_t(sp.read_off));
+  if (got <= 0) {
+    close_client(c);
+    return;
+  }
+  ex->out.commit(uint32_t(got));
+  sp.read_off += uint64_t(got);
+  constexpr uint64_t kPunchStep = 1 << 20;
+  if (sp.read_off - sp.punched_off >= kPunchStep) {
+    uint64_t upto = sp.read_off & ~(kPunchStep - 1);
+    ::fallocate(sp.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(sp.punched_off),
+                off_t(upto - sp.punched_off));
+    sp.punched_off = upto;
+  }
+}
+
+void Shard::on_client_send(ClientConn* c, int res) {
+  client_op_done(c);
+  c->send_busy = false;
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  disarm_timer(c->timer);
+  if (res <= 0) {
+    if (res != -EAGAIN) {
+      bump(counters_.client_aborts);
+      close_client(c);
+      return;
+    }
+    res = 0;
+  }
+  Exchange* ex = c->ex;
+  bump(counters_.bytes_out, uint64_t(res));
+  if (res > 0) ex->sent_to_client = true;
+  ex->out.consume(data_pool_, uint64_t(res));
+  // The upstream may have paused because our buffers were full.
+  if (ex->up != nullptr && ex->up->read_paused) {
+    ex->up->read_paused = false;
+    post_up_recv(ex->up);
+  }
+  if (!ex->out.empty() || ex->spill.unread() > 0) {
+    post_client_send(c);
+    return;
+  }
+  if (ex->response_done) finish_exchange(c);
+}
+
+// The response is all sent: close, or go back for the next request.
+void Shard::finish_exchange(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (ex->close_after || c->peer_eof || draining_) {
+    linger(c);
+    return;
+  }
+  Block* in = ex->in;
+  ex->in = nullptr;
+  BlockChain overflow;
+  overflow.swap(ex->overflow);
+  put_exchange(ex);
+  c->ex = nullptr;
+  if (in == nullptr || in->readable() == 0) {
+    if (in != nullptr) input_pool_.put(in);
+    c->state = ClientState::kIdle;
+    arm_timer(c->timer, kTimerKeepalive);
+  } else {
+    c->ex = get_exchange();
+    c->ex->in = in;
+    c->state = ClientState::kHead;
+    arm_timer(c->timer, kTimerHeader);
+    parse_input(c);
+  }
+  // Input parked while the last request was served goes through the normal
+  // path now, as if it had just arrived.
+  while (Block* b = overflow.front()) {
+    uint32_t n = b->readable();
+    if (c->state != ClientState::kClosing && c->state != ClientState::kLingering)
+      on_client_bytes(c, b->data() + b->head, n, false);
+    overflow.consume(data_pool_, n);
+  }
+  if (c->recv_paused && c->state != ClientState::kClosing && (c->ex == nullptr || c->ex->overflow.empty())) {
+    c->recv_paused = false;
+    if (!c->recv_armed) post_recv(c);
+  }
+}
+
+// Shut the write side so the response is delivered before any reset, read
+// and discard what the client still sends for a moment, then close.
+void Shard::linger(ClientConn* c) {
+  ::shutdown(c->fd, SHUT_WR);
+  if (c->peer_eof) {
+    close_client(c);
+    return;
+  }
+  c->state = ClientState::kLingering;
+  arm_timer(c->timer, kTimerLinger);
+  if (!c->recv_armed && !c->recv_paused) post_recv(c);
+}
+
+void Shard::close_client(ClientConn* c) {
+  if (c->state == ClientState::kClosing) return;
+  if (c->state == ClientState::kQueued) {
+    ready_.remove(c);
+    drop(counters_.queue_length);
+  }
+  c->state = ClientState::kClosing;
+  disarm_timer(c->timer);
+  // Wakes the in-flight receive and send so their completions come back.
+  ::shutdown(c->fd, SHUT_RDWR);
+  if (c->ex != nullptr && c->ex->up != nullptr) {
+    UpstreamConn* u = c->ex->up;
+    // The upstream is mid-exchange for a client that left: it cannot be reused.
+    u->reusable = false;
+    close_upstream(u);
+  }
+  maybe_free_client(c);
+}
+
+void Shard::maybe_free_client(ClientConn* c) {
+  if (c->state != ClientState::kClosing || c->inflight > 0 || c->fd < 0) return;
+  if (c->ex != nullptr && c->ex->up != nullptr) return;  // freed when the upstream lets go
+  ::close(c->fd);
+  c->fd = -1;
+  if (c->ex != nullptr) {
+    put_exchange(c->ex);
+    c->ex = nullptr;
+  }
+  c->recv_armed = c->recv_paused = c->send_busy = false;
+  free_slots_.push_back(c->slot);
+  --active_clients_;
+  drop(counters_.active_clients);
+}
+
+Exchange* Shard::get_exchange() {
+  Exchange* ex = free_exchanges_;
+  if (ex != nullptr) {
+    free_exchanges_ = ex->next_free;
+    return ex;
+  }
+  exchanges_.push_back(std::make_unique<Exchange>(request_limits_));
+  return exchanges_.back().get();
+}
+
+void Shard::put_exchange(Exchange* ex) {
+  if (ex->in != nullptr) input_pool_.put(ex->in);
+  if (ex->forward != nullptr) input_pool_.put(ex->forward);
+  if (ex->stage != nullptr) data_pool_.put(ex->stage);
+  ex->body.clear(data_pool_);
+  ex->out.clear(data_pool_);
+  ex->overflow.clear(data_pool_);
+  if (ex->spill.fd >= 0) ::close(ex->spill.fd);
+  ex->spill = Spill{};
+  ex->in = ex->forward = ex->stage = nullptr;
+  ex->forward_bytes = 0;
+  ex->up = nullptr;
+  ex->parser.reset();
+  ex->response_bytes = 0;
+  ex->head_done = ex->request_done = ex->response_head_done = ex->response_done = false;
+  ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = false;
+  ex->next_free = free_exchanges_;
+  free_exchanges_ = ex;
+}
+
+}  // namespace offload

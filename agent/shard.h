@@ -1,0 +1,144 @@
+// A shard: one thread, one io_uring, its own connections, buffers, upstream
+// channels and counters. Shards share nothing but the listening sockets
+// (SO_REUSEPORT) and the read-only configuration.
+//
+// The flow of DESIGN.md: accept → receive until the request is complete →
+// ready queue → a free upstream channel → forward in one send → read the
+// whole response into the client's output queue (memory, then a temporary
+// file) → release the channel → drip the response to the client.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "buffers.h"
+#include "config.h"
+#include "connection.h"
+#include "counters.h"
+#include "list.h"
+#include "timer_list.h"
+#include "uring.h"
+
+namespace offload {
+
+class Shard {
+ public:
+  // Binds nothing: the listening sockets are made by the caller and shared.
+  Shard(const Config& config, std::vector<int> listen_fds, Counters& counters);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  // Runs until drained after SIGTERM/SIGINT (or a second SIGINT). Returns
+  // the process exit code. Signals must be blocked in the calling thread.
+  int run();
+
+  const std::string& features() const { return uring_.features(); }
+
+ private:
+  // The loop.
+  void handle(io_uring_cqe* cqe);
+  void expire_timers();
+  uint64_t next_deadline() const;
+  void arm_timer(Timer& t, TimerKind kind);
+  void disarm_timer(Timer& t);
+  void on_timer(Timer* t);
+  void on_signal(int res);
+  void start_drain();
+  void post_signal_read();
+
+  // Clients.
+  void post_accept(size_t listener);
+  void on_accept(size_t listener, io_uring_cqe* cqe);
+  void post_recv(ClientConn* c);
+  void on_client_recv(ClientConn* c, io_uring_cqe* cqe);
+  void on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh);
+  void pause_recv(ClientConn* c);
+  void parse_input(ClientConn* c);
+  bool take_head(ClientConn* c);
+  void feed_body(ClientConn* c, const char* data, size_t len, bool from_input);
+  void keep_pipelined(ClientConn* c, const char* data, size_t len);
+  size_t append_head_bytes(ClientConn* c, const char* data, size_t len);
+  Block* input_block(ClientConn* c);
+  void on_request_complete(ClientConn* c);
+  void reject(ClientConn* c, int status, bool close);
+  void respond_error(ClientConn* c, int status);
+  void post_client_send(ClientConn* c);
+  void on_client_send(ClientConn* c, int res);
+  void fill_out_from_spill(ClientConn* c);
+  void finish_exchange(ClientConn* c);
+  void linger(ClientConn* c);
+  void close_client(ClientConn* c);
+  void maybe_free_client(ClientConn* c);
+  void client_op_done(ClientConn* c) { --c->inflight; }
+  Exchange* get_exchange();
+  void put_exchange(Exchange* ex);
+  std::string_view client_ip(ClientConn* c, char* buf, size_t cap);
+
+  // The ready queue and the upstream pool.
+  void enqueue(ClientConn* c, bool front);
+  void dispatch();
+  void assign(UpstreamConn* u, ClientConn* c);
+  void open_upstream();
+  void on_up_connect(UpstreamConn* u, int res);
+  void make_idle(UpstreamConn* u);
+  void on_up_poll(UpstreamConn* u, int res);
+  void post_up_send(UpstreamConn* u);
+  void on_up_send(UpstreamConn* u, int res);
+  void post_up_recv(UpstreamConn* u);
+  void on_up_recv(UpstreamConn* u, int res);
+  bool on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n);
+  bool on_response_head(UpstreamConn* u, ClientConn* c, Block* b);
+  bool spill_stage(UpstreamConn* u, ClientConn* c, uint32_t n);
+  void on_response_complete(UpstreamConn* u, ClientConn* c);
+  void upstream_failed(UpstreamConn* u, int status, bool nothing_received);
+  void release_upstream(UpstreamConn* u);
+  void close_upstream(UpstreamConn* u);
+  void maybe_free_upstream(UpstreamConn* u);
+  void refill_pool();
+
+  const Config& config_;
+  Counters& counters_;
+  Uring uring_;
+  std::vector<int> listen_fds_;
+  std::vector<bool> accepting_;
+  http::Limits request_limits_;
+  http::Limits response_limits_;
+  uint64_t now_ms_ = 0;
+
+  // Clients: slots made once, handed out LIFO so the same few stay warm.
+  std::unique_ptr<ClientConn[]> clients_;
+  std::vector<uint32_t> free_slots_;
+  uint32_t active_clients_ = 0;
+  Exchange* free_exchanges_ = nullptr;
+  std::vector<std::unique_ptr<Exchange>> exchanges_;
+
+  BlockPool input_pool_;   // request heads (header_bytes_max + slack)
+  BlockPool data_pool_;    // bodies and responses (64 KiB blocks)
+
+  // Upstream channels.
+  std::vector<std::unique_ptr<UpstreamConn>> upstreams_;
+  List<UpstreamConn, &UpstreamConn::idle_node> idle_;
+  List<ClientConn, &ClientConn::queue_node> ready_;
+  uint32_t upstream_open_ = 0;      // connecting, idle or busy
+  uint32_t upstream_connecting_ = 0;
+  Timer reconnect_timer_;
+  bool reconnect_backoff_ = false;  // the last connect failed
+  __kernel_timespec connect_timeout_{};
+
+  TimerList timers_[kTimerKinds];
+  static constexpr size_t kScratchBytes = 64 * 1024;
+  std::unique_ptr<char[]> scratch_{new char[kScratchBytes]};  // response heads being rewritten
+
+  // Signals and draining.
+  int signal_fd_ = -1;
+  alignas(16) char signal_buf_[128];
+  bool draining_ = false;
+  uint64_t drain_deadline_ms_ = 0;
+  int sigint_count_ = 0;
+  bool stop_now_ = false;
+};
+
+}  // namespace offload

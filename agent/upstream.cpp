@@ -1,0 +1,541 @@
+// The upstream side of a shard: the ready queue, the pool of bus connections
+// (at most max_upstream, `persistent` of them opened at start-up and kept),
+// and reading responses into the client's output queue.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "http_rewrite.h"
+#include "shard.h"
+
+namespace offload {
+namespace {
+
+// Room left before the first response bytes, so the rewritten response head
+// can be written in place in front of the body (no copy of the body).
+constexpr uint32_t kHeadroom = 1024;
+
+bool idempotent_for_retry(http::Method m) { return m == http::Method::kGet || m == http::Method::kHead; }
+
+void count_response(Counters& counters, uint16_t status) {
+  switch (status / 100) {
+    case 1: bump(counters.responses_1xx); break;
+    case 2: bump(counters.responses_2xx); break;
+    case 3: bump(counters.responses_3xx); break;
+    case 4: bump(counters.responses_4xx); break;
+    default: bump(counters.responses_5xx); break;
+  }
+}
+
+int open_spill_file(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) return fd;
+  // File systems without O_TMPFILE: a named file, unlinked at once.
+  std::string path = dir + "/offload-spill-XXXXXX";
+  fd = ::mkostemp(path.data(), O_CLOEXEC);
+  if (fd >= 0) ::unlink(path.c_str());
+  return fd;
+}
+
+}  // namespace
+
+// --------------------------------------------------------- the ready queue
+
+void Shard::enqueue(ClientConn* c, bool front) {
+  if (front) ready_.push_front(c);
+  else ready_.push_back(c);
+  bump(counters_.queue_length);
+  dispatch();
+  if (c->state == ClientState::kQueued) {
+    bump(counters_.queue_waits);
+    arm_timer(c->timer, kTimerQueue);
+  }
+}
+
+void Shard::dispatch() {
+  while (!ready_.empty() && !idle_.empty()) {
+    UpstreamConn* u = idle_.pop_front();
+    ClientConn* c = ready_.pop_front();
+    drop(counters_.queue_length);
+    assign(u, c);
+  }
+  // One new channel per waiting request, up to max_upstream.
+  while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream) open_upstream();
+}
+
+void Shard::assign(UpstreamConn* u, ClientConn* c) {
+  Exchange* ex = c->ex;
+  disarm_timer(c->timer);
+  Block* first = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
+  if (first == nullptr) {
+    bump(counters_.buffer_exhausted);
+    make_idle(u);
+    respond_error(c, 503);
+    return;
+  }
+  first->head = first->tail = kHeadroom;
+  u->state = UpstreamState::kBusy;
+  u->client = c;
+  u->send_off = 0;
+  u->read_paused = false;
+  ex->up = u;
+  c->state = ClientState::kUpstream;
+  if (u->used) bump(counters_.upstream_reuses);
+  u->used = true;
+  u->parser.reset();
+  u->parser.set_request_method(ex->method);
+  post_up_send(u);
+  post_up_recv(u);
+  arm_timer(u->timer, kTimerResponse);
+}
+
+// ------------------------------------------------------------ the channels
+
+void Shard::refill_pool() {
+  while (upstream_open_ < config_.persistent && !reconnect_backoff_ && !draining_) open_upstream();
+}
+
+void Shard::open_upstream() {
+  UpstreamConn* u = nullptr;
+  for (auto& candidate : upstreams_)
+    if (candidate->state == UpstreamState::kFree) {
+      u = candidate.get();
+      break;
+    }
+  if (u == nullptr) return;
+  const SocketAddress& addr = config_.upstream.address;
+  int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    bump(counters_.upstream_connect_errors);
+    return;
+  }
+  if (addr.family() != AF_UNIX) {
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  u->fd = fd;
+  u->state = UpstreamState::kConnecting;
+  u->used = false;
+  u->reusable = true;
+  u->client = nullptr;
+  ++upstream_open_;
+  ++upstream_connecting_;
+  bump(counters_.upstream_connects);
+  bump(counters_.upstream_active);
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_connect(s, fd, reinterpret_cast<const sockaddr*>(&addr.storage), addr.length);
+  io_uring_sqe_set_data64(s, pack(u, Op::kUpConnect));
+  s->flags |= IOSQE_IO_LINK;
+  io_uring_sqe* t = uring_.sqe();
+  io_uring_prep_link_timeout(t, &connect_timeout_, 0);
+  io_uring_sqe_set_data64(t, pack(u, Op::kUpConnectTimeout));
+  u->inflight += 2;
+}
+
+void Shard::on_up_connect(UpstreamConn* u, int res) {
+  --u->inflight;
+  --upstream_connecting_;
+  if (u->state == UpstreamState::kClosing) {
+    maybe_free_upstream(u);
+    return;
+  }
+  if (res < 0) {
+    bump(counters_.upstream_connect_errors);
+    static uint64_t last_log_ms = 0;
+    if (now_ms_ - last_log_ms >= 5000) {  // rate-limited: a down backend is loud enough
+      fmt::print(stderr, "offload-agent: upstream {}: {}\n", config_.upstream.text,
+                 res == -ECANCELED ? "connect timed out" : std::strerror(-res));
+      last_log_ms = now_ms_;
+    }
+    u->reusable = false;
+    close_upstream(u);
+    // The request that waited longest learns of it now (backend down → 502).
+    if (ClientConn* c = ready_.pop_front()) {
+      drop(counters_.queue_length);
+      respond_error(c, res == -ECANCELED ? 504 : 502);
+    }
+    if (!reconnect_backoff_) {
+      reconnect_backoff_ = true;
+      arm_timer(reconnect_timer_, kTimerReconnect);
+    }
+    return;
+  }
+  reconnect_backoff_ = false;
+  if (ClientConn* c = ready_.pop_front()) {
+    drop(counters_.queue_length);
+    assign(u, c);
+  } else {
+    make_idle(u);
+  }
+}
+
+// An idle channel watches for the server closing it, so a request is not
+// sent into a connection that is already gone.
+void Shard::make_idle(UpstreamConn* u) {
+  u->state = UpstreamState::kIdle;
+  u->client = nullptr;
+  disarm_timer(u->timer);
+  idle_.push_front(u);  // LIFO: the warmest channel serves next
+  if (!u->poll_armed) {
+    io_uring_sqe* s = uring_.sqe();
+    io_uring_prep_poll_add(s, u->fd, POLLIN | POLLRDHUP);
+    io_uring_sqe_set_data64(s, pack(u, Op::kUpPoll));
+    ++u->inflight;
+    u->poll_armed = true;
+  }
+}
+
+void Shard::on_up_poll(UpstreamConn* u, int res) {
+  --u->inflight;
+  u->poll_armed = false;
+  if (u->state == UpstreamState::kClosing) {
+    maybe_free_upstream(u);
+    return;
+  }
+  if (u->state != UpstreamState::kIdle) return;  // a response woke it: not ours
+  char probe;
+  ssize_t n = ::recv(u->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (res >= 0 && n < 0 && errno == EAGAIN) {  // woken by an earlier response
+    idle_.remove(u);
+    make_idle(u);
+    return;
+  }
+  // Closed by the server, or bytes nobody asked for: either way unusable.
+  idle_.remove(u);
+  u->reusable = false;
+  close_upstream(u);
+}
+
+void Shard::close_upstream(UpstreamConn* u) {
+  if (u->state == UpstreamState::kClosing || u->state == UpstreamState::kFree) return;
+  if (u->state == UpstreamState::kIdle) idle_.remove(u);
+  u->state = UpstreamState::kClosing;
+  disarm_timer(u->timer);
+  ::shutdown(u->fd, SHUT_RDWR);
+  maybe_free_upstream(u);
+}
+
+void Shard::maybe_free_upstream(UpstreamConn* u) {
+  if (u->state != UpstreamState::kClosing || u->inflight > 0) return;
+  ::close(u->fd);
+  u->fd = -1;
+  u->state = UpstreamState::kFree;
+  --upstream_open_;
+  drop(counters_.upstream_active);
+  if (ClientConn* c = u->client) {
+    u->client = nullptr;
+    if (c->ex != nullptr) c->ex->up = nullptr;
+    maybe_free_client(c);
+  }
+  refill_pool();
+  dispatch();
+}
+
+// ------------------------------------------------------ sending the request
+
+void Shard::post_up_send(UpstreamConn* u) {
+  Exchange* ex = u->client->ex;
+  // The iovecs skip what was sent already; the request itself stays intact
+  // until the exchange ends, so a retry can send it again.
+  int n = 0;
+  uint64_t skip = u->send_off;
+  auto add = [&](char* p, uint64_t len) {
+    if (n == 16) return;
+    if (skip >= len) {
+      skip -= len;
+      return;
+    }
+    u->send_iov[n].iov_base = p + skip;
+    u->send_iov[n].iov_len = len - skip;
+    skip = 0;
+    ++n;
+  };
+  add(ex->forward->data(), ex->forward_bytes);
+  for (Block* b = ex->body.front(); b != nullptr && n < 16; b = b->next) add(b->data() + b->head, b->readable());
+  u->send_msg = msghdr{};
+  u->send_msg.msg_iov = u->send_iov;
+  u->send_msg.msg_iovlen = size_t(n);
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_sendmsg(s, u->fd, &u->send_msg, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(s, pack(u, Op::kUpSend));
+  ++u->inflight;
+  u->send_busy = true;
+}
+
+void Shard::on_up_send(UpstreamConn* u, int res) {
+  --u->inflight;
+  u->send_busy = false;
+  if (u->state != UpstreamState::kBusy) {
+    maybe_free_upstream(u);
+    return;
+  }
+  Exchange* ex = u->client->ex;
+  if (res < 0) {
+    upstream_failed(u, 502, ex->response_bytes == 0);
+    return;
+  }
+  u->send_off += uint64_t(res);
+  if (u->send_off < ex->forward_bytes + ex->body.bytes()) post_up_send(u);
+}
+
+// ---------------------------------------------------- reading the response
+
+void Shard::post_up_recv(UpstreamConn* u) {
+  ClientConn* c = u->client;
+  Exchange* ex = c->ex;
+  if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer) {
+    // Memory for this response is full: go on in a temporary file, so the
+    // channel is still released as soon as the server is done.
+    if (config_.response_spill_max > 0) ex->spill.fd = open_spill_file(config_.temp_dir);
+    if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
+  }
+  const bool spilling = ex->spill.fd >= 0;
+  const bool full = spilling ? ex->spill.unread() >= config_.response_spill_max
+                             : ex->response_head_done && ex->out.bytes() >= config_.response_buffer;
+  Block* b = nullptr;
+  if (!full) {
+    if (spilling) {
+      if (ex->stage == nullptr) ex->stage = data_pool_.get();
+      b = ex->stage;
+      if (b != nullptr) b->head = b->tail = 0;
+    } else {
+      if (ex->response_head_done) ex->out.rewind_if_empty();
+      b = ex->out.writable_tail(data_pool_);
+    }
+  }
+  if (b == nullptr) {
+    // Back-pressure: resumed by the client's next send.
+    u->read_paused = true;
+    disarm_timer(u->timer);
+    return;
+  }
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_recv(s, u->fd, b->data() + b->tail, b->writable(), 0);
+  io_uring_sqe_set_data64(s, pack(u, Op::kUpRecv));
+  ++u->inflight;
+  u->recv_busy = true;
+  if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
+}
+
+void Shard::on_up_recv(UpstreamConn* u, int res) {
+  --u->inflight;
+  u->recv_busy = false;
+  if (u->state != UpstreamState::kBusy) {
+    maybe_free_upstream(u);
+    return;
+  }
+  ClientConn* c = u->client;
+  Exchange* ex = c->ex;
+  if (res <= 0) {
+    if (res == 0 && ex->response_head_done && u->parser.finish_at_eof()) {
+      u->reusable = false;  // an until-close body ends here
+      on_response_complete(u, c);
+      return;
+    }
+    upstream_failed(u, 502, ex->response_bytes == 0);
+    return;
+  }
+  ex->response_bytes += uint64_t(res);
+  arm_timer(u->timer, kTimerResponse);
+  if (!on_response_bytes(u, c, uint32_t(res))) return;
+  if (ex->response_done) {
+    on_response_complete(u, c);
+    return;
+  }
+  post_up_recv(u);
+  post_client_send(c);
+}
+
+// Takes n new bytes; false when the exchange ended in an error.
+bool Shard::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
+  Exchange* ex = c->ex;
+  if (ex->spill.fd >= 0) return spill_stage(u, c, n);
+  ex->out.commit(n);
+  Block* b = ex->out.back();
+  if (!ex->response_head_done) return on_response_head(u, c, ex->out.front());
+  http::BodyProgress p = u->parser.parse_body(std::string_view(b->data() + b->tail - n, n), nullptr, nullptr);
+  if (p.error != http::Error::kNone) {
+    bump(counters_.upstream_bad_responses);
+    upstream_failed(u, 502, false);
+    return false;
+  }
+  if (p.done) {
+    if (p.consumed < n) {  // bytes past the response's end: the channel is suspect
+      ex->out.trim_tail(uint32_t(n - p.consumed));
+      u->reusable = false;
+    }
+    ex->response_done = true;
+  }
+  return true;
+}
+
+// The head is parsed in the first block, rewritten in place right in front
+// of the body, and what body came with it is framed.
+bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
+  Exchange* ex = c->ex;
+  for (;;) {
+    std::string_view msg(b->data() + b->head, b->readable());
+    http::Result r = u->parser.parse_head(msg);
+    if (r == http::Result::kIncomplete) {
+      if (b->writable() > 0) return true;
+    }
+    if (r != http::Result::kComplete) {
+      bump(counters_.upstream_bad_responses);
+      upstream_failed(u, 502, false);
+      return false;
+    }
+    const http::Head& h = u->parser.head();
+    if (h.status >= 100 && h.status < 200) {
+      if (h.status == 101) {  // we never ask for an upgrade
+        bump(counters_.upstream_bad_responses);
+        upstream_failed(u, 502, false);
+        return false;
+      }
+      // Interim responses (100 Continue, 103) are dropped: the body was sent.
+      ex->out.move_front_head(b->head + h.head_bytes);
+      u->parser.reset();
+      u->parser.set_request_method(ex->method);
+      continue;
+    }
+    count_response(counters_, h.status);
+    u->reusable = u->reusable && h.keep_alive && h.body != http::BodyKind::kUntilClose;
+    // A body that ends at close cannot be framed for the client either.
+    if (h.body == http::BodyKind::kUntilClose) ex->close_after = true;
+    size_t len = write_client_response_head(h, msg, ex->close_after, ex->client_http10, scratch_.get(),
+                                            kScratchBytes);
+    const uint32_t body_start = b->head + h.head_bytes;
+    if (len == 0 || len > body_start) {
+      bump(counters_.upstream_bad_responses);
+      upstream_failed(u, 502, false);
+      return false;
+    }
+    std::memcpy(b->data() + body_start - len, scratch_.get(), len);
+    ex->out.move_front_head(body_start - uint32_t(len));
+    ex->response_head_done = true;
+    const uint32_t body_bytes = b->tail - body_start;
+    http::BodyProgress p = u->parser.parse_body(std::string_view(b->data() + body_start, body_bytes), nullptr, nullptr);
+    if (p.error != http::Error::kNone) {
+      bump(counters_.upstream_bad_responses);
+      upstream_failed(u, 502, false);
+      return false;
+    }
+    if (p.done) {
+      if (p.consumed < body_bytes) {
+        ex->out.trim_tail(uint32_t(body_bytes - p.consumed));
+        u->reusable = false;
+      }
+      ex->response_done = true;
+    }
+    return true;
+  }
+}
+
+// Spilling: the bytes landed in the stage block and go on to the file.
+bool Shard::spill_stage(UpstreamConn* u, ClientConn* c, uint32_t n) {
+  Exchange* ex = c->ex;
+  Block* b = ex->stage;
+  b->tail += n;
+  http::BodyProgress p = u->parser.parse_body(std::string_view(b->data(), n), nullptr, nullptr);
+  if (p.error != http::Error::kNone) {
+    bump(counters_.upstream_bad_responses);
+    upstream_failed(u, 502, false);
+    return false;
+  }
+  if (p.done && p.consumed < n) u->reusable = false;
+  // Page-cache writes, synchronous like nginx's temp files without aio.
+  size_t done = 0;
+  while (done < p.consumed) {
+    ssize_t w = ::pwrite(ex->spill.fd, b->data() + done, p.consumed - done, off_t(ex->spill.write_off));
+    if (w <= 0) {
+      fmt::print(stderr, "offload-agent: spill file write: {}\n", std::strerror(errno));
+      upstream_failed(u, 502, false);
+      return false;
+    }
+    done += size_t(w);
+    ex->spill.write_off += uint64_t(w);
+  }
+  b->head = b->tail = 0;
+  if (p.done) ex->response_done = true;
+  return true;
+}
+
+void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
+  Exchange* ex = c->ex;
+  ex->response_done = true;
+  ex->up = nullptr;
+  if (ex->stage != nullptr) {
+    data_pool_.put(ex->stage);
+    ex->stage = nullptr;
+  }
+  release_upstream(u);
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  post_client_send(c);
+  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
+}
+
+// The response is read: the channel serves the next waiting request at once,
+// while this client is still receiving its response.
+void Shard::release_upstream(UpstreamConn* u) {
+  u->client = nullptr;
+  disarm_timer(u->timer);
+  if (!u->reusable || draining_ || u->send_busy || u->recv_busy) {
+    close_upstream(u);
+    return;
+  }
+  if (ClientConn* next = ready_.pop_front()) {
+    drop(counters_.queue_length);
+    assign(u, next);
+  } else {
+    make_idle(u);
+  }
+}
+
+void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) {
+  ClientConn* c = u->client;
+  Exchange* ex = c->ex;
+  u->reusable = false;
+  ex->up = nullptr;
+  u->client = nullptr;
+  close_upstream(u);
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  if (nothing_received && status == 502 && !ex->retried && idempotent_for_retry(ex->method)) {
+    // A kept-alive channel can die just as a request is sent: try once more.
+    ex->retried = true;
+    bump(counters_.upstream_retries);
+    ex->out.clear(data_pool_);
+    ex->response_head_done = ex->response_done = false;
+    ex->response_bytes = 0;
+    c->state = ClientState::kQueued;
+    enqueue(c, true);
+    return;
+  }
+  if (!ex->response_head_done) {
+    ex->response_head_done = false;
+    respond_error(c, status);
+    return;
+  }
+  // Part of the response is with the client already: end it with a close.
+  ex->close_after = true;
+  ex->response_done = true;
+  if (ex->stage != nullptr) {
+    data_pool_.put(ex->stage);
+    ex->stage = nullptr;
+  }
+  post_client_send(c);
+  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
+}
+
+}  // namespace offload

@@ -1,0 +1,68 @@
+// The io_uring a shard runs on: set-up with the best flags the kernel takes,
+// a provided-buffer ring for receives, and an SQE getter that never fails.
+#pragma once
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <string>
+
+namespace offload {
+
+// user_data packs an object pointer (16-byte aligned) with a 4-bit op code.
+enum class Op : uint8_t {
+  kNone = 0,
+  kAccept,
+  kSignal,
+  kClientRecv,
+  kClientSend,
+  kClientCancel,
+  kUpConnect,
+  kUpConnectTimeout,
+  kUpSend,
+  kUpRecv,
+  kUpPoll,
+};
+
+inline uint64_t pack(const void* obj, Op op) {
+  return reinterpret_cast<uint64_t>(obj) | uint64_t(op);
+}
+inline Op op_of(uint64_t ud) { return Op(ud & 0xf); }
+template <typename T>
+T* obj_of(uint64_t ud) {
+  return reinterpret_cast<T*>(ud & ~uint64_t(0xf));
+}
+
+class Uring {
+ public:
+  Uring(uint32_t sq_entries, uint32_t cq_entries);
+  ~Uring();
+  Uring(const Uring&) = delete;
+  Uring& operator=(const Uring&) = delete;
+
+  // A free SQE; when the submission queue is full it submits first, so the
+  // caller always gets one.
+  io_uring_sqe* sqe();
+
+  // Provided buffers for multishot receives: `count` buffers of `bytes` each
+  // in buffer group 0. Returns the features string to report.
+  void setup_buffers(uint32_t count, uint32_t bytes);
+  const char* buffer(uint16_t bid) const { return buffers_ + size_t(bid) * buffer_bytes_; }
+  // Hands a buffer back to the kernel; made visible by publish_buffers().
+  void recycle_buffer(uint16_t bid);
+  void publish_buffers();
+
+  io_uring* ring() { return &ring_; }
+  const std::string& features() const { return features_; }
+
+ private:
+  io_uring ring_{};
+  io_uring_buf_ring* buf_ring_ = nullptr;
+  char* buffers_ = nullptr;
+  uint32_t buffer_count_ = 0;
+  uint32_t buffer_bytes_ = 0;
+  uint32_t pending_recycled_ = 0;
+  std::string features_;
+};
+
+}  // namespace offload

@@ -1,0 +1,78 @@
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <string>
+
+#include "buffers.h"
+
+using offload::Block;
+using offload::BlockChain;
+using offload::BlockPool;
+
+namespace {
+std::string drain(BlockChain& chain) {
+  std::string out;
+  for (Block* b = chain.front(); b != nullptr; b = b->next) out.append(b->data() + b->head, b->readable());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("block pool: bounded by its budget, reuses freed blocks first") {
+  BlockPool pool(1024, 3 * 1024);
+  Block* a = pool.get();
+  Block* b = pool.get();
+  Block* c = pool.get();
+  REQUIRE(a != nullptr);
+  REQUIRE(c != nullptr);
+  CHECK(pool.get() == nullptr);  // budget spent
+  pool.put(b);
+  CHECK(pool.get() == b);        // LIFO
+  pool.put(a);
+  pool.put(b);
+  pool.put(c);
+  CHECK(pool.bytes_in_use() == 0);
+}
+
+TEST_CASE("block chain: appends across blocks and consumes from the front") {
+  BlockPool pool(8, 1024);
+  BlockChain chain;
+  std::string text = "the quick brown fox jumps";
+  REQUIRE(chain.append(pool, text.data(), text.size()));
+  CHECK(chain.bytes() == text.size());
+  CHECK(drain(chain) == text);
+  chain.consume(pool, 10);
+  CHECK(drain(chain) == text.substr(10));
+  iovec iov[8];
+  int n = chain.fill_iovec(iov, 8);
+  size_t total = 0;
+  for (int i = 0; i < n; ++i) total += iov[i].iov_len;
+  CHECK(total == text.size() - 10);
+  chain.consume(pool, chain.bytes());
+  CHECK(chain.empty());
+  chain.clear(pool);
+  CHECK(pool.bytes_in_use() == 0);
+}
+
+TEST_CASE("block chain: append fails cleanly when the pool is spent") {
+  BlockPool pool(4, 8);
+  BlockChain chain;
+  CHECK_FALSE(chain.append(pool, "0123456789", 10));
+  CHECK(chain.bytes() == 8);  // what fitted stays
+  chain.clear(pool);
+}
+
+TEST_CASE("block chain: a head rewritten in place and a trimmed tail keep the byte count") {
+  BlockPool pool(64, 1024);
+  BlockChain chain;
+  Block* b = chain.writable_tail(pool, 64);
+  b->head = b->tail = 20;
+  std::memcpy(b->data() + 20, "HEADbody+extra", 14);
+  chain.commit(14);
+  std::memcpy(b->data() + 16, "NEWHEAD!", 8);  // a longer head ending where the body starts
+  chain.move_front_head(16);
+  CHECK(chain.bytes() == 18);
+  chain.trim_tail(6);
+  CHECK(drain(chain) == "NEWHEAD!body");
+  CHECK(chain.bytes() == 12);
+  chain.clear(pool);
+}
