@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,9 +68,18 @@ inline Outcome drive(Parser& p, std::string_view msg, const std::vector<size_t>&
     o.invariant_broken = true;
     o.why = why;
   };
+  // Each call gets its bytes in a fresh buffer of exactly that size, so a
+  // read past them is caught by ASan and a pointer kept across calls is
+  // caught by the results changing.
+  auto exact = [](std::string_view s) {
+    std::unique_ptr<char[]> copy(new char[s.size() + (s.empty() ? 1 : 0)]);
+    if (!s.empty()) std::memcpy(copy.get(), s.data(), s.size());
+    return copy;
+  };
   size_t i = 0;
   for (; i < ends.size(); ++i) {
-    o.head_result = p.parse_head(msg.substr(0, ends[i]));
+    const auto head_bytes = exact(msg.substr(0, ends[i]));
+    o.head_result = p.parse_head({head_bytes.get(), ends[i]});
     if (o.head_result != Result::kIncomplete) break;
   }
   if (o.head_result == Result::kError) {
@@ -92,7 +103,8 @@ inline Outcome drive(Parser& p, std::string_view msg, const std::vector<size_t>&
   o.used = h.head_bytes;
   for (; i < ends.size() && !o.done; ++i) {
     if (ends[i] <= o.used) continue;
-    const std::string_view piece = msg.substr(o.used, ends[i] - o.used);
+    const auto piece_bytes = exact(msg.substr(o.used, ends[i] - o.used));
+    const std::string_view piece(piece_bytes.get(), ends[i] - o.used);
     BodyProgress bp = p.parse_body(piece, append_sink, &o.body);
     if (bp.consumed > piece.size()) broken("consumed more than given");
     o.used += bp.consumed;
