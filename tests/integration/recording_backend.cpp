@@ -71,7 +71,7 @@ struct RequestRecord {
   std::string error;            // why the request could not be parsed, if so
   uint64_t bytes = 0;           // raw bytes of this request (head + body as sent)
   std::string raw;              // first kRawKeptMax of them
-  std::string body;             // decoded body, first kBodyKeptMax bytes
+  std::string body;             // decoded body (whole while handling; kBodyKeptMax in the record)
   uint64_t body_bytes = 0;
   int reads = 0;                // read() calls that delivered bytes of this request
   int64_t first_byte_us = 0;
@@ -131,6 +131,7 @@ void record_request(ConnectionRecord& c, RequestRecord&& r) {
   ++g_rec.requests;
   if (g_rec.kept >= g_rec.record_max) return;
   ++g_rec.kept;
+  if (r.body.size() > kBodyKeptMax) r.body.resize(kBodyKeptMax);
   c.requests.push_back(std::move(r));
 }
 
@@ -411,8 +412,7 @@ size_t decode_chunked(std::string_view in, std::string& body, uint64_t& body_byt
       error = "chunk not followed by CRLF";
       return 0;
     }
-    size_t keep = std::min<size_t>(n, kBodyKeptMax > body.size() ? kBodyKeptMax - body.size() : 0);
-    body.append(in.substr(pos, keep));
+    body.append(in.substr(pos, n));
     body_bytes += n;
     pos += n + 2;
   }
@@ -515,7 +515,7 @@ class RequestReader {
     }
     uint64_t len = head.content_length.value_or(0);
     if (rest.size() < body_start + len) return false;
-    out.body.assign(rest.substr(body_start, std::min<uint64_t>(len, kBodyKeptMax)));
+    out.body.assign(rest.substr(body_start, len));
     out.body_bytes = len;
     spanned = body_start + len;
     return true;
