@@ -1,0 +1,116 @@
+// The agent's end of the bus: a non-blocking object an event loop drives.
+//
+// It listens on the abstract socket "@offload-ring-NAME" (see ring.h). A
+// server process (liboffload-server) attaches by connecting; the agent then
+// creates a fresh region with as many channels as the server has workers
+// (at most channels_max) and hands it over with the doorbells. Each channel
+// is one "bus connection": the agent sends a complete request, then reads the
+// response pieces back. When the server dies (its socket closes, or its
+// heartbeat stops for dead_ms) the agent detaches and waits for the next
+// attach, without restarting.
+//
+// Driving it from an event loop (every call is non-blocking):
+//
+//   fd                     when readable            then
+//   listen_fd()            on_listen_ready(now)     (always registered)
+//   peer_fd() (may be -1;  on_peer_ready(now)       (re-read peer_fd() after
+//     changes on events)                             every Event != kNone)
+//   doorbell_fd(ch)        on_doorbell(ch)          poll_response(ch) until it
+//     (stable, ch <                                   returns 0; retry sends
+//      channels_max)                                  that returned kFull
+//   a timer, every <=250ms tick(now)
+//
+// The calls that return an Event say when a server attached (channels are
+// usable: 0..channel_count()-1) or detached (every request in flight on any
+// channel is lost: answer 502; last_error() says why). A loop may block only
+// after poll_response() returned 0 on each channel it waits on (that call
+// arms the doorbell) or try_send_request() returned kFull (which arms it for
+// space); otherwise keep polling.
+//
+// Thread rules: one thread (the agent shard's loop) calls everything.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "offload/ring_codec.h"
+
+namespace offload::ring {
+
+struct RingAgentOptions {
+  std::string name;                      // the bus NAME of shm:NAME
+  uint32_t channels_max = 8;             // 1..OFFLOAD_RING_CHANNELS_MAX
+  uint32_t ring_bytes = 256 * 1024;      // per ring, power of two
+  uint32_t dead_ms = OFFLOAD_RING_DEAD_MS;  // server heartbeat silence = dead
+  uint32_t handshake_ms = 1000;          // a connecting server must say hello by then
+  // Empty: an anonymous sealed memfd. Else a region file created at this
+  // path (e.g. "/dev/shm/offload-ring-NAME" or on hugetlbfs) and unlinked
+  // once open; the fd still travels over the socket.
+  std::string region_path;
+};
+
+class RingAgent {
+ public:
+  enum class Event : uint8_t { kNone, kAttached, kDetached };
+  enum class Send : uint8_t {
+    kOk,         // the request is in the ring (the server was woken if asleep)
+    kFull,       // no room now; the doorbell rings when the server frees some
+    kTooLarge,   // can never fit: larger than max_request_bytes()
+    kBadRequest, // a span of the request lies outside its head
+    kDetached,   // no server attached, or ch >= channel_count()
+    kFailed,     // the channel is corrupt (channel_error()); 502 and avoid it
+  };
+
+  // Creates the listening socket. nullptr with `error` set when the name is
+  // invalid, the options are out of range, or the socket is taken (another
+  // agent uses NAME). Start-up only.
+  static std::unique_ptr<RingAgent> create(const RingAgentOptions& opts, std::string* error);
+  ~RingAgent();
+  RingAgent(const RingAgent&) = delete;
+  RingAgent& operator=(const RingAgent&) = delete;
+
+  int listen_fd() const;
+  int peer_fd() const;  // the attached (or handshaking) server's socket, or -1
+  Event on_listen_ready(uint64_t now_ms);
+  Event on_peer_ready(uint64_t now_ms);
+  // Heartbeats, the server's liveness check and the handshake timeout.
+  Event tick(uint64_t now_ms);
+
+  bool attached() const;
+  uint32_t channel_count() const;   // 0 when detached
+  uint64_t generation() const;      // +1 on every attach
+  uint32_t server_pid() const;
+  const std::string& last_error() const;  // why the last detach/refusal happened
+  // The largest head + body + header index one request may have.
+  uint64_t max_request_bytes() const;
+
+  int doorbell_fd(uint32_t ch) const;  // ch < channels_max
+  // Drains the doorbell; the caller then polls responses and retries sends.
+  void on_doorbell(uint32_t ch);
+
+  Send try_send_request(uint32_t ch, const RequestOut& req);
+
+  // 1: `out` holds the next response piece, its views valid until
+  // release_response(ch); 0: nothing now (the doorbell is armed);
+  // -EBADMSG: the channel is corrupt (channel_error(ch)) for the rest of this
+  // attach; -EPIPE: not attached / no such channel.
+  // Pieces: one kHead (status, fields, first body bytes), then kBody pieces,
+  // the last with `end`; or a kAbort (the server could not finish: close the
+  // client). Checked: ids match the request sent, fields are safe to copy.
+  int poll_response(uint32_t ch, ResponsePiece* out);
+  void release_response(uint32_t ch);
+  const std::string& channel_error(uint32_t ch) const;
+
+  // Detaches now (e.g. shutting down); Event kDetached is implied.
+  void detach(std::string why);
+
+ private:
+  struct Impl;
+  explicit RingAgent(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace offload::ring
