@@ -83,6 +83,8 @@ struct xg_config {
 	__u32 cpu_count;	/* entries used in cpus[]; 0: no steering */
 	__u32 cpus[XG_MAX_AGENT_CPUS];	/* agent CPUs (keys of xdp_cpu_map) */
 	__u64 test_clock_ns;	/* tests only: when non-zero, the bucket's clock */
+	__u32 ifindex;		/* for operators: where the loader attached the guard */
+	char ifname[16];
 };
 
 /* xdp_deny_v4 / xdp_deny_v6 (hash, whole addresses) and their value. */

@@ -190,6 +190,7 @@ xg_config PinnedMaps::config() const {
   xg_config cfg{};
   const uint32_t zero = 0;
   bpf_map_lookup_elem(fds_[kConfig], &zero, &cfg);
+  cfg.ifname[sizeof(cfg.ifname) - 1] = '\0';
   return cfg;
 }
 

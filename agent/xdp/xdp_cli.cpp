@@ -108,8 +108,9 @@ void add_set_command(CLI::App& app, int& exit_code, const char* command, SetKind
   cmd->callback([args, &exit_code, command, set] { exit_code = run_set(command, set, *args); });
 }
 
-std::string stats_text(const PinnedMaps& maps, const std::string& iface) {
-  std::string out = fmt::format("xdp.iface {}\n", iface);
+std::string stats_text(const PinnedMaps& maps, bool attached) {
+  const xg_config cfg = maps.config();
+  std::string out = fmt::format("xdp.iface {}\nxdp.attached {}\n", cfg.ifname, attached ? 1 : 0);
   const auto counters = maps.counters();
   for (int i = 0; i < XG_REASON_MAX; ++i) {
     out += fmt::format("xdp.{} {}\n", reason_name(i), counters[size_t(i)]);
@@ -123,16 +124,33 @@ std::string stats_text(const PinnedMaps& maps, const std::string& iface) {
   return out;
 }
 
-std::string stats_json(const PinnedMaps& maps, const std::string& iface) {
+// Interface names may hold any byte but '/', ':' and white space.
+std::string json_string(const char* text) {
+  std::string out = "\"";
+  for (const char* c = text; *c; ++c) {
+    if (*c == '"' || *c == '\\') {
+      out += '\\';
+      out += *c;
+    } else if (static_cast<unsigned char>(*c) < 0x20) {
+      out += fmt::format("\\u{:04x}", int(*c));
+    } else {
+      out += *c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string stats_json(const PinnedMaps& maps, bool attached) {
   const xg_config cfg = maps.config();
   std::string cpus;
   for (uint32_t i = 0; i < cfg.cpu_count && i < XG_MAX_AGENT_CPUS; ++i) {
     cpus += fmt::format("{}{}", i ? "," : "", cfg.cpus[i]);
   }
   std::string out = fmt::format(
-      "{{\"iface\":\"{}\",\"allow_only\":{},\"syn_rate\":{},\"syn_burst\":{},\"cpus\":[{}],"
-      "\"counters\":{{", iface, cfg.allow_only ? "true" : "false", cfg.syn_rate, cfg.syn_burst,
-      cpus);
+      "{{\"iface\":{},\"attached\":{},\"allow_only\":{},\"syn_rate\":{},\"syn_burst\":{},"
+      "\"cpus\":[{}],\"counters\":{{",
+      json_string(cfg.ifname), attached ? "true" : "false", cfg.allow_only ? "true" : "false",
+      cfg.syn_rate, cfg.syn_burst, cpus);
   const auto counters = maps.counters();
   for (int i = 0; i < XG_REASON_MAX; ++i) {
     out += fmt::format("{}\"{}\":{}", i ? "," : "", reason_name(i), counters[size_t(i)]);
@@ -172,8 +190,10 @@ std::string stats(bool json) {
   Status status;
   auto maps = PinnedMaps::open(kPinDir, status);
   if (!maps) return json ? "null" : "";
+  // The link outlives its interface only as a pin; then the counters are history.
   const std::string iface = attached_interface();
-  return json ? stats_json(*maps, iface) : stats_text(*maps, iface);
+  const bool attached = !iface.empty() && iface != "(interface gone)";
+  return json ? stats_json(*maps, attached) : stats_text(*maps, attached);
 }
 
 }  // namespace offload::xdp

@@ -188,6 +188,8 @@ Status Guard::load(const GuardConfig& config) {
 
 Status Guard::fill_maps(const GuardConfig& config) {
   xg_config cfg{};
+  cfg.ifindex = uint32_t(ifindex_);
+  std::snprintf(cfg.ifname, sizeof(cfg.ifname), "%s", ifname_.c_str());
   cfg.allow_only = config.allow_only ? 1 : 0;
   cfg.syn_rate = config.syn_rate;
   cfg.syn_burst = config.syn_rate ? (config.syn_burst ? config.syn_burst : config.syn_rate) : 0;
@@ -353,8 +355,11 @@ Status detach(const std::string& ifname, const std::string& pin_dir) {
   Status status = open_link(pin_dir, link);
   if (!status.ok()) {
     if (ifindex == 0) return Status::failure(fmt::format("no interface named '{}'", ifname));
-    return Status::failure(fmt::format("the XDP guard is not attached to {}: {}", ifname,
-                                       status.message));
+    if (status.message.rfind("no XDP guard", 0) == 0) {
+      return Status::failure(fmt::format("no XDP guard is attached to {} ({}/{} is missing)",
+                                         ifname, pin_dir, XG_LINK_PIN));
+    }
+    return status;
   }
   if (link.ifindex != 0) {  // 0: the interface is gone; the pins are all that is left
     if (ifindex == 0) return Status::failure(fmt::format("no interface named '{}'", ifname));
