@@ -71,6 +71,16 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
+// Against a literal of lower-case letters, digits and "-" only, and a name
+// or value already checked to hold no control bytes, OR-ing 0x20 folds case
+// exactly: the only other bytes it could match are controls.
+bool is_literal(std::string_view a, std::string_view lit) {
+  if (a.size() != lit.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (char(a[i] | 0x20) != lit[i]) return false;
+  return true;
+}
+
 bool is_token(std::string_view s) {
   if (s.empty()) return false;
   for (char c : s)
@@ -296,21 +306,22 @@ enum class FieldId : uint8_t {
 };
 
 FieldId classify(std::string_view n) {
+  // Most names are none of these: the length and the first letter say so.
   switch (n.size()) {
-    case 2: return iequals(n, "te") ? FieldId::kHopByHop : FieldId::kOther;
-    case 4: return iequals(n, "host") ? FieldId::kHost : FieldId::kOther;
-    case 6: return iequals(n, "expect") ? FieldId::kExpect : FieldId::kOther;
+    case 2: return is_literal(n, "te") ? FieldId::kHopByHop : FieldId::kOther;
+    case 4: return is_literal(n, "host") ? FieldId::kHost : FieldId::kOther;
+    case 6: return is_literal(n, "expect") ? FieldId::kExpect : FieldId::kOther;
     case 7:
-      if (iequals(n, "upgrade")) return FieldId::kUpgrade;
-      return iequals(n, "trailer") ? FieldId::kHopByHop : FieldId::kOther;
+      if (is_literal(n, "upgrade")) return FieldId::kUpgrade;
+      return is_literal(n, "trailer") ? FieldId::kHopByHop : FieldId::kOther;
     case 10:
-      if (iequals(n, "connection")) return FieldId::kConnection;
-      return iequals(n, "keep-alive") ? FieldId::kHopByHop : FieldId::kOther;
-    case 14: return iequals(n, "content-length") ? FieldId::kContentLength : FieldId::kOther;
-    case 16: return iequals(n, "proxy-connection") ? FieldId::kHopByHop : FieldId::kOther;
-    case 17: return iequals(n, "transfer-encoding") ? FieldId::kTransferEncoding : FieldId::kOther;
-    case 18: return iequals(n, "proxy-authenticate") ? FieldId::kHopByHop : FieldId::kOther;
-    case 19: return iequals(n, "proxy-authorization") ? FieldId::kHopByHop : FieldId::kOther;
+      if ((n[0] | 0x20) == 'c') return is_literal(n, "connection") ? FieldId::kConnection : FieldId::kOther;
+      return is_literal(n, "keep-alive") ? FieldId::kHopByHop : FieldId::kOther;
+    case 14: return is_literal(n, "content-length") ? FieldId::kContentLength : FieldId::kOther;
+    case 16: return is_literal(n, "proxy-connection") ? FieldId::kHopByHop : FieldId::kOther;
+    case 17: return is_literal(n, "transfer-encoding") ? FieldId::kTransferEncoding : FieldId::kOther;
+    case 18: return is_literal(n, "proxy-authenticate") ? FieldId::kHopByHop : FieldId::kOther;
+    case 19: return is_literal(n, "proxy-authorization") ? FieldId::kHopByHop : FieldId::kOther;
     default: return FieldId::kOther;
   }
 }
@@ -548,48 +559,57 @@ uint32_t Parser::step_status_line(const char* s, uint32_t p, uint32_t limit) {
   return p;
 }
 
+// One call usually takes a field line from its first byte to its LF, and
+// goes on with the next: the states fall through into each other and are
+// only recorded when the input runs out.
 uint32_t Parser::step_field(const char* s, uint32_t p, uint32_t limit) {
-  switch (head_state_) {
-    case kHsLineStart:
-      if (s[p] == '\r') return expect_lf(kEndHead, p + 1);
-      if (cls(s[p]) & kTchar) {
+  for (;;) {
+    switch (head_state_) {
+      case kHsLineStart:
+        if (s[p] == '\r') return expect_lf(kEndHead, p + 1);
+        if (!(cls(s[p]) & kTchar)) {
+          // Whitespace before the first field is obs-fold's twin (RFC 9112 2.2).
+          if (is_ws(s[p])) return fail_head(Error::kObsFold, p);
+          return fail_head(bad_byte(s[p], Error::kBadHeaderName), p);
+        }
         if (head_.headers.size() >= limits_.header_count_max)
           return fail_head(Error::kTooManyHeaders, p);
-        mark_ = p;
+        mark_ = p++;
         head_state_ = kHsName;
-        return p + 1;
-      }
-      // Whitespace before the first field is obs-fold's twin (RFC 9112 2.2).
-      if (is_ws(s[p])) return fail_head(Error::kObsFold, p);
-      return fail_head(bad_byte(s[p], Error::kBadHeaderName), p);
-    case kHsName:
-      while (p < limit && (cls(s[p]) & kTchar)) ++p;
-      if (p == limit) return p;
-      if (s[p] == ':') {
-        name_len_ = p - mark_;
+        [[fallthrough]];
+      case kHsName:
+        while (p < limit && (cls(s[p]) & kTchar)) ++p;
+        if (p == limit) return p;
+        if (s[p] != ':') {
+          if (s[p] == '\r') return expect_lf_invalid(Error::kBadHeaderName, p + 1);
+          return fail_head(bad_byte(s[p], Error::kBadHeaderName), p);  // SP before ':' too
+        }
+        name_len_ = p++ - mark_;
         head_state_ = kHsValueStart;
-        return p + 1;
+        [[fallthrough]];
+      case kHsValueStart:
+        while (p < limit && is_ws(s[p])) ++p;
+        if (p == limit) return p;
+        value_start_ = p;
+        head_state_ = kHsValue;
+        [[fallthrough]];
+      case kHsValue: {
+        p = skip_field_chars(s, p, limit);
+        if (p == limit) return p;
+        if (s[p] != '\r') return fail_head(bad_byte(s[p], Error::kBadHeaderValue), p);
+        uint32_t e = p;
+        while (e > value_start_ && is_ws(s[e - 1])) --e;
+        value_end_ = e;
+        if (p + 1 == limit || s[p + 1] != '\n') return expect_lf(kEndField, p + 1);
+        p += 2;  // the LF came with the CR: finish the line here
+        if (!end_field(s)) return p;
+        head_state_ = kHsLineStart;
+        if (p == limit) return p;
+        break;
       }
-      if (s[p] == '\r') return expect_lf_invalid(Error::kBadHeaderName, p + 1);
-      return fail_head(bad_byte(s[p], Error::kBadHeaderName), p);  // SP before ':' too
-    case kHsValueStart:
-      while (p < limit && is_ws(s[p])) ++p;
-      if (p == limit) return p;
-      value_start_ = p;
-      head_state_ = kHsValue;
-      return p;
-    case kHsValue: {
-      p = skip_field_chars(s, p, limit);
-      if (p == limit) return p;
-      if (s[p] != '\r') return fail_head(bad_byte(s[p], Error::kBadHeaderValue), p);
-      uint32_t e = p;
-      while (e > value_start_ && is_ws(s[e - 1])) --e;
-      value_end_ = e;
-      return expect_lf(kEndField, p + 1);
+      default: OFFLOAD_ASSERT(false); return p;
     }
-    default: OFFLOAD_ASSERT(false);
   }
-  return p;
 }
 
 // p is just past the LF.
@@ -657,7 +677,7 @@ bool Parser::end_field(const char* s) {
       flags_ |= kSeenUpgrade;
       break;
     case FieldId::kExpect:
-      if (iequals(value, "100-continue")) flags_ |= kExpectContinue;
+      if (is_literal(value, "100-continue")) flags_ |= kExpectContinue;
       break;
   }
   if (!ok) return false;
@@ -695,7 +715,7 @@ bool Parser::on_transfer_encoding(std::string_view value) {
     const std::string_view coding = trim_ows(el.substr(0, semi));
     if (!is_token(coding)) return false;
     flags_ &= ~kTEChunkedLast;
-    if (!iequals(coding, "chunked")) {
+    if (!is_literal(coding, "chunked")) {
       flags_ |= kTEOther;
       return true;
     }
@@ -711,11 +731,11 @@ bool Parser::on_connection(std::string_view value) {
   const bool ok = for_each_element(value, [&](std::string_view el) {
     if (el.empty()) return true;
     if (!is_token(el)) return false;
-    if (iequals(el, "close")) {
+    if (is_literal(el, "close")) {
       flags_ |= kConnClose;
-    } else if (iequals(el, "keep-alive")) {
+    } else if (is_literal(el, "keep-alive")) {
       flags_ |= kConnKeepAlive;
-    } else if (iequals(el, "upgrade")) {
+    } else if (is_literal(el, "upgrade")) {
       flags_ |= kConnUpgrade;
     } else if (++connection_options_ > kConnectionOptionsMax) {
       return false;
@@ -787,7 +807,7 @@ BodyKind Parser::body_kind() const {
 void Parser::mark_connection_options(const char* s) {
   auto& fields = head_.headers;
   for (const HeaderField& c : fields) {
-    if (!iequals({s + c.name.off, c.name.len}, "connection")) continue;
+    if (!is_literal({s + c.name.off, c.name.len}, "connection")) continue;
     for_each_element({s + c.value.off, c.value.len}, [&](std::string_view option) {
       for (HeaderField& f : fields)
         if (f.name.len == option.size() && iequals({s + f.name.off, f.name.len}, option))
