@@ -235,7 +235,7 @@ class Parser {
   uint32_t value_end_ = 0;
   uint32_t ext_bytes_ = 0;     // chunked: extension bytes in this body
   uint32_t trailer_bytes_ = 0; // chunked: bytes of the trailer section
-  uint64_t chunk_left_ = 0;    // chunked: size, then data bytes left
+  uint64_t chunk_left_ = 0;    // bytes left of a Content-Length body or of a chunk
   uint64_t body_bytes_ = 0;
 };
 
