@@ -271,3 +271,87 @@ TEST_CASE("the C example serves over the ring") {
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 }
+
+namespace {
+
+// A "server" that does the handshake by hand and then writes whatever it
+// likes into its response rings.
+struct RawServer {
+  offload::ring::Fd sock;
+  offload::ring::Region region;
+  std::vector<offload::ring::Fd> fds;
+  int attach(const std::string& name, uint32_t channels) {
+    sock.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr;
+    socklen_t len = offload::ring::socket_address(name, &addr);
+    if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return -errno;
+    offload_hello hello{OFFLOAD_RING_MAGIC, OFFLOAD_RING_VERSION, channels, 0, 0};
+    offload::ring::send_message(sock.get(), &hello, sizeof hello, nullptr, 0);
+    pollfd p{sock.get(), POLLIN, 0};
+    if (::poll(&p, 1, 3000) != 1) return -ETIMEDOUT;
+    offload_welcome w{};
+    if (int rc = offload::ring::recv_message(sock.get(), &w, sizeof w, &fds, 200); rc != 0) return rc;
+    std::string err;
+    return offload::ring::Region::map(fds[0].release(), w, &region, &err);
+  }
+  // Publishes `bytes` as the next contents of channel ch's response ring.
+  void publish(uint32_t ch, const std::vector<uint8_t>& bytes, uint64_t head) {
+    std::memcpy(region.response_data(ch), bytes.data(), bytes.size());
+    offload_store_release_u64(&region.response_ctrl(ch)->prod.head, head);
+    offload::ring::ring_doorbell(fds[1 + region.channels() + ch].get());
+  }
+};
+
+std::vector<uint8_t> record(uint32_t len, uint16_t type, uint16_t flags, const void* payload, size_t n) {
+  std::vector<uint8_t> b(offload_rec_span(len));
+  offload_rec r{len, type, flags};
+  std::memcpy(b.data(), &r, sizeof r);
+  std::memcpy(b.data() + 8, payload, n);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("a corrupt response fails its channel only, with a reason") {
+  std::string name = unique_name("corrupt");
+  AgentDriver d(options(name));
+  RawServer raw;
+  int rc = 1;
+  std::thread t([&] { rc = raw.attach(name, 2); });
+  REQUIRE(d.wait_attached());
+  t.join();
+  REQUIRE(rc == 0);
+  REQUIRE(d.send(0, 7, get("/"), "") == RingAgent::Send::kOk);
+  offload_resp head{};
+  head.id = 7;
+  head.status = 200;
+  head.content_length = 0;
+  std::string expect;
+  SUBCASE("record length past the published bytes") {
+    raw.publish(0, record(4000, OFFLOAD_REC_RESPONSE_HEAD, 1, &head, sizeof head), 48);
+    expect = "exceeds published";
+  }
+  SUBCASE("response head whose lengths do not add up") {
+    head.text_len = 100000;
+    raw.publish(0, record(48, OFFLOAD_REC_RESPONSE_HEAD, 1, &head, sizeof head), 48);
+    expect = "do not add up";
+  }
+  SUBCASE("a response for a request never sent") {
+    head.id = 8;
+    raw.publish(0, record(40, OFFLOAD_REC_RESPONSE_HEAD, 1, &head, sizeof head), 40);
+    expect = "does not match";
+  }
+  SUBCASE("impossible producer index") {
+    raw.publish(0, {}, 1 << 20);
+    expect = "producer index";
+  }
+  offload::ring::ResponsePiece p;
+  REQUIRE(d.until([&] { return d.agent->poll_response(0, &p) == -EBADMSG; }, 3000));
+  CHECK(d.agent->channel_error(0).find(expect) != std::string::npos);
+  CHECK(d.agent->channel_error(0).find("ring channel 0") != std::string::npos);
+  CHECK(d.send(0, 9, get("/"), "") == RingAgent::Send::kFailed);
+  // The other channel and the attachment are unaffected.
+  CHECK(d.agent->attached());
+  CHECK(d.agent->poll_response(1, &p) == 0);
+  CHECK(d.send(1, 10, get("/"), "") == RingAgent::Send::kOk);
+}
