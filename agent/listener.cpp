@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +19,10 @@ int open_listener(const SocketAddress& address, int backlog) {
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   if (address.family() == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  // Accepted sockets inherit TCP_NODELAY from the listener: a response that
+  // goes out in two sends must not wait for a delayed ACK, and no per-accept
+  // setsockopt is needed.
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (::bind(fd, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0 ||
       ::listen(fd, backlog) != 0) {
     std::string why = std::strerror(errno);
