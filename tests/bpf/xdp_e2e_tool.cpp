@@ -6,11 +6,20 @@
 //   connect-many SRC DST PORT N SECONDS N sequential connects; prints successes and seconds
 //   synflood SRC DST PORT COUNT MS      COUNT raw IPv4 SYNs from SRC, spread over MS ms
 //                                       (MS=0: as fast as possible); prints how many were sent
+//   ethflood IFACE DSTMAC SRC DST PORT COUNT SECONDS
+//                                       the same SYN frame through a packet socket, batched,
+//                                       bypassing the qdisc; prints packets sent and seconds
+//   hammer SRC DST PORT CLIENTS SECONDS CLIENTS connections at a time, each closed (RST) as
+//                                       soon as it is up, then replaced; prints the count
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <netinet/tcp.h>
+#include <net/if.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <sys/epoll.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <algorithm>
 #include <thread>
 
 namespace {
@@ -189,6 +199,99 @@ int synflood(const char* src_text, const char* dst_text, uint16_t port, long cou
   return 0;
 }
 
+bool parse_mac(const char* text, uint8_t mac[6]) {
+  unsigned v[6];
+  if (std::sscanf(text, "%x:%x:%x:%x:%x:%x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6) {
+    return false;
+  }
+  for (int i = 0; i < 6; ++i) mac[i] = uint8_t(v[i]);
+  return true;
+}
+
+int ethflood(const char* ifname, const char* mac_text, const char* src_text, const char* dst_text,
+             uint16_t port, long count, int seconds) {
+  ether_header eth{};
+  SynPacket syn;
+  in_addr src{}, dst{};
+  const int ifindex = int(if_nametoindex(ifname));
+  if (!parse_mac(mac_text, eth.ether_dhost) || inet_pton(AF_INET, src_text, &src) != 1 ||
+      inet_pton(AF_INET, dst_text, &dst) != 1 || ifindex == 0) {
+    std::fprintf(stderr, "ethflood: bad interface, MAC or IPv4 address\n");
+    return 2;
+  }
+  eth.ether_shost[0] = 0x02;
+  eth.ether_type = htons(ETHERTYPE_IP);
+  make_syn(syn, src, dst, 12345, port);
+  uint8_t frame[sizeof(eth) + sizeof(syn)];
+  std::memcpy(frame, &eth, sizeof(eth));
+  std::memcpy(frame + sizeof(eth), &syn, sizeof(syn));
+  const int fd = socket(AF_PACKET, SOCK_RAW, 0);
+  const int on = 1;
+  setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &on, sizeof(on));
+  sockaddr_ll to{};
+  to.sll_family = AF_PACKET;
+  to.sll_ifindex = ifindex;
+  to.sll_halen = 6;
+  std::memcpy(to.sll_addr, eth.ether_dhost, 6);
+  constexpr int kBatch = 256;
+  iovec iov{frame, sizeof(frame)};
+  mmsghdr msgs[kBatch] = {};
+  for (auto& m : msgs) {
+    m.msg_hdr.msg_name = &to;
+    m.msg_hdr.msg_namelen = sizeof(to);
+    m.msg_hdr.msg_iov = &iov;
+    m.msg_hdr.msg_iovlen = 1;
+  }
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::seconds(seconds);
+  long sent = 0;
+  while (sent < count && Clock::now() < deadline) {
+    const int n = sendmmsg(fd, msgs, unsigned(std::min<long>(kBatch, count - sent)), 0);
+    if (n > 0) sent += n;
+  }
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("%ld %.3f\n", sent, elapsed);
+  close(fd);
+  return 0;
+}
+
+// Keeps `clients` connects in flight; each one that completes is reset and replaced.
+int hammer(const char* src, const char* dst, uint16_t port, int clients, int seconds) {
+  Address from, to;
+  if (!parse_address(src, 0, from) || !parse_address(dst, port, to)) return 2;
+  const int ep = epoll_create1(0);
+  long done = 0, failed = 0;
+  auto start_one = [&] {
+    const int fd = socket(to.storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    const linger reset{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    bind(fd, reinterpret_cast<sockaddr*>(&from.storage), from.len);
+    connect(fd, reinterpret_cast<sockaddr*>(&to.storage), to.len);
+    epoll_event ev{};
+    ev.events = EPOLLOUT;
+    ev.data.fd = fd;
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+  };
+  for (int i = 0; i < clients; ++i) start_one();
+  const auto begin = Clock::now();
+  const auto deadline = begin + std::chrono::seconds(seconds);
+  epoll_event events[256];
+  while (Clock::now() < deadline) {
+    const int n = epoll_wait(ep, events, 256, 100);
+    for (int i = 0; i < n; ++i) {
+      int err = 0;
+      socklen_t len = sizeof(err);
+      getsockopt(events[i].data.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      err == 0 ? ++done : ++failed;
+      close(events[i].data.fd);
+      start_one();
+    }
+  }
+  const double elapsed = std::chrono::duration<double>(Clock::now() - begin).count();
+  std::printf("%ld %ld %.3f\n", done, failed, elapsed);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -204,6 +307,14 @@ int main(int argc, char** argv) {
   if (cmd == "synflood" && argc == 7) {
     return synflood(argv[2], argv[3], uint16_t(std::atoi(argv[4])), std::atol(argv[5]),
                     std::atoi(argv[6]));
+  }
+  if (cmd == "ethflood" && argc == 9) {
+    return ethflood(argv[2], argv[3], argv[4], argv[5], uint16_t(std::atoi(argv[6])),
+                    std::atol(argv[7]), std::atoi(argv[8]));
+  }
+  if (cmd == "hammer" && argc == 7) {
+    return hammer(argv[2], argv[3], uint16_t(std::atoi(argv[4])), std::atoi(argv[5]),
+                  std::atoi(argv[6]));
   }
   std::fprintf(stderr, "usage: see the comment at the top of xdp_e2e_tool.cpp\n");
   return 2;
