@@ -19,6 +19,9 @@ namespace offload {
 namespace {
 
 constexpr uint32_t kDataBlockBytes = 64 * 1024;
+// Most request heads fit 2 KiB; a connection that trickles a head (slowloris)
+// holds only this much until its head really grows.
+constexpr uint32_t kSmallInputBytes = 2048;
 
 uint64_t monotonic_ms() {
   timespec ts;
@@ -50,6 +53,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       listen_fds_(std::move(listen_fds)),
       accepting_(listen_fds_.size(), false),
       clients_(new ClientConn[config.max_clients]),
+      small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8),
       input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4),
       data_pool_(kDataBlockBytes, config.buffer_memory_max) {
   request_limits_.header_bytes_max = config.header_bytes_max;
@@ -205,10 +209,10 @@ void Shard::on_timer(Timer* t) {
     case kTimerHeader:
       bump(counters_.timeouts_header);
       // A connection that never sent a byte just closes; a partial head gets 408.
-      if (c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0) reject(c, 408, true);
+      if (c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0) reject(c, 408);
       else close_client(c);
       break;
-    case kTimerBody: bump(counters_.timeouts_body); reject(c, 408, true); break;
+    case kTimerBody: bump(counters_.timeouts_body); reject(c, 408); break;
     case kTimerKeepalive: bump(counters_.timeouts_keepalive); close_client(c); break;
     case kTimerSend: bump(counters_.timeouts_send); close_client(c); break;
     case kTimerQueue:
@@ -369,7 +373,7 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
       if (c->state == ClientState::kHead) {
         // The input block is full and the head is still not complete.
         bump(counters_.parse_errors);
-        reject(c, 431, true);
+        reject(c, 431);
         break;
       }
       on_client_bytes(c, data + n, len - n, false);  // body or pipelined bytes
@@ -390,6 +394,7 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
 // Copies as much of a head as fits into the input block; returns how much.
 size_t Shard::append_head_bytes(ClientConn* c, const char* data, size_t len) {
   Block* in = input_block(c);
+  if (in != nullptr && in->writable() < len) in = grow_input(c);
   if (in == nullptr) return 0;
   size_t n = std::min<size_t>(len, in->writable());
   std::memcpy(in->data() + in->tail, data, n);
@@ -401,7 +406,7 @@ size_t Shard::append_head_bytes(ClientConn* c, const char* data, size_t len) {
 Block* Shard::input_block(ClientConn* c) {
   Exchange* ex = c->ex;
   if (ex->in == nullptr) {
-    ex->in = input_pool_.get();
+    ex->in = small_input_pool_.get();
     if (ex->in == nullptr) {
       bump(counters_.buffer_exhausted);
       respond_error(c, 503);
@@ -417,18 +422,41 @@ Block* Shard::input_block(ClientConn* c) {
   return in;
 }
 
+// Moves the input from a small block to a full-size one (once per request at
+// most); returns the block to write into, or null after answering 503.
+Block* Shard::grow_input(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (ex->in->capacity == input_pool_.block_bytes()) return ex->in;
+  Block* big = input_pool_.get();
+  if (big == nullptr) {
+    bump(counters_.buffer_exhausted);
+    respond_error(c, 503);
+    return nullptr;
+  }
+  std::memcpy(big->data(), ex->in->data() + ex->in->head, ex->in->readable());
+  big->tail = ex->in->readable();
+  put_input(ex->in);
+  ex->in = big;
+  return big;
+}
+
+void Shard::put_input(Block* b) {
+  (b->capacity == small_input_pool_.block_bytes() ? small_input_pool_ : input_pool_).put(b);
+}
+
 // Keeps bytes that arrive behind the request in progress (pipelining): in
 // the input block, then in the overflow chain with receiving paused.
 void Shard::keep_pipelined(ClientConn* c, const char* data, size_t len) {
   Exchange* ex = c->ex;
   Block* in = ex->overflow.empty() ? input_block(c) : ex->in;
+  if (in != nullptr && ex->overflow.empty() && in->writable() < len) in = grow_input(c);
   if (in == nullptr) return;
   if (len > in->writable() || !ex->overflow.empty()) {
     // More pipelined input than one block: park it and stop receiving until
     // the request in progress is answered (bounded input per connection).
     if (!ex->overflow.append(data_pool_, data, len)) {
       bump(counters_.buffer_exhausted);
-      reject(c, 503, true);
+      reject(c, 503);
       return;
     }
     pause_recv(c);
@@ -458,7 +486,7 @@ void Shard::parse_input(ClientConn* c) {
   if (r == http::Result::kIncomplete) return;
   if (r == http::Result::kError) {
     bump(counters_.parse_errors);
-    reject(c, http::status_for(ex->parser.error()), true);
+    reject(c, http::status_for(ex->parser.error()));
     return;
   }
   if (!take_head(c)) return;
@@ -494,7 +522,7 @@ bool Shard::take_head(ClientConn* c) {
   if (h.method == http::Method::kConnect || h.upgrade) {
     // Tunnels and protocol switches belong to the pass-through proxy.
     bump(counters_.parse_errors);
-    reject(c, 501, true);
+    reject(c, 501);
     return false;
   }
   ex->forward = input_pool_.get();
@@ -510,7 +538,7 @@ bool Shard::take_head(ClientConn* c) {
   size_t n = write_upstream_request_head(h, msg, info, ex->forward->data(), ex->forward->capacity);
   if (n == 0) {
     bump(counters_.parse_errors);
-    reject(c, 431, true);
+    reject(c, 431);
     return false;
   }
   ex->forward_bytes = uint32_t(n);
@@ -527,12 +555,12 @@ void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_inp
   http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_chain, &sink);
   if (p.error != http::Error::kNone) {
     bump(counters_.parse_errors);
-    reject(c, http::status_for(p.error), true);
+    reject(c, http::status_for(p.error));
     return;
   }
   if (sink.failed) {
     bump(counters_.buffer_exhausted);
-    reject(c, 503, true);
+    reject(c, 503);
     return;
   }
   if (from_input) ex->in->head += uint32_t(p.consumed);
@@ -551,7 +579,7 @@ void Shard::on_request_complete(ClientConn* c) {
   size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
                                           ex->parser.head().body != http::BodyKind::kNone, ex->body.bytes());
   if (n == 0) {
-    reject(c, 431, true);
+    reject(c, 431);
     return;
   }
   ex->forward_bytes = uint32_t(n);
@@ -582,13 +610,12 @@ std::string_view Shard::client_ip(ClientConn* c, char* buf, size_t cap) {
 
 // An error the agent makes for a request it will not forward; the rest of
 // the connection's input is not trusted any more, so it closes afterwards.
-void Shard::reject(ClientConn* c, int status, bool close) {
+void Shard::reject(ClientConn* c, int status) {
   if (c->state == ClientState::kClosing || c->state == ClientState::kLingering) return;
   if (c->ex == nullptr) {
     close_client(c);
     return;
   }
-  c->ex->close_after = c->ex->close_after || close;
   respond_error(c, status);
 }
 
@@ -606,8 +633,9 @@ void Shard::respond_error(ClientConn* c, int status) {
     ::close(ex->spill.fd);
     ex->spill = Spill{};
   }
-  if (status >= 400 && status != 502 && status != 503 && status != 504) ex->close_after = true;
-  if (!ex->request_done) ex->close_after = true;  // the rest of the request is unread
+  // Like HAProxy's own error pages: the agent's errors end the connection, so
+  // a client never pipelines into a connection whose state is in doubt.
+  ex->close_after = true;
   std::string_view text = error_response(status, ex->close_after);
   if (!ex->out.append(data_pool_, text.data(), text.size())) {
     close_client(c);
@@ -716,7 +744,7 @@ void Shard::finish_exchange(ClientConn* c) {
   put_exchange(ex);
   c->ex = nullptr;
   if (in == nullptr || in->readable() == 0) {
-    if (in != nullptr) input_pool_.put(in);
+    if (in != nullptr) put_input(in);
     c->state = ClientState::kIdle;
     arm_timer(c->timer, kTimerKeepalive);
   } else {
@@ -798,7 +826,7 @@ Exchange* Shard::get_exchange() {
 }
 
 void Shard::put_exchange(Exchange* ex) {
-  if (ex->in != nullptr) input_pool_.put(ex->in);
+  if (ex->in != nullptr) put_input(ex->in);
   if (ex->forward != nullptr) input_pool_.put(ex->forward);
   if (ex->stage != nullptr) data_pool_.put(ex->stage);
   ex->body.clear(data_pool_);

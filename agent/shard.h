@@ -62,8 +62,10 @@ class Shard {
   void keep_pipelined(ClientConn* c, const char* data, size_t len);
   size_t append_head_bytes(ClientConn* c, const char* data, size_t len);
   Block* input_block(ClientConn* c);
+  Block* grow_input(ClientConn* c);
+  void put_input(Block* b);
   void on_request_complete(ClientConn* c);
-  void reject(ClientConn* c, int status, bool close);
+  void reject(ClientConn* c, int status);
   void respond_error(ClientConn* c, int status);
   void post_client_send(ClientConn* c);
   void on_client_send(ClientConn* c, int res);
@@ -115,6 +117,7 @@ class Shard {
   Exchange* free_exchanges_ = nullptr;
   std::vector<std::unique_ptr<Exchange>> exchanges_;
 
+  BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;   // request heads (header_bytes_max + slack)
   BlockPool data_pool_;    // bodies and responses (64 KiB blocks)
 
