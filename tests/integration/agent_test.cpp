@@ -647,6 +647,85 @@ TEST_CASE("an idle keep-alive client is closed after the keep-alive timeout") {
   CHECK_STAT_AT_LEAST(p, "timeouts_keepalive", 1);
 }
 
+TEST_CASE("a client that stalls in the body is closed after the body timeout and the backend gets nothing") {
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.body_timeout_ms = 400;
+  start_pair(b, p, 8, o);
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  REQUIRE(c.send_all("POST /echo?stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789"));
+  int64_t t0 = rig::now_ms();
+  std::string got;
+  CHECK(closed_within(c, 4000, &got));
+  int64_t took = rig::now_ms() - t0;
+  CHECK(took >= 350);
+  CHECK(took < 2500);
+  if (!got.empty()) CHECK(got.rfind("HTTP/1.1 408", 0) == 0);
+  auto rec = b.record();
+  REQUIRE(rec);
+  CHECK(rec->bytes_in() == 0);
+  CHECK_STAT_AT_LEAST(p, "timeouts_body", 1);
+}
+
+TEST_CASE("a request that waits too long for a free upstream channel gets 503") {
+  if (rig::proxy_kind() != "agent") return;  // nginx has no upstream queue
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.max_upstream = 1;
+  o.persistent = 1;
+  o.queue_timeout_ms = 300;
+  start_pair(b, p, 8, o);
+  Client busy;
+  REQUIRE(busy.connect(p.port()));
+  REQUIRE(busy.send_all(rig::get_request("/sleep/1500")));
+  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/sleep/1500") != nullptr; }, 3000));
+  int64_t t0 = rig::now_ms();
+  auto queued = rig::http_get(p.port(), "/ok?queued", 3000);
+  int64_t took = rig::now_ms() - t0;
+  REQUIRE_MESSAGE(queued, queued.error);
+  CHECK(queued.response->status == 503);
+  CHECK(queued.response->closes());
+  CHECK(took >= 250);
+  CHECK(took < 1400);
+  auto r = busy.read_response(5000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 200);
+  auto rec = b.record();
+  REQUIRE(rec);
+  CHECK(rec->find("/ok?queued") == nullptr);
+  CHECK_STAT_AT_LEAST(p, "timeouts_queue", 1);
+  CHECK_STAT_AT_LEAST(p, "queue_waits", 1);
+}
+
+TEST_CASE("a client that stops reading is closed after the send timeout") {
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.send_timeout_ms = 500;
+  start_pair(b, p, 8, o);
+  Client c;
+  REQUIRE(c.connect(p.port(), 3000, 4096));
+  REQUIRE(c.send_all(rig::get_request("/size/8388608?never-read")));
+  // Read nothing; the agent should give up on this client.
+  if (p.is_agent()) {
+    bool counted = false;
+    for (int i = 0; i < 100 && !counted; ++i) {
+      counted = p.stat("timeouts_send") >= 1;
+      if (!counted) rig::sleep_ms(50);
+    }
+    CHECK_MESSAGE(counted, "timeouts_send did not count within 5 s");
+  } else {
+    rig::sleep_ms(2000);
+  }
+  // Now read as fast as possible: the connection ends before the whole response.
+  auto r = c.read_response(5000);
+  CHECK(!r);
+  CHECK(r.closed);
+}
+
 // ---------------------------------------------------------------- shutdown
 
 TEST_CASE("SIGTERM with a request in flight still delivers its response and the agent exits 0") {
