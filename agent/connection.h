@@ -11,21 +11,12 @@
 #include "buffers.h"
 #include "http_parser.h"
 #include "list.h"
+#include "spill.h"
 #include "timer_list.h"
 
 namespace offload {
 
 struct UpstreamConn;
-
-// A response larger than response_buffer goes on in an unlinked temporary
-// file: bytes [read_off, write_off) are waiting for the client.
-struct Spill {
-  int fd = -1;
-  uint64_t write_off = 0;
-  uint64_t read_off = 0;
-  uint64_t punched_off = 0;  // bytes before this were given back to the file system
-  uint64_t unread() const { return write_off - read_off; }
-};
 
 // Everything a request in progress needs. Pooled: a connection holds one only
 // while a request is being received, forwarded or answered, so an idle
@@ -79,6 +70,7 @@ enum TimerKind : uint8_t {
   kTimerLinger,
   kTimerResponse,
   kTimerReconnect,
+  kTimerRingTick,
   kTimerKinds,
 };
 
@@ -121,6 +113,12 @@ struct alignas(16) UpstreamConn {
   bool used = false;            // has carried a request (for reuse counting)
   bool reusable = true;         // may carry another request after this one
   bool read_paused = false;     // the client's buffers are full
+  // Ring channels (shm:NAME) are channels without a socket.
+  bool ring = false;
+  bool send_pending = false;    // the ring was full: resend when it rings
+  bool chunked_out = false;     // the client gets the body chunked (length unknown)
+  uint32_t channel = 0;
+  uint64_t request_id = 0;
 };
 
 }  // namespace offload

@@ -104,6 +104,51 @@ size_t write_client_response_head(const http::Head& head, std::string_view msg, 
   return w.finish();
 }
 
+std::string_view reason_phrase(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+  }
+}
+
+size_t write_ring_response_head(int status, const FieldView* fields, size_t field_count,
+                                bool length_known, uint64_t content_length, bool chunked,
+                                bool close, bool client_http10, char* out, size_t cap) {
+  HeadWriter w(out, cap);
+  w << "HTTP/1.1 " << uint64_t(status) << " " << reason_phrase(status) << "\r\n";
+  for (size_t i = 0; i < field_count; ++i) w << fields[i].name << ": " << fields[i].value << "\r\n";
+  if (length_known) w << "Content-Length: " << content_length << "\r\n";
+  else if (chunked) w << "Transfer-Encoding: chunked\r\n";
+  if (close) w << "Connection: close\r\n";
+  else if (client_http10) w << "Connection: keep-alive\r\n";
+  w << "\r\n";
+  return w.finish();
+}
+
 std::string_view error_response(int status, bool close) {
   struct Entry {
     int status;

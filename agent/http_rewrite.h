@@ -38,6 +38,24 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
                                   bool client_http10, char* out, size_t cap);
 
+// The reason phrase of a status code ("OK", "Not Found"), or "Unknown".
+std::string_view reason_phrase(int status);
+
+// A head field the ring delivered (name and value already validated).
+struct FieldView {
+  std::string_view name;
+  std::string_view value;
+};
+
+// The client's response head for a response that came over the ring: the
+// agent owns the framing, so it writes Content-Length (length known),
+// Transfer-Encoding: chunked (unknown, HTTP/1.1 client) or nothing (the
+// close ends the body), and Connection. Returns the length, 0 if it does
+// not fit.
+size_t write_ring_response_head(int status, const FieldView* fields, size_t field_count,
+                                bool length_known, uint64_t content_length, bool chunked,
+                                bool close, bool client_http10, char* out, size_t cap);
+
 // A complete error response made by the agent (status 400..505), with a short
 // text body. `close` adds "Connection: close".
 std::string_view error_response(int status, bool close);

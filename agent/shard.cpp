@@ -68,11 +68,12 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
   for (uint32_t i = 0; i < config.max_upstream; ++i)
     upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
+  if (config.upstream.kind == UpstreamTarget::Kind::kShm) ring_create();
 
   const uint32_t durations[kTimerKinds] = {
       config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
       config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
-      config.response_timeout_ms, 1000 /* reconnect backoff */};
+      config.response_timeout_ms, 1000 /* reconnect backoff */, 250 /* ring heartbeat tick */};
   for (int k = 0; k < kTimerKinds; ++k) timers_[k].set_duration(durations[k]);
   connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
   connect_timeout_.tv_nsec = (config.connect_timeout_ms % 1000) * 1000000ll;
@@ -92,7 +93,7 @@ Shard::~Shard() {
   for (auto& ex : exchanges_) {
     ex->body.clear(data_pool_);
     ex->out.clear(data_pool_);
-    if (ex->spill.fd >= 0) ::close(ex->spill.fd);
+    spill_close(ex->spill);
   }
   if (signal_fd_ >= 0) ::close(signal_fd_);
 }
@@ -103,6 +104,7 @@ int Shard::run() {
   now_ms_ = monotonic_ms();
   for (size_t i = 0; i < listen_fds_.size(); ++i) post_accept(i);
   post_signal_read();
+  if (ring_) ring_start();
   refill_pool();
   while (!stop_now_) {
     uint64_t deadline = next_deadline();
@@ -166,6 +168,9 @@ void Shard::handle(io_uring_cqe* cqe) {
     case Op::kUpSend: on_up_send(obj_of<UpstreamConn>(ud), cqe->res); break;
     case Op::kUpRecv: on_up_recv(obj_of<UpstreamConn>(ud), cqe->res); break;
     case Op::kUpPoll: on_up_poll(obj_of<UpstreamConn>(ud), cqe->res); break;
+    case Op::kRingListen:
+    case Op::kRingPeer:
+    case Op::kRingDoorbell: on_ring_cqe(ud, cqe); break;
     case Op::kNone: break;
   }
 }
@@ -193,6 +198,10 @@ void Shard::expire_timers() {
 }
 
 void Shard::on_timer(Timer* t) {
+  if (t == &ring_tick_) {
+    ring_tick();
+    return;
+  }
   if (t == &reconnect_timer_) {
     reconnect_backoff_ = false;
     refill_pool();
@@ -629,10 +638,7 @@ void Shard::respond_error(ClientConn* c, int status) {
   }
   bump(counters_.agent_errors);
   ex->out.clear(data_pool_);
-  if (ex->spill.fd >= 0) {
-    ::close(ex->spill.fd);
-    ex->spill = Spill{};
-  }
+  spill_close(ex->spill);
   // Like HAProxy's own error pages: the agent's errors end the connection, so
   // a client never pipelines into a connection whose state is in doubt.
   ex->close_after = true;
@@ -679,23 +685,12 @@ void Shard::fill_out_from_spill(ClientConn* c) {
   if (sp.fd < 0 || sp.unread() == 0) return;
   Block* b = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
   if (b == nullptr) return;  // retried when memory frees up (next send)
-  uint64_t want = std::min<uint64_t>(b->writable(), sp.unread());
-  // Page-cache reads of data written moments ago: synchronous, like nginx's
-  // temp files without aio.
-  ssize_t got = ::pread(sp.fd, b->data() + b->tail, want, off_t(sp.read_off));
+  long got = spill_read(sp, b->data() + b->tail, b->writable());
   if (got <= 0) {
     close_client(c);
     return;
   }
   ex->out.commit(uint32_t(got));
-  sp.read_off += uint64_t(got);
-  constexpr uint64_t kPunchStep = 1 << 20;
-  if (sp.read_off - sp.punched_off >= kPunchStep) {
-    uint64_t upto = sp.read_off & ~(kPunchStep - 1);
-    ::fallocate(sp.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(sp.punched_off),
-                off_t(upto - sp.punched_off));
-    sp.punched_off = upto;
-  }
 }
 
 void Shard::on_client_send(ClientConn* c, int res) {
@@ -832,8 +827,7 @@ void Shard::put_exchange(Exchange* ex) {
   ex->body.clear(data_pool_);
   ex->out.clear(data_pool_);
   ex->overflow.clear(data_pool_);
-  if (ex->spill.fd >= 0) ::close(ex->spill.fd);
-  ex->spill = Spill{};
+  spill_close(ex->spill);
   ex->in = ex->forward = ex->stage = nullptr;
   ex->forward_bytes = 0;
   ex->up = nullptr;

@@ -17,9 +17,11 @@
 #include "config.h"
 #include "connection.h"
 #include "counters.h"
+#include "http_rewrite.h"
 #include "list.h"
 #include "timer_list.h"
 #include "uring.h"
+#include "offload/ring_agent.h"
 
 namespace offload {
 
@@ -101,6 +103,18 @@ class Shard {
   void maybe_free_upstream(UpstreamConn* u);
   void refill_pool();
 
+  // Ring channels (ring_upstream.cpp).
+  void ring_create();
+  void ring_start();
+  void on_ring_cqe(uint64_t ud, io_uring_cqe* cqe);
+  void ring_tick();
+  void ring_event(ring::RingAgent::Event e);
+  void ring_send(UpstreamConn* u);
+  void ring_drain(UpstreamConn* u);
+  bool ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece);
+  bool ring_read_allowed(UpstreamConn* u) const;
+  bool append_response(ClientConn* c, const char* data, size_t len);
+
   const Config& config_;
   Counters& counters_;
   Uring uring_;
@@ -130,6 +144,17 @@ class Shard {
   Timer reconnect_timer_;
   bool reconnect_backoff_ = false;  // the last connect failed
   __kernel_timespec connect_timeout_{};
+
+  // The bus (upstream shm:NAME): null for TCP and Unix upstreams.
+  std::unique_ptr<ring::RingAgent> ring_;
+  Timer ring_tick_;
+  int peer_poll_fd_ = -1;
+  uint64_t peer_poll_gen_ = 0;
+  uint64_t ring_request_ids_ = 0;
+  http::Parser ring_head_parser_{http::Parser::Kind::kRequest, http::Limits{}};
+  std::vector<offload_field> ring_fields_;
+  std::vector<FieldView> ring_views_;
+  std::string ring_body_;
 
   TimerList timers_[kTimerKinds];
   static constexpr size_t kScratchBytes = 64 * 1024;

@@ -1,7 +1,6 @@
 // The upstream side of a shard: the ready queue, the pool of bus connections
 // (at most max_upstream, `persistent` of them opened at start-up and kept),
 // and reading responses into the client's output queue.
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -34,16 +33,6 @@ void count_response(Counters& counters, uint16_t status) {
   }
 }
 
-int open_spill_file(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd >= 0) return fd;
-  // File systems without O_TMPFILE: a named file, unlinked at once.
-  std::string path = dir + "/offload-spill-XXXXXX";
-  fd = ::mkostemp(path.data(), O_CLOEXEC);
-  if (fd >= 0) ::unlink(path.c_str());
-  return fd;
-}
-
 }  // namespace
 
 // --------------------------------------------------------- the ready queue
@@ -66,6 +55,7 @@ void Shard::dispatch() {
     drop(counters_.queue_length);
     assign(u, c);
   }
+  if (ring_) return;  // ring channels come with the server's attach
   // One new channel per waiting request, up to max_upstream.
   while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream) open_upstream();
 }
@@ -89,6 +79,11 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   c->state = ClientState::kUpstream;
   if (u->used) bump(counters_.upstream_reuses);
   u->used = true;
+  if (u->ring) {
+    arm_timer(u->timer, kTimerResponse);
+    ring_send(u);
+    return;
+  }
   u->parser.reset();
   u->parser.set_request_method(ex->method);
   post_up_send(u);
@@ -99,6 +94,7 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
 // ------------------------------------------------------------ the channels
 
 void Shard::refill_pool() {
+  if (ring_) return;
   while (upstream_open_ < config_.persistent && !reconnect_backoff_ && !draining_) open_upstream();
 }
 
@@ -183,7 +179,7 @@ void Shard::make_idle(UpstreamConn* u) {
   u->client = nullptr;
   disarm_timer(u->timer);
   idle_.push_front(u);  // LIFO: the warmest channel serves next
-  if (!u->poll_armed) {
+  if (!u->ring && !u->poll_armed) {
     io_uring_sqe* s = uring_.sqe();
     io_uring_prep_poll_add(s, u->fd, POLLIN | POLLRDHUP);
     io_uring_sqe_set_data64(s, pack(u, Op::kUpPoll));
@@ -216,8 +212,18 @@ void Shard::on_up_poll(UpstreamConn* u, int res) {
 void Shard::close_upstream(UpstreamConn* u) {
   if (u->state == UpstreamState::kClosing || u->state == UpstreamState::kFree) return;
   if (u->state == UpstreamState::kIdle) idle_.remove(u);
-  u->state = UpstreamState::kClosing;
   disarm_timer(u->timer);
+  if (u->ring) {
+    // A ring channel stays; a request still on it is abandoned, and the
+    // channel serves again once the rest of that response has gone by.
+    const bool busy = u->state == UpstreamState::kBusy;
+    u->client = nullptr;
+    u->send_pending = false;
+    u->state = busy && ring_->attached() ? UpstreamState::kClosing : UpstreamState::kFree;
+    if (!busy && ring_->attached()) make_idle(u);
+    return;
+  }
+  u->state = UpstreamState::kClosing;
   ::shutdown(u->fd, SHUT_RDWR);
   maybe_free_upstream(u);
 }
@@ -292,6 +298,10 @@ void Shard::on_up_send(UpstreamConn* u, int res) {
 // ---------------------------------------------------- reading the response
 
 void Shard::post_up_recv(UpstreamConn* u) {
+  if (u->ring) {
+    ring_drain(u);
+    return;
+  }
   ClientConn* c = u->client;
   Exchange* ex = c->ex;
   if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer) {
@@ -456,17 +466,10 @@ bool Shard::spill_stage(UpstreamConn* u, ClientConn* c, uint32_t n) {
     return false;
   }
   if (p.done && p.consumed < n) u->reusable = false;
-  // Page-cache writes, synchronous like nginx's temp files without aio.
-  size_t done = 0;
-  while (done < p.consumed) {
-    ssize_t w = ::pwrite(ex->spill.fd, b->data() + done, p.consumed - done, off_t(ex->spill.write_off));
-    if (w <= 0) {
-      fmt::print(stderr, "offload-agent: spill file write: {}\n", std::strerror(errno));
-      upstream_failed(u, 502, false);
-      return false;
-    }
-    done += size_t(w);
-    ex->spill.write_off += uint64_t(w);
+  if (!spill_write(ex->spill, b->data(), p.consumed)) {
+    fmt::print(stderr, "offload-agent: spill file write: {}\n", std::strerror(errno));
+    upstream_failed(u, 502, false);
+    return false;
   }
   b->head = b->tail = 0;
   if (p.done) ex->response_done = true;
@@ -495,7 +498,7 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
 void Shard::release_upstream(UpstreamConn* u) {
   u->client = nullptr;
   disarm_timer(u->timer);
-  if (!u->reusable || draining_ || u->send_busy || u->recv_busy) {
+  if (!u->ring && (!u->reusable || draining_ || u->send_busy || u->recv_busy)) {
     close_upstream(u);
     return;
   }

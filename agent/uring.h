@@ -22,6 +22,9 @@ enum class Op : uint8_t {
   kUpSend,
   kUpRecv,
   kUpPoll,
+  kRingListen,
+  kRingPeer,
+  kRingDoorbell,
 };
 
 inline uint64_t pack(const void* obj, Op op) {

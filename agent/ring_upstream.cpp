@@ -1,0 +1,284 @@
+// Ring channels: the upstream pool over the shared-memory bus (shm:NAME).
+//
+// Each ring channel is an UpstreamConn without a socket, so the ready queue,
+// the pool, the timeouts and the response buffering are the same as for TCP;
+// only the transport differs. The agent end of the bus (offload::ring::
+// RingAgent) is driven from this loop: polls on its listening socket, the
+// attached server's socket and one doorbell eventfd per channel, plus a
+// 250 ms tick for heartbeats.
+#include <poll.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "http_rewrite.h"
+#include "shard.h"
+
+namespace offload {
+namespace {
+
+using ring::RingAgent;
+
+void count_ring_response(Counters& counters, uint16_t status) {
+  switch (status / 100) {
+    case 2: bump(counters.responses_2xx); break;
+    case 3: bump(counters.responses_3xx); break;
+    case 4: bump(counters.responses_4xx); break;
+    default: bump(counters.responses_5xx); break;
+  }
+}
+
+}  // namespace
+
+void Shard::ring_create() {
+  ring::RingAgentOptions opts;
+  opts.name = config_.upstream.shm_name;
+  opts.channels_max = config_.max_upstream;
+  std::string error;
+  ring_ = RingAgent::create(opts, &error);
+  if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", config_.upstream.text, error));
+  for (auto& u : upstreams_) {
+    u->ring = true;
+    u->channel = u->slot;
+  }
+  ring_fields_.reserve(config_.header_count_max + 8);
+  ring_views_.reserve(256);
+}
+
+void Shard::ring_start() {
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_poll_multishot(s, ring_->listen_fd(), POLLIN);
+  io_uring_sqe_set_data64(s, uint64_t(Op::kRingListen));
+  for (auto& u : upstreams_) {
+    io_uring_sqe* d = uring_.sqe();
+    io_uring_prep_poll_multishot(d, ring_->doorbell_fd(u->channel), POLLIN);
+    io_uring_sqe_set_data64(d, pack(u.get(), Op::kRingDoorbell));
+  }
+  arm_timer(ring_tick_, kTimerRingTick);
+}
+
+void Shard::on_ring_cqe(uint64_t ud, io_uring_cqe* cqe) {
+  switch (op_of(ud)) {
+    case Op::kRingListen:
+      if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        io_uring_sqe* s = uring_.sqe();
+        io_uring_prep_poll_multishot(s, ring_->listen_fd(), POLLIN);
+        io_uring_sqe_set_data64(s, uint64_t(Op::kRingListen));
+      }
+      ring_event(ring_->on_listen_ready(now_ms_));
+      break;
+    case Op::kRingPeer:
+      if ((ud >> 4) != peer_poll_gen_) break;  // a poll for an earlier peer
+      peer_poll_fd_ = -1;
+      ring_event(ring_->on_peer_ready(now_ms_));
+      break;
+    case Op::kRingDoorbell: {
+      UpstreamConn* u = obj_of<UpstreamConn>(ud);
+      if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        io_uring_sqe* s = uring_.sqe();
+        io_uring_prep_poll_multishot(s, ring_->doorbell_fd(u->channel), POLLIN);
+        io_uring_sqe_set_data64(s, pack(u, Op::kRingDoorbell));
+      }
+      ring_->on_doorbell(u->channel);
+      if (u->send_pending && u->state == UpstreamState::kBusy) ring_send(u);
+      ring_drain(u);
+      break;
+    }
+    default: break;
+  }
+}
+
+void Shard::ring_tick() {
+  ring_event(ring_->tick(now_ms_));
+  arm_timer(ring_tick_, kTimerRingTick);
+}
+
+// After every call into the ring agent: act on attach/detach and keep one
+// poll on the current peer socket (the fd changes from peer to peer).
+void Shard::ring_event(RingAgent::Event e) {
+  if (e == RingAgent::Event::kAttached) {
+    fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", config_.upstream.text,
+               ring_->server_pid(), ring_->channel_count());
+    for (auto& u : upstreams_) {
+      if (u->state == UpstreamState::kIdle) idle_.remove(u.get());
+      u->state = UpstreamState::kFree;
+      u->client = nullptr;
+      u->send_pending = false;
+      if (u->channel < ring_->channel_count()) {
+        bump(counters_.upstream_connects);
+        make_idle(u.get());
+      }
+    }
+    dispatch();
+  } else if (e == RingAgent::Event::kDetached) {
+    fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", config_.upstream.text, ring_->last_error());
+    for (auto& u : upstreams_) {
+      if (u->state == UpstreamState::kBusy) upstream_failed(u.get(), 502, false);
+      if (u->state == UpstreamState::kIdle) idle_.remove(u.get());
+      u->state = UpstreamState::kFree;
+    }
+  }
+  const int fd = ring_->peer_fd();
+  if (fd == peer_poll_fd_) return;
+  if (peer_poll_fd_ >= 0) {  // io_uring holds the old socket until its poll ends
+    io_uring_sqe* s = uring_.sqe();
+    io_uring_prep_cancel64(s, (peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer), 0);
+    io_uring_sqe_set_data64(s, uint64_t(Op::kNone));
+  }
+  peer_poll_fd_ = fd;
+  ++peer_poll_gen_;
+  if (fd < 0) return;
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_poll_add(s, fd, POLLIN | POLLRDHUP);
+  io_uring_sqe_set_data64(s, (peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer));
+}
+
+void Shard::ring_send(UpstreamConn* u) {
+  Exchange* ex = u->client->ex;
+  std::string_view head(ex->forward->data(), ex->forward_bytes);
+  // The server reads the index instead of parsing: it is made from the head
+  // exactly as forwarded (hop-by-hop fields already gone).
+  ring_head_parser_.reset();
+  if (ring_head_parser_.parse_head(head) != http::Result::kComplete) {
+    upstream_failed(u, 502, false);
+    return;
+  }
+  const http::Head& h = ring_head_parser_.head();
+  ring_fields_.clear();
+  for (const auto& f : h.headers) ring_fields_.push_back({{f.name.off, f.name.len}, {f.value.off, f.value.len}});
+  std::string_view body;
+  if (ex->body.front() != nullptr && ex->body.front()->next == nullptr) {
+    body = std::string_view(ex->body.front()->data() + ex->body.front()->head, ex->body.bytes());
+  } else if (!ex->body.empty()) {
+    ring_body_.clear();  // a record is contiguous: gather a multi-block body
+    for (Block* b = ex->body.front(); b != nullptr; b = b->next) ring_body_.append(b->data() + b->head, b->readable());
+    body = ring_body_;
+  }
+  ring::RequestOut req;
+  req.id = u->request_id = ++ring_request_ids_;
+  req.head = head;
+  req.body = body;
+  req.method = uint8_t(ex->method);
+  req.version_minor = 1;
+  req.flags = ex->close_after ? 0 : OFFLOAD_REQ_F_KEEP_ALIVE;
+  req.method_text = {h.method_text.off, h.method_text.len};
+  req.target = {h.target.off, h.target.len};
+  req.fields = ring_fields_;
+  switch (ring_->try_send_request(u->channel, req)) {
+    case RingAgent::Send::kOk:
+      u->send_pending = false;
+      ring_drain(u);  // arms the doorbell for the response
+      return;
+    case RingAgent::Send::kFull: u->send_pending = true; return;
+    case RingAgent::Send::kTooLarge: {
+      ClientConn* c = u->client;
+      c->ex->up = nullptr;
+      u->client = nullptr;
+      make_idle(u);
+      respond_error(c, 413);
+      return;
+    }
+    default: upstream_failed(u, 502, false); return;
+  }
+}
+
+bool Shard::ring_read_allowed(UpstreamConn* u) const {
+  const Exchange* ex = u->client->ex;
+  if (ex->spill.fd >= 0) return ex->spill.unread() < config_.response_spill_max;
+  return config_.response_spill_max > 0 || ex->out.bytes() < config_.response_buffer;
+}
+
+// Takes response pieces off a channel until it is empty (which arms its
+// doorbell) or the client's buffers are full (resumed by its next send).
+void Shard::ring_drain(UpstreamConn* u) {
+  for (;;) {
+    if (u->state == UpstreamState::kBusy && !ring_read_allowed(u)) {
+      u->read_paused = true;
+      disarm_timer(u->timer);
+      return;
+    }
+    ring::ResponsePiece piece;
+    int r = ring_->poll_response(u->channel, &piece);
+    if (r == 0 || r == -EPIPE) return;
+    if (r < 0) {
+      fmt::print(stderr, "offload-agent: bus channel {}: {}\n", u->channel, ring_->channel_error(u->channel));
+      bump(counters_.upstream_bad_responses);
+      if (u->state == UpstreamState::kBusy) upstream_failed(u, 502, false);
+      if (u->state == UpstreamState::kIdle) idle_.remove(u);
+      u->state = UpstreamState::kFree;  // unusable until the server attaches again
+      return;
+    }
+    const bool last = piece.end || piece.kind == ring::ResponsePiece::Kind::kAbort;
+    if (u->state != UpstreamState::kBusy) {
+      // The rest of a response whose client timed out or left: dropped.
+      ring_->release_response(u->channel);
+      if (last && u->state == UpstreamState::kClosing) make_idle(u);
+      continue;
+    }
+    ClientConn* c = u->client;
+    const bool ok = piece.kind != ring::ResponsePiece::Kind::kAbort && ring_piece(u, c, piece);
+    ring_->release_response(u->channel);
+    if (!ok) {
+      if (u->state == UpstreamState::kBusy) upstream_failed(u, 502, false);
+      if (last && u->state == UpstreamState::kClosing) make_idle(u);
+      return;
+    }
+    if (piece.end) {
+      on_response_complete(u, c);
+      return;
+    }
+    post_client_send(c);
+  }
+}
+
+// Copies one piece into the client's output; false to fail the exchange.
+bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece) {
+  Exchange* ex = c->ex;
+  arm_timer(u->timer, kTimerResponse);
+  ex->response_bytes += piece.body.size() + 1;
+  const bool head_request = ex->method == http::Method::kHead;
+  if (piece.kind == ring::ResponsePiece::Kind::kHead) {
+    if (piece.status < 200) return piece.status != 101;  // interim: dropped
+    count_ring_response(counters_, piece.status);
+    const bool bodiless = head_request || piece.status == 204 || piece.status == 304;
+    const bool length_known = piece.content_length != OFFLOAD_LENGTH_UNKNOWN;
+    u->chunked_out = !length_known && !bodiless && !ex->client_http10;
+    if (!length_known && !bodiless && ex->client_http10) ex->close_after = true;
+    ring_views_.clear();
+    for (const auto& f : piece.fields) ring_views_.push_back({f.name, f.value});
+    size_t n = write_ring_response_head(piece.status, ring_views_.data(), ring_views_.size(),
+                                        length_known && piece.status != 204 && piece.status != 304,
+                                        piece.content_length, u->chunked_out, ex->close_after, ex->client_http10,
+                                        scratch_.get(), kScratchBytes);
+    if (n == 0 || !append_response(c, scratch_.get(), n)) return false;
+    ex->response_head_done = true;
+    if (bodiless) return true;
+  }
+  if (piece.kind != ring::ResponsePiece::Kind::kAbort && !head_request && !piece.body.empty()) {
+    if (u->chunked_out) {
+      char line[24];
+      auto r = fmt::format_to_n(line, sizeof line, "{:x}\r\n", piece.body.size());
+      if (!append_response(c, line, r.size)) return false;
+    }
+    if (!append_response(c, piece.body.data(), piece.body.size())) return false;
+    if (u->chunked_out && !append_response(c, "\r\n", 2)) return false;
+  }
+  if (piece.end && u->chunked_out && !append_response(c, "0\r\n\r\n", 5)) return false;
+  return true;
+}
+
+// Response bytes go to memory up to response_buffer, then to the spill file.
+bool Shard::append_response(ClientConn* c, const char* data, size_t len) {
+  Exchange* ex = c->ex;
+  if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() + len > config_.response_buffer &&
+      config_.response_spill_max > 0) {
+    ex->spill.fd = open_spill_file(config_.temp_dir);
+    if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
+  }
+  if (ex->spill.fd < 0) return ex->out.append(data_pool_, data, len);
+  return spill_write(ex->spill, data, len);
+}
+
+}  // namespace offload
