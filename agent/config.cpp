@@ -59,6 +59,8 @@ const std::vector<NumberKey>& number_keys() {
       {"drain_timeout_ms", 0, kDay, false, [](Config& c, uint64_t v) { c.drain_timeout_ms = uint32_t(v); }},
       {"recv_buffers", 16, 32768, false, [](Config& c, uint64_t v) { c.recv_buffers = uint32_t(v); }},
       {"recv_buffer_bytes", 512, 1 << 20, true, [](Config& c, uint64_t v) { c.recv_buffer_bytes = uint32_t(v); }},
+      {"xdp_syn_rate", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_rate = uint32_t(v); }},
+      {"xdp_syn_burst", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_burst = uint32_t(v); }},
   };
   return keys;
 }
@@ -246,6 +248,10 @@ void load_config_file(const std::string& path, Config& config) {
       config.temp_dir = string_value(key, node);
     } else if (key == "admin") {
       config.admin = string_value(key, node);
+    } else if (key == "xdp_iface") {
+      config.xdp_iface = string_value(key, node);
+    } else if (key == "xdp_mode") {
+      config.xdp_mode = string_value(key, node);
     } else {
       throw ConfigError(fmt::format("{}: unknown key '{}'", path, key));
     }
@@ -261,6 +267,8 @@ void validate(Config& config) {
   if ((config.recv_buffers & (config.recv_buffers - 1)) != 0)
     throw ConfigError(fmt::format("recv_buffers: bad value '{}' (expected a power of two)", config.recv_buffers));
   if (config.admin != "off") parse_socket_address("admin", config.admin);
+  if (config.xdp_mode != "auto" && config.xdp_mode != "native" && config.xdp_mode != "generic")
+    bad("xdp_mode", config.xdp_mode, "auto, native or generic");
   if (config.response_buffer > config.buffer_memory_max)
     throw ConfigError(fmt::format("response_buffer: bad value '{}' (expected at most buffer_memory_max, {})",
                                   config.response_buffer, config.buffer_memory_max));

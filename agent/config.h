@@ -69,6 +69,13 @@ struct Config {
   uint32_t recv_buffer_bytes = 4096;
 
   std::string admin = "127.0.0.1:9901";   // "off" disables the admin endpoint
+
+  // The XDP guard, attached by `run` for its lifetime when xdp_iface is set
+  // (service ports = the listen ports, steering to `cpu`).
+  std::string xdp_iface;
+  std::string xdp_mode = "auto";          // auto | native | generic
+  uint32_t xdp_syn_rate = 0;              // SYNs per second per source; 0: no limit
+  uint32_t xdp_syn_burst = 0;
 };
 
 // Parses "4096", "64k", "8m", "1g" (powers of 1024). Throws ConfigError naming `key`.

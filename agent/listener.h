@@ -12,5 +12,6 @@ int open_listener(const SocketAddress& address, int backlog);
 
 // "127.0.0.1:PORT" / "[::1]:PORT" of a bound socket (the real port for :0).
 std::string local_address(int fd);
+uint16_t local_port(int fd);
 
 }  // namespace offload

@@ -21,6 +21,7 @@
 
 #ifdef OFFLOAD_HAVE_XDP
 #include "xdp/xdp_cli.h"
+#include "xdp/xdp_guard.h"
 #endif
 
 namespace {
@@ -36,6 +37,8 @@ struct RunFlags {
   std::string upstream;
   std::string admin;
   std::string temp_dir;
+  std::string xdp_iface;
+  std::string xdp_mode;
   std::map<std::string, std::string> numbers;  // TOML key → flag text
 };
 
@@ -45,6 +48,8 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--upstream", f.upstream, "tcp://HOST:PORT, unix:PATH or shm:NAME (default tcp://127.0.0.1:8000)");
   cmd->add_option("--admin", f.admin, "ADDR:PORT of the stats endpoint, or off (default 127.0.0.1:9901)");
   cmd->add_option("--temp-dir", f.temp_dir, "where large responses spill (default /tmp)");
+  cmd->add_option("--xdp-iface", f.xdp_iface, "attach the XDP guard to this interface while running");
+  cmd->add_option("--xdp-mode", f.xdp_mode, "auto, native or generic (default auto)");
   for (const std::string& key : offload::number_key_names()) {
     std::string flag = "--" + key;
     for (auto& ch : flag)
@@ -64,6 +69,8 @@ Config build_config(const RunFlags& f) {
   if (!f.upstream.empty()) config.upstream = offload::parse_upstream("--upstream", f.upstream);
   if (!f.admin.empty()) config.admin = f.admin;
   if (!f.temp_dir.empty()) config.temp_dir = f.temp_dir;
+  if (!f.xdp_iface.empty()) config.xdp_iface = f.xdp_iface;
+  if (!f.xdp_mode.empty()) config.xdp_mode = f.xdp_mode;
   for (const auto& [key, value] : f.numbers)
     if (!value.empty()) offload::set_number_from_flag(config, key, value);
   offload::validate(config);
@@ -94,6 +101,37 @@ void pin_to_cpu(int cpu) {
                                              std::strerror(rc)));
 }
 
+// The guard for the agent's lifetime: a failure is announced once and the
+// agent runs on without it (its limits still hold in user space).
+std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>& listen_fds) {
+  if (config.xdp_iface.empty()) return nullptr;
+#ifdef OFFLOAD_HAVE_XDP
+  offload::xdp::GuardConfig g;
+  g.ifname = config.xdp_iface;
+  g.mode = config.xdp_mode == "native"    ? offload::xdp::Mode::native
+           : config.xdp_mode == "generic" ? offload::xdp::Mode::generic
+                                          : offload::xdp::Mode::automatic;
+  if (config.cpu >= 0) g.cpus.push_back(uint32_t(config.cpu));
+  for (int fd : listen_fds) g.ports.push_back(offload::local_port(fd));
+  g.syn_rate = config.xdp_syn_rate;
+  g.syn_burst = config.xdp_syn_burst;
+  g.announce = [](std::string_view m) { fmt::print(stderr, "offload-agent: xdp: {}\n", m); };
+  offload::xdp::Status status;
+  std::shared_ptr<offload::xdp::Guard> guard = offload::xdp::Guard::attach(g, status);
+  if (!guard) {
+    fmt::print(stderr, "offload-agent: XDP guard not attached to {}: {}; running without it\n", g.ifname,
+               status.message);
+    return nullptr;
+  }
+  fmt::print(stderr, "offload-agent: XDP guard on {} ({} mode)\n", g.ifname, offload::xdp::mode_name(guard->mode()));
+  return guard;
+#else
+  (void)listen_fds;
+  fmt::print(stderr, "offload-agent: built without XDP support; xdp_iface {} ignored\n", config.xdp_iface);
+  return nullptr;
+#endif
+}
+
 int run(const Config& config) {
   raise_fd_limit(config.max_clients + config.max_upstream + 64);
   // Signals arrive through a signalfd in the loop; block them everywhere.
@@ -111,6 +149,7 @@ int run(const Config& config) {
   if (config.admin != "off")
     admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin), counters);
   pin_to_cpu(config.cpu);
+  std::shared_ptr<void> guard = attach_guard(config, fds);
   offload::Shard shard(config, fds, counters);
   fmt::print(stderr, "offload-agent: {}\n", shard.features());
   fmt::print(stderr, "offload-agent: upstream {} (max {} channels, {} persistent)\n", config.upstream.text,
