@@ -6,8 +6,8 @@
 
 namespace offload {
 
-BlockPool::BlockPool(uint32_t block_bytes, uint64_t budget_bytes)
-    : block_bytes_(block_bytes), budget_bytes_(budget_bytes) {}
+BlockPool::BlockPool(uint32_t block_bytes, uint64_t budget_bytes, uint32_t free_max)
+    : block_bytes_(block_bytes), budget_bytes_(budget_bytes), free_max_(free_max) {}
 
 BlockPool::~BlockPool() {
   while (free_ != nullptr) {
@@ -22,6 +22,7 @@ Block* BlockPool::get() {
   Block* b = free_;
   if (b != nullptr) {
     free_ = b->next;
+    --free_count_;
   } else {
     if (uint64_t(allocated_ + 1) * block_bytes_ > budget_bytes_) return nullptr;
     void* mem = std::aligned_alloc(64, (sizeof(Block) + block_bytes_ + 63) / 64 * 64);
@@ -39,8 +40,16 @@ Block* BlockPool::get() {
 void BlockPool::put(Block* b) {
   OFFLOAD_ASSERT(b != nullptr && in_use_ > 0);
   --in_use_;
+  if (free_count_ >= free_max_) {
+    b->~Block();
+    std::free(b);
+    --allocated_;
+    released_bytes_ += block_bytes_;
+    return;
+  }
   b->next = free_;
   free_ = b;
+  ++free_count_;
 }
 
 Block* BlockChain::writable_tail(BlockPool& pool, uint32_t min_free) {

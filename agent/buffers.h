@@ -33,7 +33,9 @@ struct Block {
 
 class BlockPool {
  public:
-  BlockPool(uint32_t block_bytes, uint64_t budget_bytes);
+  // Keeps at most `free_max` freed blocks for reuse; more go back to malloc,
+  // so a burst does not hold its peak memory forever.
+  BlockPool(uint32_t block_bytes, uint64_t budget_bytes, uint32_t free_max = 64);
   ~BlockPool();
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
@@ -45,12 +47,17 @@ class BlockPool {
   uint32_t block_bytes() const { return block_bytes_; }
   uint64_t bytes_in_use() const { return uint64_t(in_use_) * block_bytes_; }
   uint64_t budget_bytes() const { return budget_bytes_; }
+  // Bytes handed back to malloc since the last call (for malloc_trim).
+  uint64_t take_released_bytes() { return std::exchange(released_bytes_, 0); }
 
  private:
   uint32_t block_bytes_;
   uint64_t budget_bytes_;
+  uint32_t free_max_;
   uint32_t allocated_ = 0;
   uint32_t in_use_ = 0;
+  uint32_t free_count_ = 0;
+  uint64_t released_bytes_ = 0;
   Block* free_ = nullptr;
 };
 

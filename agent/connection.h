@@ -71,6 +71,7 @@ enum TimerKind : uint8_t {
   kTimerResponse,
   kTimerReconnect,
   kTimerRingTick,
+  kTimerHousekeeping,
   kTimerKinds,
 };
 

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,9 +54,9 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       listen_fds_(std::move(listen_fds)),
       accepting_(listen_fds_.size(), false),
       clients_(new ClientConn[config.max_clients]),
-      small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8),
-      input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4),
-      data_pool_(kDataBlockBytes, config.buffer_memory_max) {
+      small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
+      input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
+      data_pool_(kDataBlockBytes, config.buffer_memory_max, 64) {
   request_limits_.header_bytes_max = config.header_bytes_max;
   request_limits_.header_count_max = config.header_count_max;
   request_limits_.body_bytes_max = config.body_bytes_max;
@@ -73,7 +74,8 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   const uint32_t durations[kTimerKinds] = {
       config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
       config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
-      config.response_timeout_ms, 1000 /* reconnect backoff */, 250 /* ring heartbeat tick */};
+      config.response_timeout_ms, 1000 /* reconnect backoff */, 250 /* ring heartbeat tick */,
+      1000 /* housekeeping */};
   for (int k = 0; k < kTimerKinds; ++k) timers_[k].set_duration(durations[k]);
   connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
   connect_timeout_.tv_nsec = (config.connect_timeout_ms % 1000) * 1000000ll;
@@ -86,14 +88,15 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
 }
 
 Shard::~Shard() {
-  for (uint32_t i = 0; i < config_.max_clients; ++i)
+  for (uint32_t i = 0; i < config_.max_clients; ++i) {
     if (clients_[i].fd >= 0) ::close(clients_[i].fd);
+    if (clients_[i].ex != nullptr) put_exchange(clients_[i].ex);
+  }
   for (auto& u : upstreams_)
     if (u->fd >= 0) ::close(u->fd);
-  for (auto& ex : exchanges_) {
-    ex->body.clear(data_pool_);
-    ex->out.clear(data_pool_);
-    spill_close(ex->spill);
+  while (Exchange* ex = free_exchanges_) {
+    free_exchanges_ = ex->next_free;
+    delete ex;
   }
   if (signal_fd_ >= 0) ::close(signal_fd_);
 }
@@ -105,6 +108,7 @@ int Shard::run() {
   for (size_t i = 0; i < listen_fds_.size(); ++i) post_accept(i);
   post_signal_read();
   if (ring_) ring_start();
+  arm_timer(housekeeping_timer_, kTimerHousekeeping);
   refill_pool();
   while (!stop_now_) {
     uint64_t deadline = next_deadline();
@@ -198,6 +202,10 @@ void Shard::expire_timers() {
 }
 
 void Shard::on_timer(Timer* t) {
+  if (t == &housekeeping_timer_) {
+    housekeeping();
+    return;
+  }
   if (t == &ring_tick_) {
     ring_tick();
     return;
@@ -233,6 +241,18 @@ void Shard::on_timer(Timer* t) {
     case kTimerLinger: close_client(c); break;
     default: break;
   }
+}
+
+// Once a second: memory freed after a burst goes back to the system, so the
+// resident size follows the connections actually open.
+void Shard::housekeeping() {
+  released_bytes_ += small_input_pool_.take_released_bytes() + input_pool_.take_released_bytes() +
+                     data_pool_.take_released_bytes();
+  if (released_bytes_ >= (1u << 20)) {
+    malloc_trim(0);
+    released_bytes_ = 0;
+  }
+  arm_timer(housekeeping_timer_, kTimerHousekeeping);
 }
 
 void Shard::post_signal_read() {
@@ -814,10 +834,10 @@ Exchange* Shard::get_exchange() {
   Exchange* ex = free_exchanges_;
   if (ex != nullptr) {
     free_exchanges_ = ex->next_free;
+    --free_exchange_count_;
     return ex;
   }
-  exchanges_.push_back(std::make_unique<Exchange>(request_limits_));
-  return exchanges_.back().get();
+  return new Exchange(request_limits_);
 }
 
 void Shard::put_exchange(Exchange* ex) {
@@ -835,8 +855,14 @@ void Shard::put_exchange(Exchange* ex) {
   ex->response_bytes = 0;
   ex->head_done = ex->request_done = ex->response_head_done = ex->response_done = false;
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = false;
+  if (free_exchange_count_ >= kFreeExchangesMax) {  // a burst is over: give it back
+    released_bytes_ += sizeof(Exchange) + ex->parser.head().headers.capacity() * sizeof(http::HeaderField);
+    delete ex;
+    return;
+  }
   ex->next_free = free_exchanges_;
   free_exchanges_ = ex;
+  ++free_exchange_count_;
 }
 
 }  // namespace offload

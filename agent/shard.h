@@ -50,6 +50,7 @@ class Shard {
   void on_signal(int res);
   void start_drain();
   void post_signal_read();
+  void housekeeping();
 
   // Clients.
   void post_accept(size_t listener);
@@ -128,8 +129,11 @@ class Shard {
   std::unique_ptr<ClientConn[]> clients_;
   std::vector<uint32_t> free_slots_;
   uint32_t active_clients_ = 0;
+  static constexpr uint32_t kFreeExchangesMax = 256;
   Exchange* free_exchanges_ = nullptr;
-  std::vector<std::unique_ptr<Exchange>> exchanges_;
+  uint32_t free_exchange_count_ = 0;
+  uint64_t released_bytes_ = 0;
+  Timer housekeeping_timer_;
 
   BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;   // request heads (header_bytes_max + slack)
