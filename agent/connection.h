@@ -32,7 +32,6 @@ struct alignas(16) Exchange {
   BlockChain body;             // the decoded request body
   BlockChain out;              // the response waiting for the client
   Spill spill;
-  Block* stage = nullptr;      // upstream bytes on their way to the spill file
   UpstreamConn* up = nullptr;  // the channel serving it, while it does
   Exchange* next_free = nullptr;
 
@@ -108,12 +107,11 @@ struct alignas(16) UpstreamConn {
   uint32_t slot;
   UpstreamState state = UpstreamState::kFree;
   uint8_t inflight = 0;
-  bool poll_armed = false;
-  bool recv_busy = false;
+  bool recv_armed = false;      // the multishot receive is running
   bool send_busy = false;
   bool used = false;            // has carried a request (for reuse counting)
   bool reusable = true;         // may carry another request after this one
-  bool read_paused = false;     // the client's buffers are full
+  bool read_paused = false;     // the client's buffers are full: receive cancelled
   // Ring channels (shm:NAME) are channels without a socket.
   bool ring = false;
   bool send_pending = false;    // the ring was full: resend when it rings

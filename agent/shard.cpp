@@ -63,7 +63,9 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   response_limits_.header_bytes_max = kDataBlockBytes / 2;
   response_limits_.header_count_max = 1000;
   response_limits_.body_bytes_max = 0;  // unlimited: responses stream through
-  uring_.setup_buffers(config.recv_buffers, config.recv_buffer_bytes);
+  uring_.setup_buffers(kClientGroup, config.recv_buffers, config.recv_buffer_bytes);
+  if (config.upstream.kind != UpstreamTarget::Kind::kShm)
+    uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
 
   free_slots_.reserve(config.max_clients);
   for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
@@ -170,8 +172,13 @@ void Shard::handle(io_uring_cqe* cqe) {
       break;
     }
     case Op::kUpSend: on_up_send(obj_of<UpstreamConn>(ud), cqe->res); break;
-    case Op::kUpRecv: on_up_recv(obj_of<UpstreamConn>(ud), cqe->res); break;
-    case Op::kUpPoll: on_up_poll(obj_of<UpstreamConn>(ud), cqe->res); break;
+    case Op::kUpRecv: on_up_recv(obj_of<UpstreamConn>(ud), cqe); break;
+    case Op::kUpCancel: {
+      UpstreamConn* u = obj_of<UpstreamConn>(ud);
+      --u->inflight;
+      maybe_free_upstream(u);
+      break;
+    }
     case Op::kRingListen:
     case Op::kRingPeer:
     case Op::kRingDoorbell: on_ring_cqe(ud, cqe); break;
@@ -339,7 +346,7 @@ void Shard::post_recv(ClientConn* c) {
   io_uring_sqe* s = uring_.sqe();
   io_uring_prep_recv_multishot(s, c->fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
-  s->buf_group = 0;
+  s->buf_group = kClientGroup;
   io_uring_sqe_set_data64(s, pack(c, Op::kClientRecv));
   c->recv_armed = true;
   ++c->inflight;
@@ -353,8 +360,8 @@ void Shard::on_client_recv(ClientConn* c, io_uring_cqe* cqe) {
   }
   if (cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
     uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-    if (c->state != ClientState::kClosing) on_client_bytes(c, uring_.buffer(bid), size_t(cqe->res), true);
-    uring_.recycle_buffer(bid);
+    if (c->state != ClientState::kClosing) on_client_bytes(c, uring_.buffer(kClientGroup, bid), size_t(cqe->res), true);
+    uring_.recycle_buffer(kClientGroup, bid);
   } else if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS && cqe->res != -ECANCELED)) {
     c->peer_eof = true;
     const bool answering = c->state == ClientState::kQueued || c->state == ClientState::kUpstream;
@@ -843,12 +850,11 @@ Exchange* Shard::get_exchange() {
 void Shard::put_exchange(Exchange* ex) {
   if (ex->in != nullptr) put_input(ex->in);
   if (ex->forward != nullptr) input_pool_.put(ex->forward);
-  if (ex->stage != nullptr) data_pool_.put(ex->stage);
   ex->body.clear(data_pool_);
   ex->out.clear(data_pool_);
   ex->overflow.clear(data_pool_);
   spill_close(ex->spill);
-  ex->in = ex->forward = ex->stage = nullptr;
+  ex->in = ex->forward = nullptr;
   ex->forward_bytes = 0;
   ex->up = nullptr;
   ex->parser.reset();

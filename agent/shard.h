@@ -25,6 +25,12 @@
 
 namespace offload {
 
+// Provided-buffer groups: client requests, upstream responses.
+inline constexpr uint16_t kClientGroup = 0;
+inline constexpr uint16_t kUpstreamGroup = 1;
+inline constexpr uint32_t kUpstreamBuffers = 256;
+inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
+
 class Shard {
  public:
   // Binds nothing: the listening sockets are made by the caller and shared.
@@ -89,14 +95,18 @@ class Shard {
   void open_upstream();
   void on_up_connect(UpstreamConn* u, int res);
   void make_idle(UpstreamConn* u);
-  void on_up_poll(UpstreamConn* u, int res);
   void post_up_send(UpstreamConn* u);
   void on_up_send(UpstreamConn* u, int res);
   void post_up_recv(UpstreamConn* u);
-  void on_up_recv(UpstreamConn* u, int res);
+  void arm_up_recv(UpstreamConn* u);
+  void pause_up_read(UpstreamConn* u);
+  bool read_allowed(const Exchange* ex) const;
+  void on_up_recv(UpstreamConn* u, io_uring_cqe* cqe);
+  void on_up_eof(UpstreamConn* u, int res);
+  void take_response_bytes(UpstreamConn* u, const char* data, uint32_t len);
   bool on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n);
   bool on_response_head(UpstreamConn* u, ClientConn* c, Block* b);
-  bool spill_stage(UpstreamConn* u, ClientConn* c, uint32_t n);
+  bool spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken);
   void on_response_complete(UpstreamConn* u, ClientConn* c);
   void upstream_failed(UpstreamConn* u, int status, bool nothing_received);
   void release_upstream(UpstreamConn* u);

@@ -87,7 +87,6 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   u->parser.reset();
   u->parser.set_request_method(ex->method);
   post_up_send(u);
-  post_up_recv(u);
   arm_timer(u->timer, kTimerResponse);
 }
 
@@ -164,6 +163,7 @@ void Shard::on_up_connect(UpstreamConn* u, int res) {
     return;
   }
   reconnect_backoff_ = false;
+  arm_up_recv(u);
   if (ClientConn* c = ready_.pop_front()) {
     drop(counters_.queue_length);
     assign(u, c);
@@ -172,41 +172,13 @@ void Shard::on_up_connect(UpstreamConn* u, int res) {
   }
 }
 
-// An idle channel watches for the server closing it, so a request is not
-// sent into a connection that is already gone.
+// An idle channel keeps its multishot receive: a server closing it shows up
+// as an end of file there, so no poll is needed to notice.
 void Shard::make_idle(UpstreamConn* u) {
   u->state = UpstreamState::kIdle;
   u->client = nullptr;
   disarm_timer(u->timer);
   idle_.push_front(u);  // LIFO: the warmest channel serves next
-  if (!u->ring && !u->poll_armed) {
-    io_uring_sqe* s = uring_.sqe();
-    io_uring_prep_poll_add(s, u->fd, POLLIN | POLLRDHUP);
-    io_uring_sqe_set_data64(s, pack(u, Op::kUpPoll));
-    ++u->inflight;
-    u->poll_armed = true;
-  }
-}
-
-void Shard::on_up_poll(UpstreamConn* u, int res) {
-  --u->inflight;
-  u->poll_armed = false;
-  if (u->state == UpstreamState::kClosing) {
-    maybe_free_upstream(u);
-    return;
-  }
-  if (u->state != UpstreamState::kIdle) return;  // a response woke it: not ours
-  char probe;
-  ssize_t n = ::recv(u->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (res >= 0 && n < 0 && errno == EAGAIN) {  // woken by an earlier response
-    idle_.remove(u);
-    make_idle(u);
-    return;
-  }
-  // Closed by the server, or bytes nobody asked for: either way unusable.
-  idle_.remove(u);
-  u->reusable = false;
-  close_upstream(u);
 }
 
 void Shard::close_upstream(UpstreamConn* u) {
@@ -297,83 +269,139 @@ void Shard::on_up_send(UpstreamConn* u, int res) {
 
 // ---------------------------------------------------- reading the response
 
+// One multishot receive per upstream connection, armed when it connects and
+// kept for its lifetime (like a socket registered once with epoll): no
+// per-request poll arming. Bytes land in provided buffers and are copied
+// into the client's output blocks.
+void Shard::arm_up_recv(UpstreamConn* u) {
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_recv_multishot(s, u->fd, nullptr, 0, 0);
+  s->flags |= IOSQE_BUFFER_SELECT;
+  s->buf_group = kUpstreamGroup;
+  io_uring_sqe_set_data64(s, pack(u, Op::kUpRecv));
+  ++u->inflight;
+  u->recv_armed = true;
+}
+
+bool Shard::read_allowed(const Exchange* ex) const {
+  if (ex->spill.fd >= 0) return ex->spill.unread() < config_.response_spill_max;
+  return config_.response_spill_max > 0 || ex->out.bytes() < config_.response_buffer;
+}
+
+// Back-pressure: the client's buffers (memory and spill file) are full.
+void Shard::pause_up_read(UpstreamConn* u) {
+  u->read_paused = true;
+  disarm_timer(u->timer);
+  if (!u->recv_armed) return;
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_cancel64(s, pack(u, Op::kUpRecv), 0);
+  io_uring_sqe_set_data64(s, pack(u, Op::kUpCancel));
+  ++u->inflight;
+}
+
+// The client drained some of its response: read on if there is room.
 void Shard::post_up_recv(UpstreamConn* u) {
   if (u->ring) {
     ring_drain(u);
     return;
   }
-  ClientConn* c = u->client;
-  Exchange* ex = c->ex;
-  if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer) {
-    // Memory for this response is full: go on in a temporary file, so the
-    // channel is still released as soon as the server is done.
-    if (config_.response_spill_max > 0) ex->spill.fd = open_spill_file(config_.temp_dir);
-    if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
-  }
-  const bool spilling = ex->spill.fd >= 0;
-  const bool full = spilling ? ex->spill.unread() >= config_.response_spill_max
-                             : ex->response_head_done && ex->out.bytes() >= config_.response_buffer;
-  Block* b = nullptr;
-  if (!full) {
-    if (spilling) {
-      if (ex->stage == nullptr) ex->stage = data_pool_.get();
-      b = ex->stage;
-      if (b != nullptr) b->head = b->tail = 0;
-    } else {
-      if (ex->response_head_done) ex->out.rewind_if_empty();
-      b = ex->out.writable_tail(data_pool_);
-    }
-  }
-  if (b == nullptr) {
-    // Back-pressure: resumed by the client's next send.
+  if (u->state != UpstreamState::kBusy || !read_allowed(u->client->ex)) {
     u->read_paused = true;
-    disarm_timer(u->timer);
     return;
   }
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_recv(s, u->fd, b->data() + b->tail, b->writable(), 0);
-  // The answer to a request sent a moment ago is not there yet: wait for
-  // readiness instead of a receive attempt that is bound to find nothing.
-  if (ex->response_bytes == 0) s->ioprio |= IORING_RECVSEND_POLL_FIRST;
-  io_uring_sqe_set_data64(s, pack(u, Op::kUpRecv));
-  ++u->inflight;
-  u->recv_busy = true;
-  if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
+  arm_timer(u->timer, kTimerResponse);
+  if (!u->recv_armed) arm_up_recv(u);
 }
 
-void Shard::on_up_recv(UpstreamConn* u, int res) {
-  --u->inflight;
-  u->recv_busy = false;
-  if (u->state != UpstreamState::kBusy) {
+void Shard::on_up_recv(UpstreamConn* u, io_uring_cqe* cqe) {
+  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+    u->recv_armed = false;
+    --u->inflight;
+  }
+  const int res = cqe->res;
+  if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+    const uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    if (u->state == UpstreamState::kBusy) {
+      take_response_bytes(u, uring_.buffer(kUpstreamGroup, bid), uint32_t(res));
+    } else if (u->state == UpstreamState::kIdle) {
+      u->reusable = false;  // bytes nobody asked for: the channel is suspect
+      close_upstream(u);
+    }
+    uring_.recycle_buffer(kUpstreamGroup, bid);
+  } else if (res != -ENOBUFS && res != -ECANCELED) {
+    // End of file or an error: a busy channel fails its exchange, an idle one
+    // (the server closed a kept-alive connection) is simply replaced.
+    if (u->state == UpstreamState::kBusy) on_up_eof(u, res);
+    else close_upstream(u);
+  }
+  if (u->state == UpstreamState::kClosing || u->state == UpstreamState::kFree) {
     maybe_free_upstream(u);
     return;
   }
+  // Out of provided buffers ends a multishot receive: arm it again.
+  if (!u->recv_armed && !u->read_paused) {
+    uring_.publish_buffers();
+    arm_up_recv(u);
+  }
+}
+
+void Shard::on_up_eof(UpstreamConn* u, int res) {
   ClientConn* c = u->client;
   Exchange* ex = c->ex;
-  if (res <= 0) {
-    if (res == 0 && ex->response_head_done && u->parser.finish_at_eof()) {
-      u->reusable = false;  // an until-close body ends here
-      on_response_complete(u, c);
-      return;
-    }
-    upstream_failed(u, 502, ex->response_bytes == 0);
-    return;
-  }
-  ex->response_bytes += uint64_t(res);
-  arm_timer(u->timer, kTimerResponse);
-  if (!on_response_bytes(u, c, uint32_t(res))) return;
-  if (ex->response_done) {
+  if (res == 0 && ex->response_head_done && u->parser.finish_at_eof()) {
+    u->reusable = false;  // an until-close body ends here
     on_response_complete(u, c);
     return;
   }
-  post_up_recv(u);
+  upstream_failed(u, 502, ex->response_bytes == 0);
+}
+
+// Copies received bytes into the client's output (memory, then the spill
+// file) and frames them. Ends the exchange when the response is complete.
+void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len) {
+  ClientConn* c = u->client;
+  Exchange* ex = c->ex;
+  ex->response_bytes += len;
+  arm_timer(u->timer, kTimerResponse);
+  while (len > 0 && !ex->response_done) {
+    if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer &&
+        config_.response_spill_max > 0) {
+      // Memory for this response is full: go on in a temporary file, so the
+      // channel is still released as soon as the server is done.
+      ex->spill.fd = open_spill_file(config_.temp_dir);
+      if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
+    }
+    uint32_t n = 0;
+    if (ex->spill.fd >= 0) {
+      if (!spill_bytes(u, c, data, len, n)) return;
+    } else {
+      Block* b = ex->out.writable_tail(data_pool_);
+      if (b == nullptr || (!ex->response_head_done && b != ex->out.front())) {
+        // Out of buffer memory, or a response head larger than a block.
+        bump(b == nullptr ? counters_.buffer_exhausted : counters_.upstream_bad_responses);
+        upstream_failed(u, 502, false);
+        return;
+      }
+      n = std::min(len, b->writable());
+      std::memcpy(b->data() + b->tail, data, n);
+      if (!on_response_bytes(u, c, n)) return;
+    }
+    if (n == 0) break;  // nothing taken: never spin
+    data += n;
+    len -= n;
+  }
+  if (ex->response_done) {
+    if (len > 0) u->reusable = false;  // bytes past the response's end
+    on_response_complete(u, c);
+    return;
+  }
   post_client_send(c);
+  if (!read_allowed(ex)) pause_up_read(u);
 }
 
 // Takes n new bytes; false when the exchange ended in an error.
 bool Shard::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
   Exchange* ex = c->ex;
-  if (ex->spill.fd >= 0) return spill_stage(u, c, n);
   ex->out.commit(n);
   Block* b = ex->out.back();
   if (!ex->response_head_done) return on_response_head(u, c, ex->out.front());
@@ -454,24 +482,22 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
   }
 }
 
-// Spilling: the bytes landed in the stage block and go on to the file.
-bool Shard::spill_stage(UpstreamConn* u, ClientConn* c, uint32_t n) {
+// Spilling: the bytes go on to the file as they are framed. `taken` is set
+// to the bytes that belong to this response.
+bool Shard::spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
   Exchange* ex = c->ex;
-  Block* b = ex->stage;
-  b->tail += n;
-  http::BodyProgress p = u->parser.parse_body(std::string_view(b->data(), n), nullptr, nullptr);
+  http::BodyProgress p = u->parser.parse_body(std::string_view(data, n), nullptr, nullptr);
   if (p.error != http::Error::kNone) {
     bump(counters_.upstream_bad_responses);
     upstream_failed(u, 502, false);
     return false;
   }
-  if (p.done && p.consumed < n) u->reusable = false;
-  if (!spill_write(ex->spill, b->data(), p.consumed)) {
+  if (!spill_write(ex->spill, data, p.consumed)) {
     fmt::print(stderr, "offload-agent: spill file write: {}\n", std::strerror(errno));
     upstream_failed(u, 502, false);
     return false;
   }
-  b->head = b->tail = 0;
+  taken = uint32_t(p.consumed);
   if (p.done) ex->response_done = true;
   return true;
 }
@@ -480,10 +506,6 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
   Exchange* ex = c->ex;
   ex->response_done = true;
   ex->up = nullptr;
-  if (ex->stage != nullptr) {
-    data_pool_.put(ex->stage);
-    ex->stage = nullptr;
-  }
   release_upstream(u);
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
@@ -498,10 +520,13 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
 void Shard::release_upstream(UpstreamConn* u) {
   u->client = nullptr;
   disarm_timer(u->timer);
-  if (!u->ring && (!u->reusable || draining_ || u->send_busy || u->recv_busy)) {
+  u->read_paused = false;
+  if (!u->ring && (!u->reusable || draining_ || u->send_busy)) {
     close_upstream(u);
     return;
   }
+  // A receive that ran out of provided buffers (or was paused) serves on.
+  if (!u->ring && !u->recv_armed) arm_up_recv(u);
   if (ClientConn* next = ready_.pop_front()) {
     drop(counters_.queue_length);
     assign(u, next);
@@ -540,10 +565,6 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
   // Part of the response is with the client already: end it with a close.
   ex->close_after = true;
   ex->response_done = true;
-  if (ex->stage != nullptr) {
-    data_pool_.put(ex->stage);
-    ex->stage = nullptr;
-  }
   post_client_send(c);
   if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
 }

@@ -46,8 +46,10 @@ Uring::Uring(uint32_t sq_entries, uint32_t cq_entries) {
 
 Uring::~Uring() {
   io_uring_queue_exit(&ring_);
-  if (buf_ring_ != nullptr) munmap(buf_ring_, buffer_count_ * sizeof(io_uring_buf));
-  if (buffers_ != nullptr) munmap(buffers_, size_t(buffer_count_) * buffer_bytes_);
+  for (auto& g : groups_) {
+    if (g.ring != nullptr) munmap(g.ring, g.count * sizeof(io_uring_buf));
+    if (g.buffers != nullptr) munmap(g.buffers, size_t(g.count) * g.bytes);
+  }
 }
 
 io_uring_sqe* Uring::sqe() {
@@ -59,40 +61,44 @@ io_uring_sqe* Uring::sqe() {
   return s;
 }
 
-void Uring::setup_buffers(uint32_t count, uint32_t bytes) {
-  buffer_count_ = count;
-  buffer_bytes_ = bytes;
+void Uring::setup_buffers(uint16_t group, uint32_t count, uint32_t bytes) {
+  BufferGroup& g = groups_[group];
+  g.count = count;
+  g.bytes = bytes;
   size_t ring_bytes = count * sizeof(io_uring_buf);
   void* ring_mem = mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   void* buf_mem = mmap(nullptr, size_t(count) * bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (ring_mem == MAP_FAILED || buf_mem == MAP_FAILED) throw std::runtime_error("mmap for receive buffers failed");
-  buf_ring_ = static_cast<io_uring_buf_ring*>(ring_mem);
-  buffers_ = static_cast<char*>(buf_mem);
+  g.ring = static_cast<io_uring_buf_ring*>(ring_mem);
+  g.buffers = static_cast<char*>(buf_mem);
   io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(buf_ring_);
+  reg.ring_addr = reinterpret_cast<uint64_t>(g.ring);
   reg.ring_entries = count;
-  reg.bgid = 0;
+  reg.bgid = group;
   int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
   if (rc != 0)
     throw std::runtime_error(fmt::format("io_uring provided-buffer ring: {} (kernel 5.19+ needed)", std::strerror(-rc)));
-  io_uring_buf_ring_init(buf_ring_);
+  io_uring_buf_ring_init(g.ring);
   for (uint32_t i = 0; i < count; ++i)
-    io_uring_buf_ring_add(buf_ring_, buffers_ + size_t(i) * bytes, bytes, uint16_t(i),
-                          io_uring_buf_ring_mask(count), int(i));
-  io_uring_buf_ring_advance(buf_ring_, int(count));
-  features_ += fmt::format(" provided-buffers={}x{}", count, bytes);
+    io_uring_buf_ring_add(g.ring, g.buffers + size_t(i) * bytes, bytes, uint16_t(i), io_uring_buf_ring_mask(count),
+                          int(i));
+  io_uring_buf_ring_advance(g.ring, int(count));
+  features_ += fmt::format(" buffers[{}]={}x{}", group, count, bytes);
 }
 
-void Uring::recycle_buffer(uint16_t bid) {
-  io_uring_buf_ring_add(buf_ring_, buffers_ + size_t(bid) * buffer_bytes_, buffer_bytes_, bid,
-                        io_uring_buf_ring_mask(buffer_count_), int(pending_recycled_));
-  ++pending_recycled_;
+void Uring::recycle_buffer(uint16_t group, uint16_t bid) {
+  BufferGroup& g = groups_[group];
+  io_uring_buf_ring_add(g.ring, g.buffers + size_t(bid) * g.bytes, g.bytes, bid, io_uring_buf_ring_mask(g.count),
+                        int(g.pending));
+  ++g.pending;
 }
 
 void Uring::publish_buffers() {
-  if (pending_recycled_ == 0) return;
-  io_uring_buf_ring_advance(buf_ring_, int(pending_recycled_));
-  pending_recycled_ = 0;
+  for (auto& g : groups_) {
+    if (g.pending == 0) continue;
+    io_uring_buf_ring_advance(g.ring, int(g.pending));
+    g.pending = 0;
+  }
 }
 
 }  // namespace offload

@@ -21,7 +21,7 @@ enum class Op : uint8_t {
   kUpConnectTimeout,
   kUpSend,
   kUpRecv,
-  kUpPoll,
+  kUpCancel,
   kRingListen,
   kRingPeer,
   kRingDoorbell,
@@ -47,24 +47,31 @@ class Uring {
   // caller always gets one.
   io_uring_sqe* sqe();
 
-  // Provided buffers for multishot receives: `count` buffers of `bytes` each
-  // in buffer group 0. Returns the features string to report.
-  void setup_buffers(uint32_t count, uint32_t bytes);
-  const char* buffer(uint16_t bid) const { return buffers_ + size_t(bid) * buffer_bytes_; }
+  // Provided buffers for multishot receives: `count` buffers of `bytes`
+  // each in buffer group `group` (0: clients, 1: upstreams).
+  void setup_buffers(uint16_t group, uint32_t count, uint32_t bytes);
+  const char* buffer(uint16_t group, uint16_t bid) const {
+    return groups_[group].buffers + size_t(bid) * groups_[group].bytes;
+  }
   // Hands a buffer back to the kernel; made visible by publish_buffers().
-  void recycle_buffer(uint16_t bid);
+  void recycle_buffer(uint16_t group, uint16_t bid);
   void publish_buffers();
 
   io_uring* ring() { return &ring_; }
   const std::string& features() const { return features_; }
 
  private:
+  struct BufferGroup {
+    io_uring_buf_ring* ring = nullptr;
+    char* buffers = nullptr;
+    uint32_t count = 0;
+    uint32_t bytes = 0;
+    uint32_t pending = 0;  // recycled, not yet published
+  };
+  static constexpr uint16_t kGroups = 2;
+
   io_uring ring_{};
-  io_uring_buf_ring* buf_ring_ = nullptr;
-  char* buffers_ = nullptr;
-  uint32_t buffer_count_ = 0;
-  uint32_t buffer_bytes_ = 0;
-  uint32_t pending_recycled_ = 0;
+  BufferGroup groups_[kGroups];
   std::string features_;
 };
 
