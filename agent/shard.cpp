@@ -135,18 +135,8 @@ int Shard::run() {
     expire_timers();
     if (draining_ && (active_clients_ == 0 || now_ms_ >= drain_deadline_ms_)) break;
   }
-  if (draining_ && active_clients_ > 0) {
+  if (draining_ && active_clients_ > 0)
     fmt::print(stderr, "offload-agent: drain deadline passed with {} connections open\n", active_clients_);
-    if (getenv("OFFLOAD_DEBUG_DRAIN")) {
-      for (uint32_t i = 0; i < config_.max_clients; ++i) {
-        ClientConn* c = &clients_[i];
-        if (c->fd < 0) continue;
-        fmt::print(stderr, "  slot {} state {} inflight {} recv_armed {} paused {} send_busy {} eof {} ex {} up {}\n", i,
-                   int(c->state), c->inflight, c->recv_armed, c->recv_paused, c->send_busy, c->peer_eof,
-                   (void*)c->ex, c->ex ? (void*)c->ex->up : nullptr);
-      }
-    }
-  }
   return 0;
 }
 

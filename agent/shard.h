@@ -28,7 +28,7 @@ namespace offload {
 // Provided-buffer groups: client requests, upstream responses.
 inline constexpr uint16_t kClientGroup = 0;
 inline constexpr uint16_t kUpstreamGroup = 1;
-inline constexpr uint32_t kUpstreamBuffers = 256;
+inline constexpr uint32_t kUpstreamBuffers = 128;
 inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
 
 class Shard {
