@@ -22,21 +22,12 @@ bash ci/deps.sh
 if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
-targets=$(cmake --build "$BUILD_DIR" --target help 2>/dev/null | sed -n 's/^\.\.\. \([^ ]*\).*/\1/p')
-want=(offload-agent)
-grep -qx offload-demo-server <<<"$targets" && want+=(offload-demo-server) || want+=(recording-backend)
-echo "demo: building ${want[*]} in $BUILD_DIR"
-cmake --build "$BUILD_DIR" --target "${want[@]}" -j"$(nproc)" >/dev/null
+echo "demo: building offload-agent and offload-demo-server in $BUILD_DIR"
+cmake --build "$BUILD_DIR" --target offload-agent offload-demo-server -j"$(nproc)" >/dev/null
 
 AGENT="$ROOT/$BUILD_DIR/agent/offload-agent"
-if [[ -x "$ROOT/$BUILD_DIR/server/offload-demo-server" ]]; then
-  BACKEND=("$ROOT/$BUILD_DIR/server/offload-demo-server" --listen 127.0.0.1:0 --workers "$WORKERS")
-  BACKEND_READY="offload-demo-server: listening on"
-else
-  BACKEND=("$ROOT/$BUILD_DIR/tests/integration/recording-backend" --listen 127.0.0.1:0
-           --workers "$WORKERS" --record-max 0)
-  BACKEND_READY="recording-backend: listening on"
-fi
+BACKEND=("$ROOT/$BUILD_DIR/server/offload-demo-server" --listen 127.0.0.1:0 --workers "$WORKERS")
+BACKEND_READY="offload-demo-server: listening on"
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d /tmp/offload-demo.XXXXXX)
@@ -89,19 +80,32 @@ backend_connections() {
 # storm, then wrk; appends one row to $TMP/rows.
 run_phase() {
   local name=$1
-  "${BACKEND[@]}" 2>"$TMP/$name.backend.err" &
-  PIDS+=($!)
-  local backend_pid=$!
-  local bport target_port
-  bport=$(port_of "$(wait_line "$TMP/$name.backend.err" "$BACKEND_READY" 10)")
-  target_port=$bport
-  local agent_pid=""
+  local backend_pid="" bport="" target_port agent_pid=""
+  if [[ $name != ring ]]; then
+    "${BACKEND[@]}" 2>"$TMP/$name.backend.err" &
+    backend_pid=$!
+    PIDS+=("$backend_pid")
+    bport=$(port_of "$(wait_line "$TMP/$name.backend.err" "$BACKEND_READY" 10)")
+    target_port=$bport
+  fi
   if [[ $name == agent ]]; then
     "$AGENT" run --listen 127.0.0.1:0 --upstream "tcp://127.0.0.1:$bport" --admin 127.0.0.1:0 \
-      --max-upstream 8 --persistent 4 --header-timeout-ms 30000 2>"$TMP/agent.err" &
+      --max-upstream 4 --persistent 4 --header-timeout-ms 30000 2>"$TMP/agent.err" &
     agent_pid=$!
     PIDS+=("$agent_pid")
     target_port=$(port_of "$(wait_line "$TMP/agent.err" "offload-agent: listening on" 10)")
+  elif [[ $name == ring ]]; then
+    # The same server, attached over the shared-memory bus instead of TCP.
+    local bus="demo-$$"
+    "$AGENT" run --listen 127.0.0.1:0 --upstream "shm:$bus" --admin 127.0.0.1:0 \
+      --max-upstream "$WORKERS" --header-timeout-ms 30000 2>"$TMP/ring.err" &
+    agent_pid=$!
+    PIDS+=("$agent_pid")
+    target_port=$(port_of "$(wait_line "$TMP/ring.err" "offload-agent: listening on" 10)")
+    "$ROOT/$BUILD_DIR/server/offload-demo-server" --ring "$bus" --workers "$WORKERS" 2>"$TMP/ring.backend.err" &
+    backend_pid=$!
+    PIDS+=("$backend_pid")
+    wait_line "$TMP/ring.err" "attached with" 10 >/dev/null
   fi
 
   python3 bench/proxy/slowloris.py --port "$target_port" --connections "$STORM" --interval 1 \
@@ -115,8 +119,8 @@ run_phase() {
   local wrk_pid=$!
   PIDS+=("$wrk_pid")
   sleep $((WRK_SECONDS / 2))
-  local held
-  held=$(backend_connections "$bport")
+  local held="0 (ring)"
+  [[ -n $bport ]] && held=$(backend_connections "$bport")
   wait "$wrk_pid" || true
   forget "$wrk_pid"
   local rps errors requests
@@ -146,6 +150,7 @@ echo "demo: backend ${BACKEND[0]##*/} with $WORKERS workers; $STORM slowloris co
 : >"$TMP/rows"
 run_phase direct
 run_phase agent
+run_phase ring
 
 echo
 printf '%-10s %10s %10s %8s %21s %14s\n' "" "req/s" "requests" "errors" "backend connections" "slow clients"
@@ -155,4 +160,5 @@ echo
 echo "req/s, requests: what wrk's 16 normal clients completed in ${WRK_SECONDS}s."
 echo "errors: wrk socket errors (connect/read/write/timeout) plus non-2xx responses; wrk counts"
 echo "  nothing for a connection that never got an answer, so 0 requests means all 16 starved."
-echo "backend connections: established TCP connections to the backend's port during the run."
+echo "backend connections: established TCP connections to the backend's port during the run"
+echo "  (ring: the agent reaches the server over the shared-memory bus, no TCP at all)."
