@@ -127,3 +127,30 @@ TEST_CASE("flags use the same table as the file") {
     CHECK(std::string(e.what()).find("--max-clients") != std::string::npos);
   }
 }
+
+TEST_CASE("the documented example configuration is valid and states the defaults") {
+  Config defaults;
+  Config c;
+  offload::load_config_file(OFFLOAD_SOURCE_DIR "/docs/offload.toml", c);
+  offload::validate(c);
+  CHECK(c.max_clients == defaults.max_clients);
+  CHECK(c.max_upstream == defaults.max_upstream);
+  CHECK(c.persistent == defaults.persistent);
+  CHECK(c.header_bytes_max == defaults.header_bytes_max);
+  CHECK(c.body_bytes_max == defaults.body_bytes_max);
+  CHECK(c.response_buffer == defaults.response_buffer);
+  CHECK(c.response_spill_max == defaults.response_spill_max);
+  CHECK(c.buffer_memory_max == defaults.buffer_memory_max);
+  CHECK(c.header_timeout_ms == defaults.header_timeout_ms);
+  CHECK(c.body_timeout_ms == defaults.body_timeout_ms);
+  CHECK(c.keepalive_timeout_ms == defaults.keepalive_timeout_ms);
+  CHECK(c.send_timeout_ms == defaults.send_timeout_ms);
+  CHECK(c.connect_timeout_ms == defaults.connect_timeout_ms);
+  CHECK(c.response_timeout_ms == defaults.response_timeout_ms);
+  CHECK(c.queue_timeout_ms == defaults.queue_timeout_ms);
+  CHECK(c.drain_timeout_ms == defaults.drain_timeout_ms);
+  CHECK(c.recv_buffers == defaults.recv_buffers);
+  CHECK(c.recv_buffer_bytes == defaults.recv_buffer_bytes);
+  CHECK(c.admin == defaults.admin);
+  CHECK(c.temp_dir == defaults.temp_dir);
+}
