@@ -48,12 +48,33 @@ class HeadWriter {
 size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
                                    const ForwardInfo& info, char* out, size_t cap) {
   HeadWriter w(out, cap);
-  w << head.method_text.in(msg) << " " << head.target.in(msg) << " HTTP/1.1\r\n";
+  // An absolute-form target ("http://host/path") goes upstream in origin
+  // form, its authority replacing Host (RFC 9112 3.2.2), so the server and
+  // the agent agree on which host was asked for.
+  std::string_view target = head.target.in(msg);
+  std::string_view authority;
+  if (auto scheme_end = target.find("://"); scheme_end != std::string_view::npos && target.front() != '/') {
+    std::string_view rest = target.substr(scheme_end + 3);
+    size_t path = rest.find_first_of("/?");
+    authority = rest.substr(0, path);
+    target = path == std::string_view::npos ? std::string_view("/") : rest.substr(path);
+    if (target.front() == '?') {
+      w << head.method_text.in(msg) << " /" << target << " HTTP/1.1\r\n";
+      target = {};
+    }
+  }
+  if (!target.empty()) w << head.method_text.in(msg) << " " << target << " HTTP/1.1\r\n";
   std::string_view xff, forwarded;
   bool have_host = false;
+  if (!authority.empty()) {
+    w << "Host: " << authority << "\r\n";
+    have_host = true;
+  }
   for (const auto& f : head.headers) {
-    if (f.hop_by_hop) continue;
     std::string_view name = f.name.in(msg);
+    const bool is_host = iequals(name, "host");
+    // Host is end-to-end whatever a Connection header says about it.
+    if ((f.hop_by_hop && !is_host) || (is_host && !authority.empty())) continue;
     if (iequals(name, "content-length") || iequals(name, "expect")) continue;
     if (iequals(name, "x-forwarded-for")) {
       xff = f.value.in(msg);  // the last one wins; ours is appended below
@@ -63,7 +84,7 @@ size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
       forwarded = f.value.in(msg);
       continue;
     }
-    have_host = have_host || iequals(name, "host");
+    have_host = have_host || is_host;
     w << name << ": " << f.value.in(msg) << "\r\n";
   }
   if (!have_host && !info.default_host.empty()) w << "Host: " << info.default_host << "\r\n";

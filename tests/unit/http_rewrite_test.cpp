@@ -89,3 +89,20 @@ TEST_CASE("error responses are complete HTTP messages") {
   std::string keep(offload::error_response(502, false));
   CHECK(keep.find("Connection") == std::string::npos);
 }
+
+TEST_CASE("forwarded request: an absolute-form target goes upstream in origin form with its Host") {
+  std::string out = forward("GET http://app.test:8080/p/q?x=1 HTTP/1.1\r\nHost: other.test\r\n\r\n", 0, false);
+  CHECK(out.rfind("GET /p/q?x=1 HTTP/1.1\r\n", 0) == 0);
+  CHECK(out.find("Host: app.test:8080\r\n") != std::string::npos);
+  CHECK(out.find("other.test") == std::string::npos);
+  out = forward("GET http://app.test HTTP/1.1\r\nHost: app.test\r\n\r\n", 0, false);
+  CHECK(out.rfind("GET / HTTP/1.1\r\n", 0) == 0);
+  out = forward("GET http://app.test?a=b HTTP/1.1\r\nHost: app.test\r\n\r\n", 0, false);
+  CHECK(out.rfind("GET /?a=b HTTP/1.1\r\n", 0) == 0);
+}
+
+TEST_CASE("forwarded request: Connection cannot strip Host") {
+  std::string out = forward("GET / HTTP/1.1\r\nHost: keep.test\r\nConnection: host\r\n\r\n", 0, false);
+  CHECK(out.find("Host: keep.test\r\n") != std::string::npos);
+  CHECK(out.find("Host: 127.0.0.1") == std::string::npos);
+}
