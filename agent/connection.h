@@ -48,6 +48,7 @@ struct alignas(16) Exchange {
   bool retried = false;
   bool close_after = false;    // close the client when this response is sent
   bool client_http10 = false;
+  bool dechunk = false;        // a chunked response decoded for an HTTP/1.0 client
 };
 
 enum class ClientState : uint8_t {

@@ -108,12 +108,13 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
 }
 
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
-                                  bool client_http10, char* out, size_t cap) {
+                                  bool client_http10, bool dechunked, char* out, size_t cap) {
   HeadWriter w(out, cap);
   w << "HTTP/1.1 " << uint64_t(head.status) << " " << head.reason.in(msg) << "\r\n";
   for (const auto& f : head.headers) {
     std::string_view name = f.name.in(msg);
-    if (f.hop_by_hop && !iequals(name, "transfer-encoding")) continue;
+    const bool framing = iequals(name, "transfer-encoding");
+    if ((f.hop_by_hop && !framing) || (framing && dechunked)) continue;
     w << name << ": " << f.value.in(msg) << "\r\n";
   }
   if (close) {

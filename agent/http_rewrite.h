@@ -35,8 +35,9 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
 // it came), and "Connection: close" when `close` (or "Connection: keep-alive"
 // for an HTTP/1.0 client that keeps the connection). Returns the length, or 0
 // if it does not fit.
+// With `dechunked` the body goes out decoded, so Transfer-Encoding is dropped.
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
-                                  bool client_http10, char* out, size_t cap);
+                                  bool client_http10, bool dechunked, char* out, size_t cap);
 
 // The reason phrase of a status code ("OK", "Not Found"), or "Unknown".
 std::string_view reason_phrase(int status);

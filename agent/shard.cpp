@@ -850,7 +850,7 @@ void Shard::put_exchange(Exchange* ex) {
   ex->parser.reset();
   ex->response_bytes = 0;
   ex->head_done = ex->request_done = ex->response_head_done = ex->response_done = false;
-  ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = false;
+  ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
   if (free_exchange_count_ >= kFreeExchangesMax) {  // a burst is over: give it back
     released_bytes_ += sizeof(Exchange) + ex->parser.head().headers.capacity() * sizeof(http::HeaderField);
     delete ex;

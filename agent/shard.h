@@ -45,6 +45,10 @@ class Shard {
 
   const std::string& features() const { return uring_.features(); }
 
+  // Response bytes for a client: memory up to response_buffer, then the
+  // spill file. False when neither has room (buffer memory exhausted).
+  bool append_response(ClientConn* c, const char* data, size_t len);
+
  private:
   // The loop.
   void handle(io_uring_cqe* cqe);
@@ -107,6 +111,7 @@ class Shard {
   bool on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n);
   bool on_response_head(UpstreamConn* u, ClientConn* c, Block* b);
   bool spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken);
+  bool dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken);
   void on_response_complete(UpstreamConn* u, ClientConn* c);
   void upstream_failed(UpstreamConn* u, int status, bool nothing_received);
   void release_upstream(UpstreamConn* u);
@@ -124,7 +129,6 @@ class Shard {
   void ring_drain(UpstreamConn* u);
   bool ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece);
   bool ring_read_allowed(UpstreamConn* u) const;
-  bool append_response(ClientConn* c, const char* data, size_t len);
 
   const Config& config_;
   Counters& counters_;

@@ -372,7 +372,9 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
       if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
     }
     uint32_t n = 0;
-    if (ex->spill.fd >= 0) {
+    if (ex->dechunk) {
+      if (!dechunk_bytes(u, c, data, len, n)) return;
+    } else if (ex->spill.fd >= 0) {
       if (!spill_bytes(u, c, data, len, n)) return;
     } else {
       Block* b = ex->out.writable_tail(data_pool_);
@@ -451,10 +453,13 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
     }
     count_response(counters_, h.status);
     u->reusable = u->reusable && h.keep_alive && h.body != http::BodyKind::kUntilClose;
-    // A body that ends at close cannot be framed for the client either.
-    if (h.body == http::BodyKind::kUntilClose) ex->close_after = true;
-    size_t len = write_client_response_head(h, msg, ex->close_after, ex->client_http10, scratch_.get(),
-                                            kScratchBytes);
+    // A body that ends at close cannot be framed for the client either; an
+    // HTTP/1.0 client cannot take chunks, so it gets the body decoded and
+    // ended by the close.
+    ex->dechunk = h.body == http::BodyKind::kChunked && ex->client_http10;
+    if (h.body == http::BodyKind::kUntilClose || ex->dechunk) ex->close_after = true;
+    size_t len = write_client_response_head(h, msg, ex->close_after, ex->client_http10, ex->dechunk,
+                                            scratch_.get(), kScratchBytes);
     const uint32_t body_start = b->head + h.head_bytes;
     if (len == 0 || len > body_start) {
       bump(counters_.upstream_bad_responses);
@@ -465,6 +470,15 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
     ex->out.move_front_head(body_start - uint32_t(len));
     ex->response_head_done = true;
     const uint32_t body_bytes = b->tail - body_start;
+    if (ex->dechunk) {
+      // The raw chunks that came with the head are taken out and decoded.
+      std::memcpy(scratch_.get(), b->data() + body_start, body_bytes);
+      ex->out.trim_tail(body_bytes);
+      uint32_t taken = 0;
+      if (!dechunk_bytes(u, c, scratch_.get(), body_bytes, taken)) return false;
+      if (taken < body_bytes) u->reusable = false;
+      return true;
+    }
     http::BodyProgress p = u->parser.parse_body(std::string_view(b->data() + body_start, body_bytes), nullptr, nullptr);
     if (p.error != http::Error::kNone) {
       bump(counters_.upstream_bad_responses);
@@ -480,6 +494,34 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
     }
     return true;
   }
+}
+
+namespace {
+struct DechunkSink {
+  Shard* shard;
+  ClientConn* client;
+  bool failed;
+};
+}  // namespace
+
+// An HTTP/1.0 client's chunked response: the chunk data goes on decoded.
+bool Shard::dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
+  DechunkSink sink{this, c, false};
+  http::BodyProgress p = u->parser.parse_body(
+      std::string_view(data, n),
+      [](void* ctx, const char* d, size_t len) {
+        auto* s = static_cast<DechunkSink*>(ctx);
+        if (!s->failed && !s->shard->append_response(s->client, d, len)) s->failed = true;
+      },
+      &sink);
+  if (p.error != http::Error::kNone || sink.failed) {
+    bump(p.error != http::Error::kNone ? counters_.upstream_bad_responses : counters_.buffer_exhausted);
+    upstream_failed(u, 502, false);
+    return false;
+  }
+  taken = uint32_t(p.consumed);
+  if (p.done) c->ex->response_done = true;
+  return true;
 }
 
 // Spilling: the bytes go on to the file as they are framed. `taken` is set
