@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "screen.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/un.h>
@@ -59,6 +61,7 @@ const std::vector<NumberKey>& number_keys() {
       {"drain_timeout_ms", 0, kDay, false, [](Config& c, uint64_t v) { c.drain_timeout_ms = uint32_t(v); }},
       {"recv_buffers", 16, 32768, false, [](Config& c, uint64_t v) { c.recv_buffers = uint32_t(v); }},
       {"recv_buffer_bytes", 512, 1 << 20, true, [](Config& c, uint64_t v) { c.recv_buffer_bytes = uint32_t(v); }},
+      {"max_clients_per_source", 0, 1000000, false, [](Config& c, uint64_t v) { c.max_clients_per_source = uint32_t(v); }},
       {"xdp_syn_rate", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_rate = uint32_t(v); }},
       {"xdp_syn_burst", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_burst = uint32_t(v); }},
   };
@@ -248,6 +251,11 @@ void load_config_file(const std::string& path, Config& config) {
       config.temp_dir = string_value(key, node);
     } else if (key == "admin") {
       config.admin = string_value(key, node);
+    } else if (key == "deny" || key == "allow") {
+      auto* list = node.as_array();
+      if (list == nullptr) bad(key, node_text(node), "a list of CIDR prefixes, such as [\"203.0.113.0/24\"]");
+      auto& out = key == "deny" ? config.deny : config.allow;
+      for (const auto& item : *list) out.push_back(string_value(key, item));
     } else if (key == "xdp_iface") {
       config.xdp_iface = string_value(key, node);
     } else if (key == "xdp_mode") {
@@ -267,6 +275,8 @@ void validate(Config& config) {
   if ((config.recv_buffers & (config.recv_buffers - 1)) != 0)
     throw ConfigError(fmt::format("recv_buffers: bad value '{}' (expected a power of two)", config.recv_buffers));
   if (config.admin != "off") parse_socket_address("admin", config.admin);
+  for (const auto& d : config.deny) parse_prefix("deny", d);
+  for (const auto& a : config.allow) parse_prefix("allow", a);
   if (config.xdp_mode != "auto" && config.xdp_mode != "native" && config.xdp_mode != "generic")
     bad("xdp_mode", config.xdp_mode, "auto, native or generic");
   if (config.response_buffer > config.buffer_memory_max)

@@ -70,6 +70,12 @@ struct Config {
 
   std::string admin = "127.0.0.1:9901";   // "off" disables the admin endpoint
 
+  // The security screen at accept (user space; the XDP guard does the deny
+  // set at the NIC when attached): CIDR lists and a per-source limit.
+  std::vector<std::string> deny;
+  std::vector<std::string> allow;          // non-empty: only these sources
+  uint32_t max_clients_per_source = 0;     // 0: no limit
+
   // The XDP guard, attached by `run` for its lifetime when xdp_iface is set
   // (service ports = the listen ports, steering to `cpu`).
   std::string xdp_iface;

@@ -13,6 +13,8 @@ namespace offload {
   X(accepted, "client connections accepted")                                                  \
   X(rejected_over_limit, "client connections closed at once: over max_clients")               \
   X(active_clients, "client connections open now (gauge)")                                     \
+  X(rejected_screened, "client connections refused by the deny/allow lists")                  \
+  X(rejected_per_source, "client connections over max_clients_per_source")                    \
   X(requests, "complete requests received")                                                   \
   X(responses_1xx, "responses sent, by class")                                                \
   X(responses_2xx, "")                                                                        \

@@ -39,6 +39,8 @@ struct RunFlags {
   std::string temp_dir;
   std::string xdp_iface;
   std::string xdp_mode;
+  std::vector<std::string> deny;
+  std::vector<std::string> allow;
   std::map<std::string, std::string> numbers;  // TOML key → flag text
 };
 
@@ -48,6 +50,8 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--upstream", f.upstream, "tcp://HOST:PORT, unix:PATH or shm:NAME (default tcp://127.0.0.1:8000)");
   cmd->add_option("--admin", f.admin, "ADDR:PORT of the stats endpoint, or off (default 127.0.0.1:9901)");
   cmd->add_option("--temp-dir", f.temp_dir, "where large responses spill (default /tmp)");
+  cmd->add_option("--deny", f.deny, "refuse clients from this CIDR prefix at accept (repeatable)");
+  cmd->add_option("--allow", f.allow, "accept clients only from these CIDR prefixes (repeatable)");
   cmd->add_option("--xdp-iface", f.xdp_iface, "attach the XDP guard to this interface while running");
   cmd->add_option("--xdp-mode", f.xdp_mode, "auto, native or generic (default auto)");
   for (const std::string& key : offload::number_key_names()) {
@@ -70,6 +74,8 @@ Config build_config(const RunFlags& f) {
   if (!f.admin.empty()) config.admin = f.admin;
   if (!f.temp_dir.empty()) config.temp_dir = f.temp_dir;
   if (!f.xdp_iface.empty()) config.xdp_iface = f.xdp_iface;
+  if (!f.deny.empty()) config.deny = f.deny;
+  if (!f.allow.empty()) config.allow = f.allow;
   if (!f.xdp_mode.empty()) config.xdp_mode = f.xdp_mode;
   for (const auto& [key, value] : f.numbers)
     if (!value.empty()) offload::set_number_from_flag(config, key, value);

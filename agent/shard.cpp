@@ -45,6 +45,12 @@ void sink_to_chain(void* ctx, const char* data, size_t len) {
 
 int status_class_index(int status) { return status / 100; }
 
+std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
+  std::vector<Prefix> out;
+  for (const auto& t : texts) out.push_back(parse_prefix(key, t));
+  return out;
+}
+
 }  // namespace
 
 Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters)
@@ -54,6 +60,8 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       listen_fds_(std::move(listen_fds)),
       accepting_(listen_fds_.size(), false),
       clients_(new ClientConn[config.max_clients]),
+      screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
+              config.max_clients_per_source, config.max_clients),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
       data_pool_(kDataBlockBytes, config.buffer_memory_max, 64) {
@@ -323,6 +331,7 @@ void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
   c->state = ClientState::kHead;
   c->peer_family = 0;
   c->peer_eof = c->recv_paused = c->send_busy = false;
+  if (screen_.active() && screen_out(c)) return;
   ++active_clients_;
   bump(counters_.accepted);
   bump(counters_.active_clients);
@@ -613,20 +622,41 @@ void Shard::on_request_complete(ClientConn* c) {
   enqueue(c, false);
 }
 
-std::string_view Shard::client_ip(ClientConn* c, char* buf, size_t cap) {
-  if (c->peer_family == 0) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    if (::getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-      if (ss.ss_family == AF_INET) {
-        c->peer_family = AF_INET;
-        std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, 4);
-      } else if (ss.ss_family == AF_INET6) {
-        c->peer_family = AF_INET6;
-        std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
-      }
-    }
+// The multishot accept gives no addresses: the peer is looked up once, when
+// first needed (the screen at accept, or X-Forwarded-For), and kept.
+void Shard::look_up_peer(ClientConn* c) {
+  if (c->peer_family != 0) return;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+  if (ss.ss_family == AF_INET) {
+    c->peer_family = AF_INET;
+    std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, 4);
+  } else if (ss.ss_family == AF_INET6) {
+    c->peer_family = AF_INET6;
+    std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
   }
+}
+
+IpAddress Shard::peer_of(const ClientConn* c) const {
+  return c->peer_family == AF_INET ? IpAddress::from_v4(c->peer_addr) : IpAddress::from_v6(c->peer_addr);
+}
+
+// True when the connection was refused (closed and counted, slot returned).
+bool Shard::screen_out(ClientConn* c) {
+  look_up_peer(c);
+  Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c));
+  if (v == Verdict::kAccept) return false;
+  bump(v == Verdict::kOverSourceLimit ? counters_.rejected_per_source : counters_.rejected_screened);
+  ::close(c->fd);
+  c->fd = -1;
+  c->peer_family = 0;
+  free_slots_.push_back(c->slot);
+  return true;
+}
+
+std::string_view Shard::client_ip(ClientConn* c, char* buf, size_t cap) {
+  look_up_peer(c);
   if (c->peer_family == 0 || inet_ntop(c->peer_family, c->peer_addr, buf, socklen_t(cap)) == nullptr)
     return "unknown";
   return buf;
@@ -817,6 +847,8 @@ void Shard::maybe_free_client(ClientConn* c) {
   if (c->ex != nullptr && c->ex->up != nullptr) return;  // freed when the upstream lets go
   ::close(c->fd);
   c->fd = -1;
+  if (screen_.active() && c->peer_family != 0) screen_.release(peer_of(c));
+  c->peer_family = 0;
   if (c->ex != nullptr) {
     put_exchange(c->ex);
     c->ex = nullptr;

@@ -19,6 +19,7 @@
 #include "counters.h"
 #include "http_rewrite.h"
 #include "list.h"
+#include "screen.h"
 #include "timer_list.h"
 #include "uring.h"
 #include "offload/ring_agent.h"
@@ -91,6 +92,9 @@ class Shard {
   Exchange* get_exchange();
   void put_exchange(Exchange* ex);
   std::string_view client_ip(ClientConn* c, char* buf, size_t cap);
+  void look_up_peer(ClientConn* c);
+  IpAddress peer_of(const ClientConn* c) const;
+  bool screen_out(ClientConn* c);
 
   // The ready queue and the upstream pool.
   void enqueue(ClientConn* c, bool front);
@@ -142,6 +146,7 @@ class Shard {
   // Clients: slots made once, handed out LIFO so the same few stay warm.
   std::unique_ptr<ClientConn[]> clients_;
   std::vector<uint32_t> free_slots_;
+  Screen screen_;
   uint32_t active_clients_ = 0;
   static constexpr uint32_t kFreeExchangesMax = 256;
   Exchange* free_exchanges_ = nullptr;

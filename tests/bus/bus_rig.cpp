@@ -491,6 +491,7 @@ void HostileServer::run() {
       uint8_t* data = m.response_data(ch);
       const uint64_t head = __atomic_load_n(&ctrl->prod.head, __ATOMIC_RELAXED);
       const uint64_t pos = head & (m.ring_bytes - 1);
+      corrupted_.fetch_add(1);  // before the bytes: the agent may answer the client at once
       auto raw = [&](uint32_t rec_len, uint64_t publish) {
         offload_rec r{rec_len, OFFLOAD_REC_RESPONSE_HEAD, OFFLOAD_REC_F_END};
         std::memset(data + pos, 0x41, std::min<uint64_t>(64, m.ring_bytes - pos));
@@ -523,7 +524,6 @@ void HostileServer::run() {
           break;
       }
       m.dead[ch] = true;
-      corrupted_.fetch_add(1);
       ring_bell(m.to_agent[ch]);
       for (int i = 0; i < extra_bells_ && !stop_.load(); ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));

@@ -524,7 +524,9 @@ TEST_CASE("1000 concurrent clients over 4 ring channels are all answered") {
   CHECK(a.stat("upstream_bad_responses") == 0);
   // The demo server counts what it answered: every request went over the ring.
   CHECK(demo.stop() == 0);
-  CHECK(demo.stderr_text().find("requests=1000 ") != std::string::npos);
+  auto counters = demo.wait_for_line("offload-demo-server: requests=", 2000);
+  REQUIRE_MESSAGE(counters, demo.stderr_text());
+  CHECK(counters->find("requests=1000 ") != std::string::npos);
 }
 
 // ------------------------------------------------------------ failures

@@ -1052,3 +1052,68 @@ TEST_CASE("max-clients: connections over the limit are closed at once and counte
   }
   CHECK(served);
 }
+
+// ------------------------------------------------------------ the security screen
+
+TEST_CASE("screen: a denied source is closed at accept, before a byte reaches the backend") {
+  if (!rig::proxy_kind().empty() && rig::proxy_kind() != "agent") return;
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.extra_flags = {"--deny", "192.0.2.0/24", "--deny", "127.0.0.0/8"};
+  start_pair(b, p, 4, o);
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  c.send_all(rig::get_request("/ok?denied"), 500);
+  std::string got;
+  CHECK(c.wait_closed(2000, &got));
+  CHECK(got.empty());
+  CHECK_STAT_AT_LEAST(p, "rejected_screened", 1);
+  auto rec = b.record();
+  REQUIRE(rec);
+  CHECK(rec->find("/ok?denied") == nullptr);
+}
+
+TEST_CASE("screen: allow-only refuses every other source") {
+  if (!rig::proxy_kind().empty() && rig::proxy_kind() != "agent") return;
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.extra_flags = {"--allow", "127.0.0.2/32"};
+  start_pair(b, p, 4, o);
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  c.send_all(rig::get_request("/ok"), 500);
+  CHECK(c.wait_closed(2000, nullptr));
+  CHECK_STAT_AT_LEAST(p, "rejected_screened", 1);
+}
+
+TEST_CASE("screen: max-clients-per-source closes the connection over the limit, and frees with a close") {
+  if (!rig::proxy_kind().empty() && rig::proxy_kind() != "agent") return;
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.extra_flags = {"--max-clients-per-source", "2"};
+  start_pair(b, p, 4, o);
+  std::vector<Client> held(2);
+  for (auto& c : held) {
+    REQUIRE(c.connect(p.port()));
+    REQUIRE(c.send_all(rig::get_request("/ok")));
+    REQUIRE(c.read_response(3000));
+  }
+  Client over;
+  REQUIRE(over.connect(p.port()));
+  over.send_all(rig::get_request("/ok?over"), 500);
+  std::string got;
+  CHECK(over.wait_closed(2000, &got));
+  CHECK(got.empty());
+  CHECK_STAT_AT_LEAST(p, "rejected_per_source", 1);
+  held[0].close();
+  bool served = false;
+  for (int i = 0; i < 40 && !served; ++i) {
+    auto r = rig::http_get(p.port(), "/ok?again", 1000);
+    served = r && r.response->status == 200;
+    if (!served) rig::sleep_ms(50);
+  }
+  CHECK(served);
+}
