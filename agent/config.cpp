@@ -61,6 +61,7 @@ const std::vector<NumberKey>& number_keys() {
       {"drain_timeout_ms", 0, kDay, false, [](Config& c, uint64_t v) { c.drain_timeout_ms = uint32_t(v); }},
       {"recv_buffers", 16, 32768, false, [](Config& c, uint64_t v) { c.recv_buffers = uint32_t(v); }},
       {"recv_buffer_bytes", 512, 1 << 20, true, [](Config& c, uint64_t v) { c.recv_buffer_bytes = uint32_t(v); }},
+      {"ring_bytes", 64 * 1024, 1ull << 30, true, [](Config& c, uint64_t v) { c.ring_bytes = v; }},
       {"max_clients_per_source", 0, 1000000, false, [](Config& c, uint64_t v) { c.max_clients_per_source = uint32_t(v); }},
       {"xdp_syn_rate", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_rate = uint32_t(v); }},
       {"xdp_syn_burst", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_burst = uint32_t(v); }},
@@ -272,6 +273,8 @@ void validate(Config& config) {
   if (config.persistent > config.max_upstream)
     throw ConfigError(fmt::format("persistent: bad value '{}' (expected at most max_upstream, {})",
                                   config.persistent, config.max_upstream));
+  if ((config.ring_bytes & (config.ring_bytes - 1)) != 0)
+    throw ConfigError(fmt::format("ring_bytes: bad value '{}' (expected a power of two, such as 4m)", config.ring_bytes));
   if ((config.recv_buffers & (config.recv_buffers - 1)) != 0)
     throw ConfigError(fmt::format("recv_buffers: bad value '{}' (expected a power of two)", config.recv_buffers));
   if (config.admin != "off") parse_socket_address("admin", config.admin);

@@ -64,6 +64,10 @@ struct Config {
   uint32_t queue_timeout_ms = 30000;      // waiting for a free upstream channel
   uint32_t drain_timeout_ms = 10000;      // SIGTERM: finish in-flight requests
 
+  // The ring bus (shm:NAME): bytes of each ring. A request travels as one
+  // record, so a request larger than this gets 413 over the ring.
+  uint64_t ring_bytes = 2ull << 20;
+
   // io_uring and receive buffers.
   uint32_t recv_buffers = 256;            // provided buffers, a power of two
   uint32_t recv_buffer_bytes = 4096;

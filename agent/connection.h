@@ -117,6 +117,7 @@ struct alignas(16) UpstreamConn {
   bool ring = false;
   bool send_pending = false;    // the ring was full: resend when it rings
   bool chunked_out = false;     // the client gets the body chunked (length unknown)
+  bool ring_failed = false;     // the channel is corrupt until the next attach
   uint32_t channel = 0;
   uint64_t request_id = 0;
 };

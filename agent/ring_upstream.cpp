@@ -36,6 +36,8 @@ void Shard::ring_create() {
   ring::RingAgentOptions opts;
   opts.name = config_.upstream.shm_name;
   opts.channels_max = config_.max_upstream;
+  // A request travels as one record: the ring must hold the largest one.
+  opts.ring_bytes = uint32_t(config_.ring_bytes);
   std::string error;
   ring_ = RingAgent::create(opts, &error);
   if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", config_.upstream.text, error));
@@ -101,13 +103,16 @@ void Shard::ring_event(RingAgent::Event e) {
   if (e == RingAgent::Event::kAttached) {
     fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", config_.upstream.text,
                ring_->server_pid(), ring_->channel_count());
+    attached_channels_ = ring_->channel_count();
     for (auto& u : upstreams_) {
       if (u->state == UpstreamState::kIdle) idle_.remove(u.get());
       u->state = UpstreamState::kFree;
       u->client = nullptr;
       u->send_pending = false;
+      u->ring_failed = false;
       if (u->channel < ring_->channel_count()) {
         bump(counters_.upstream_connects);
+        bump(counters_.upstream_active);
         make_idle(u.get());
       }
     }
@@ -115,10 +120,12 @@ void Shard::ring_event(RingAgent::Event e) {
   } else if (e == RingAgent::Event::kDetached) {
     fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", config_.upstream.text, ring_->last_error());
     for (auto& u : upstreams_) {
+      if (u->channel < attached_channels_) drop(counters_.upstream_active);
       if (u->state == UpstreamState::kBusy) upstream_failed(u.get(), 502, false);
       if (u->state == UpstreamState::kIdle) idle_.remove(u.get());
       u->state = UpstreamState::kFree;
     }
+    attached_channels_ = 0;
   }
   const int fd = ring_->peer_fd();
   if (fd == peer_poll_fd_) return;
@@ -193,6 +200,7 @@ bool Shard::ring_read_allowed(UpstreamConn* u) const {
 // Takes response pieces off a channel until it is empty (which arms its
 // doorbell) or the client's buffers are full (resumed by its next send).
 void Shard::ring_drain(UpstreamConn* u) {
+  if (u->ring_failed) return;  // said once; silent until the server attaches again
   for (;;) {
     if (u->state == UpstreamState::kBusy && !ring_read_allowed(u)) {
       u->read_paused = true;
@@ -208,13 +216,18 @@ void Shard::ring_drain(UpstreamConn* u) {
       if (u->state == UpstreamState::kBusy) upstream_failed(u, 502, false);
       if (u->state == UpstreamState::kIdle) idle_.remove(u);
       u->state = UpstreamState::kFree;  // unusable until the server attaches again
+      u->ring_failed = true;
       return;
     }
     const bool last = piece.end || piece.kind == ring::ResponsePiece::Kind::kAbort;
     if (u->state != UpstreamState::kBusy) {
-      // The rest of a response whose client timed out or left: dropped.
+      // The rest of a response whose client timed out or left: dropped. Once
+      // it has gone by, the channel serves whoever waits.
       ring_->release_response(u->channel);
-      if (last && u->state == UpstreamState::kClosing) make_idle(u);
+      if (last && u->state == UpstreamState::kClosing) {
+        release_upstream(u);
+        return;
+      }
       continue;
     }
     ClientConn* c = u->client;
@@ -222,7 +235,7 @@ void Shard::ring_drain(UpstreamConn* u) {
     ring_->release_response(u->channel);
     if (!ok) {
       if (u->state == UpstreamState::kBusy) upstream_failed(u, 502, false);
-      if (last && u->state == UpstreamState::kClosing) make_idle(u);
+      if (last && u->state == UpstreamState::kClosing) release_upstream(u);
       return;
     }
     if (piece.end) {

@@ -526,6 +526,12 @@ void Shard::parse_input(ClientConn* c) {
   }
   if (!take_head(c)) return;
   const uint32_t head_bytes = ex->parser.head().head_bytes;
+  if (ring_ && ex->parser.head().body == http::BodyKind::kLength &&
+      ex->parser.head().content_length + ex->forward_bytes + 64 > ring_->max_request_bytes()) {
+    // Over the ring a request is one record: say so now, not after the body.
+    reject(c, 413);
+    return;
+  }
   in->head += head_bytes;
   if (ex->parser.head().body == http::BodyKind::kNone) {
     on_request_complete(c);

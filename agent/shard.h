@@ -174,6 +174,7 @@ class Shard {
   int peer_poll_fd_ = -1;
   uint64_t peer_poll_gen_ = 0;
   uint64_t ring_request_ids_ = 0;
+  uint32_t attached_channels_ = 0;
   http::Parser ring_head_parser_{http::Parser::Kind::kRequest, http::Limits{}};
   std::vector<offload_field> ring_fields_;
   std::vector<FieldView> ring_views_;

@@ -31,8 +31,8 @@ void RingMode::run() {
         Reply r = route(req.method(), req.target(), root_fd_);
         res.set_status(r.status);
         res.add_header("Content-Type", r.content_type);
+        res.set_content_length(r.length);  // HEAD announces the GET length too
         if (!r.head_only) {
-          res.set_content_length(r.length);
           static thread_local std::vector<char> buf(64 * 1024);
           for (uint64_t off = 0; off < r.length;) {
             long got = r.fill(off, buf.data(), buf.size());

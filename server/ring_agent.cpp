@@ -18,7 +18,11 @@ namespace {
 struct Channel {
   Producer requests;
   Consumer responses;
-  std::deque<uint64_t> in_flight;  // ids sent, oldest first
+  struct Sent {
+    uint64_t id;
+    bool head;  // a HEAD request: its response announces a length but has no body
+  };
+  std::deque<Sent> in_flight;      // requests sent, oldest first
   bool in_response = false;        // a head arrived, the end not yet
   uint64_t body_left = 0;          // when the content length is known
   bool length_known = false;
@@ -293,7 +297,7 @@ RingAgent::Send RingAgent::try_send_request(uint32_t ch, const RequestOut& req) 
   if (!encode_request(req, dst)) return Send::kBadRequest;  // nothing committed
   c.requests.end_wait();
   c.requests.commit(OFFLOAD_REC_REQUEST, 0, len);
-  c.in_flight.push_back(req.id);
+  c.in_flight.push_back({req.id, req.method == OFFLOAD_METHOD_HEAD});
   return Send::kOk;
 }
 
@@ -306,12 +310,14 @@ int RingAgent::Impl::fail_channel(uint32_t ch, std::string why) {
 // The server's pieces must follow the requests: ids in order, a head first,
 // no more body than announced, and the announced length delivered.
 int RingAgent::Impl::check_piece(Channel& c, const ResponsePiece& p) {
-  if (c.in_flight.empty() || p.id != c.in_flight.front()) return -1;
+  if (c.in_flight.empty() || p.id != c.in_flight.front().id) return -1;
   if (p.kind == ResponsePiece::Kind::kHead) {
     if (c.in_response) return -1;
     c.in_response = true;
-    c.length_known = p.content_length != OFFLOAD_LENGTH_UNKNOWN;
-    c.body_left = c.length_known ? p.content_length : 0;
+    // HEAD, 1xx, 204 and 304 responses have no body whatever length they announce.
+    const bool bodiless = c.in_flight.front().head || p.status < 200 || p.status == 204 || p.status == 304;
+    c.length_known = bodiless || p.content_length != OFFLOAD_LENGTH_UNKNOWN;
+    c.body_left = bodiless ? 0 : c.length_known ? p.content_length : 0;
   } else if (p.kind == ResponsePiece::Kind::kBody && !c.in_response) {
     return -1;
   }

@@ -87,8 +87,10 @@ class ChannelWorker {
 
 // ---- Response -----------------------------------------------------------------
 
-void Response::reset(uint64_t id) {
+void Response::reset(uint64_t id, bool head_request) {
   id_ = id;
+  head_request_ = head_request;
+  head_written_ = 0;
   status_ = 200;
   text_.clear();
   fields_.clear();
@@ -121,6 +123,10 @@ void Response::set_content_length(uint64_t bytes) {
 
 bool Response::write(std::string_view bytes) {
   if (broken_) return false;
+  if (head_request_) {
+    head_written_ += bytes.size();
+    return content_length_ == OFFLOAD_LENGTH_UNKNOWN || head_written_ <= content_length_;
+  }
   uint64_t total = body_sent_ + body_.size() + bytes.size();
   if (content_length_ != OFFLOAD_LENGTH_UNKNOWN && total > content_length_) return false;
   body_.append(bytes);
@@ -214,6 +220,12 @@ bool ChannelWorker::flush(bool end) {
 // Sends what the handler left, keeping the announced length honest.
 void ChannelWorker::finish() {
   Response& r = res_;
+  if (r.head_request_ && !r.broken_) {
+    if (r.content_length_ == OFFLOAD_LENGTH_UNKNOWN) r.content_length_ = r.head_written_;
+    r.body_.clear();
+    send_head(true);
+    return;
+  }
   uint64_t total = r.body_sent_ + r.body_.size();
   bool short_body = r.content_length_ != OFFLOAD_LENGTH_UNKNOWN && total != r.content_length_;
   if (r.broken_ || short_body) {
@@ -221,7 +233,7 @@ void ChannelWorker::finish() {
       send_abort();
       return;
     }
-    r.reset(r.id_);
+    r.reset(r.id_, r.head_request_);
     r.status_ = 500;
   }
   flush(true);
@@ -242,7 +254,7 @@ int ChannelWorker::serve_ready(const Handler& handler, uint64_t* served) {
       requests_.fail(why);
       return -EBADMSG;
     }
-    res_.reset(req_.in_.id);
+    res_.reset(req_.in_.id, req_.in_.method == OFFLOAD_METHOD_HEAD);
     try {
       handler(req_, res_);
     } catch (const std::exception&) {

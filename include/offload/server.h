@@ -73,12 +73,14 @@ class Response {
   void set_content_length(uint64_t bytes);
   // Appends body bytes. False once the response cannot be delivered (the
   // agent went away, or more bytes than set_content_length announced).
+  // For a HEAD request the bytes are only counted: the length is announced
+  // (set_content_length, else what was written) and no body is sent.
   bool write(std::string_view bytes);
 
  private:
   friend class ChannelWorker;
   explicit Response(ChannelWorker* w) : worker_(w) {}
-  void reset(uint64_t id);
+  void reset(uint64_t id, bool head_request);
 
   ChannelWorker* worker_;
   uint64_t id_ = 0;
@@ -90,6 +92,8 @@ class Response {
   uint64_t body_sent_ = 0;
   bool head_sent_ = false;
   bool broken_ = false;
+  bool head_request_ = false;
+  uint64_t head_written_ = 0;         // HEAD: body bytes the handler wrote, counted only
 };
 
 using Handler = std::function<void(const Request&, Response&)>;

@@ -150,6 +150,8 @@ TEST_CASE("the documented example configuration is valid and states the defaults
   CHECK(c.queue_timeout_ms == defaults.queue_timeout_ms);
   CHECK(c.drain_timeout_ms == defaults.drain_timeout_ms);
   CHECK(c.recv_buffers == defaults.recv_buffers);
+  CHECK(c.ring_bytes == defaults.ring_bytes);
+  CHECK(c.max_clients_per_source == defaults.max_clients_per_source);
   CHECK(c.recv_buffer_bytes == defaults.recv_buffer_bytes);
   CHECK(c.admin == defaults.admin);
   CHECK(c.temp_dir == defaults.temp_dir);
