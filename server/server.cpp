@@ -1,5 +1,6 @@
 #include "offload/server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -40,7 +41,18 @@ void wait_bell(int fd, int timeout_ms) {
   if (::poll(&p, 1, timeout_ms) > 0) drain(fd);
 }
 
-constexpr int kWaitSliceMs = 100;  // sleeping workers re-check stop/detach this often
+// A worker sleeps in one blocking read of its doorbell (an eventfd read
+// returns and resets the count: the wait and the drain in one system call).
+// Stop and detach ring every worker's bell, so no timeout is needed.
+void sleep_on_bell(int fd) {
+  uint64_t v;
+  [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
+}
+
+void make_blocking(int fd) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+}
 
 }  // namespace
 
@@ -56,6 +68,7 @@ class ChannelWorker {
   ChannelWorker(ring::Region& region, unsigned ch, int my_bell, int peer_bell, const ServerOptions& opts,
                 const std::atomic<bool>& quit)
       : bell_(my_bell), opts_(opts), quit_(quit), res_(this) {
+    make_blocking(bell_);
     requests_.init(region.request_ctrl(ch), region.request_data(ch), region.ring_bytes(), peer_bell);
     responses_.init(region.response_ctrl(ch), region.response_data(ch), region.ring_bytes(), peer_bell);
     req_.fields_.reserve(64);
@@ -140,7 +153,7 @@ uint8_t* ChannelWorker::reserve(uint32_t len) {
   for (;;) {
     if (uint8_t* p = responses_.try_reserve(len)) return p;
     if (responses_.failed() || quit_.load(std::memory_order_relaxed)) return nullptr;
-    if (responses_.prepare_wait(len)) wait_bell(bell_, kWaitSliceMs);
+    if (responses_.prepare_wait(len)) sleep_on_bell(bell_);
     responses_.end_wait();
   }
 }
@@ -274,7 +287,7 @@ void ChannelWorker::wait_for_work() {
   while (std::chrono::steady_clock::now() < until) {
     if (requests_.peek(&rec) != 0 || quit_.load(std::memory_order_relaxed)) return;
   }
-  if (requests_.prepare_wait()) wait_bell(bell_, kWaitSliceMs);
+  if (requests_.prepare_wait()) sleep_on_bell(bell_);
   requests_.end_wait();
 }
 
