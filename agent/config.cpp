@@ -61,6 +61,7 @@ const std::vector<NumberKey>& number_keys() {
       {"drain_timeout_ms", 0, kDay, false, [](Config& c, uint64_t v) { c.drain_timeout_ms = uint32_t(v); }},
       {"recv_buffers", 16, 32768, false, [](Config& c, uint64_t v) { c.recv_buffers = uint32_t(v); }},
       {"recv_buffer_bytes", 512, 1 << 20, true, [](Config& c, uint64_t v) { c.recv_buffer_bytes = uint32_t(v); }},
+      {"ring_depth", 1, 64, false, [](Config& c, uint64_t v) { c.ring_depth = uint32_t(v); }},
       {"ring_bytes", 64 * 1024, 1ull << 30, true, [](Config& c, uint64_t v) { c.ring_bytes = v; }},
       {"max_clients_per_source", 0, 1000000, false, [](Config& c, uint64_t v) { c.max_clients_per_source = uint32_t(v); }},
       {"xdp_syn_rate", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_rate = uint32_t(v); }},

@@ -67,6 +67,7 @@ struct Config {
   // The ring bus (shm:NAME): bytes of each ring. A request travels as one
   // record, so a request larger than this gets 413 over the ring.
   uint64_t ring_bytes = 2ull << 20;
+  uint32_t ring_depth = 16;               // requests one ring channel carries at once
 
   // io_uring and receive buffers.
   uint32_t recv_buffers = 256;            // provided buffers, a power of two

@@ -93,6 +93,9 @@ struct alignas(16) ClientConn {
 
 enum class UpstreamState : uint8_t { kFree, kConnecting, kIdle, kBusy, kClosing };
 
+// Requests one ring channel may carry at once (ring_depth is capped here).
+inline constexpr uint32_t kRingDepthMax = 64;
+
 struct alignas(16) UpstreamConn {
   UpstreamConn(uint32_t index, const http::Limits& limits)
       : parser(http::Parser::Kind::kResponse, limits), slot(index) {}
@@ -118,6 +121,12 @@ struct alignas(16) UpstreamConn {
   bool send_pending = false;    // the ring was full: resend when it rings
   bool chunked_out = false;     // the client gets the body chunked (length unknown)
   bool ring_failed = false;     // the channel is corrupt until the next attach
+  bool ring_draining = false;   // timed out: late answers go by before new requests
+  // The requests on a ring channel, oldest first; null: its client left (or
+  // it failed) and its answer is dropped when it comes.
+  ClientConn* fifo[kRingDepthMax] = {};
+  uint32_t fifo_head = 0;
+  uint32_t fifo_count = 0;
   uint32_t channel = 0;
   uint64_t request_id = 0;
 };

@@ -1,8 +1,11 @@
 // Ring channels: the upstream pool over the shared-memory bus (shm:NAME).
 //
-// Each ring channel is an UpstreamConn without a socket, so the ready queue,
-// the pool, the timeouts and the response buffering are the same as for TCP;
-// only the transport differs. The agent end of the bus (offload::ring::
+// Each ring channel is an UpstreamConn without a socket. Unlike an HTTP/1.1
+// connection, a channel carries up to ring_depth requests at once (the
+// records queue in the ring and the server answers them in order), so a
+// server worker takes a batch of requests per wake-up instead of one: that
+// is where the bus saves the server its per-request sleep and wake. The
+// ready queue, the timeouts and the response buffering are shared with TCP. The agent end of the bus (offload::ring::
 // RingAgent) is driven from this loop: polls on its listening socket, the
 // attached server's socket and one doorbell eventfd per channel, plus a
 // 250 ms tick for heartbeats.
@@ -46,6 +49,7 @@ void Shard::ring_create() {
     u->channel = u->slot;
   }
   ring_fields_.reserve(config_.header_count_max + 8);
+  ring_depth_ = std::min<uint32_t>(config_.ring_depth, kRingDepthMax);
   ring_views_.reserve(256);
 }
 
@@ -84,8 +88,9 @@ void Shard::on_ring_cqe(uint64_t ud, io_uring_cqe* cqe) {
         io_uring_sqe_set_data64(s, pack(u, Op::kRingDoorbell));
       }
       ring_->on_doorbell(u->channel);
-      if (u->send_pending && u->state == UpstreamState::kBusy) ring_send(u);
+      if (u->send_pending && u->state == UpstreamState::kIdle) ring_send_back(u);
       ring_drain(u);
+      ring_dispatch();
       break;
     }
     default: break;
@@ -105,25 +110,20 @@ void Shard::ring_event(RingAgent::Event e) {
                ring_->server_pid(), ring_->channel_count());
     attached_channels_ = ring_->channel_count();
     for (auto& u : upstreams_) {
-      if (u->state == UpstreamState::kIdle) idle_.remove(u.get());
-      u->state = UpstreamState::kFree;
-      u->client = nullptr;
-      u->send_pending = false;
-      u->ring_failed = false;
+      ring_reset_channel(u.get());
       if (u->channel < ring_->channel_count()) {
         bump(counters_.upstream_connects);
         bump(counters_.upstream_active);
-        make_idle(u.get());
+        u->state = UpstreamState::kIdle;
       }
     }
-    dispatch();
+    ring_dispatch();
   } else if (e == RingAgent::Event::kDetached) {
     fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", config_.upstream.text, ring_->last_error());
     for (auto& u : upstreams_) {
       if (u->channel < attached_channels_) drop(counters_.upstream_active);
-      if (u->state == UpstreamState::kBusy) upstream_failed(u.get(), 502, false);
-      if (u->state == UpstreamState::kIdle) idle_.remove(u.get());
-      u->state = UpstreamState::kFree;
+      ring_fail_all(u.get(), 502);
+      ring_reset_channel(u.get());
     }
     attached_channels_ = 0;
   }
@@ -142,14 +142,80 @@ void Shard::ring_event(RingAgent::Event e) {
   io_uring_sqe_set_data64(s, (peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer));
 }
 
-void Shard::ring_send(UpstreamConn* u) {
-  Exchange* ex = u->client->ex;
+void Shard::ring_reset_channel(UpstreamConn* u) {
+  u->state = UpstreamState::kFree;
+  u->client = nullptr;
+  u->send_pending = false;
+  u->ring_failed = false;
+  u->ring_draining = false;
+  u->read_paused = false;
+  u->fifo_head = u->fifo_count = 0;
+  disarm_timer(u->timer);
+}
+
+// The channel that takes the next request: the least loaded one with room
+// (spreading keeps workers busy in parallel; a loaded channel still batches).
+UpstreamConn* Shard::ring_pick() {
+  UpstreamConn* best = nullptr;
+  for (auto& u : upstreams_) {
+    if (u->state != UpstreamState::kIdle || u->ring_failed || u->ring_draining || u->send_pending) continue;
+    if (u->fifo_count >= ring_depth_) continue;
+    if (best == nullptr || u->fifo_count < best->fifo_count) best = u.get();
+  }
+  return best;
+}
+
+// Hands waiting requests to channels with room. A channel that took one is
+// polled afterwards (a poll that finds nothing arms its doorbell), which may
+// free room again: iterate until nothing moves.
+void Shard::ring_dispatch() {
+  bool moved = true;
+  while (moved && !ready_.empty()) {
+    moved = false;
+    uint64_t touched = 0;
+    while (!ready_.empty()) {
+      UpstreamConn* u = ring_pick();
+      if (u == nullptr) break;
+      ClientConn* c = ready_.pop_front();
+      drop(counters_.queue_length);
+      ring_assign(u, c);
+      touched |= uint64_t(1) << (u->channel % 64);
+      moved = true;
+    }
+    for (auto& u : upstreams_)
+      if (touched & (uint64_t(1) << (u->channel % 64))) ring_drain(u.get());
+  }
+}
+
+void Shard::ring_assign(UpstreamConn* u, ClientConn* c) {
+  disarm_timer(c->timer);
+  c->ex->up = u;
+  c->state = ClientState::kUpstream;
+  u->fifo[(u->fifo_head + u->fifo_count) % kRingDepthMax] = c;
+  ++u->fifo_count;
+  if (u->fifo_count == 1) arm_timer(u->timer, kTimerResponse);
+  ring_send_back(u);
+}
+
+// Sends the newest request of the channel; a full ring keeps it pending
+// (the channel takes nothing else) until the server's doorbell says room.
+void Shard::ring_send_back(UpstreamConn* u) {
+  ClientConn* c = u->fifo[(u->fifo_head + u->fifo_count - 1) % kRingDepthMax];
+  if (c == nullptr) {  // its client left while it waited for room
+    --u->fifo_count;
+    u->send_pending = false;
+    return;
+  }
+  Exchange* ex = c->ex;
   std::string_view head(ex->forward->data(), ex->forward_bytes);
   // The server reads the index instead of parsing: it is made from the head
   // exactly as forwarded (hop-by-hop fields already gone).
   ring_head_parser_.reset();
   if (ring_head_parser_.parse_head(head) != http::Result::kComplete) {
-    upstream_failed(u, 502, false);
+    --u->fifo_count;
+    if (u->fifo_count == 0) disarm_timer(u->timer);
+    c->ex->up = nullptr;
+    respond_error(c, 502);
     return;
   }
   const http::Head& h = ring_head_parser_.head();
@@ -164,7 +230,7 @@ void Shard::ring_send(UpstreamConn* u) {
     body = ring_body_;
   }
   ring::RequestOut req;
-  req.id = u->request_id = ++ring_request_ids_;
+  req.id = ++ring_request_ids_;
   req.head = head;
   req.body = body;
   req.method = uint8_t(ex->method);
@@ -176,80 +242,145 @@ void Shard::ring_send(UpstreamConn* u) {
   switch (ring_->try_send_request(u->channel, req)) {
     case RingAgent::Send::kOk:
       u->send_pending = false;
-      ring_drain(u);  // arms the doorbell for the response
+      if (u->fifo_count > 1) bump(counters_.upstream_reuses);  // pipelined behind another
       return;
     case RingAgent::Send::kFull: u->send_pending = true; return;
-    case RingAgent::Send::kTooLarge: {
-      ClientConn* c = u->client;
+    case RingAgent::Send::kTooLarge:
+      --u->fifo_count;
+      u->send_pending = false;
+      if (u->fifo_count == 0) disarm_timer(u->timer);
       c->ex->up = nullptr;
-      u->client = nullptr;
-      make_idle(u);
       respond_error(c, 413);
       return;
-    }
-    default: upstream_failed(u, 502, false); return;
+    default: ring_fail_all(u, 502); return;
+  }
+}
+
+// Every request on the channel gets `status` (or a close, when its response
+// had begun); their late answers are dropped. A channel that timed out takes
+// no new request until those have gone by.
+void Shard::ring_fail_all(UpstreamConn* u, int status) {
+  for (uint32_t i = 0; i < u->fifo_count; ++i) {
+    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+    if (slot == nullptr) continue;
+    ClientConn* c = slot;
+    slot = nullptr;
+    ring_detach_client(u, c, status);
+  }
+  if (u->send_pending) {  // the newest one never went out: nothing will answer it
+    --u->fifo_count;
+    u->send_pending = false;
+  }
+  if (u->fifo_count > 0) u->ring_draining = true;
+  u->read_paused = false;
+  disarm_timer(u->timer);
+}
+
+void Shard::ring_detach_client(UpstreamConn* u, ClientConn* c, int status) {
+  (void)u;
+  Exchange* ex = c->ex;
+  ex->up = nullptr;
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  if (!ex->response_head_done) {
+    respond_error(c, status);
+    return;
+  }
+  // Part of the response is with the client already: end it with a close.
+  ex->close_after = true;
+  ex->response_done = true;
+  post_client_send(c);
+  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
+}
+
+// A client leaves while its request is on the channel: its slot stays, so
+// the answer, when it comes, is recognised and dropped.
+void Shard::ring_abandon(UpstreamConn* u, ClientConn* c) {
+  for (uint32_t i = 0; i < u->fifo_count; ++i) {
+    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+    if (slot == c) slot = nullptr;
+  }
+  c->ex->up = nullptr;
+  if (u->read_paused && u->fifo_count > 0 && u->fifo[u->fifo_head] == nullptr) {
+    u->read_paused = false;
+    ring_drain(u);
+    ring_dispatch();
+  }
+}
+
+void Shard::ring_pop_front(UpstreamConn* u) {
+  u->fifo_head = (u->fifo_head + 1) % kRingDepthMax;
+  --u->fifo_count;
+  if (u->fifo_count == 0) {
+    u->ring_draining = false;
+    disarm_timer(u->timer);
+  } else if (!u->ring_draining) {
+    arm_timer(u->timer, kTimerResponse);
   }
 }
 
 bool Shard::ring_read_allowed(UpstreamConn* u) const {
-  const Exchange* ex = u->client->ex;
-  if (ex->spill.fd >= 0) return ex->spill.unread() < config_.response_spill_max;
-  return config_.response_spill_max > 0 || ex->out.bytes() < config_.response_buffer;
+  const ClientConn* c = u->fifo_count > 0 ? u->fifo[u->fifo_head] : nullptr;
+  return c == nullptr || read_allowed(c->ex);
 }
 
 // Takes response pieces off a channel until it is empty (which arms its
-// doorbell) or the client's buffers are full (resumed by its next send).
+// doorbell) or the front client's buffers are full (resumed by its next
+// send). Each response goes to the oldest request still on the channel.
+// Room it frees is filled by the caller's ring_dispatch().
 void Shard::ring_drain(UpstreamConn* u) {
-  if (u->ring_failed) return;  // said once; silent until the server attaches again
+  if (u->ring_failed || u->state == UpstreamState::kFree) return;
   for (;;) {
-    if (u->state == UpstreamState::kBusy && !ring_read_allowed(u)) {
+    if (!ring_read_allowed(u)) {
       u->read_paused = true;
       disarm_timer(u->timer);
       return;
     }
+    u->read_paused = false;
     ring::ResponsePiece piece;
     int r = ring_->poll_response(u->channel, &piece);
-    if (r == 0 || r == -EPIPE) return;
+    if (r == 0 || r == -EPIPE) break;
     if (r < 0) {
       fmt::print(stderr, "offload-agent: bus channel {}: {}\n", u->channel, ring_->channel_error(u->channel));
       bump(counters_.upstream_bad_responses);
-      if (u->state == UpstreamState::kBusy) upstream_failed(u, 502, false);
-      if (u->state == UpstreamState::kIdle) idle_.remove(u);
-      u->state = UpstreamState::kFree;  // unusable until the server attaches again
-      u->ring_failed = true;
+      ring_fail_all(u, 502);
+      u->ring_failed = true;  // said once; unusable until the server attaches again
       return;
     }
     const bool last = piece.end || piece.kind == ring::ResponsePiece::Kind::kAbort;
-    if (u->state != UpstreamState::kBusy) {
-      // The rest of a response whose client timed out or left: dropped. Once
-      // it has gone by, the channel serves whoever waits.
-      ring_->release_response(u->channel);
-      if (last && u->state == UpstreamState::kClosing) {
-        release_upstream(u);
-        return;
-      }
+    ClientConn* c = u->fifo_count > 0 ? u->fifo[u->fifo_head] : nullptr;
+    bool ok = true;
+    if (c != nullptr) {
+      ok = piece.kind != ring::ResponsePiece::Kind::kAbort && ring_piece(u, c, piece);
+      if (!ok) u->fifo[u->fifo_head] = nullptr;
+    }
+    ring_->release_response(u->channel);
+    if (c != nullptr && !ok) ring_detach_client(u, c, 502);
+    if (!last) {
+      if (c != nullptr && ok) post_client_send(c);
       continue;
     }
-    ClientConn* c = u->client;
-    const bool ok = piece.kind != ring::ResponsePiece::Kind::kAbort && ring_piece(u, c, piece);
-    ring_->release_response(u->channel);
-    if (!ok) {
-      if (u->state == UpstreamState::kBusy) upstream_failed(u, 502, false);
-      if (last && u->state == UpstreamState::kClosing) release_upstream(u);
-      return;
+    if (u->fifo_count > 0) ring_pop_front(u);
+    if (c != nullptr && ok) {
+      Exchange* ex = c->ex;
+      ex->response_done = true;
+      ex->up = nullptr;
+      if (c->state == ClientState::kClosing) {
+        maybe_free_client(c);
+      } else {
+        post_client_send(c);
+        if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
+      }
     }
-    if (piece.end) {
-      on_response_complete(u, c);
-      return;
-    }
-    post_client_send(c);
   }
 }
 
 // Copies one piece into the client's output; false to fail the exchange.
 bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece) {
   Exchange* ex = c->ex;
-  arm_timer(u->timer, kTimerResponse);
+  if (!u->ring_draining) arm_timer(u->timer, kTimerResponse);
   ex->response_bytes += piece.body.size() + 1;
   const bool head_request = ex->method == http::Method::kHead;
   if (piece.kind == ring::ResponsePiece::Kind::kHead) {
@@ -269,7 +400,7 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
     ex->response_head_done = true;
     if (bodiless) return true;
   }
-  if (piece.kind != ring::ResponsePiece::Kind::kAbort && !head_request && !piece.body.empty()) {
+  if (!head_request && !piece.body.empty()) {
     if (u->chunked_out) {
       char line[24];
       auto r = fmt::format_to_n(line, sizeof line, "{:x}\r\n", piece.body.size());

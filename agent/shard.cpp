@@ -223,7 +223,12 @@ void Shard::on_timer(Timer* t) {
   if (t->kind == kTimerResponse) {
     auto* u = reinterpret_cast<UpstreamConn*>(reinterpret_cast<char*>(t) - offsetof(UpstreamConn, timer));
     bump(counters_.timeouts_response);
-    upstream_failed(u, 504, false);
+    if (u->ring) {
+      ring_fail_all(u, 504);
+      ring_dispatch();
+    } else {
+      upstream_failed(u, 504, false);
+    }
     return;
   }
   auto* c = reinterpret_cast<ClientConn*>(reinterpret_cast<char*>(t) - offsetof(ClientConn, timer));
@@ -841,9 +846,13 @@ void Shard::close_client(ClientConn* c) {
   ::shutdown(c->fd, SHUT_RDWR);
   if (c->ex != nullptr && c->ex->up != nullptr) {
     UpstreamConn* u = c->ex->up;
-    // The upstream is mid-exchange for a client that left: it cannot be reused.
-    u->reusable = false;
-    close_upstream(u);
+    if (u->ring) {
+      ring_abandon(u, c);  // the channel carries on; this answer will be dropped
+    } else {
+      // The upstream is mid-exchange for a client that left: it cannot be reused.
+      u->reusable = false;
+      close_upstream(u);
+    }
   }
   maybe_free_client(c);
 }

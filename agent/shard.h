@@ -129,7 +129,15 @@ class Shard {
   void on_ring_cqe(uint64_t ud, io_uring_cqe* cqe);
   void ring_tick();
   void ring_event(ring::RingAgent::Event e);
-  void ring_send(UpstreamConn* u);
+  void ring_reset_channel(UpstreamConn* u);
+  UpstreamConn* ring_pick();
+  void ring_dispatch();
+  void ring_assign(UpstreamConn* u, ClientConn* c);
+  void ring_send_back(UpstreamConn* u);
+  void ring_fail_all(UpstreamConn* u, int status);
+  void ring_detach_client(UpstreamConn* u, ClientConn* c, int status);
+  void ring_abandon(UpstreamConn* u, ClientConn* c);
+  void ring_pop_front(UpstreamConn* u);
   void ring_drain(UpstreamConn* u);
   bool ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece);
   bool ring_read_allowed(UpstreamConn* u) const;
@@ -175,6 +183,7 @@ class Shard {
   uint64_t peer_poll_gen_ = 0;
   uint64_t ring_request_ids_ = 0;
   uint32_t attached_channels_ = 0;
+  uint32_t ring_depth_ = 1;
   http::Parser ring_head_parser_{http::Parser::Kind::kRequest, http::Limits{}};
   std::vector<offload_field> ring_fields_;
   std::vector<FieldView> ring_views_;

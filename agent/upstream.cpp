@@ -49,13 +49,16 @@ void Shard::enqueue(ClientConn* c, bool front) {
 }
 
 void Shard::dispatch() {
+  if (ring_) {  // ring channels carry several requests each: ring_upstream.cpp
+    ring_dispatch();
+    return;
+  }
   while (!ready_.empty() && !idle_.empty()) {
     UpstreamConn* u = idle_.pop_front();
     ClientConn* c = ready_.pop_front();
     drop(counters_.queue_length);
     assign(u, c);
   }
-  if (ring_) return;  // ring channels come with the server's attach
   // One new channel per waiting request, up to max_upstream.
   while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream) open_upstream();
 }
@@ -79,11 +82,6 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   c->state = ClientState::kUpstream;
   if (u->used) bump(counters_.upstream_reuses);
   u->used = true;
-  if (u->ring) {
-    arm_timer(u->timer, kTimerResponse);
-    ring_send(u);
-    return;
-  }
   u->parser.reset();
   u->parser.set_request_method(ex->method);
   post_up_send(u);
@@ -185,16 +183,6 @@ void Shard::close_upstream(UpstreamConn* u) {
   if (u->state == UpstreamState::kClosing || u->state == UpstreamState::kFree) return;
   if (u->state == UpstreamState::kIdle) idle_.remove(u);
   disarm_timer(u->timer);
-  if (u->ring) {
-    // A ring channel stays; a request still on it is abandoned, and the
-    // channel serves again once the rest of that response has gone by.
-    const bool busy = u->state == UpstreamState::kBusy;
-    u->client = nullptr;
-    u->send_pending = false;
-    u->state = busy && ring_->attached() ? UpstreamState::kClosing : UpstreamState::kFree;
-    if (!busy && ring_->attached()) make_idle(u);
-    return;
-  }
   u->state = UpstreamState::kClosing;
   ::shutdown(u->fd, SHUT_RDWR);
   maybe_free_upstream(u);
@@ -303,6 +291,7 @@ void Shard::pause_up_read(UpstreamConn* u) {
 void Shard::post_up_recv(UpstreamConn* u) {
   if (u->ring) {
     ring_drain(u);
+    ring_dispatch();
     return;
   }
   if (u->state != UpstreamState::kBusy || !read_allowed(u->client->ex)) {

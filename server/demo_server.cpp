@@ -35,7 +35,7 @@ struct Flags {
   std::string ring;
   std::string root;
   unsigned workers = 4;
-  unsigned spin_us = 50;
+  unsigned spin_us = 0;
 };
 
 double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; }

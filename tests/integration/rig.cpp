@@ -187,10 +187,22 @@ bool Child::running() {
 std::optional<int> Child::wait_exit(int timeout_ms) {
   int64_t deadline = now_ms() + timeout_ms;
   for (;;) {
-    if (!running()) return exit_code_;
+    if (!running()) break;
     if (now_ms() >= deadline) return std::nullopt;
     sleep_ms(5);
   }
+  // The process is gone, but the reader thread may not have drained its last
+  // lines yet: wait (bounded) for the pipe's end of file, so a test that
+  // reads stderr right after the exit sees all of it.
+  int64_t drain_deadline = now_ms() + 1000;
+  while (now_ms() < drain_deadline) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stderr_closed_) break;
+    }
+    sleep_ms(2);
+  }
+  return exit_code_;
 }
 
 int Child::stop(int term_timeout_ms) {

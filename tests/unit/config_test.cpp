@@ -151,6 +151,7 @@ TEST_CASE("the documented example configuration is valid and states the defaults
   CHECK(c.drain_timeout_ms == defaults.drain_timeout_ms);
   CHECK(c.recv_buffers == defaults.recv_buffers);
   CHECK(c.ring_bytes == defaults.ring_bytes);
+  CHECK(c.ring_depth == defaults.ring_depth);
   CHECK(c.max_clients_per_source == defaults.max_clients_per_source);
   CHECK(c.recv_buffer_bytes == defaults.recv_buffer_bytes);
   CHECK(c.admin == defaults.admin);
