@@ -827,3 +827,50 @@ TEST_CASE("a corrupt channel is counted and logged once, however often its doorb
   CHECK(a.stat("upstream_bad_responses") == 1);
   CHECK(a.count_lines("offload-agent: bus channel ") == 1);
 }
+
+// A channel carries several requests at once (ring_depth). Requests queued
+// behind a slow one on the same channel are answered in order, each to its
+// own client, and a client that leaves mid-queue loses only its own answer.
+TEST_CASE("one channel carries several requests: answers in order, a departed client's answer is dropped") {
+  const auto name = bus::unique_name("pipe");
+  bus::Agent a;
+  bus::AgentOptions o;
+  o.max_upstream = 1;
+  o.extra = {"--ring-depth", "8"};
+  REQUIRE_AGENT(a, name, o);
+  bus::RecordingServer srv(name, 1);
+  srv.start();
+  REQUIRE_ATTACHED(a, 1);
+
+  Client slow, leaver, last;
+  REQUIRE(slow.connect(a.port()));
+  REQUIRE(slow.send_all(rig::get_request("/stall")));
+  const int64_t t0 = rig::now_ms();
+  while (srv.stalled_now() != 1 && rig::now_ms() < t0 + 3000) rig::sleep_ms(5);
+  REQUIRE(srv.stalled_now() == 1);
+  // Both go onto the same, busy channel right away: no queue wait.
+  REQUIRE(leaver.connect(a.port()));
+  REQUIRE(leaver.send_all(rig::get_request("/ok?leaver")));
+  REQUIRE(last.connect(a.port()));
+  REQUIRE(last.send_all(rig::get_request("/size/5?last")));
+  rig::sleep_ms(200);
+  CHECK(a.stat("queue_length") == 0);
+  leaver.close();
+  rig::sleep_ms(100);
+  srv.release_stalls();
+
+  auto r1 = slow.read_response(5000);
+  REQUIRE_MESSAGE(r1, r1.error);
+  CHECK(r1.response->status == 200);
+  CHECK(r1.response->body == "late\n");
+  auto r3 = last.read_response(5000);
+  REQUIRE_MESSAGE(r3, r3.error);
+  CHECK(r3.response->status == 200);
+  CHECK(r3.response->body.size() == 5);
+  CHECK(srv.wait_for("/ok?leaver", 1000));  // it was sent; its answer went nowhere
+  CHECK(a.stat("upstream_bad_responses") == 0);
+  // The channel serves on.
+  auto next = rig::http_get(a.port(), "/ok?next", 3000);
+  REQUIRE_MESSAGE(next, next.error);
+  CHECK(next.response->body == "ok\n");
+}
