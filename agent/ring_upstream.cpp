@@ -265,7 +265,8 @@ void Shard::ring_fail_all(UpstreamConn* u, int status) {
     if (slot == nullptr) continue;
     ClientConn* c = slot;
     slot = nullptr;
-    ring_detach_client(u, c, status);
+    c->ex->up = nullptr;
+    fail_exchange(c, status);
   }
   if (u->send_pending) {  // the newest one never went out: nothing will answer it
     --u->fifo_count;
@@ -274,25 +275,6 @@ void Shard::ring_fail_all(UpstreamConn* u, int status) {
   if (u->fifo_count > 0) u->ring_draining = true;
   u->read_paused = false;
   disarm_timer(u->timer);
-}
-
-void Shard::ring_detach_client(UpstreamConn* u, ClientConn* c, int status) {
-  (void)u;
-  Exchange* ex = c->ex;
-  ex->up = nullptr;
-  if (c->state == ClientState::kClosing) {
-    maybe_free_client(c);
-    return;
-  }
-  if (!ex->response_head_done) {
-    respond_error(c, status);
-    return;
-  }
-  // Part of the response is with the client already: end it with a close.
-  ex->close_after = true;
-  ex->response_done = true;
-  post_client_send(c);
-  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
 }
 
 // A client leaves while its request is on the channel: its slot stays, so
@@ -357,22 +339,20 @@ void Shard::ring_drain(UpstreamConn* u) {
       if (!ok) u->fifo[u->fifo_head] = nullptr;
     }
     ring_->release_response(u->channel);
-    if (c != nullptr && !ok) ring_detach_client(u, c, 502);
+    if (c != nullptr && !ok) {
+      c->ex->up = nullptr;
+      fail_exchange(c, 502);
+    }
     if (!last) {
       if (c != nullptr && ok) post_client_send(c);
       continue;
     }
     if (u->fifo_count > 0) ring_pop_front(u);
     if (c != nullptr && ok) {
-      Exchange* ex = c->ex;
-      ex->response_done = true;
-      ex->up = nullptr;
-      if (c->state == ClientState::kClosing) {
-        maybe_free_client(c);
-      } else {
-        post_client_send(c);
-        if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
-      }
+      c->ex->response_done = true;
+      c->ex->up = nullptr;
+      if (c->state == ClientState::kClosing) maybe_free_client(c);
+      else send_or_finish(c);
     }
   }
 }

@@ -399,7 +399,6 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
       return;
     }
   }
-  Exchange* ex = c->ex;
   switch (c->state) {
     case ClientState::kIdle:
       c->state = ClientState::kHead;
@@ -425,7 +424,6 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
       break;
     default:
       // A pipelined request behind the one in progress: kept for later.
-      (void)ex;
       keep_pipelined(c, data, len);
       break;
   }

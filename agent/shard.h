@@ -118,6 +118,8 @@ class Shard {
   bool dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken);
   void on_response_complete(UpstreamConn* u, ClientConn* c);
   void upstream_failed(UpstreamConn* u, int status, bool nothing_received);
+  void fail_exchange(ClientConn* c, int status);
+  void send_or_finish(ClientConn* c);
   void release_upstream(UpstreamConn* u);
   void close_upstream(UpstreamConn* u);
   void maybe_free_upstream(UpstreamConn* u);
@@ -135,7 +137,6 @@ class Shard {
   void ring_assign(UpstreamConn* u, ClientConn* c);
   void ring_send_back(UpstreamConn* u);
   void ring_fail_all(UpstreamConn* u, int status);
-  void ring_detach_client(UpstreamConn* u, ClientConn* c, int status);
   void ring_abandon(UpstreamConn* u, ClientConn* c);
   void ring_pop_front(UpstreamConn* u);
   void ring_drain(UpstreamConn* u);

@@ -542,8 +542,7 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
     maybe_free_client(c);
     return;
   }
-  post_client_send(c);
-  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
+  send_or_finish(c);
 }
 
 // The response is read: the channel serves the next waiting request at once,
@@ -588,14 +587,29 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
     enqueue(c, true);
     return;
   }
+  fail_exchange(c, status);
+}
+
+// The upstream side let this exchange down: an error response if nothing
+// went to the client yet, else a close once what did arrive has gone out.
+void Shard::fail_exchange(ClientConn* c, int status) {
+  Exchange* ex = c->ex;
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
   if (!ex->response_head_done) {
-    ex->response_head_done = false;
     respond_error(c, status);
     return;
   }
-  // Part of the response is with the client already: end it with a close.
   ex->close_after = true;
   ex->response_done = true;
+  send_or_finish(c);
+}
+
+// More of the response is ready: send it, or end the exchange if all is sent.
+void Shard::send_or_finish(ClientConn* c) {
+  Exchange* ex = c->ex;
   post_client_send(c);
   if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
 }
