@@ -720,14 +720,7 @@ void Shard::post_client_send(ClientConn* c) {
   if (ex->out.empty()) return;
   int n = ex->out.fill_iovec(ex->send_iov, 8);
   io_uring_sqe* s = uring_.sqe();
-  if (n == 1) {  // the common case: a plain send is cheaper than sendmsg
-    io_uring_prep_send(s, c->fd, ex->send_iov[0].iov_base, ex->send_iov[0].iov_len, MSG_NOSIGNAL);
-  } else {
-    ex->send_msg = msghdr{};
-    ex->send_msg.msg_iov = ex->send_iov;
-    ex->send_msg.msg_iovlen = size_t(n);
-    io_uring_prep_sendmsg(s, c->fd, &ex->send_msg, MSG_NOSIGNAL);
-  }
+  prep_send_iov(s, c->fd, ex->send_msg, ex->send_iov, n);
   io_uring_sqe_set_data64(s, pack(c, Op::kClientSend));
   ++c->inflight;
   c->send_busy = true;

@@ -226,14 +226,7 @@ void Shard::post_up_send(UpstreamConn* u) {
   add(ex->forward->data(), ex->forward_bytes);
   for (Block* b = ex->body.front(); b != nullptr && n < 16; b = b->next) add(b->data() + b->head, b->readable());
   io_uring_sqe* s = uring_.sqe();
-  if (n == 1) {  // the common case: a plain send is cheaper than sendmsg
-    io_uring_prep_send(s, u->fd, u->send_iov[0].iov_base, u->send_iov[0].iov_len, MSG_NOSIGNAL);
-  } else {
-    u->send_msg = msghdr{};
-    u->send_msg.msg_iov = u->send_iov;
-    u->send_msg.msg_iovlen = size_t(n);
-    io_uring_prep_sendmsg(s, u->fd, &u->send_msg, MSG_NOSIGNAL);
-  }
+  prep_send_iov(s, u->fd, u->send_msg, u->send_iov, n);
   io_uring_sqe_set_data64(s, pack(u, Op::kUpSend));
   ++u->inflight;
   u->send_busy = true;
@@ -551,12 +544,12 @@ void Shard::release_upstream(UpstreamConn* u) {
   u->client = nullptr;
   disarm_timer(u->timer);
   u->read_paused = false;
-  if (!u->ring && (!u->reusable || draining_ || u->send_busy)) {
+  if (!u->reusable || draining_ || u->send_busy) {
     close_upstream(u);
     return;
   }
   // A receive that ran out of provided buffers (or was paused) serves on.
-  if (!u->ring && !u->recv_armed) arm_up_recv(u);
+  if (!u->recv_armed) arm_up_recv(u);
   if (ClientConn* next = ready_.pop_front()) {
     drop(counters_.queue_length);
     assign(u, next);

@@ -36,6 +36,19 @@ T* obj_of(uint64_t ud) {
   return reinterpret_cast<T*>(ud & ~uint64_t(0xf));
 }
 
+// A send of n iovecs: a plain send for one (cheaper than sendmsg, the common
+// case), else a sendmsg through `msg`, which must live until completion.
+inline void prep_send_iov(io_uring_sqe* sqe, int fd, msghdr& msg, iovec* iov, int n) {
+  if (n == 1) {
+    io_uring_prep_send(sqe, fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    return;
+  }
+  msg = msghdr{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = size_t(n);
+  io_uring_prep_sendmsg(sqe, fd, &msg, MSG_NOSIGNAL);
+}
+
 class Uring {
  public:
   Uring(uint32_t sq_entries, uint32_t cq_entries);
