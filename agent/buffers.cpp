@@ -92,7 +92,7 @@ void BlockChain::consume(BlockPool& pool, uint64_t n) {
     uint32_t take = uint32_t(n < b->readable() ? n : b->readable());
     b->head += take;
     n -= take;
-    if (b->readable() == 0 && (b != last_ || b->writable() == 0)) {
+    if (b->readable() == 0) {  // drained: back to the pool, so front() is null iff empty()
       first_ = b->next;
       if (first_ == nullptr) last_ = nullptr;
       pool.put(b);

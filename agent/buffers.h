@@ -89,11 +89,6 @@ class BlockChain {
     std::swap(last_, other.last_);
     std::swap(bytes_, other.bytes_);
   }
-  // Moves an emptied tail block's window back to its start; only while no
-  // receive is writing into it.
-  void rewind_if_empty() {
-    if (first_ != nullptr && first_ == last_ && first_->readable() == 0) first_->head = first_->tail = 0;
-  }
   // The front block's window now starts at `new_head` (a head rewritten in place).
   void move_front_head(uint32_t new_head) {
     bytes_ = bytes_ + first_->head - new_head;

@@ -801,10 +801,10 @@ void Shard::finish_exchange(ClientConn* c) {
   // Input parked while the last request was served goes through the normal
   // path now, as if it had just arrived.
   while (Block* b = overflow.front()) {
-    uint32_t n = b->readable();
+    const uint32_t n = b->readable();
     if (c->state != ClientState::kClosing && c->state != ClientState::kLingering)
       on_client_bytes(c, b->data() + b->head, n, false);
-    overflow.consume(data_pool_, n);
+    overflow.consume(data_pool_, n);  // frees the drained block: the loop ends
   }
   if (c->recv_paused && c->state != ClientState::kClosing && (c->ex == nullptr || c->ex->overflow.empty())) {
     c->recv_paused = false;

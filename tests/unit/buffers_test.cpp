@@ -49,8 +49,21 @@ TEST_CASE("block chain: appends across blocks and consumes from the front") {
   CHECK(total == text.size() - 10);
   chain.consume(pool, chain.bytes());
   CHECK(chain.empty());
-  chain.clear(pool);
+  CHECK(chain.front() == nullptr);  // a loop over front() ends when the bytes do
   CHECK(pool.bytes_in_use() == 0);
+}
+
+TEST_CASE("block chain: consuming exactly a partly filled last block frees it") {
+  BlockPool pool(16, 1024);
+  BlockChain chain;
+  REQUIRE(chain.append(pool, "abc", 3));
+  chain.consume(pool, 3);
+  CHECK(chain.front() == nullptr);
+  CHECK(chain.back() == nullptr);
+  CHECK(pool.bytes_in_use() == 0);
+  REQUIRE(chain.append(pool, "de", 2));  // and the chain works on
+  CHECK(chain.bytes() == 2);
+  chain.clear(pool);
 }
 
 TEST_CASE("block chain: append fails cleanly when the pool is spent") {
