@@ -189,7 +189,9 @@ TEST_CASE("rig: a trickled request reaches the backend directly in many pieces")
   const auto* q = rec->find("/size/5?direct");
   REQUIRE(q);
   CHECK(q->complete);
-  CHECK(q->reads >= static_cast<int>(req.size() / 4) - 1);
+  // One read per 4-byte piece, give or take pieces a busy machine merges:
+  // half of them is still far from the one read a buffered request takes.
+  CHECK(q->reads >= static_cast<int>(req.size() / 4 / 2));
   CHECK(q->last_byte_us - q->first_byte_us >= 100000);
 }
 
