@@ -269,6 +269,39 @@ TEST_CASE("keep-alive: three requests on one client connection") {
   if (p.is_agent()) CHECK(p.stat("accepted") == 1);
 }
 
+// More pipelined input than the input buffer holds: the rest is parked with
+// receiving paused, then replayed once the slow first response is out. Every
+// request is answered, in order, and the agent stays responsive.
+TEST_CASE("pipelining: a burst larger than the input buffer behind a slow request is answered in order") {
+  Backend b;
+  Proxy p;
+  start_pair(b, p, 8, {});
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  std::string burst = rig::get_request("/sleep/300?slow");
+  constexpr int kBehind = 150;  // about 30 KiB of heads, over the 17 KiB input block
+  for (int i = 0; i < kBehind; ++i)
+    burst += rig::get_request("/size/3?n=" + std::to_string(i) + "&pad=" + std::string(150, 'x'));
+  REQUIRE(burst.size() > 24 * 1024);
+  REQUIRE(c.send_all(burst));
+  auto first = c.read_response(5000);
+  REQUIRE_MESSAGE(first, first.error);
+  CHECK(first.response->status == 200);
+  int ok = 0;
+  for (int i = 0; i < kBehind; ++i) {
+    auto r = c.read_response(5000);
+    if (!r) {
+      FAIL_CHECK("response " << i << ": " << r.error);
+      break;
+    }
+    ok += r.response->status == 200 && r.response->body == rig::pattern_string(3);
+  }
+  CHECK(ok == kBehind);
+  auto again = rig::http_get(p.port(), "/size/7?after", 3000);
+  REQUIRE_MESSAGE(again, again.error);
+  CHECK(again.response->status == 200);
+}
+
 TEST_CASE("pipelining: three requests in one write get three responses in order") {
   Backend b;
   Proxy p;
