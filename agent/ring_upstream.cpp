@@ -129,11 +129,8 @@ void Shard::ring_event(RingAgent::Event e) {
   }
   const int fd = ring_->peer_fd();
   if (fd == peer_poll_fd_) return;
-  if (peer_poll_fd_ >= 0) {  // io_uring holds the old socket until its poll ends
-    io_uring_sqe* s = uring_.sqe();
-    io_uring_prep_cancel64(s, (peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer), 0);
-    io_uring_sqe_set_data64(s, uint64_t(Op::kNone));
-  }
+  if (peer_poll_fd_ >= 0)  // io_uring holds the old socket until its poll ends
+    post_cancel((peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer), uint64_t(Op::kNone));
   peer_poll_fd_ = fd;
   ++peer_poll_gen_;
   if (fd < 0) return;

@@ -508,10 +508,16 @@ void Shard::pause_recv(ClientConn* c) {
   if (c->recv_paused) return;
   c->recv_paused = true;
   if (!c->recv_armed) return;
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_cancel64(s, pack(c, Op::kClientRecv), 0);
-  io_uring_sqe_set_data64(s, pack(c, Op::kClientCancel));
+  post_cancel(pack(c, Op::kClientRecv), pack(c, Op::kClientCancel));
   ++c->inflight;
+}
+
+// Cancels the operation whose user_data is `target`; both completions (the
+// cancelled one and the cancel's own, tagged `tag`) come back to the loop.
+void Shard::post_cancel(uint64_t target, uint64_t tag) {
+  io_uring_sqe* s = uring_.sqe();
+  io_uring_prep_cancel64(s, target, 0);
+  io_uring_sqe_set_data64(s, tag);
 }
 
 // Parses the head at the front of the input block; on completion moves on to

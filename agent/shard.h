@@ -70,6 +70,7 @@ class Shard {
   void on_client_recv(ClientConn* c, io_uring_cqe* cqe);
   void on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh);
   void pause_recv(ClientConn* c);
+  void post_cancel(uint64_t target, uint64_t tag);
   void parse_input(ClientConn* c);
   bool take_head(ClientConn* c);
   void feed_body(ClientConn* c, const char* data, size_t len, bool from_input);

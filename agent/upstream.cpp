@@ -274,9 +274,7 @@ void Shard::pause_up_read(UpstreamConn* u) {
   u->read_paused = true;
   disarm_timer(u->timer);
   if (!u->recv_armed) return;
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_cancel64(s, pack(u, Op::kUpRecv), 0);
-  io_uring_sqe_set_data64(s, pack(u, Op::kUpCancel));
+  post_cancel(pack(u, Op::kUpRecv), pack(u, Op::kUpCancel));
   ++u->inflight;
 }
 

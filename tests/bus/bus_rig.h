@@ -40,8 +40,6 @@ std::string demo_path();
 // Byte i of the demo server's /size/N body.
 std::string demo_pattern(uint64_t n);
 
-// "" when equal, else a short description of the first difference.
-std::string difference(const std::string& got, const std::string& want);
 
 // ------------------------------------------------------------------ agent
 

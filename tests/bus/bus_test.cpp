@@ -21,7 +21,7 @@ namespace {
 
 #define CHECK_SAME_BYTES(got, want)                      \
   do {                                                   \
-    std::string diff_ = bus::difference((got), (want));  \
+    std::string diff_ = rig::difference((got), (want));  \
     CHECK_MESSAGE(diff_.empty(), diff_);                 \
   } while (0)
 

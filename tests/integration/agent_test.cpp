@@ -36,20 +36,10 @@ const std::string& big_pattern() {
   return s;
 }
 
-// "" when equal, else where two byte strings first differ (never the bytes themselves:
-// a failed check must not print 8 MiB).
-std::string difference(const std::string& got, const std::string& want) {
-  if (got == want) return {};
-  size_t n = std::min(got.size(), want.size());
-  size_t at = 0;
-  while (at < n && got[at] == want[at]) ++at;
-  return "got " + std::to_string(got.size()) + " bytes, want " + std::to_string(want.size()) +
-         ", first difference at offset " + std::to_string(at);
-}
 
 #define CHECK_SAME_BYTES(got, want)                 \
   do {                                              \
-    std::string diff_ = difference((got), (want));  \
+    std::string diff_ = rig::difference((got), (want));  \
     CHECK_MESSAGE(diff_.empty(), diff_);            \
   } while (0)
 

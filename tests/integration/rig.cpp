@@ -1199,4 +1199,13 @@ int64_t Proxy::stat(const std::string& name) {
   return it == s->end() ? -1 : it->second;
 }
 
+std::string difference(const std::string& got, const std::string& want) {
+  if (got == want) return {};
+  size_t n = std::min(got.size(), want.size());
+  size_t at = 0;
+  while (at < n && got[at] == want[at]) ++at;
+  return "got " + std::to_string(got.size()) + " bytes, want " + std::to_string(want.size()) +
+         ", first difference at offset " + std::to_string(at);
+}
+
 }  // namespace rig

@@ -342,4 +342,8 @@ class Proxy {
 // layouts).
 std::map<std::string, int64_t> flatten_stats(const Json& doc);
 
+// "" when equal, else where two byte strings first differ (never the bytes
+// themselves: a failed check must not print megabytes).
+std::string difference(const std::string& got, const std::string& want);
+
 }  // namespace rig
