@@ -95,6 +95,8 @@ size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
   w << "Forwarded: ";
   if (!forwarded.empty()) w << forwarded << ", ";
   w << (v6 ? "for=\"[" : "for=") << info.client_ip << (v6 ? "]\"" : "") << "\r\n";
+  // RFC 9110 7.6.3: a proxy adds Via, with the version it received.
+  w << "Via: 1." << uint64_t(head.version_minor) << " offload\r\n";
   return w.finish();
 }
 
@@ -117,6 +119,7 @@ size_t write_client_response_head(const http::Head& head, std::string_view msg, 
     if ((f.hop_by_hop && !framing) || (framing && dechunked)) continue;
     w << name << ": " << f.value.in(msg) << "\r\n";
   }
+  w << "Via: 1." << uint64_t(head.version_minor) << " offload\r\n";
   if (close) {
     w << "Connection: close\r\n";
   } else if (client_http10) {
@@ -163,6 +166,7 @@ size_t write_ring_response_head(int status, const FieldView* fields, size_t fiel
   HeadWriter w(out, cap);
   w << "HTTP/1.1 " << uint64_t(status) << " " << reason_phrase(status) << "\r\n";
   for (size_t i = 0; i < field_count; ++i) w << fields[i].name << ": " << fields[i].value << "\r\n";
+  w << "Via: 1.1 offload\r\n";
   if (length_known) w << "Content-Length: " << content_length << "\r\n";
   else if (chunked) w << "Transfer-Encoding: chunked\r\n";
   if (close) w << "Connection: close\r\n";

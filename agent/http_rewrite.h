@@ -18,7 +18,7 @@ struct ForwardInfo {
 // Writes the upstream request head into out[0, cap): the request line in
 // HTTP/1.1, every end-to-end field of `head` except Content-Length, Expect and
 // X-Forwarded-For (which are rewritten), X-Forwarded-For with the client
-// appended, and Forwarded with for= appended. The head is left open: the
+// appended, Forwarded with for= appended, and Via. The head is left open: the
 // body's length is known only once the whole body is in (a chunked body is
 // forwarded de-chunked), so finish_upstream_request_head() closes it.
 // Returns the length, or 0 if it does not fit.
@@ -32,7 +32,7 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
 
 // Writes the client's response head: "HTTP/1.1 status reason", every
 // end-to-end field (Transfer-Encoding is kept: the body is passed through as
-// it came), and "Connection: close" when `close` (or "Connection: keep-alive"
+// it came), Via, and "Connection: close" when `close` (or "Connection: keep-alive"
 // for an HTTP/1.0 client that keeps the connection). Returns the length, or 0
 // if it does not fit.
 // With `dechunked` the body goes out decoded, so Transfer-Encoding is dropped.

@@ -41,13 +41,13 @@ std::string post(std::string_view target, std::string_view body, std::string_vie
 }
 
 // The end-to-end fields the server saw, in order, without the ones the agent
-// adds or owns (X-Forwarded-For, Forwarded, Content-Length).
+// adds or owns (X-Forwarded-For, Forwarded, Via, Content-Length).
 std::vector<std::pair<std::string, std::string>> end_to_end(const bus::Seen& s) {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& f : s.fields) {
     std::string n = f.first;
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
-    if (n == "x-forwarded-for" || n == "forwarded" || n == "content-length") continue;
+    if (n == "x-forwarded-for" || n == "forwarded" || n == "via" || n == "content-length") continue;
     out.push_back(f);
   }
   return out;

@@ -47,6 +47,7 @@ TEST_CASE("forwarded request: hop-by-hop fields go, X-Forwarded-For and Forwarde
   CHECK(out.find("TE:") == std::string::npos);
   CHECK(out.find("X-Forwarded-For: 198.51.100.1, 192.0.2.7\r\n") != std::string::npos);
   CHECK(out.find("Forwarded: for=192.0.2.7\r\n") != std::string::npos);
+  CHECK(out.find("Via: 1.1 offload\r\n") != std::string::npos);
   CHECK(out.find("Content-Length") == std::string::npos);
   CHECK(out.substr(out.size() - 4) == "\r\n\r\n");
 }
@@ -63,13 +64,14 @@ TEST_CASE("forwarded request: HTTP/1.0 without Host gets the upstream's") {
   std::string out = forward("GET / HTTP/1.0\r\n\r\n", 0, false);
   CHECK(out.rfind("GET / HTTP/1.1\r\n", 0) == 0);
   CHECK(out.find("Host: 127.0.0.1:8000\r\n") != std::string::npos);
+  CHECK(out.find("Via: 1.0 offload\r\n") != std::string::npos);  // the version received
 }
 
 TEST_CASE("client response head: keeps end-to-end fields and chunking, sets Connection") {
   std::string resp = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n"
                      "Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n";
   std::string out = respond(resp, false, false);
-  CHECK(out == "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n");
+  CHECK(out == "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nVia: 1.1 offload\r\n\r\n");
   CHECK(respond(resp, true, false).find("Connection: close\r\n") != std::string::npos);
   CHECK(respond(resp, true, true).find("Transfer-Encoding") == std::string::npos);  // decoded for 1.0
   std::string resp10 = "HTTP/1.1 204 No Content\r\n\r\n";
