@@ -14,15 +14,6 @@ std::string_view view(const uint8_t* text, offload_span s) {
   return {reinterpret_cast<const char*>(text) + s.off, s.len};
 }
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
-
 // Copies the field index out of shared memory, checking each span.
 const char* decode_fields(const uint8_t* index, uint32_t count, const uint8_t* text, uint64_t text_len,
                           std::vector<Field>* fields) {
@@ -36,6 +27,17 @@ const char* decode_fields(const uint8_t* index, uint32_t count, const uint8_t* t
 }
 
 }  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = char(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = char(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
 
 bool is_token(std::string_view s) {
   if (s.empty()) return false;

@@ -20,14 +20,6 @@ using ring::Fd;
 
 namespace {
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
 
 void drain(int fd) {
   uint64_t v;
@@ -58,7 +50,7 @@ void make_blocking(int fd) {
 
 std::optional<std::string_view> Request::header(std::string_view name) const {
   for (const Field& f : fields_)
-    if (iequals(f.name, name)) return f.value;
+    if (ring::iequals(f.name, name)) return f.value;
   return std::nullopt;
 }
 

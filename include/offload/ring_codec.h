@@ -88,6 +88,8 @@ struct ResponsePiece {
 // copies these to clients.
 const char* decode_response(const Record& rec, ResponsePiece* out, std::vector<Field>* fields);
 
+// ASCII case-insensitive equality (field names), shared by both ends.
+bool iequals(std::string_view a, std::string_view b);
 // HTTP token / field-value checks shared by both ends.
 bool is_token(std::string_view s);
 bool is_field_value(std::string_view s);

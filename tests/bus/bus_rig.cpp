@@ -21,14 +21,6 @@ namespace bus {
 
 namespace {
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
 
 std::string env_or(const char* var, const char* fallback) {
   const char* v = std::getenv(var);
@@ -168,7 +160,7 @@ bool start_demo(rig::Child& child, const std::string& bus_name, int workers) {
 std::vector<std::string> Seen::all(std::string_view name) const {
   std::vector<std::string> out;
   for (const auto& [n, v] : fields)
-    if (iequals(n, name)) out.push_back(v);
+    if (offload::ring::iequals(n, name)) out.push_back(v);
   return out;
 }
 
