@@ -75,24 +75,12 @@ bool Agent::start(const std::string& bus_name, const AgentOptions& o) {
   std::vector<std::string> args = {"run",      "--listen",   "127.0.0.1:0", "--upstream",
                                    "shm:" + bus_name, "--admin", "127.0.0.1:0", "--temp-dir",
                                    temp_dir_, "--max-upstream", std::to_string(o.max_upstream)};
-  auto num = [&](const char* flag, int v) {
-    if (v >= 0) {
-      args.push_back(flag);
-      args.push_back(std::to_string(v));
-    }
-  };
-  auto str = [&](const char* flag, const std::string& v) {
-    if (!v.empty()) {
-      args.push_back(flag);
-      args.push_back(v);
-    }
-  };
-  if (o.max_upstream < 4) num("--persistent", o.max_upstream);  // persistent <= max-upstream
-  num("--max-clients", o.max_clients);
-  num("--queue-timeout-ms", o.queue_timeout_ms);
-  num("--response-timeout-ms", o.response_timeout_ms);
-  str("--response-buffer", o.response_buffer);
-  str("--response-spill-max", o.response_spill_max);
+  if (o.max_upstream < 4) rig::add_flag(args, "--persistent", o.max_upstream);  // persistent <= max-upstream
+  rig::add_flag(args, "--max-clients", o.max_clients);
+  rig::add_flag(args, "--queue-timeout-ms", o.queue_timeout_ms);
+  rig::add_flag(args, "--response-timeout-ms", o.response_timeout_ms);
+  rig::add_flag(args, "--response-buffer", o.response_buffer);
+  rig::add_flag(args, "--response-spill-max", o.response_spill_max);
   args.insert(args.end(), o.extra.begin(), o.extra.end());
   if (!child_.start(agent_path(), args)) {
     error_ = "cannot start " + agent_path() + ": " + child_.error();

@@ -1037,33 +1037,21 @@ bool Proxy::start_agent(uint16_t upstream_port, const ProxyOptions& o) {
   }
   std::vector<std::string> args = {"run", "--listen", "127.0.0.1:0", "--upstream",
                                    "tcp://127.0.0.1:" + std::to_string(upstream_port), "--admin", "127.0.0.1:0"};
-  auto num = [&](const char* flag, int v) {
-    if (v >= 0) {
-      args.push_back(flag);
-      args.push_back(std::to_string(v));
-    }
-  };
-  auto str = [&](const char* flag, const std::string& v) {
-    if (!v.empty()) {
-      args.push_back(flag);
-      args.push_back(v);
-    }
-  };
-  num("--max-clients", o.max_clients);
-  num("--max-upstream", o.max_upstream);
-  num("--persistent", o.persistent);
-  num("--header-timeout-ms", o.header_timeout_ms);
-  num("--body-timeout-ms", o.body_timeout_ms);
-  num("--keepalive-timeout-ms", o.keepalive_timeout_ms);
-  num("--send-timeout-ms", o.send_timeout_ms);
-  num("--connect-timeout-ms", o.connect_timeout_ms);
-  num("--response-timeout-ms", o.response_timeout_ms);
-  num("--queue-timeout-ms", o.queue_timeout_ms);
-  num("--drain-timeout-ms", o.drain_timeout_ms);
-  str("--header-bytes-max", o.header_bytes_max);
-  str("--body-bytes-max", o.body_bytes_max);
-  str("--response-buffer", o.response_buffer);
-  str("--response-spill-max", o.response_spill_max);
+  add_flag(args, "--max-clients", o.max_clients);
+  add_flag(args, "--max-upstream", o.max_upstream);
+  add_flag(args, "--persistent", o.persistent);
+  add_flag(args, "--header-timeout-ms", o.header_timeout_ms);
+  add_flag(args, "--body-timeout-ms", o.body_timeout_ms);
+  add_flag(args, "--keepalive-timeout-ms", o.keepalive_timeout_ms);
+  add_flag(args, "--send-timeout-ms", o.send_timeout_ms);
+  add_flag(args, "--connect-timeout-ms", o.connect_timeout_ms);
+  add_flag(args, "--response-timeout-ms", o.response_timeout_ms);
+  add_flag(args, "--queue-timeout-ms", o.queue_timeout_ms);
+  add_flag(args, "--drain-timeout-ms", o.drain_timeout_ms);
+  add_flag(args, "--header-bytes-max", o.header_bytes_max);
+  add_flag(args, "--body-bytes-max", o.body_bytes_max);
+  add_flag(args, "--response-buffer", o.response_buffer);
+  add_flag(args, "--response-spill-max", o.response_spill_max);
   args.insert(args.end(), o.extra_flags.begin(), o.extra_flags.end());
   if (!child_.start(path, args)) {
     error_ = child_.error();
@@ -1206,6 +1194,18 @@ std::string difference(const std::string& got, const std::string& want) {
   while (at < n && got[at] == want[at]) ++at;
   return "got " + std::to_string(got.size()) + " bytes, want " + std::to_string(want.size()) +
          ", first difference at offset " + std::to_string(at);
+}
+
+void add_flag(std::vector<std::string>& args, const char* flag, int value) {
+  if (value < 0) return;
+  args.push_back(flag);
+  args.push_back(std::to_string(value));
+}
+
+void add_flag(std::vector<std::string>& args, const char* flag, const std::string& value) {
+  if (value.empty()) return;
+  args.push_back(flag);
+  args.push_back(value);
 }
 
 }  // namespace rig

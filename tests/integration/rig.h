@@ -346,4 +346,9 @@ std::map<std::string, int64_t> flatten_stats(const Json& doc);
 // themselves: a failed check must not print megabytes).
 std::string difference(const std::string& got, const std::string& want);
 
+// Appends "FLAG VALUE" to a command line when the value is set (a number
+// >= 0, a non-empty string); unset options keep the program's default.
+void add_flag(std::vector<std::string>& args, const char* flag, int value);
+void add_flag(std::vector<std::string>& args, const char* flag, const std::string& value);
+
 }  // namespace rig
