@@ -40,8 +40,6 @@ struct alignas(16) Exchange {
 
   uint64_t response_bytes = 0; // raw bytes received from upstream
   http::Method method = http::Method::kGet;
-  bool head_done = false;      // the request head is parsed
-  bool request_done = false;   // the whole request is in
   bool response_head_done = false;
   bool response_done = false;  // the whole response is in `out` / the spill
   bool sent_to_client = false; // some response byte reached the client
@@ -128,7 +126,6 @@ struct alignas(16) UpstreamConn {
   uint32_t fifo_head = 0;
   uint32_t fifo_count = 0;
   uint32_t channel = 0;
-  uint64_t request_id = 0;
 };
 
 }  // namespace offload

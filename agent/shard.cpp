@@ -58,7 +58,6 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       counters_(counters),
       uring_(1024, 8192),
       listen_fds_(std::move(listen_fds)),
-      accepting_(listen_fds_.size(), false),
       clients_(new ClientConn[config.max_clients]),
       screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
               config.max_clients_per_source, config.max_clients),
@@ -310,14 +309,10 @@ void Shard::post_accept(size_t listener) {
   io_uring_sqe* s = uring_.sqe();
   io_uring_prep_multishot_accept(s, listen_fds_[listener], nullptr, nullptr, SOCK_CLOEXEC);
   io_uring_sqe_set_data64(s, (uint64_t(listener) << 4) | uint64_t(Op::kAccept));
-  accepting_[listener] = true;
 }
 
 void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
-  if (!(cqe->flags & IORING_CQE_F_MORE)) {
-    accepting_[listener] = false;
-    if (!draining_) post_accept(listener);
-  }
+  if (!(cqe->flags & IORING_CQE_F_MORE) && !draining_) post_accept(listener);
   if (cqe->res < 0) return;  // -EMFILE, -ENFILE...: counted by the kernel, retried
   int fd = cqe->res;
   if (draining_) {
@@ -568,7 +563,6 @@ bool Shard::take_head(ClientConn* c) {
   ex->method = h.method;
   ex->client_http10 = h.version_minor == 0;
   ex->close_after = !h.keep_alive || draining_;
-  ex->head_done = true;
   if (h.method == http::Method::kConnect || h.upgrade) {
     // Tunnels and protocol switches belong to the pass-through proxy.
     bump(counters_.parse_errors);
@@ -622,7 +616,6 @@ void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_inp
 
 void Shard::on_request_complete(ClientConn* c) {
   Exchange* ex = c->ex;
-  ex->request_done = true;
   bump(counters_.requests);
   disarm_timer(c->timer);
   // The body is forwarded de-chunked: now its length is known.
@@ -893,7 +886,7 @@ void Shard::put_exchange(Exchange* ex) {
   ex->up = nullptr;
   ex->parser.reset();
   ex->response_bytes = 0;
-  ex->head_done = ex->request_done = ex->response_head_done = ex->response_done = false;
+  ex->response_head_done = ex->response_done = false;
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
   if (free_exchange_count_ >= kFreeExchangesMax) {  // a burst is over: give it back
     released_bytes_ += sizeof(Exchange) + ex->parser.head().headers.capacity() * sizeof(http::HeaderField);

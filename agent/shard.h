@@ -148,7 +148,6 @@ class Shard {
   Counters& counters_;
   Uring uring_;
   std::vector<int> listen_fds_;
-  std::vector<bool> accepting_;
   http::Limits request_limits_;
   http::Limits response_limits_;
   uint64_t now_ms_ = 0;
