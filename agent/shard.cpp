@@ -537,7 +537,9 @@ void Shard::parse_input(ClientConn* c) {
     return;
   }
   in->head += head_bytes;
-  if (ex->parser.head().body == http::BodyKind::kNone) {
+  // Ask the parser, not the body kind: `Content-Length: 0` is a body that is
+  // already complete, and no further byte will come to say so.
+  if (ex->parser.body_done()) {
     on_request_complete(c);
     return;
   }
