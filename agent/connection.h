@@ -107,6 +107,7 @@ struct alignas(16) UpstreamConn {
   uint64_t send_off = 0;        // request bytes sent so far
   int fd = -1;
   uint32_t slot;
+  uint32_t generation = 0;      // bumped at each open: a completion can tell its connection
   UpstreamState state = UpstreamState::kFree;
   uint8_t inflight = 0;
   bool recv_armed = false;      // the multishot receive is running

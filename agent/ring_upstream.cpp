@@ -173,9 +173,7 @@ void Shard::ring_dispatch() {
     while (!ready_.empty()) {
       UpstreamConn* u = ring_pick();
       if (u == nullptr) break;
-      ClientConn* c = ready_.pop_front();
-      drop(counters_.queue_length);
-      ring_assign(u, c);
+      ring_assign(u, dequeue());
       touched |= uint64_t(1) << (u->channel % 64);
       moved = true;
     }
@@ -187,7 +185,6 @@ void Shard::ring_dispatch() {
 void Shard::ring_assign(UpstreamConn* u, ClientConn* c) {
   disarm_timer(c->timer);
   c->ex->up = u;
-  c->state = ClientState::kUpstream;
   u->fifo[(u->fifo_head + u->fifo_count) % kRingDepthMax] = c;
   ++u->fifo_count;
   if (u->fifo_count == 1) arm_timer(u->timer, kTimerResponse);

@@ -140,6 +140,11 @@ int Shard::run() {
     }
     io_uring_cq_advance(uring_.ring(), seen);
     expire_timers();
+    if (pool_changed_) {
+      pool_changed_ = false;
+      refill_pool();
+      dispatch();
+    }
     if (draining_ && (active_clients_ == 0 || now_ms_ >= drain_deadline_ms_)) break;
   }
   if (draining_ && active_clients_ > 0)
@@ -217,6 +222,7 @@ void Shard::on_timer(Timer* t) {
   if (t == &reconnect_timer_) {
     reconnect_backoff_ = false;
     refill_pool();
+    dispatch();  // waiting requests try a connection of their own, too
     return;
   }
   if (t->kind == kTimerResponse) {
@@ -243,9 +249,8 @@ void Shard::on_timer(Timer* t) {
     case kTimerSend: bump(counters_.timeouts_send); close_client(c); break;
     case kTimerQueue:
       bump(counters_.timeouts_queue);
-      ready_.remove(c);
-      drop(counters_.queue_length);
-      respond_error(c, 503);
+      // Busy channels: 503. No connection could be opened: the gateway's error.
+      respond_error(c, reconnect_delay_ms_ != 0 ? unreachable_status_ : 503);  // leaves the queue
       break;
     case kTimerLinger: close_client(c); break;
     default: break;
@@ -328,7 +333,7 @@ void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
   c->slot = free_slots_.back();
   free_slots_.pop_back();
   c->fd = fd;
-  c->state = ClientState::kHead;
+  set_state(c, ClientState::kHead);
   c->peer_family = 0;
   c->peer_eof = c->recv_paused = c->send_busy = false;
   if (screen_.active() && screen_out(c)) return;
@@ -396,7 +401,7 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
   }
   switch (c->state) {
     case ClientState::kIdle:
-      c->state = ClientState::kHead;
+      set_state(c, ClientState::kHead);
       arm_timer(c->timer, kTimerHeader);
       [[fallthrough]];
     case ClientState::kHead: {
@@ -543,7 +548,7 @@ void Shard::parse_input(ClientConn* c) {
     on_request_complete(c);
     return;
   }
-  c->state = ClientState::kBody;
+  set_state(c, ClientState::kBody);
   arm_timer(c->timer, kTimerBody);
   if (ex->parser.head().expect_continue && in->readable() == 0) {
     static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -628,7 +633,6 @@ void Shard::on_request_complete(ClientConn* c) {
     return;
   }
   ex->forward_bytes = uint32_t(n);
-  c->state = ClientState::kQueued;
   enqueue(c, false);
 }
 
@@ -688,8 +692,9 @@ void Shard::reject(ClientConn* c, int status) {
 // Replaces whatever response was pending with the agent's own error response.
 void Shard::respond_error(ClientConn* c, int status) {
   Exchange* ex = c->ex;
-  if (ex == nullptr || ex->sent_to_client || c->send_busy) {
-    // Part of a response already went out: the only honest end is a close.
+  if (ex == nullptr || ex->sent_to_client || c->send_busy || ex->up != nullptr) {
+    // Part of a response already went out, or one is on its way from the
+    // server into this exchange: the only honest end is a close.
     close_client(c);
     return;
   }
@@ -709,7 +714,7 @@ void Shard::respond_error(ClientConn* c, int status) {
     default: bump(counters_.responses_5xx); break;
   }
   ex->response_head_done = ex->response_done = true;
-  c->state = ClientState::kUpstream;  // answered: sending is all that is left
+  set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
   disarm_timer(c->timer);
   post_client_send(c);
 }
@@ -790,12 +795,12 @@ void Shard::finish_exchange(ClientConn* c) {
   c->ex = nullptr;
   if (in == nullptr || in->readable() == 0) {
     if (in != nullptr) put_input(in);
-    c->state = ClientState::kIdle;
+    set_state(c, ClientState::kIdle);
     arm_timer(c->timer, kTimerKeepalive);
   } else {
     c->ex = get_exchange();
     c->ex->in = in;
-    c->state = ClientState::kHead;
+    set_state(c, ClientState::kHead);
     arm_timer(c->timer, kTimerHeader);
     parse_input(c);
   }
@@ -821,18 +826,14 @@ void Shard::linger(ClientConn* c) {
     close_client(c);
     return;
   }
-  c->state = ClientState::kLingering;
+  set_state(c, ClientState::kLingering);
   arm_timer(c->timer, kTimerLinger);
   if (!c->recv_armed && !c->recv_paused) post_recv(c);
 }
 
 void Shard::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
-  if (c->state == ClientState::kQueued) {
-    ready_.remove(c);
-    drop(counters_.queue_length);
-  }
-  c->state = ClientState::kClosing;
+  set_state(c, ClientState::kClosing);
   disarm_timer(c->timer);
   // Wakes the in-flight receive and send so their completions come back.
   ::shutdown(c->fd, SHUT_RDWR);
@@ -852,6 +853,7 @@ void Shard::close_client(ClientConn* c) {
 void Shard::maybe_free_client(ClientConn* c) {
   if (c->state != ClientState::kClosing || c->inflight > 0 || c->fd < 0) return;
   if (c->ex != nullptr && c->ex->up != nullptr) return;  // freed when the upstream lets go
+  OFFLOAD_ASSERT(!c->queue_node.linked());
   ::close(c->fd);
   c->fd = -1;
   if (screen_.active() && c->peer_family != 0) screen_.release(peer_of(c));

@@ -97,11 +97,20 @@ class Shard {
   IpAddress peer_of(const ClientConn* c) const;
   bool screen_out(ClientConn* c);
 
-  // The ready queue and the upstream pool.
+  // Client states. A client is in the ready queue exactly while its state is
+  // kQueued: enqueue() is the only way in, and every change of state out of
+  // kQueued (set_state, dequeue) takes it out, so no ending path can leave a
+  // finished exchange behind in the queue.
+  void set_state(ClientConn* c, ClientState s);
   void enqueue(ClientConn* c, bool front);
+  ClientConn* dequeue();  // the oldest waiting client, now kUpstream; or null
+
+  // The upstream pool.
   void dispatch();
   void assign(UpstreamConn* u, ClientConn* c);
-  void open_upstream();
+  bool open_upstream();  // false when no connection could be started
+  void back_off(int status);
+  void log_upstream_error(const char* what, int err);
   void on_up_connect(UpstreamConn* u, int res);
   void make_idle(UpstreamConn* u);
   void post_up_send(UpstreamConn* u);
@@ -174,7 +183,12 @@ class Shard {
   uint32_t upstream_open_ = 0;      // connecting, idle or busy
   uint32_t upstream_connecting_ = 0;
   Timer reconnect_timer_;
-  bool reconnect_backoff_ = false;  // the last connect failed
+  bool reconnect_backoff_ = false;  // the last open failed: wait for reconnect_timer_
+  static constexpr uint32_t kReconnectFirstMs = 50;
+  static constexpr uint32_t kReconnectMaxMs = 1000;
+  uint32_t reconnect_delay_ms_ = 0;  // 0: the last connect succeeded
+  int unreachable_status_ = 502;     // what a queue timeout answers while backing off
+  bool pool_changed_ = false;        // a slot was freed: refill and dispatch after the batch
   __kernel_timespec connect_timeout_{};
 
   // The bus (upstream shm:NAME): null for TCP and Unix upstreams.

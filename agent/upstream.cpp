@@ -37,7 +37,20 @@ void count_response(Counters& counters, uint16_t status) {
 
 // --------------------------------------------------------- the ready queue
 
+void Shard::set_state(ClientConn* c, ClientState s) {
+  OFFLOAD_ASSERT(s != ClientState::kQueued);  // enqueue() is the way in
+  if (c->state == ClientState::kQueued) {
+    ready_.remove(c);  // asserts that it was there
+    drop(counters_.queue_length);
+  }
+  OFFLOAD_ASSERT(!c->queue_node.linked());
+  c->state = s;
+}
+
 void Shard::enqueue(ClientConn* c, bool front) {
+  OFFLOAD_ASSERT(c->state != ClientState::kQueued && !c->queue_node.linked());
+  OFFLOAD_ASSERT(c->fd >= 0 && c->ex != nullptr && c->ex->up == nullptr);
+  c->state = ClientState::kQueued;
   if (front) ready_.push_front(c);
   else ready_.push_back(c);
   bump(counters_.queue_length);
@@ -48,6 +61,14 @@ void Shard::enqueue(ClientConn* c, bool front) {
   }
 }
 
+ClientConn* Shard::dequeue() {
+  ClientConn* c = ready_.front();
+  if (c == nullptr) return nullptr;
+  OFFLOAD_ASSERT(c->state == ClientState::kQueued && c->fd >= 0 && c->ex != nullptr);
+  set_state(c, ClientState::kUpstream);
+  return c;
+}
+
 void Shard::dispatch() {
   if (ring_) {  // ring channels carry several requests each: ring_upstream.cpp
     ring_dispatch();
@@ -55,12 +76,13 @@ void Shard::dispatch() {
   }
   while (!ready_.empty() && !idle_.empty()) {
     UpstreamConn* u = idle_.pop_front();
-    ClientConn* c = ready_.pop_front();
-    drop(counters_.queue_length);
-    assign(u, c);
+    assign(u, dequeue());
   }
-  // One new channel per waiting request, up to max_upstream.
-  while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream) open_upstream();
+  // One new channel per waiting request, up to max_upstream. While the
+  // backend cannot be reached the requests wait (each with its queue timer)
+  // and the reconnect timer tries again; a failed open ends the loop.
+  while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream && !reconnect_backoff_)
+    if (!open_upstream()) break;
 }
 
 void Shard::assign(UpstreamConn* u, ClientConn* c) {
@@ -79,7 +101,6 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   u->send_off = 0;
   u->read_paused = false;
   ex->up = u;
-  c->state = ClientState::kUpstream;
   if (u->used) bump(counters_.upstream_reuses);
   u->used = true;
   u->parser.reset();
@@ -92,22 +113,45 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
 
 void Shard::refill_pool() {
   if (ring_) return;
-  while (upstream_open_ < config_.persistent && !reconnect_backoff_ && !draining_) open_upstream();
+  while (upstream_open_ < config_.persistent && !reconnect_backoff_ && !draining_)
+    if (!open_upstream()) break;
 }
 
-void Shard::open_upstream() {
+// A failed open or connect: no new connection is tried until the reconnect
+// timer fires, its delay doubling from 50 ms up to 1 s while failures go on.
+// Queued requests wait meanwhile, each bounded by its queue timer.
+void Shard::back_off(int status) {
+  unreachable_status_ = status;
+  if (reconnect_backoff_) return;
+  reconnect_backoff_ = true;
+  reconnect_delay_ms_ = reconnect_delay_ms_ == 0 ? kReconnectFirstMs : std::min(reconnect_delay_ms_ * 2, kReconnectMaxMs);
+  OFFLOAD_ASSERT(timers_[kTimerReconnect].size() == 0);  // its only timer: the duration may change
+  timers_[kTimerReconnect].set_duration(reconnect_delay_ms_);
+  arm_timer(reconnect_timer_, kTimerReconnect);
+}
+
+void Shard::log_upstream_error(const char* what, int err) {
+  static uint64_t last_log_ms = 0;
+  if (last_log_ms != 0 && now_ms_ - last_log_ms < 5000) return;  // a down backend is loud enough
+  fmt::print(stderr, "offload-agent: upstream {}: {}: {}\n", config_.upstream.text, what, std::strerror(err));
+  last_log_ms = now_ms_;
+}
+
+bool Shard::open_upstream() {
   UpstreamConn* u = nullptr;
   for (auto& candidate : upstreams_)
     if (candidate->state == UpstreamState::kFree) {
       u = candidate.get();
       break;
     }
-  if (u == nullptr) return;
+  if (u == nullptr) return false;
   const SocketAddress& addr = config_.upstream.address;
   int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
+  if (fd < 0) {  // EMFILE, ENFILE, ENOMEM: like a refused connect
     bump(counters_.upstream_connect_errors);
-    return;
+    log_upstream_error("socket", errno);
+    back_off(502);
+    return false;
   }
   if (addr.family() != AF_UNIX) {
     int one = 1;
@@ -118,6 +162,7 @@ void Shard::open_upstream() {
   u->used = false;
   u->reusable = true;
   u->client = nullptr;
+  ++u->generation;
   ++upstream_open_;
   ++upstream_connecting_;
   bump(counters_.upstream_connects);
@@ -130,6 +175,7 @@ void Shard::open_upstream() {
   io_uring_prep_link_timeout(t, &connect_timeout_, 0);
   io_uring_sqe_set_data64(t, pack(u, Op::kUpConnectTimeout));
   u->inflight += 2;
+  return true;
 }
 
 void Shard::on_up_connect(UpstreamConn* u, int res) {
@@ -141,29 +187,17 @@ void Shard::on_up_connect(UpstreamConn* u, int res) {
   }
   if (res < 0) {
     bump(counters_.upstream_connect_errors);
-    static uint64_t last_log_ms = 0;
-    if (now_ms_ - last_log_ms >= 5000) {  // rate-limited: a down backend is loud enough
-      fmt::print(stderr, "offload-agent: upstream {}: {}\n", config_.upstream.text,
-                 res == -ECANCELED ? "connect timed out" : std::strerror(-res));
-      last_log_ms = now_ms_;
-    }
+    log_upstream_error("connect", res == -ECANCELED ? ETIMEDOUT : -res);
     u->reusable = false;
     close_upstream(u);
-    // The request that waited longest learns of it now (backend down → 502).
-    if (ClientConn* c = ready_.pop_front()) {
-      drop(counters_.queue_length);
-      respond_error(c, res == -ECANCELED ? 504 : 502);
-    }
-    if (!reconnect_backoff_) {
-      reconnect_backoff_ = true;
-      arm_timer(reconnect_timer_, kTimerReconnect);
-    }
+    // The waiting requests stay queued: a backend that restarts costs them
+    // latency, not errors. Their queue timers bound the wait.
+    back_off(res == -ECANCELED ? 504 : 502);
     return;
   }
-  reconnect_backoff_ = false;
+  reconnect_delay_ms_ = 0;
   arm_up_recv(u);
-  if (ClientConn* c = ready_.pop_front()) {
-    drop(counters_.queue_length);
+  if (ClientConn* c = dequeue()) {
     assign(u, c);
   } else {
     make_idle(u);
@@ -195,13 +229,15 @@ void Shard::maybe_free_upstream(UpstreamConn* u) {
   u->state = UpstreamState::kFree;
   --upstream_open_;
   drop(counters_.upstream_active);
+  OFFLOAD_ASSERT(!u->recv_armed && !u->send_busy);
   if (ClientConn* c = u->client) {
     u->client = nullptr;
     if (c->ex != nullptr) c->ex->up = nullptr;
     maybe_free_client(c);
   }
-  refill_pool();
-  dispatch();
+  // The pool is refilled after this batch of completions, not here: the
+  // handler that freed the slot may still be running for it.
+  pool_changed_ = true;
 }
 
 // ------------------------------------------------------ sending the request
@@ -255,6 +291,7 @@ void Shard::on_up_send(UpstreamConn* u, int res) {
 // per-request poll arming. Bytes land in provided buffers and are copied
 // into the client's output blocks.
 void Shard::arm_up_recv(UpstreamConn* u) {
+  OFFLOAD_ASSERT(!u->recv_armed && u->fd >= 0);  // one receive per connection
   io_uring_sqe* s = uring_.sqe();
   io_uring_prep_recv_multishot(s, u->fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
@@ -294,6 +331,7 @@ void Shard::post_up_recv(UpstreamConn* u) {
 }
 
 void Shard::on_up_recv(UpstreamConn* u, io_uring_cqe* cqe) {
+  const uint32_t generation = u->generation;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
     u->recv_armed = false;
     --u->inflight;
@@ -318,6 +356,9 @@ void Shard::on_up_recv(UpstreamConn* u, io_uring_cqe* cqe) {
     maybe_free_upstream(u);
     return;
   }
+  // The slot now holds another connection (opened while this one ended): this
+  // completion has nothing more to do with it.
+  if (u->generation != generation) return;
   // Out of provided buffers ends a multishot receive: arm it again.
   if (!u->recv_armed && !u->read_paused) {
     uring_.publish_buffers();
@@ -548,8 +589,7 @@ void Shard::release_upstream(UpstreamConn* u) {
   }
   // A receive that ran out of provided buffers (or was paused) serves on.
   if (!u->recv_armed) arm_up_recv(u);
-  if (ClientConn* next = ready_.pop_front()) {
-    drop(counters_.queue_length);
+  if (ClientConn* next = dequeue()) {
     assign(u, next);
   } else {
     make_idle(u);
@@ -574,7 +614,6 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
     ex->out.clear(data_pool_);
     ex->response_head_done = ex->response_done = false;
     ex->response_bytes = 0;
-    c->state = ClientState::kQueued;
     enqueue(c, true);
     return;
   }

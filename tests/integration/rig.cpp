@@ -973,9 +973,9 @@ std::string proxy_kind() {
   return env && *env ? std::string(env) : std::string("agent");
 }
 
-bool Backend::start(int workers) {
+bool Backend::start(int workers, uint16_t port) {
   std::string path = backend_path();
-  if (!child_.start(path, {"--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--workers",
+  if (!child_.start(path, {"--listen", "127.0.0.1:" + std::to_string(port), "--control", "127.0.0.1:0", "--workers",
                            std::to_string(workers)})) {
     error_ = child_.error();
     return false;

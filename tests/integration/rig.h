@@ -243,8 +243,9 @@ struct Record {
 
 class Backend {
  public:
-  // Starts the recording backend with `workers` threads; false with `error`.
-  bool start(int workers = 64);
+  // Starts the recording backend with `workers` threads on `port` (0: any
+  // free port); false with `error`.
+  bool start(int workers = 64, uint16_t port = 0);
   uint16_t port() const { return port_; }
   uint16_t control_port() const { return control_port_; }
   // Fetches and parses /__record from the control port.
