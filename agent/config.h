@@ -51,6 +51,7 @@ struct Config {
   // temporary file up to response_spill_max, then back-pressure.
   uint64_t response_buffer = 256 * 1024;
   uint64_t response_spill_max = 1ull << 30;
+  uint64_t spill_total_max = 4ull << 30;  // all spill files' unsent bytes together
   std::string temp_dir = "/tmp";
   uint64_t buffer_memory_max = 512ull << 20;  // all shards' data blocks together
 

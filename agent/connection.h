@@ -70,12 +70,14 @@ enum TimerKind : uint8_t {
   kTimerReconnect,
   kTimerRingTick,
   kTimerHousekeeping,
+  kTimerAcceptRetry,
   kTimerKinds,
 };
 
 struct alignas(16) ClientConn {
   Timer timer;
   ListNode queue_node;          // in the ready queue while kQueued
+  ListNode wait_node;           // in budget_waiters_: its response waits for memory or spill room
   Exchange* ex = nullptr;
   int fd = -1;
   uint32_t slot = 0;

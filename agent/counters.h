@@ -12,6 +12,7 @@ namespace offload {
 #define OFFLOAD_COUNTERS(X)                                                                    \
   X(accepted, "client connections accepted")                                                  \
   X(rejected_over_limit, "client connections closed at once: over max_clients")               \
+  X(accept_pauses, "accepting paused for 100 ms: out of descriptors or memory")              \
   X(active_clients, "client connections open now (gauge)")                                     \
   X(rejected_screened, "client connections refused by the deny/allow lists")                  \
   X(rejected_per_source, "client connections over max_clients_per_source")                    \
@@ -40,6 +41,8 @@ namespace offload {
   X(timeouts_queue, "")                                                                       \
   X(client_aborts, "clients gone before their response was sent")                             \
   X(spilled_responses, "responses that spilled to a temporary file")                          \
+  X(spill_refused, "responses kept in memory: spill budget spent or temp_dir not writable")    \
+  X(budget_waits, "responses that waited for buffer memory or spill room")                   \
   X(buffer_exhausted, "requests refused because buffer memory was exhausted")                 \
   X(bytes_in, "bytes received from clients")                                                  \
   X(bytes_out, "bytes sent to clients")

@@ -83,10 +83,12 @@ Config build_config(const RunFlags& f) {
   return config;
 }
 
-void raise_fd_limit(uint32_t needed) {
+// Clients and channels need `needed` descriptors; spill files get what the
+// limit leaves beyond that (up to one per client), see spill_files_max().
+void raise_fd_limit(uint32_t needed, uint32_t wanted) {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-  rlim_t want = std::min<rlim_t>(rl.rlim_max, needed);
+  rlim_t want = std::min<rlim_t>(rl.rlim_max, wanted);
   if (rl.rlim_cur < want) {
     rl.rlim_cur = want;
     setrlimit(RLIMIT_NOFILE, &rl);
@@ -139,7 +141,7 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 }
 
 int run(const Config& config) {
-  raise_fd_limit(config.max_clients + config.max_upstream + 64);
+  raise_fd_limit(config.max_clients + config.max_upstream + 64, 2 * config.max_clients + config.max_upstream + 64);
   // Signals arrive through a signalfd in the loop; block them everywhere.
   sigset_t mask;
   sigemptyset(&mask);

@@ -390,11 +390,8 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
 // Response bytes go to memory up to response_buffer, then to the spill file.
 bool Shard::append_response(ClientConn* c, const char* data, size_t len) {
   Exchange* ex = c->ex;
-  if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() + len > config_.response_buffer &&
-      config_.response_spill_max > 0) {
-    ex->spill.fd = open_spill_file(config_.temp_dir);
-    if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
-  }
+  if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() + len > config_.response_buffer)
+    (void)start_spill(ex);
   if (ex->spill.fd < 0) return ex->out.append(data_pool_, data, len);
   return spill_write(ex->spill, data, len);
 }

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <malloc.h>
 #include <time.h>
@@ -45,6 +46,16 @@ void sink_to_chain(void* ctx, const char* data, size_t len) {
 
 int status_class_index(int status) { return status / 100; }
 
+// Spill files take descriptors too: they get what the open-file limit leaves
+// after every client, every channel and a margin for listeners, the ring and
+// the admin endpoint, so a spill can never make an accept or a connect fail.
+uint32_t spill_files_max(const Config& config) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  const uint64_t taken = uint64_t(config.max_clients) + config.max_upstream + 64;
+  return rl.rlim_cur > taken ? uint32_t(std::min<uint64_t>(rl.rlim_cur - taken, UINT32_MAX)) : 0;
+}
+
 std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
   std::vector<Prefix> out;
   for (const auto& t : texts) out.push_back(parse_prefix(key, t));
@@ -70,6 +81,8 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   response_limits_.header_bytes_max = kDataBlockBytes / 2;
   response_limits_.header_count_max = 1000;
   response_limits_.body_bytes_max = 0;  // unlimited: responses stream through
+  spill_budget_.bytes_max = config.spill_total_max;
+  spill_budget_.files_max = spill_files_max(config);
   uring_.setup_buffers(kClientGroup, config.recv_buffers, config.recv_buffer_bytes);
   if (config.upstream.kind != UpstreamTarget::Kind::kShm)
     uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
@@ -84,7 +97,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
       config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
       config.response_timeout_ms, 1000 /* reconnect backoff */, 250 /* ring heartbeat tick */,
-      1000 /* housekeeping */};
+      1000 /* housekeeping */, 100 /* accept retry after EMFILE */};
   for (int k = 0; k < kTimerKinds; ++k) timers_[k].set_duration(durations[k]);
   connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
   connect_timeout_.tv_nsec = (config.connect_timeout_ms % 1000) * 1000000ll;
@@ -145,6 +158,7 @@ int Shard::run() {
       refill_pool();
       dispatch();
     }
+    wake_budget_waiters();
     if (draining_ && (active_clients_ == 0 || now_ms_ >= drain_deadline_ms_)) break;
   }
   if (draining_ && active_clients_ > 0)
@@ -213,6 +227,11 @@ void Shard::expire_timers() {
 void Shard::on_timer(Timer* t) {
   if (t == &housekeeping_timer_) {
     housekeeping();
+    return;
+  }
+  if (t == &accept_retry_timer_) {
+    for (size_t i = 0; i < listen_fds_.size(); ++i)
+      if (!accept_armed_[i]) post_accept(i);
     return;
   }
   if (t == &ring_tick_) {
@@ -311,14 +330,26 @@ void Shard::start_drain() {
 
 void Shard::post_accept(size_t listener) {
   if (draining_) return;
+  accept_armed_[listener] = true;
   io_uring_sqe* s = uring_.sqe();
   io_uring_prep_multishot_accept(s, listen_fds_[listener], nullptr, nullptr, SOCK_CLOEXEC);
   io_uring_sqe_set_data64(s, (uint64_t(listener) << 4) | uint64_t(Op::kAccept));
 }
 
 void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
-  if (!(cqe->flags & IORING_CQE_F_MORE) && !draining_) post_accept(listener);
-  if (cqe->res < 0) return;  // -EMFILE, -ENFILE...: counted by the kernel, retried
+  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+    accept_armed_[listener] = false;
+    // Out of descriptors or memory: accepting again at once would fail at
+    // once, forever. Pause (the backlog keeps the clients), like nginx.
+    const bool starved = cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM || cqe->res == -ENOBUFS;
+    if (starved) {
+      bump(counters_.accept_pauses);
+      if (!accept_retry_timer_.armed()) arm_timer(accept_retry_timer_, kTimerAcceptRetry);
+    } else if (!draining_) {
+      post_accept(listener);
+    }
+  }
+  if (cqe->res < 0) return;
   int fd = cqe->res;
   if (draining_) {
     ::close(fd);
@@ -739,7 +770,10 @@ void Shard::fill_out_from_spill(ClientConn* c) {
   Spill& sp = ex->spill;
   if (sp.fd < 0 || sp.unread() == 0) return;
   Block* b = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
-  if (b == nullptr) return;  // retried when memory frees up (next send)
+  if (b == nullptr) {  // buffer memory is spent for now: retried when some is given back
+    wait_for_budget(c);
+    return;
+  }
   long got = spill_read(sp, b->data() + b->tail, b->writable());
   if (got <= 0) {
     close_client(c);
@@ -755,7 +789,7 @@ void Shard::on_client_send(ClientConn* c, int res) {
     maybe_free_client(c);
     return;
   }
-  disarm_timer(c->timer);
+  if (!c->wait_node.linked()) disarm_timer(c->timer);  // a budget wait keeps its bound
   if (res <= 0) {
     if (res != -EAGAIN) {
       bump(counters_.client_aborts);
@@ -783,6 +817,7 @@ void Shard::on_client_send(ClientConn* c, int res) {
 // The response is all sent: close, or go back for the next request.
 void Shard::finish_exchange(ClientConn* c) {
   Exchange* ex = c->ex;
+  budget_waiters_.remove_if_linked(c);
   if (ex->close_after || c->peer_eof || draining_) {
     linger(c);
     return;
@@ -834,6 +869,7 @@ void Shard::linger(ClientConn* c) {
 void Shard::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
   set_state(c, ClientState::kClosing);
+  budget_waiters_.remove_if_linked(c);
   disarm_timer(c->timer);
   // Wakes the in-flight receive and send so their completions come back.
   ::shutdown(c->fd, SHUT_RDWR);
@@ -853,7 +889,7 @@ void Shard::close_client(ClientConn* c) {
 void Shard::maybe_free_client(ClientConn* c) {
   if (c->state != ClientState::kClosing || c->inflight > 0 || c->fd < 0) return;
   if (c->ex != nullptr && c->ex->up != nullptr) return;  // freed when the upstream lets go
-  OFFLOAD_ASSERT(!c->queue_node.linked());
+  OFFLOAD_ASSERT(!c->queue_node.linked() && !c->wait_node.linked());
   ::close(c->fd);
   c->fd = -1;
   if (screen_.active() && c->peer_family != 0) screen_.release(peer_of(c));

@@ -119,6 +119,11 @@ class Shard {
   void arm_up_recv(UpstreamConn* u);
   void pause_up_read(UpstreamConn* u);
   bool read_allowed(const Exchange* ex) const;
+  void wait_if_unwoken(ClientConn* c);
+  bool start_spill(Exchange* ex);
+  void wait_for_budget(ClientConn* c);
+  void wake_budget_waiters();
+  void resume_response(ClientConn* c);
   void on_up_recv(UpstreamConn* u, io_uring_cqe* cqe);
   void on_up_eof(UpstreamConn* u, int res);
   void take_response_bytes(UpstreamConn* u, const char* data, uint32_t len);
@@ -171,10 +176,17 @@ class Shard {
   uint32_t free_exchange_count_ = 0;
   uint64_t released_bytes_ = 0;
   Timer housekeeping_timer_;
+  Timer accept_retry_timer_;
+  std::vector<bool> accept_armed_ = std::vector<bool>(listen_fds_.size(), false);
 
   BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;   // request heads (header_bytes_max + slack)
   BlockPool data_pool_;    // bodies and responses (64 KiB blocks)
+  SpillBudget spill_budget_;
+  // Responses that cannot move until a shared budget (data blocks, spill
+  // room) gives some back: woken after each batch of completions that did,
+  // each bounded meanwhile by its send timer.
+  List<ClientConn, &ClientConn::wait_node> budget_waiters_;
 
   // Upstream channels.
   std::vector<std::unique_ptr<UpstreamConn>> upstreams_;

@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+
+#include "check.h"
 
 namespace offload {
 
@@ -17,6 +20,23 @@ int open_spill_file(const std::string& dir) {
   return fd;
 }
 
+bool spill_open(Spill& spill, SpillBudget& budget, const std::string& dir) {
+  OFFLOAD_ASSERT(spill.fd < 0);
+  if (!budget.can_open()) {
+    spill.refused = true;
+    errno = ENOSPC;
+    return false;
+  }
+  spill.fd = open_spill_file(dir);
+  if (spill.fd < 0) {
+    spill.refused = true;
+    return false;
+  }
+  spill.budget = &budget;
+  ++budget.files;
+  return true;
+}
+
 bool spill_write(Spill& spill, const char* data, size_t len) {
   size_t done = 0;
   while (done < len) {
@@ -24,6 +44,7 @@ bool spill_write(Spill& spill, const char* data, size_t len) {
     if (w <= 0) return false;
     done += size_t(w);
     spill.write_off += uint64_t(w);
+    if (spill.budget != nullptr) spill.budget->bytes += uint64_t(w);
   }
   return true;
 }
@@ -34,6 +55,7 @@ long spill_read(Spill& spill, char* out, size_t cap) {
   ssize_t got = ::pread(spill.fd, out, want, off_t(spill.read_off));
   if (got <= 0) return -1;
   spill.read_off += uint64_t(got);
+  if (spill.budget != nullptr) spill.budget->bytes -= uint64_t(got);
   constexpr uint64_t kPunchStep = 1 << 20;
   if (spill.read_off - spill.punched_off >= kPunchStep) {
     uint64_t upto = spill.read_off & ~(kPunchStep - 1);
@@ -46,6 +68,11 @@ long spill_read(Spill& spill, char* out, size_t cap) {
 
 void spill_close(Spill& spill) {
   if (spill.fd >= 0) ::close(spill.fd);
+  if (SpillBudget* b = spill.budget) {
+    OFFLOAD_ASSERT(b->files > 0 && b->bytes >= spill.unread());
+    --b->files;
+    b->bytes -= spill.unread();
+  }
   spill = Spill{};
 }
 

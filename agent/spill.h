@@ -14,17 +14,36 @@
 
 namespace offload {
 
+// What all of a shard's spill files may hold together: descriptors (what the
+// open-file limit leaves after clients and channels) and unsent bytes
+// (spill_total_max, so max_clients large responses cannot fill temp_dir). A
+// file is charged to it from open to close, its unsent bytes from write to read.
+struct SpillBudget {
+  uint32_t files = 0;
+  uint32_t files_max = 0;
+  uint64_t bytes = 0;
+  uint64_t bytes_max = 0;
+  bool has_room() const { return bytes < bytes_max; }
+  bool can_open() const { return files < files_max && has_room(); }
+};
+
 struct Spill {
   int fd = -1;
   uint64_t write_off = 0;
   uint64_t read_off = 0;
   uint64_t punched_off = 0;  // bytes before this were given back to the file system
+  SpillBudget* budget = nullptr;  // set while open
+  bool refused = false;      // could not open: this response stays in memory
   uint64_t unread() const { return write_off - read_off; }
 };
 
 // An unlinked file in `dir` (O_TMPFILE, or a named file unlinked at once on
 // file systems without it); -1 with errno set.
 int open_spill_file(const std::string& dir);
+
+// Opens a spill file in `dir` charged to `budget`. False, with `refused` set
+// and errno (ENOSPC when the budget is spent), when it cannot.
+bool spill_open(Spill& spill, SpillBudget& budget, const std::string& dir);
 
 // Appends all of data; false on a write error (errno set).
 bool spill_write(Spill& spill, const char* data, size_t len);

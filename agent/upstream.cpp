@@ -302,8 +302,65 @@ void Shard::arm_up_recv(UpstreamConn* u) {
 }
 
 bool Shard::read_allowed(const Exchange* ex) const {
-  if (ex->spill.fd >= 0) return ex->spill.unread() < config_.response_spill_max;
-  return config_.response_spill_max > 0 || ex->out.bytes() < config_.response_buffer;
+  if (ex->spill.fd >= 0) return ex->spill.unread() < config_.response_spill_max && spill_budget_.has_room();
+  if (config_.response_spill_max == 0 || ex->spill.refused || !spill_budget_.can_open())
+    return ex->out.bytes() < config_.response_buffer;  // memory only
+  return true;
+}
+
+// A paused read is resumed by the client's next send completion. With no
+// send in flight nothing would resume it: the pause is the shared budget's
+// (spill room), and the client waits for it.
+void Shard::wait_if_unwoken(ClientConn* c) {
+  if (!c->send_busy) wait_for_budget(c);
+}
+
+// Goes on in a temporary file; false when this response must stay in memory
+// (spilling off, the budget spent, or temp_dir refusing the file).
+bool Shard::start_spill(Exchange* ex) {
+  if (ex->spill.fd >= 0) return true;
+  if (config_.response_spill_max == 0 || ex->spill.refused) return false;
+  if (!spill_open(ex->spill, spill_budget_, config_.temp_dir)) {
+    bump(counters_.spill_refused);
+    if (errno != ENOSPC) log_upstream_error("spill file in temp_dir", errno);
+    return false;
+  }
+  bump(counters_.spilled_responses);
+  return true;
+}
+
+void Shard::wait_for_budget(ClientConn* c) {
+  if (c->wait_node.linked()) return;
+  bump(counters_.budget_waits);
+  budget_waiters_.push_back(c);
+  arm_timer(c->timer, kTimerSend);  // a wait that never ends is a stalled client
+}
+
+// Wakes every waiter once some budget is back; one that still finds none
+// waits again. Bounded: the list is swapped out before anyone runs.
+void Shard::wake_budget_waiters() {
+  if (budget_waiters_.empty()) return;
+  const bool memory = data_pool_.bytes_in_use() + data_pool_.block_bytes() <= data_pool_.budget_bytes();
+  if (!memory && !spill_budget_.has_room()) return;
+  size_t n = budget_waiters_.size();
+  while (n-- > 0) {
+    ClientConn* c = budget_waiters_.pop_front();
+    OFFLOAD_ASSERT(c->state != ClientState::kClosing && c->ex != nullptr);
+    resume_response(c);
+  }
+}
+
+// The client drained some of its response, or a budget gave some back:
+// refill from the spill file, send, and let a paused upstream read on.
+void Shard::resume_response(ClientConn* c) {
+  Exchange* ex = c->ex;
+  disarm_timer(c->timer);  // the wait's bound; sending arms its own
+  post_client_send(c);
+  if (c->state == ClientState::kClosing || c->ex != ex) return;
+  if (ex->up != nullptr && ex->up->read_paused) {
+    ex->up->read_paused = false;
+    post_up_recv(ex->up);
+  }
 }
 
 // Back-pressure: the client's buffers (memory and spill file) are full.
@@ -324,6 +381,7 @@ void Shard::post_up_recv(UpstreamConn* u) {
   }
   if (u->state != UpstreamState::kBusy || !read_allowed(u->client->ex)) {
     u->read_paused = true;
+    if (u->state == UpstreamState::kBusy) wait_if_unwoken(u->client);
     return;
   }
   arm_timer(u->timer, kTimerResponse);
@@ -385,12 +443,10 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
   ex->response_bytes += len;
   arm_timer(u->timer, kTimerResponse);
   while (len > 0 && !ex->response_done) {
-    if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer &&
-        config_.response_spill_max > 0) {
+    if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer) {
       // Memory for this response is full: go on in a temporary file, so the
       // channel is still released as soon as the server is done.
-      ex->spill.fd = open_spill_file(config_.temp_dir);
-      if (ex->spill.fd >= 0) bump(counters_.spilled_responses);
+      (void)start_spill(ex);
     }
     uint32_t n = 0;
     if (ex->dechunk) {
@@ -419,7 +475,10 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
     return;
   }
   post_client_send(c);
-  if (!read_allowed(ex)) pause_up_read(u);
+  if (!read_allowed(ex)) {
+    pause_up_read(u);
+    wait_if_unwoken(c);
+  }
 }
 
 // Takes n new bytes; false when the exchange ended in an error.

@@ -3,10 +3,13 @@
 // of the recording backend, and fails on the code that had the defect.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <sys/socket.h>
 
 #include "rig.h"
 
@@ -92,4 +95,96 @@ TEST_CASE("a backend restart costs the requests that arrive meanwhile latency, n
   REQUIRE(rec);
   CHECK(rec->find("/ok?during-restart") != nullptr);
   CHECK(p.stat("responses_5xx") == 0);
+}
+
+namespace {
+
+// Closes with a reset (SO_LINGER 0), as a client that gives up abruptly does.
+void reset_close(Client& c) {
+  linger l{1, 0};
+  ::setsockopt(c.fd(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  c.close();
+}
+
+}  // namespace
+
+TEST_CASE("a queued client answered with an error and then reset leaves no trace in the queue") {
+  rig::raise_fd_limit();
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.max_upstream = 1;
+  o.persistent = 1;
+  o.extra_flags = {"--buffer-memory-max", "8m"};
+  start_pair(b, p, 4, o);
+  // The only channel is busy for a while.
+  Client busy;
+  REQUIRE_MESSAGE(busy.connect(p.port()), busy.error());
+  REQUIRE(busy.send_all(rig::get_request("/sleep/1500")));
+  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/sleep/1500") != nullptr; }, 5000));
+  // A complete request waits for it.
+  Client queued;
+  REQUIRE_MESSAGE(queued.connect(p.port()), queued.error());
+  REQUIRE(queued.send_all(rig::get_request("/ok?queued")));
+  for (int i = 0; i < 300 && p.stat("queue_waits") < 1; ++i) rig::sleep_ms(10);
+  REQUIRE(p.stat("queue_waits") >= 1);
+  // Head buffers become scarce: many clients hold partial heads of 3 KiB.
+  const std::string partial = "GET /partial HTTP/1.1\r\nHost: a\r\nX-Pad: " + std::string(3000, 'p');
+  std::vector<Client> holders(400);
+  for (auto& h : holders) {
+    REQUIRE_MESSAGE(h.connect(p.port()), h.error());
+    (void)h.send_all(partial, 2000);
+  }
+  for (int i = 0; i < 300 && p.stat("buffer_exhausted") < 1; ++i) rig::sleep_ms(10);
+  REQUIRE(p.stat("buffer_exhausted") >= 1);
+  // The queued client pipelines more than its small head block holds: the
+  // growth fails and it is answered 503 while still waiting for the channel.
+  const int64_t exhausted_before = p.stat("buffer_exhausted");
+  REQUIRE(queued.send_all("GET /ok?second HTTP/1.1\r\nHost: a\r\nX-Pad: " + std::string(3000, 'q')));
+  rig::ReadResult r = queued.read_response(5000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 503);
+  CHECK(p.stat("buffer_exhausted") > exhausted_before);
+  reset_close(queued);
+  // The channel frees: the agent must not dispatch the departed client.
+  rig::ReadResult slow = busy.read_response(10000);
+  REQUIRE_MESSAGE(slow, slow.error);
+  CHECK(slow.response->status == 200);
+  for (auto& h : holders) h.close();
+  auto after = rig::http_get(p.port(), "/ok?after", 5000);
+  REQUIRE_MESSAGE(after, after.error);
+  CHECK(after.response->status == 200);
+  CHECK(p.child().running());
+  auto rec = b.record();
+  REQUIRE(rec);
+  CHECK(rec->find("/ok?queued") == nullptr);  // answered by the agent, never forwarded
+}
+
+TEST_CASE("out of descriptors for upstream sockets: the agent backs off and serves every request") {
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.max_upstream = 8;
+  o.persistent = 1;
+  o.queue_timeout_ms = 30000;
+  o.open_files_max = 30;  // about 20 left after start-up: clients take them all
+  start_pair(b, p, 8, o);
+  std::vector<Client> clients(24);
+  for (size_t i = 0; i < clients.size(); ++i) {
+    REQUIRE_MESSAGE(clients[i].connect(p.port()), clients[i].error());
+    REQUIRE(clients[i].send_all(rig::get_request("/sleep/50?c=" + std::to_string(i))));
+  }
+  // Each is answered (a loop spinning on socket() would answer none), and
+  // closed: the descriptors come back for the next ones.
+  int ok = 0;
+  const int64_t deadline_ms = rig::now_ms() + 30000;  // catches a hang, not a speed
+  for (auto& c : clients) {
+    rig::ReadResult r = c.read_response(int(std::max<int64_t>(1, deadline_ms - rig::now_ms())));
+    CHECK_MESSAGE(r, r.error);
+    if (r && r.response->status == 200) ++ok;
+    c.close();
+  }
+  CHECK(ok == int(clients.size()));
+  CHECK(p.stat("upstream_connect_errors") >= 1);
+  CHECK(p.child().running());
 }

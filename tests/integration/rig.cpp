@@ -1053,6 +1053,11 @@ bool Proxy::start_agent(uint16_t upstream_port, const ProxyOptions& o) {
   add_flag(args, "--response-buffer", o.response_buffer);
   add_flag(args, "--response-spill-max", o.response_spill_max);
   args.insert(args.end(), o.extra_flags.begin(), o.extra_flags.end());
+  if (o.open_files_max >= 0) {  // prlimit(1) sets the limit and runs the agent
+    const std::string n = std::to_string(o.open_files_max);
+    args.insert(args.begin(), {"--nofile=" + n + ":" + n, "--", path});
+    path = "/usr/bin/prlimit";
+  }
   if (!child_.start(path, args)) {
     error_ = child_.error();
     return false;

@@ -300,6 +300,7 @@ struct ProxyOptions {
   std::string response_buffer;
   std::string response_spill_max;
   std::vector<std::string> extra_flags;  // agent only
+  int open_files_max = -1;               // agent only: run under this RLIMIT_NOFILE (soft and hard)
 };
 
 // Which proxy the tests run against: "agent" (default) or "nginx".
