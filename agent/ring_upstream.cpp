@@ -392,7 +392,7 @@ bool Shard::append_response(ClientConn* c, const char* data, size_t len) {
   Exchange* ex = c->ex;
   if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() + len > config_.response_buffer)
     (void)start_spill(ex);
-  if (ex->spill.fd < 0) return ex->out.append(data_pool_, data, len);
+  if (!spill_takes(ex)) return ex->out.append(data_pool_, data, len);
   return spill_write(ex->spill, data, len);
 }
 

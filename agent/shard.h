@@ -119,6 +119,7 @@ class Shard {
   void arm_up_recv(UpstreamConn* u);
   void pause_up_read(UpstreamConn* u);
   bool read_allowed(const Exchange* ex) const;
+  bool spill_takes(const Exchange* ex) const;
   void wait_if_unwoken(ClientConn* c);
   bool start_spill(Exchange* ex);
   void wait_for_budget(ClientConn* c);

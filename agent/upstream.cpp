@@ -302,10 +302,22 @@ void Shard::arm_up_recv(UpstreamConn* u) {
 }
 
 bool Shard::read_allowed(const Exchange* ex) const {
-  if (ex->spill.fd >= 0) return ex->spill.unread() < config_.response_spill_max && spill_budget_.has_room();
+  if (ex->spill.fd >= 0) {
+    if (ex->spill.unread() >= config_.response_spill_max) return false;
+    if (spill_budget_.has_room()) return true;
+    // The shared room is spent: a response whose own file is drained goes on
+    // through memory, so it never waits for other clients to read theirs.
+    return ex->spill.unread() == 0 && ex->out.bytes() < config_.response_buffer;
+  }
   if (config_.response_spill_max == 0 || ex->spill.refused || !spill_budget_.can_open())
     return ex->out.bytes() < config_.response_buffer;  // memory only
   return true;
+}
+
+// Where the next response bytes go: the spill file while it has unsent bytes
+// (they must stay in order behind them) or while the shared room lasts.
+bool Shard::spill_takes(const Exchange* ex) const {
+  return ex->spill.fd >= 0 && (ex->spill.unread() > 0 || spill_budget_.has_room());
 }
 
 // A paused read is resumed by the client's next send completion. With no
@@ -451,7 +463,7 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
     uint32_t n = 0;
     if (ex->dechunk) {
       if (!dechunk_bytes(u, c, data, len, n)) return;
-    } else if (ex->spill.fd >= 0) {
+    } else if (spill_takes(ex)) {
       if (!spill_bytes(u, c, data, len, n)) return;
     } else {
       Block* b = ex->out.writable_tail(data_pool_);

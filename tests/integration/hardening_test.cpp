@@ -7,9 +7,12 @@
 #include <csignal>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "rig.h"
 
@@ -120,8 +123,8 @@ TEST_CASE("a queued client answered with an error and then reset leaves no trace
   // The only channel is busy for a while.
   Client busy;
   REQUIRE_MESSAGE(busy.connect(p.port()), busy.error());
-  REQUIRE(busy.send_all(rig::get_request("/sleep/1500")));
-  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/sleep/1500") != nullptr; }, 5000));
+  REQUIRE(busy.send_all(rig::get_request("/sleep/6000")));
+  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/sleep/6000") != nullptr; }, 5000));
   // A complete request waits for it.
   Client queued;
   REQUIRE_MESSAGE(queued.connect(p.port()), queued.error());
@@ -130,7 +133,7 @@ TEST_CASE("a queued client answered with an error and then reset leaves no trace
   REQUIRE(p.stat("queue_waits") >= 1);
   // Head buffers become scarce: many clients hold partial heads of 3 KiB.
   const std::string partial = "GET /partial HTTP/1.1\r\nHost: a\r\nX-Pad: " + std::string(3000, 'p');
-  std::vector<Client> holders(400);
+  std::vector<Client> holders(200);  // head blocks: 2 MiB / 20 KiB, about 100
   for (auto& h : holders) {
     REQUIRE_MESSAGE(h.connect(p.port()), h.error());
     (void)h.send_all(partial, 2000);
@@ -139,6 +142,7 @@ TEST_CASE("a queued client answered with an error and then reset leaves no trace
   REQUIRE(p.stat("buffer_exhausted") >= 1);
   // The queued client pipelines more than its small head block holds: the
   // growth fails and it is answered 503 while still waiting for the channel.
+  REQUIRE(p.stat("queue_length") == 1);
   const int64_t exhausted_before = p.stat("buffer_exhausted");
   REQUIRE(queued.send_all("GET /ok?second HTTP/1.1\r\nHost: a\r\nX-Pad: " + std::string(3000, 'q')));
   rig::ReadResult r = queued.read_response(5000);
@@ -187,4 +191,83 @@ TEST_CASE("out of descriptors for upstream sockets: the agent backs off and serv
   CHECK(ok == int(clients.size()));
   CHECK(p.stat("upstream_connect_errors") >= 1);
   CHECK(p.child().running());
+}
+
+namespace {
+
+// Disk held now by the agent's spill files: unlinked temporary files in
+// `dir`, seen through /proc/PID/fd.
+uint64_t spill_file_bytes(pid_t pid, const std::string& dir) {
+  uint64_t total = 0;
+  const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+  for (int fd = 0; fd < 4096; ++fd) {
+    const std::string link = fds + "/" + std::to_string(fd);
+    char target[512];
+    ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = 0;
+    if (std::string_view(target).rfind(dir, 0) != 0) continue;
+    struct stat st {};
+    if (::stat(link.c_str(), &st) == 0) total += uint64_t(st.st_blocks) * 512;  // sent parts are punched out
+  }
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("spill_total_max bounds all spill files together; the responses held back still arrive whole") {
+  char dir_template[] = "/tmp/offload-spill-test-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template) != nullptr);
+  const std::string dir = dir_template;
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.max_upstream = 8;
+  o.response_buffer = "64k";
+  o.extra_flags = {"--spill-total-max", "2m", "--temp-dir", dir};
+  start_pair(b, p, 8, o);
+  constexpr uint64_t kSize = 6u << 20;
+  // Four clients that do not read yet: without the total, 4 x 6 MiB would
+  // land in temp_dir.
+  std::vector<Client> stalled(4);
+  for (size_t i = 0; i < stalled.size(); ++i) {
+    REQUIRE_MESSAGE(stalled[i].connect(p.port(), 3000, 4096), stalled[i].error());
+    REQUIRE(stalled[i].send_all(rig::get_request("/size/" + std::to_string(kSize) + "?s=" + std::to_string(i))));
+  }
+  // Wait until the spill files stop growing (bounded).
+  uint64_t last = 0;
+  int steady = 0;
+  for (int i = 0; i < 200 && steady < 5; ++i) {
+    rig::sleep_ms(50);
+    uint64_t now = spill_file_bytes(p.child().pid(), dir);
+    steady = now == last && p.stat("spilled_responses") >= 1 ? steady + 1 : 0;
+    last = now;
+  }
+  CHECK(p.stat("spilled_responses") >= 1);
+  // The total, plus per file what was sent but not punched out yet (1 MiB
+  // steps) and one receive buffer (16 KiB) per channel in flight.
+  CHECK(last <= (2u << 20) + 4 * (1u << 20) + 8 * (16u << 10));
+  // A reader that keeps up is served meanwhile, from memory.
+  Client fast;
+  REQUIRE_MESSAGE(fast.connect(p.port()), fast.error());
+  REQUIRE(fast.send_all(rig::get_request("/size/" + std::to_string(kSize) + "?fast")));
+  rig::ReadResult f = fast.read_response(30000);
+  REQUIRE_MESSAGE(f, f.error);
+  CHECK(f.response->body.size() == kSize);
+  CHECK(rig::difference(f.response->body, rig::pattern_string(kSize)).empty());
+  // The held-back responses go on as their clients read, byte-exact.
+  for (auto& c : stalled) {
+    rig::ReadResult r = c.read_response(30000);
+    if (!r) {
+      if (auto s = p.stats())
+        for (auto& [k, v] : *s) MESSAGE(k << " = " << v);
+      MESSAGE(p.child().stderr_text());
+    }
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->body.size() == kSize);
+    CHECK(rig::difference(r.response->body, rig::pattern_string(kSize)).empty());
+  }
+  MESSAGE("budget waits: " << p.stat("budget_waits"));
+  p.stop();
+  ::rmdir(dir.c_str());
 }
