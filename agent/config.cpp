@@ -50,6 +50,7 @@ const std::vector<NumberKey>& number_keys() {
       {"body_bytes_max", 0, 1ull << 40, true, [](Config& c, uint64_t v) { c.body_bytes_max = v; }},
       {"response_buffer", 4096, 1ull << 32, true, [](Config& c, uint64_t v) { c.response_buffer = v; }},
       {"response_spill_max", 0, 1ull << 42, true, [](Config& c, uint64_t v) { c.response_spill_max = v; }},
+      {"body_buffer", 4096, 1ull << 32, true, [](Config& c, uint64_t v) { c.body_buffer = v; }},
       {"spill_total_max", 0, 1ull << 44, true, [](Config& c, uint64_t v) { c.spill_total_max = v; }},
       {"buffer_memory_max", 1 << 20, 1ull << 40, true, [](Config& c, uint64_t v) { c.buffer_memory_max = v; }},
       {"header_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.header_timeout_ms = uint32_t(v); }},

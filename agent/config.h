@@ -46,6 +46,7 @@ struct Config {
   uint32_t header_bytes_max = 16 * 1024;
   uint32_t header_count_max = 100;
   uint64_t body_bytes_max = 16ull << 20;
+  uint64_t body_buffer = 64 * 1024;   // in memory per request body, then a temporary file
 
   // Response buffering: in memory up to response_buffer, then an unlinked
   // temporary file up to response_spill_max, then back-pressure.

@@ -29,7 +29,9 @@ struct alignas(16) Exchange {
   BlockChain overflow;         // pipelined bytes beyond `in` (receiving paused)
   Block* forward = nullptr;    // the head sent upstream
   uint32_t forward_bytes = 0;
-  BlockChain body;             // the decoded request body
+  BlockChain body;             // the decoded request body, up to body_buffer...
+  Spill body_spill;            // ... and the rest in a temporary file (not over the ring)
+  Block* bounce = nullptr;     // a piece of body_spill on its way upstream
   BlockChain out;              // the response waiting for the client
   Spill spill;
   UpstreamConn* up = nullptr;  // the channel serving it, while it does
@@ -47,6 +49,8 @@ struct alignas(16) Exchange {
   bool close_after = false;    // close the client when this response is sent
   bool client_http10 = false;
   bool dechunk = false;        // a chunked response decoded for an HTTP/1.0 client
+
+  uint64_t body_bytes() const { return body.bytes() + body_spill.write_off; }
 };
 
 enum class ClientState : uint8_t {

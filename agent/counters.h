@@ -41,6 +41,7 @@ namespace offload {
   X(timeouts_queue, "")                                                                       \
   X(client_aborts, "clients gone before their response was sent")                             \
   X(spilled_responses, "responses that spilled to a temporary file")                          \
+  X(spilled_bodies, "request bodies that went on in a temporary file")                        \
   X(spill_refused, "responses kept in memory: spill budget spent or temp_dir not writable")    \
   X(budget_waits, "responses that waited for buffer memory or spill room")                   \
   X(buffer_exhausted, "requests refused because buffer memory was exhausted")                 \

@@ -31,17 +31,15 @@ uint64_t monotonic_ms() {
   return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 
-void sink_to_chain(void* ctx, const char* data, size_t len);
-
 struct BodySinkCtx {
-  BlockChain* chain;
-  BlockPool* pool;
+  Shard* shard;
+  ClientConn* client;
   bool failed;
 };
 
-void sink_to_chain(void* ctx, const char* data, size_t len) {
+void sink_to_body(void* ctx, const char* data, size_t len) {
   auto* s = static_cast<BodySinkCtx*>(ctx);
-  if (!s->chain->append(*s->pool, data, len)) s->failed = true;
+  if (!s->failed && !s->shard->append_body(s->client, data, len)) s->failed = true;
 }
 
 int status_class_index(int status) { return status / 100; }
@@ -551,6 +549,24 @@ void Shard::post_cancel(uint64_t target, uint64_t tag) {
   io_uring_sqe_set_data64(s, tag);
 }
 
+// Request body bytes: memory up to body_buffer, then a temporary file, so a
+// few large uploads cannot take the memory that small requests need. Over the
+// ring a request is one record in memory anyway: no file there.
+bool Shard::append_body(ClientConn* c, const char* data, size_t len) {
+  Exchange* ex = c->ex;
+  Spill& sp = ex->body_spill;
+  if (sp.fd < 0 && !sp.refused && !ring_ && ex->body.bytes() + len > config_.body_buffer) {
+    if (spill_open(sp, spill_budget_, config_.temp_dir)) {
+      bump(counters_.spilled_bodies);
+    } else {
+      bump(counters_.spill_refused);
+      if (errno != ENOSPC) log_upstream_error("spill file in temp_dir", errno);
+    }
+  }
+  if (sp.fd >= 0) return spill_write(sp, data, len);
+  return ex->body.append(data_pool_, data, len);
+}
+
 // Parses the head at the front of the input block; on completion moves on to
 // the body and, when the request is whole, to the queue.
 void Shard::parse_input(ClientConn* c) {
@@ -633,8 +649,8 @@ void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_inp
     data = ex->in->data() + ex->in->head;
     len = ex->in->readable();
   }
-  BodySinkCtx sink{&ex->body, &data_pool_, false};
-  http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_chain, &sink);
+  BodySinkCtx sink{this, c, false};
+  http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_body, &sink);
   if (p.error != http::Error::kNone) {
     bump(counters_.parse_errors);
     reject(c, http::status_for(p.error));
@@ -658,7 +674,7 @@ void Shard::on_request_complete(ClientConn* c) {
   disarm_timer(c->timer);
   // The body is forwarded de-chunked: now its length is known.
   size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
-                                          ex->parser.head().body != http::BodyKind::kNone, ex->body.bytes());
+                                          ex->parser.head().body != http::BodyKind::kNone, ex->body_bytes());
   if (n == 0) {
     reject(c, 431);
     return;
@@ -918,6 +934,8 @@ void Shard::put_exchange(Exchange* ex) {
   if (ex->in != nullptr) put_input(ex->in);
   if (ex->forward != nullptr) input_pool_.put(ex->forward);
   ex->body.clear(data_pool_);
+  spill_close(ex->body_spill);
+  if (ex->bounce != nullptr) data_pool_.put(std::exchange(ex->bounce, nullptr));
   ex->out.clear(data_pool_);
   ex->overflow.clear(data_pool_);
   spill_close(ex->spill);

@@ -49,6 +49,9 @@ class Shard {
   // Response bytes for a client: memory up to response_buffer, then the
   // spill file. False when neither has room (buffer memory exhausted).
   bool append_response(ClientConn* c, const char* data, size_t len);
+  // Request body bytes: memory up to body_buffer, then a spill file. False
+  // when neither has room.
+  bool append_body(ClientConn* c, const char* data, size_t len);
 
  private:
   // The loop.
@@ -115,6 +118,7 @@ class Shard {
   void make_idle(UpstreamConn* u);
   void post_up_send(UpstreamConn* u);
   void on_up_send(UpstreamConn* u, int res);
+  bool load_body_piece(UpstreamConn* u, uint64_t offset);
   void post_up_recv(UpstreamConn* u);
   void arm_up_recv(UpstreamConn* u);
   void pause_up_read(UpstreamConn* u);

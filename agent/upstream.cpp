@@ -261,11 +261,40 @@ void Shard::post_up_send(UpstreamConn* u) {
   };
   add(ex->forward->data(), ex->forward_bytes);
   for (Block* b = ex->body.front(); b != nullptr && n < 16; b = b->next) add(b->data() + b->head, b->readable());
+  if (n == 0) {  // the memory part is sent: the rest comes from the body's file
+    if (!load_body_piece(u, skip)) return;
+    skip = 0;  // the piece starts where the send stopped
+    add(ex->bounce->data(), ex->bounce->tail);
+  }
+  OFFLOAD_ASSERT(n > 0);  // a send of nothing would come back as 0 and loop
   io_uring_sqe* s = uring_.sqe();
   prep_send_iov(s, u->fd, u->send_msg, u->send_iov, n);
   io_uring_sqe_set_data64(s, pack(u, Op::kUpSend));
   ++u->inflight;
   u->send_busy = true;
+}
+
+// Reads the next piece of a spilled request body, from `offset` in its file,
+// into the exchange's bounce block (pread: a retry reads it again from 0).
+bool Shard::load_body_piece(UpstreamConn* u, uint64_t offset) {
+  Exchange* ex = u->client->ex;
+  OFFLOAD_ASSERT(ex->body_spill.fd >= 0 && offset < ex->body_spill.write_off);
+  if (ex->bounce == nullptr) ex->bounce = data_pool_.get();
+  if (ex->bounce == nullptr) {
+    bump(counters_.buffer_exhausted);
+    upstream_failed(u, 503, false);
+    return false;
+  }
+  const size_t want = size_t(std::min<uint64_t>(ex->bounce->capacity, ex->body_spill.write_off - offset));
+  ssize_t got = ::pread(ex->body_spill.fd, ex->bounce->data(), want, off_t(offset));
+  if (got <= 0) {
+    log_upstream_error("reading a request body's spill file", got < 0 ? errno : EIO);
+    upstream_failed(u, 500, false);
+    return false;
+  }
+  ex->bounce->head = 0;
+  ex->bounce->tail = uint32_t(got);
+  return true;
 }
 
 void Shard::on_up_send(UpstreamConn* u, int res) {
@@ -281,7 +310,7 @@ void Shard::on_up_send(UpstreamConn* u, int res) {
     return;
   }
   u->send_off += uint64_t(res);
-  if (u->send_off < ex->forward_bytes + ex->body.bytes()) post_up_send(u);
+  if (u->send_off < ex->forward_bytes + ex->body_bytes()) post_up_send(u);
 }
 
 // ---------------------------------------------------- reading the response

@@ -4,11 +4,16 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -270,4 +275,144 @@ TEST_CASE("spill_total_max bounds all spill files together; the responses held b
   MESSAGE("budget waits: " << p.stat("budget_waits"));
   p.stop();
   ::rmdir(dir.c_str());
+}
+
+namespace {
+
+// A backend of the test's own: its first connection reads a request and
+// closes without answering (so a GET is retried on a fresh connection);
+// later connections answer with a `body_bytes` body and count what they
+// managed to send. Bounded: it gives up sending after `run_ms`.
+class CloseThenServe {
+ public:
+  CloseThenServe(uint64_t body_bytes, int run_ms) : body_bytes_(body_bytes), run_ms_(run_ms) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd_, 16) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~CloseThenServe() {
+    stop_ = true;
+    ::shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(fd_);
+  }
+  uint16_t port() const { return port_; }
+  uint64_t sent() const { return sent_; }
+
+ private:
+  static bool read_head(int fd) {
+    std::string in;
+    char buf[4096];
+    while (in.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) return false;
+      in.append(buf, size_t(n));
+    }
+    return true;
+  }
+  void run() {
+    const int64_t deadline = rig::now_ms() + run_ms_;
+    for (int conn = 0; !stop_ && rig::now_ms() < deadline; ++conn) {
+      int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      timeval tv{0, 100000};
+      ::setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      bool got = false;
+      while (!got && !stop_ && rig::now_ms() < deadline) got = read_head(c);
+      if (got && conn > 0) serve(c, deadline);
+      ::close(c);
+    }
+  }
+  void serve(int c, int64_t deadline) {
+    std::string head = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body_bytes_) + "\r\n\r\n";
+    (void)::send(c, head.data(), head.size(), MSG_NOSIGNAL);
+    std::string chunk(64 * 1024, 'x');
+    while (sent_ < body_bytes_ && !stop_ && rig::now_ms() < deadline) {
+      ssize_t n = ::send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (n > 0) sent_ += uint64_t(n);
+      else if (errno != EAGAIN && errno != EWOULDBLOCK) return;
+    }
+  }
+
+  uint64_t body_bytes_;
+  int run_ms_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> sent_{0};
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("after a retry on a reopened channel, pausing a slow client's response stops reading it") {
+  constexpr uint64_t kBody = 256u << 20;
+  CloseThenServe backend(kBody, 20000);
+  Proxy p;
+  ProxyOptions o;
+  o.max_upstream = 1;
+  o.persistent = 1;
+  o.response_buffer = "64k";
+  o.response_spill_max = "0";  // memory only, then back-pressure
+  REQUIRE_MESSAGE(p.start(backend.port(), o), p.error());
+  Client c;
+  REQUIRE_MESSAGE(c.connect(p.port(), 3000, 4096), c.error());
+  REQUIRE(c.send_all(rig::get_request("/big")));
+  // The first channel closes without an answer; the GET goes again on the
+  // channel opened in its place, and the client reads nothing.
+  for (int i = 0; i < 500 && p.stat("upstream_retries") < 1; ++i) rig::sleep_ms(10);
+  REQUIRE(p.stat("upstream_retries") == 1);
+  uint64_t last = 0;
+  for (int steady = 0, i = 0; i < 100 && steady < 5; ++i) {
+    rig::sleep_ms(100);
+    const uint64_t now = backend.sent();
+    steady = now == last && now > 0 ? steady + 1 : 0;
+    last = now;
+  }
+  // What the socket buffers on both sides and the agent's 64 KiB can hold:
+  // far less than the body. A second receive left reading would take it all.
+  CHECK(last > 0);
+  CHECK(last < (32u << 20));
+  CHECK(p.child().running());
+}
+
+TEST_CASE("large uploads go on in temporary files: they do not take the memory small requests need") {
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.extra_flags = {"--buffer-memory-max", "2m", "--body-buffer", "64k"};
+  start_pair(b, p, 8, o);
+  constexpr uint64_t kBody = 6u << 20;
+  const std::string body = rig::pattern_string(kBody);
+  const std::string head = "POST /echo?upload HTTP/1.1\r\nHost: a\r\nContent-Length: " + std::to_string(kBody) + "\r\n\r\n";
+  // Three uploads, each half sent: 9 MiB of bodies in progress against 2 MiB of buffer memory.
+  std::vector<Client> uploads(3);
+  for (auto& u : uploads) {
+    REQUIRE_MESSAGE(u.connect(p.port()), u.error());
+    REQUIRE(u.send_all(head + body.substr(0, kBody / 2), 20000));
+  }
+  for (int i = 0; i < 300 && p.stat("spilled_bodies") < 3; ++i) rig::sleep_ms(10);
+  CHECK(p.stat("spilled_bodies") == 3);
+  // A small request is served meanwhile.
+  auto small = rig::http_get(p.port(), "/ok?small", 5000);
+  REQUIRE_MESSAGE(small, small.error);
+  CHECK(small.response->status == 200);
+  // The uploads finish and reach the backend whole, in order.
+  for (auto& u : uploads) REQUIRE(u.send_all(std::string_view(body).substr(kBody / 2), 20000));
+  for (auto& u : uploads) {
+    rig::ReadResult r = u.read_response(30000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);
+    CHECK(r.response->body.size() == kBody);
+    CHECK(rig::difference(r.response->body, body).empty());
+  }
+  CHECK(p.stat("buffer_exhausted") == 0);
 }
