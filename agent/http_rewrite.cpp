@@ -50,20 +50,19 @@ size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
   HeadWriter w(out, cap);
   // An absolute-form target ("http://host/path") goes upstream in origin
   // form, its authority replacing Host (RFC 9112 3.2.2), so the server and
-  // the agent agree on which host was asked for.
+  // the agent agree on which host was asked for. The parser validated the
+  // authority by the rule for a Host value.
   std::string_view target = head.target.in(msg);
-  std::string_view authority;
-  if (auto scheme_end = target.find("://"); scheme_end != std::string_view::npos && target.front() != '/') {
-    std::string_view rest = target.substr(scheme_end + 3);
-    size_t path = rest.find_first_of("/?");
-    authority = rest.substr(0, path);
-    target = path == std::string_view::npos ? std::string_view("/") : rest.substr(path);
-    if (target.front() == '?') {
-      w << head.method_text.in(msg) << " /" << target << " HTTP/1.1\r\n";
-      target = {};
-    }
+  const std::string_view authority = head.authority.in(msg);
+  std::string_view slash;
+  if (!authority.empty()) {
+    const uint32_t path = head.authority.off + head.authority.len;
+    target = msg.substr(path, head.target.off + head.target.len - path);
+    // An empty path is "/", or "*" for OPTIONS (RFC 9112 3.2.1, 3.2.4).
+    if (target.empty() && head.method == http::Method::kOptions) target = "*";
+    else if (target.empty() || target.front() == '?') slash = "/";
   }
-  if (!target.empty()) w << head.method_text.in(msg) << " " << target << " HTTP/1.1\r\n";
+  w << head.method_text.in(msg) << " " << slash << target << " HTTP/1.1\r\n";
   std::string_view xff, forwarded;
   bool have_host = false;
   if (!authority.empty()) {

@@ -209,3 +209,53 @@ TEST_CASE("a client Connection option naming Content-Length, Host and Transfer-E
     CHECK(q->body_bytes == 5);
   }
 }
+
+// --------------------------------------------------- absolute-form targets
+
+TEST_CASE("an absolute-form target's authority is validated like Host: userinfo and junk get 400, the backend nothing") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  const char* bad_targets[] = {"http://a@b\"<x>/", "http://user@t.test/ok", "http://u:pw@t.test/ok",
+                               "http://t.test:8o/ok", "http:///ok", "http://t%zz/ok", "http://[::1/ok"};
+  for (const char* target : bad_targets) {
+    CAPTURE(target);
+    Client c;
+    REQUIRE(c.connect(p.port()));
+    REQUIRE(c.send_all("GET " + std::string(target) + " HTTP/1.1\r\nHost: t.test\r\n\r\n"));
+    auto r = c.read_response(4000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 400);
+    CHECK(r.response->closes());
+  }
+  // The same authority as a Host field was already refused: one rule for both.
+  Client h;
+  REQUIRE(h.connect(p.port()));
+  REQUIRE(h.send_all("GET /ok HTTP/1.1\r\nHost: a@b\"<x>\r\n\r\n"));
+  auto hr = h.read_response(4000);
+  REQUIRE_MESSAGE(hr, hr.error);
+  CHECK(hr.response->status == 400);
+  auto rec = b.record();
+  REQUIRE(rec);
+  CHECK(rec->all_requests().empty());
+}
+
+TEST_CASE("an absolute-form target's authority replaces a differing Host upstream") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  Client c;
+  REQUIRE(c.connect(p.port()));
+  REQUIRE(c.send_all("GET http://app.test:8081/ok?abs HTTP/1.1\r\nHost: other.test\r\n\r\n"));
+  auto r = c.read_response(4000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 200);
+  auto rec = b.record();
+  REQUIRE(rec);
+  const auto* q = rec->find("/ok?abs");
+  REQUIRE(q);
+  CHECK(q->raw.find("\r\nHost: app.test:8081\r\n") != std::string::npos);
+  CHECK(q->raw.find("other.test") == std::string::npos);
+}

@@ -244,3 +244,15 @@ TEST_CASE("forwarded request: Connection naming Content-Length, Host and Transfe
   CHECK(up.head().content_length == 5);
   CHECK(up.head().host.in(length) == "keep.test");
 }
+
+TEST_CASE("forwarded request: an absolute-form authority replaces a differing Host") {
+  std::string out = forward("GET http://[::1]:8080?x HTTP/1.1\r\nHost: other.test\r\n\r\n", 0, false);
+  CHECK(out.rfind("GET /?x HTTP/1.1\r\n", 0) == 0);
+  CHECK(out.find("Host: [::1]:8080\r\n") != std::string::npos);
+  CHECK(count(out, "Host:") == 1);
+  out = forward("OPTIONS http://app.test HTTP/1.1\r\nHost: app.test\r\n\r\n", 0, false);
+  CHECK(out.rfind("OPTIONS * HTTP/1.1\r\n", 0) == 0);  // RFC 9112 3.2.4
+  // A target authority the parser refuses never reaches the rewriter.
+  http::Parser p(http::Parser::Kind::kRequest, http::Limits{});
+  CHECK(p.parse_head("GET http://a@b\"<x>/ HTTP/1.1\r\nHost: a\r\n\r\n") == http::Result::kError);
+}
