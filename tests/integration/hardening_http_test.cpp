@@ -125,6 +125,59 @@ class CannedUpstream {
   std::vector<std::thread> workers_;
 };
 
+// ------------------------------------------------------ a dripping client
+
+// A connection that sends `bytes` one at a time, `interval_ms` apart, from
+// its own thread, until stopped, sent out, or the peer is gone.
+class Dripper {
+ public:
+  ~Dripper() { stop(); }
+  bool start(uint16_t port, std::string bytes, int interval_ms) {
+    if (!client_.connect(port, 3000)) return false;
+    bytes_ = std::move(bytes);
+    thread_ = std::thread([this, interval_ms] {
+      for (char b : bytes_) {
+        if (stop_ || ::send(client_.fd(), &b, 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) return;
+        ++sent_;
+        for (int waited = 0; waited < interval_ms && !stop_; waited += 10) rig::sleep_ms(10);
+      }
+    });
+    return true;
+  }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // Waits (bounded) until `n` bytes went out.
+  bool wait_sent(int n, int timeout_ms) {
+    const int64_t deadline = rig::now_ms() + timeout_ms;
+    while (sent_ < n && rig::now_ms() < deadline) rig::sleep_ms(10);
+    return sent_ >= n;
+  }
+  // Still open: no EOF or reset has come (nothing is ever answered to it).
+  bool open() { return client_.recv_some(1, 0) == -1; }
+  Client& client() { return client_; }
+
+ private:
+  Client client_;
+  std::string bytes_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> sent_{0};
+  std::thread thread_;
+};
+
+// A request head that never ends: the admin endpoint keeps waiting for it.
+std::string endless_head() { return "GET /stats HTTP/1.1\r\nHost: drip\r\nX-Drip: " + std::string(120, 'd'); }
+
+// Runs `offload-agent stats --admin ADDR` and returns its exit code (-1: no exit in time).
+int stats_command(uint16_t admin_port, int timeout_ms) {
+  rig::Child stats;
+  const std::string admin = "127.0.0.1:" + std::to_string(admin_port);
+  if (!stats.start(rig::agent_path(), {"stats", "--admin", admin})) return -1;
+  auto code = stats.wait_exit(timeout_ms);
+  return code ? *code : -1;
+}
+
 }  // namespace
 
 // --------------------------------------------- framing against Connection
@@ -258,4 +311,95 @@ TEST_CASE("an absolute-form target's authority replaces a differing Host upstrea
   REQUIRE(q);
   CHECK(q->raw.find("\r\nHost: app.test:8081\r\n") != std::string::npos);
   CHECK(q->raw.find("other.test") == std::string::npos);
+}
+
+// ---------------------------------------------------------- admin endpoint
+
+TEST_CASE("admin: a client dripping a byte a second does not keep /stats, /metrics or `stats` from answering") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  Dripper drip;
+  REQUIRE(drip.start(p.admin_port(), endless_head(), 1000));
+  REQUIRE(drip.wait_sent(2, 5000));  // the admin side has it by now
+  // Generous bounds (a served request takes milliseconds), all well inside
+  // the drip's own 5 s deadline: the drip is still there when they answer.
+  for (const char* path : {"/stats", "/metrics", "/stats?format=json"}) {
+    CAPTURE(path);
+    auto r = rig::http_get(p.admin_port(), path, 2500);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);
+  }
+  CHECK(stats_command(p.admin_port(), 2500) == 0);
+  CHECK_MESSAGE(drip.open(), "the drip client was closed before the others were answered");
+}
+
+TEST_CASE("admin: a dripping client is closed at its deadline and counted") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  Dripper drip;
+  REQUIRE(drip.start(p.admin_port(), endless_head(), 1000));
+  std::string got;
+  // The deadline is 5 s from accept; 20 s only catches a connection never closed.
+  CHECK(drip.client().wait_closed(20000, &got));
+  CHECK(got.empty());  // no answer to a request that never finished
+  drip.stop();
+  CHECK(p.stat("admin_timeouts") >= 1);
+}
+
+TEST_CASE("admin: SIGTERM on an idle agent with a dripping admin client exits promptly") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  ProxyOptions o;
+  o.drain_timeout_ms = 1000;
+  start_pair(b, p, o);
+  Dripper drip;
+  REQUIRE(drip.start(p.admin_port(), endless_head(), 1000));
+  REQUIRE(drip.wait_sent(2, 5000));
+  p.child().signal(SIGTERM);
+  // Generous: the exit takes milliseconds; this only catches the hang.
+  auto code = p.child().wait_exit(10000);
+  REQUIRE_MESSAGE(code, "the agent did not exit with an admin client dripping");
+  CHECK(*code == 0);
+}
+
+TEST_CASE("admin: many connections at once, ten of them silent, are all answered") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  std::vector<Client> silent(10);
+  for (auto& s : silent) REQUIRE(s.connect(p.admin_port()));
+  constexpr int kAsking = 48;  // with the silent ones, under the 64 served at once
+  std::vector<Client> asking(kAsking);
+  for (auto& a : asking) REQUIRE(a.connect(p.admin_port()));
+  for (auto& a : asking) REQUIRE(a.send_all(rig::get_request("/stats?format=json")));
+  // One deadline for all, well inside the silent ones' own 5 s: nobody
+  // waits for them.
+  const int64_t deadline = rig::now_ms() + 4000;
+  int answered = 0;
+  for (auto& a : asking) {
+    auto r = a.read_response(int(std::max<int64_t>(1, deadline - rig::now_ms())));
+    if (r && r.response->status == 200 && rig::Json::parse(r.response->body)) ++answered;
+  }
+  CHECK(answered == kAsking);
+}
+
+TEST_CASE("admin: over 64 connections the oldest is closed to make room, and counted") {
+  if (!agent_only()) return;
+  Backend b;
+  Proxy p;
+  start_pair(b, p);
+  std::vector<Client> silent(64);
+  for (auto& s : silent) REQUIRE(s.connect(p.admin_port()));
+  auto r = rig::http_get(p.admin_port(), "/stats", 3000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 200);
+  CHECK(silent.front().wait_closed(3000));  // the oldest made room
+  CHECK(silent.back().recv_some(1, 0) == -1);  // the newest is still being waited for
+  CHECK(p.stat("admin_evicted") >= 1);
 }
