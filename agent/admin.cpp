@@ -4,9 +4,14 @@
 
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
@@ -14,22 +19,55 @@
 
 namespace offload {
 
-AdminServer::AdminServer(const SocketAddress& address, const Counters& counters) : counters_(counters) {
-  fd_ = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+namespace {
+
+int64_t monotonic_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// A pause on the listener after EMFILE and the like: the pending connection
+// stays readable, and accepting again at once would spin.
+constexpr int64_t kAcceptPauseMs = 100;
+
+bool head_complete(std::string_view in) {
+  return in.find("\r\n\r\n") != std::string_view::npos || in.find("\n\n") != std::string_view::npos;
+}
+
+std::string http_answer(std::string_view status, std::string_view type, std::string_view body) {
+  return fmt::format("HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                     status, type, body.size(), body);
+}
+
+}  // namespace
+
+AdminServer::AdminServer(const SocketAddress& address, Counters& counters) : counters_(counters) {
+  fd_ = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   int one = 1;
   ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (fd_ < 0 || ::bind(fd_, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0 ||
-      ::listen(fd_, 16) != 0) {
+      ::listen(fd_, int(2 * kConnectionsMax)) != 0) {
     std::string why = std::strerror(errno);
     if (fd_ >= 0) ::close(fd_);
     throw ConfigError(fmt::format("admin: cannot listen on '{}': {}", address.text, why));
   }
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    std::string why = std::strerror(errno);
+    ::close(fd_);
+    throw ConfigError(fmt::format("admin: cannot make an eventfd: {}", why));
+  }
+  conns_.reserve(kConnectionsMax);
 }
 
 AdminServer::~AdminServer() {
-  stop_ = true;
-  ::shutdown(fd_, SHUT_RDWR);
+  const uint64_t one = 1;
+  // Cannot fail short of a counter overflow; the thread wakes on the first write.
+  (void)!::write(wake_fd_, &one, sizeof one);
   if (thread_.joinable()) thread_.join();
+  for (Conn& c : conns_) ::close(c.fd);
+  ::close(wake_fd_);
   ::close(fd_);
 }
 
@@ -38,53 +76,108 @@ void AdminServer::start() { thread_ = std::thread([this] { serve(); }); }
 std::string AdminServer::bound_address() const { return local_address(fd_); }
 
 void AdminServer::serve() {
-  while (!stop_) {
-    int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (stop_ || errno == EINVAL) return;
-      continue;
+  std::vector<pollfd> fds;
+  fds.reserve(kConnectionsMax + 2);
+  for (;;) {
+    int64_t now = monotonic_ms();
+    // Deadlines first: a connection past its own is closed whatever it is doing.
+    int64_t next = now >= accept_paused_until_ ? INT64_MAX : accept_paused_until_;
+    for (Conn& c : conns_) {
+      if (now >= c.deadline_ms) {
+        bump(counters_.admin_timeouts);
+        ::close(c.fd);
+        c.fd = -1;
+      } else {
+        next = std::min(next, c.deadline_ms);
+      }
     }
-    answer(fd);
-    ::close(fd);
+    std::erase_if(conns_, [](const Conn& c) { return c.fd < 0; });
+    fds.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    fds.push_back({now >= accept_paused_until_ ? fd_ : -1, POLLIN, 0});  // -1: not polled
+    for (const Conn& c : conns_) fds.push_back({c.fd, short(c.out.empty() ? POLLIN : POLLOUT), 0});
+    const int timeout = next == INT64_MAX ? -1 : int(std::max<int64_t>(0, next - now));
+    if (::poll(fds.data(), fds.size(), timeout) < 0) {
+      if (errno == EINTR || errno == ENOMEM) continue;
+      return;  // EFAULT/EINVAL: a bug of ours; the agent serves on without stats
+    }
+    if (fds[0].revents != 0) return;
+    for (size_t i = 0; i < conns_.size(); ++i) {
+      Conn& c = conns_[i];
+      if (fds[i + 2].revents == 0) continue;
+      const bool more = c.out.empty() ? on_readable(c) : on_writable(c);
+      if (!more) {
+        ::close(c.fd);
+        c.fd = -1;
+      }
+    }
+    std::erase_if(conns_, [](const Conn& c) { return c.fd < 0; });
+    if (fds[1].revents != 0) accept_ready(monotonic_ms());
   }
 }
 
-void AdminServer::answer(int fd) {
-  // One short request per connection, read with a bound on size and time.
-  char req[2048];
-  size_t got = 0;
-  while (got < sizeof req - 1) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 2000) <= 0) return;
-    ssize_t n = ::recv(fd, req + got, sizeof req - 1 - got, 0);
-    if (n <= 0) return;
-    got += size_t(n);
-    req[got] = 0;
-    if (std::strstr(req, "\r\n\r\n") || std::strstr(req, "\n\n")) break;
+void AdminServer::accept_ready(int64_t now_ms) {
+  // At most one slot's worth per wake-up, so the loop gets back to the others.
+  for (size_t k = 0; k < kConnectionsMax; ++k) {
+    int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        accept_paused_until_ = now_ms + kAcceptPauseMs;
+        return;
+      }
+      continue;  // ECONNABORTED and the like: that one is gone, try the next
+    }
+    if (conns_.size() == kConnectionsMax) {
+      bump(counters_.admin_evicted);
+      ::close(conns_.front().fd);
+      conns_.erase(conns_.begin());
+    }
+    Conn c;
+    c.fd = fd;
+    c.deadline_ms = now_ms + kDeadlineMs;
+    // The request often came with the connection: answer it now.
+    if (on_readable(c)) conns_.push_back(std::move(c));
+    else ::close(fd);
   }
-  std::string_view line(req, got);
-  line = line.substr(0, line.find('\n'));
-  std::string status = "200 OK", type = "text/plain", body;
-  if (line.rfind("GET /stats?format=json ", 0) == 0) {
-    body = render_counters(counters_, StatsFormat::kJson);
-    type = "application/json";
-  } else if (line.rfind("GET /stats ", 0) == 0) {
-    body = render_counters(counters_, StatsFormat::kText);
-  } else if (line.rfind("GET /metrics ", 0) == 0) {
-    body = render_counters(counters_, StatsFormat::kPrometheus);
-    type = "text/plain; version=0.0.4";
+}
+
+// Reads what is there; once the head is in (or the bound is hit) the answer
+// is made and sending begins.
+bool AdminServer::on_readable(Conn& c) {
+  char buf[kRequestBytesMax];
+  ssize_t n = ::recv(c.fd, buf, kRequestBytesMax - c.in.size(), 0);
+  if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  if (n == 0) return false;  // gone before asking
+  c.in.append(buf, size_t(n));
+  if (head_complete(c.in)) {
+    c.out = answer(c.in);
+  } else if (c.in.size() >= kRequestBytesMax) {
+    c.out = http_answer("431 Request Header Fields Too Large", "text/plain", "request too large\n");
   } else {
-    status = "404 Not Found";
-    body = "try /stats, /stats?format=json or /metrics\n";
+    return true;
   }
-  std::string resp = fmt::format("HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                                 status, type, body.size(), body);
-  size_t off = 0;
-  while (off < resp.size()) {
-    ssize_t n = ::send(fd, resp.data() + off, resp.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    off += size_t(n);
+  return on_writable(c);
+}
+
+bool AdminServer::on_writable(Conn& c) {
+  while (c.sent < c.out.size()) {
+    ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    c.sent += size_t(n);
   }
+  return false;  // all sent: done
+}
+
+std::string AdminServer::answer(std::string_view request) const {
+  std::string_view line = request.substr(0, request.find('\n'));
+  if (line.starts_with("GET /stats?format=json "))
+    return http_answer("200 OK", "application/json", render_counters(counters_, StatsFormat::kJson));
+  if (line.starts_with("GET /stats "))
+    return http_answer("200 OK", "text/plain", render_counters(counters_, StatsFormat::kText));
+  if (line.starts_with("GET /metrics "))
+    return http_answer("200 OK", "text/plain; version=0.0.4", render_counters(counters_, StatsFormat::kPrometheus));
+  return http_answer("404 Not Found", "text/plain", "try /stats, /stats?format=json or /metrics\n");
 }
 
 std::string fetch_admin(const SocketAddress& address, const std::string& path) {

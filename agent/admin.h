@@ -3,11 +3,22 @@
 //   GET /stats                 "name value" lines
 //   GET /stats?format=json     one JSON object
 //   GET /metrics               Prometheus text
+//
+// One poll() loop serves up to kConnectionsMax connections at once, each
+// with a total deadline (kDeadlineMs from accept to the last byte of the
+// answer) and a bounded request (kRequestBytesMax), so a client that sends a
+// byte a second neither delays anyone else nor holds a slot for long. Over
+// the limit the oldest connection is closed to make room (a client that is
+// served at once never stays long; the oldest is the most likely to be
+// stuck), counted in admin_evicted. A wake-up eventfd ends the loop at once:
+// the agent's exit never waits on an admin client.
 #pragma once
 
-#include <atomic>
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "config.h"
 #include "counters.h"
@@ -16,9 +27,14 @@ namespace offload {
 
 class AdminServer {
  public:
+  static constexpr size_t kConnectionsMax = 64;
+  static constexpr int kDeadlineMs = 5000;
+  static constexpr size_t kRequestBytesMax = 2048;
+
   // Binds at once (so a bad address fails start-up); serves from start().
-  AdminServer(const SocketAddress& address, const Counters& counters);
-  ~AdminServer();
+  // The admin thread is the only writer of the admin_* counters.
+  AdminServer(const SocketAddress& address, Counters& counters);
+  ~AdminServer();  // wakes the thread, joins it, closes every connection
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
 
@@ -26,12 +42,26 @@ class AdminServer {
   std::string bound_address() const;  // "127.0.0.1:PORT"
 
  private:
-  void serve();
-  void answer(int fd);
+  struct Conn {
+    int fd = -1;
+    int64_t deadline_ms = 0;
+    std::string in;   // the request so far
+    std::string out;  // the answer, once the request is in
+    size_t sent = 0;
+  };
 
-  const Counters& counters_;
+  void serve();
+  void accept_ready(int64_t now_ms);
+  bool on_readable(Conn& c);  // false: the connection is finished
+  bool on_writable(Conn& c);
+  void close_conn(size_t i);
+  std::string answer(std::string_view request) const;
+
+  Counters& counters_;
   int fd_ = -1;
-  std::atomic<bool> stop_{false};
+  int wake_fd_ = -1;                // eventfd: the destructor's "stop now"
+  int64_t accept_paused_until_ = 0; // after EMFILE: do not spin on the listener
+  std::vector<Conn> conns_;         // in accept order: the oldest first
   std::thread thread_;
 };
 

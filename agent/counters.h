@@ -1,6 +1,7 @@
-// Per-shard counters. Each shard is the only writer of its own counters, so an
-// increment is a relaxed load and store (no locked instruction on the hot
-// path); the admin thread reads them with relaxed loads.
+// Per-shard counters. Each shard is the only writer of its own counters (the
+// admin_* ones are the admin thread's alone), so an increment is a relaxed
+// load and store (no locked instruction on the hot path); the admin thread
+// reads them with relaxed loads.
 #pragma once
 
 #include <atomic>
@@ -46,7 +47,9 @@ namespace offload {
   X(budget_waits, "responses that waited for buffer memory or spill room")                   \
   X(buffer_exhausted, "requests refused because buffer memory was exhausted")                 \
   X(bytes_in, "bytes received from clients")                                                  \
-  X(bytes_out, "bytes sent to clients")
+  X(bytes_out, "bytes sent to clients")                                                      \
+  X(admin_timeouts, "admin connections closed at their 5 s deadline (admin thread)")          \
+  X(admin_evicted, "admin connections closed, oldest first, to make room over 64")
 
 struct Counters {
 #define OFFLOAD_DECLARE(name, help) std::atomic<uint64_t> name{0};

@@ -177,12 +177,6 @@ Method method_of(std::string_view m) {
   return Method::kOther;
 }
 
-bool is_host(std::string_view h) {
-  for (char c : h)
-    if (!(cls(c) & kHostChar)) return false;
-  return true;
-}
-
 bool all_digits(std::string_view s) {
   if (s.empty()) return false;
   for (char c : s)
@@ -190,32 +184,86 @@ bool all_digits(std::string_view s) {
   return true;
 }
 
-// authority-form (RFC 9112 3.2.3): uri-host ":" port, no userinfo.
-bool is_authority_form(std::string_view t) {
-  const size_t colon = t.rfind(':');
-  if (colon == std::string_view::npos || colon == 0) return false;
-  const std::string_view host = t.substr(0, colon), port = t.substr(colon + 1);
-  if (!all_digits(port) || !is_host(host) || host.find('@') != std::string_view::npos) return false;
-  if (host.front() == '[') return host.size() > 2 && host.back() == ']';
-  return host.find_first_of(":[]") == std::string_view::npos;
-}
-
-// absolute-form, held to "scheme://" and a non-empty rest so that a bare
-// "host:port" is never taken for a scheme.
-bool is_absolute_form(std::string_view t) {
-  const size_t sep = t.find("://");
-  if (sep == std::string_view::npos || sep == 0 || sep + 3 == t.size()) return false;
-  if (!((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z'))) return false;
-  for (size_t i = 1; i < sep; ++i)
-    if (!(cls(t[i]) & kSchemeChar)) return false;
+// reg-name or IPv4address (RFC 3986 3.2.2): unreserved, sub-delims and
+// pct-encoded, where "%" is followed by two hex digits.
+bool is_reg_name(std::string_view h) {
+  for (size_t i = 0; i < h.size(); ++i) {
+    const char c = h[i];
+    if (c == ':' || c == '[' || c == ']' || !(cls(c) & kHostChar)) return false;
+    if (c == '%') {
+      if (h.size() - i < 3 || kHex[uint8_t(h[i + 1])] < 0 || kHex[uint8_t(h[i + 2])] < 0) return false;
+      i += 2;
+    }
+  }
   return true;
 }
 
-bool valid_target(std::string_view method, std::string_view t) {
+// The inside of an IP-literal: IPv6address or IPvFuture, held to their
+// characters (hex digits, ":", ".", "v", unreserved, sub-delims); no zone.
+bool is_ip_literal(std::string_view h) {
+  if (h.empty()) return false;
+  for (char c : h)
+    if (c == '[' || c == ']' || c == '%' || !(cls(c) & kHostChar)) return false;
+  return true;
+}
+
+// uri-host [":" port] (RFC 9110 7.2, RFC 3986 3.2.2-3.2.3): the one rule for
+// a Host value and for the authority of an absolute-form or CONNECT target,
+// so a target cannot carry what the Host field may not. There is no
+// userinfo ("@" is no host character; RFC 9110 4.2.4 forbids it in http(s)).
+// An empty value (Host for a target without authority) is allowed unless
+// `host_required`; an empty host before a port never is.
+bool is_host_port(std::string_view v, bool host_required, bool port_required) {
+  std::string_view host = v, port;
+  bool has_port = false;
+  if (!v.empty() && v.front() == '[') {
+    const size_t close = v.find(']');
+    if (close == std::string_view::npos || !is_ip_literal(v.substr(1, close - 1))) return false;
+    host = v.substr(0, close + 1);
+    const std::string_view rest = v.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return false;
+      has_port = true;
+      port = rest.substr(1);
+    }
+  } else {
+    const size_t colon = v.find(':');
+    if (colon != std::string_view::npos) {
+      host = v.substr(0, colon);
+      port = v.substr(colon + 1);
+      has_port = true;
+    }
+    if (!is_reg_name(host)) return false;
+  }
+  if (host.empty() && (host_required || has_port)) return false;
+  if (port_required && port.empty()) return false;
+  return port.empty() || all_digits(port);
+}
+
+// authority-form (RFC 9112 3.2.3): uri-host ":" port, both present.
+bool is_authority_form(std::string_view t) { return is_host_port(t, true, true); }
+
+// absolute-form, held to "scheme://authority" with a valid, non-empty
+// authority (RFC 9110 4.2.1: an http URI with an empty host is invalid).
+// Sets `authority` (offsets within t) when it is.
+bool is_absolute_form(std::string_view t, Span& authority) {
+  const size_t sep = t.find("://");
+  if (sep == std::string_view::npos || sep == 0) return false;
+  if (!((t[0] >= 'a' && t[0] <= 'z') || (t[0] >= 'A' && t[0] <= 'Z'))) return false;
+  for (size_t i = 1; i < sep; ++i)
+    if (!(cls(t[i]) & kSchemeChar)) return false;
+  const std::string_view rest = t.substr(sep + 3);
+  const std::string_view auth = rest.substr(0, rest.find_first_of("/?"));
+  if (!is_host_port(auth, true, false)) return false;
+  authority = {uint32_t(sep + 3), uint32_t(auth.size())};
+  return true;
+}
+
+bool valid_target(std::string_view method, std::string_view t, Span& authority) {
   if (method == "CONNECT") return is_authority_form(t);
   if (t == "*") return method == "OPTIONS";
   if (t[0] == '/') return true;
-  return is_absolute_form(t);
+  return is_absolute_form(t, authority);
 }
 
 // 1*DIGIT into n, refusing overflow.
@@ -392,6 +440,7 @@ void Parser::reset() {
   head_.upgrade = false;
   head_.expect_continue = false;
   head_.host = {};
+  head_.authority = {};
   head_.headers.clear();  // keeps the capacity: no allocation per message
   error_ = eol_error_ = Error::kNone;
   head_state_ = kind_ == Kind::kRequest ? kHsRequestStart : kHsStatusVersion;
@@ -492,8 +541,10 @@ uint32_t Parser::step_request_line(const char* s, uint32_t p, uint32_t limit) {
       if (s[p] == '\r') return expect_lf_invalid(Error::kBadRequestLine, p + 1);
       if (s[p] != ' ') return fail_head(bad_byte(s[p], Error::kBadRequestLine), p);
       head_.target.len = len;
-      if (len == 0 || !valid_target(head_.method_text.in({s, p}), head_.target.in({s, p})))
+      Span authority;
+      if (len == 0 || !valid_target(head_.method_text.in({s, p}), head_.target.in({s, p}), authority))
         return fail_head(Error::kBadRequestLine, p);
+      if (authority.len != 0) head_.authority = {head_.target.off + authority.off, authority.len};
       mark_ = p + 1;
       head_state_ = kHsVersion;
       return p + 1;
@@ -658,7 +709,7 @@ bool Parser::end_field(const char* s) {
       if (kind_ != Kind::kRequest) break;
       if (host_count_++ == 0) head_.host = f.value;
       host_count_ = std::min<uint8_t>(host_count_, 2);
-      if (!is_host(value)) {
+      if (!is_host_port(value, false, false)) {
         fail_head(Error::kBadHeaderValue, 0);
         ok = false;
       }

@@ -29,7 +29,9 @@
 //    start with its status line.
 //  - The request-target is visible ASCII; non-CONNECT targets are origin-form,
 //    "*" (OPTIONS only) or absolute-form with "scheme://"; CONNECT needs
-//    host:port. A Host value must use URI host characters.
+//    host:port. A Host value and the authority of an absolute-form or
+//    CONNECT target follow one rule: uri-host [":" port] (RFC 3986), no
+//    userinfo; an absolute-form authority must name a host.
 //  - Empty list elements are ignored in Connection but rejected in
 //    Content-Length and Transfer-Encoding, where they can only be a trick.
 //  - At most 32 Connection options beyond close/keep-alive/upgrade (400
@@ -125,6 +127,8 @@ struct Head {
   Method method = Method::kOther;
   Span method_text;
   Span target;
+  Span authority;              // absolute-form target: its authority, which
+                               // replaces Host (RFC 9112 3.2.2); else empty
   // Response only.
   uint16_t status = 0;
   Span reason;

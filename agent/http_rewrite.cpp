@@ -50,20 +50,19 @@ size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
   HeadWriter w(out, cap);
   // An absolute-form target ("http://host/path") goes upstream in origin
   // form, its authority replacing Host (RFC 9112 3.2.2), so the server and
-  // the agent agree on which host was asked for.
+  // the agent agree on which host was asked for. The parser validated the
+  // authority by the rule for a Host value.
   std::string_view target = head.target.in(msg);
-  std::string_view authority;
-  if (auto scheme_end = target.find("://"); scheme_end != std::string_view::npos && target.front() != '/') {
-    std::string_view rest = target.substr(scheme_end + 3);
-    size_t path = rest.find_first_of("/?");
-    authority = rest.substr(0, path);
-    target = path == std::string_view::npos ? std::string_view("/") : rest.substr(path);
-    if (target.front() == '?') {
-      w << head.method_text.in(msg) << " /" << target << " HTTP/1.1\r\n";
-      target = {};
-    }
+  const std::string_view authority = head.authority.in(msg);
+  std::string_view slash;
+  if (!authority.empty()) {
+    const uint32_t path = head.authority.off + head.authority.len;
+    target = msg.substr(path, head.target.off + head.target.len - path);
+    // An empty path is "/", or "*" for OPTIONS (RFC 9112 3.2.1, 3.2.4).
+    if (target.empty() && head.method == http::Method::kOptions) target = "*";
+    else if (target.empty() || target.front() == '?') slash = "/";
   }
-  if (!target.empty()) w << head.method_text.in(msg) << " " << target << " HTTP/1.1\r\n";
+  w << head.method_text.in(msg) << " " << slash << target << " HTTP/1.1\r\n";
   std::string_view xff, forwarded;
   bool have_host = false;
   if (!authority.empty()) {
@@ -109,17 +108,42 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
   return n == 0 ? 0 : len + n;
 }
 
+// The framing of the body the agent sends is the agent's to state: the
+// upstream's Content-Length and Transfer-Encoding fields are never copied,
+// so no Connection option (a hop-by-hop mark) can take them away, and the
+// fields written here always match the bytes that follow.
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
                                   bool client_http10, bool dechunked, char* out, size_t cap) {
   HeadWriter w(out, cap);
   w << "HTTP/1.1 " << uint64_t(head.status) << " " << head.reason.in(msg) << "\r\n";
+  bool had_length = false;
   for (const auto& f : head.headers) {
     std::string_view name = f.name.in(msg);
-    const bool framing = iequals(name, "transfer-encoding");
-    if ((f.hop_by_hop && !framing) || (framing && dechunked)) continue;
+    if (iequals(name, "content-length")) {
+      had_length = true;
+      continue;
+    }
+    if (f.hop_by_hop || iequals(name, "transfer-encoding")) continue;
     w << name << ": " << f.value.in(msg) << "\r\n";
   }
   w << "Via: 1." << uint64_t(head.version_minor) << " offload\r\n";
+  // A body that ends with the connection is only framed by the close.
+  close = close || dechunked || head.body == http::BodyKind::kUntilClose;
+  switch (head.body) {
+    case http::BodyKind::kLength:
+      if (!dechunked) w << "Content-Length: " << head.content_length << "\r\n";
+      break;
+    case http::BodyKind::kChunked:
+      if (!dechunked) w << "Transfer-Encoding: chunked\r\n";
+      break;
+    case http::BodyKind::kNone:
+      // No body follows; a HEAD or 304 response's length is metadata about
+      // the representation (RFC 9110 8.6) and goes on as it came.
+      if (had_length && head.status != 204 && head.status >= 200)
+        w << "Content-Length: " << head.content_length << "\r\n";
+      break;
+    case http::BodyKind::kUntilClose: break;
+  }
   if (close) {
     w << "Connection: close\r\n";
   } else if (client_http10) {

@@ -31,11 +31,14 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
                                     uint64_t body_bytes);
 
 // Writes the client's response head: "HTTP/1.1 status reason", every
-// end-to-end field (Transfer-Encoding is kept: the body is passed through as
-// it came), Via, and "Connection: close" when `close` (or "Connection: keep-alive"
-// for an HTTP/1.0 client that keeps the connection). Returns the length, or 0
-// if it does not fit.
-// With `dechunked` the body goes out decoded, so Transfer-Encoding is dropped.
+// end-to-end field, Via, then the framing of the body as the agent sends it
+// (the body is passed through as it came): Content-Length, Transfer-Encoding:
+// chunked, or neither when the close ends the body. The upstream's own
+// framing fields are not copied, so a Connection option naming them cannot
+// strip the framing. "Connection: close" when `close` (or when the body ends
+// with the connection), "Connection: keep-alive" for an HTTP/1.0 client that
+// keeps it. With `dechunked` the body goes out decoded and ended by the close.
+// Returns the length, or 0 if it does not fit.
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
                                   bool client_http10, bool dechunked, char* out, size_t cap);
 

@@ -41,6 +41,7 @@ inline std::string describe_head(const Head& h, std::string_view msg) {
   s += " target=" + std::string(h.target.in(msg));
   s += " reason=" + std::string(h.reason.in(msg));
   s += " host=" + std::string(h.host.in(msg));
+  s += " authority=" + std::string(h.authority.in(msg));
   for (const HeaderField& f : h.headers) {
     s += "\n";
     s += f.name.in(msg);

@@ -270,6 +270,67 @@ TEST_CASE("Host: exactly one in HTTP/1.1, with URI host characters") {
   CHECK(p.text(p.head().host) == "Example.COM:80");
 }
 
+// The authority of an absolute-form target becomes the forwarded Host, so
+// it is held to the Host field's rule: what a Host field may not carry, a
+// target may not either (RFC 9110 4.2.4, 7.2; RFC 3986 3.2).
+TEST_CASE("absolute-form authority: validated like Host, no userinfo") {
+  const Case cases[] = {
+      {"userinfo and quote", "GET http://a@b\"<x>/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"userinfo", "GET http://user@host/ HTTP/1.1\r\nHost: host\r\n\r\n", Error::kBadRequestLine},
+      {"userinfo with password", "GET http://u:p@host/ HTTP/1.1\r\nHost: host\r\n\r\n",
+       Error::kBadRequestLine},
+      {"empty userinfo", "GET https://@host/ HTTP/1.1\r\nHost: host\r\n\r\n", Error::kBadRequestLine},
+      {"quote in host", "GET http://a\"b/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"angle bracket in host", "GET http://a<b/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"backslash in host", "GET http://a\\b/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"fragment mark in host", "GET http://a#b/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"empty host", "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"empty host before a query", "GET http://?x HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"empty host with a port", "GET http://:80/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"letter in port", "GET http://a:8o/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"two colons", "GET http://a:1:2/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"bad percent-encoding", "GET http://a%zz/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"cut percent-encoding", "GET http://a%4/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"unclosed IP literal", "GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"empty IP literal", "GET http://[]/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"junk after IP literal", "GET http://[::1]x/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"bracket inside a name", "GET http://a[b]/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadRequestLine},
+      {"name and port", "GET http://a.example:8080/p HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"empty port", "GET http://a.example:/p HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"IPv6 literal and port", "GET http://[::1]:8080/p HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"IPv4 and port", "GET http://192.0.2.1:80 HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"percent-encoded name", "GET http://a%41b/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"sub-delims in a name", "GET http://a!$&'()*+,;=b/ HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"query right after the host", "GET http://a?q=1 HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+      {"an @ in the path is not userinfo", "GET http://a/u@b HTTP/1.1\r\nHost: a\r\n\r\n", Error::kNone},
+  };
+  run_table(std::begin(cases), std::end(cases));
+}
+
+TEST_CASE("absolute-form: the parser hands out the target's authority") {
+  Parsed p(kReq, "GET http://App.test:8080/p?q HTTP/1.1\r\nHost: other.test\r\n\r\n");
+  CHECK(p.text(p.head().authority) == "App.test:8080");
+  CHECK(p.text(p.head().host) == "other.test");  // the field as sent; the rewriter replaces it
+  Parsed q(kReq, "GET http://[::1]?x HTTP/1.1\r\nHost: a\r\n\r\n");
+  CHECK(q.text(q.head().authority) == "[::1]");
+  Parsed o(kReq, "GET /http://a/ HTTP/1.1\r\nHost: a\r\n\r\n");
+  CHECK(o.head().authority.len == 0);  // origin-form has none
+  Parsed c(kReq, "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+  CHECK(c.head().authority.len == 0);  // authority-form: the target itself
+}
+
+TEST_CASE("Host values follow uri-host [\":\" port]") {
+  for (const char* ok : {"a", "a:", "a:80", "[::1]", "[::1]:80", "192.0.2.1:8000", "a%20b", "x-y.z_~"}) {
+    CAPTURE(ok);
+    CHECK(request_error("GET / HTTP/1.1\r\nHost: " + std::string(ok) + "\r\n\r\n") == Error::kNone);
+  }
+  for (const char* bad : {":80", "a:b", "a:1:2", "[::1", "[::1]x", "[]", "a%zz", "a%4", "a]b", "u@a", "a\"b"}) {
+    CAPTURE(bad);
+    CHECK(request_error("GET / HTTP/1.1\r\nHost: " + std::string(bad) + "\r\n\r\n") ==
+          Error::kBadHeaderValue);
+  }
+}
+
 TEST_CASE("Content-Length") {
   const Case cases[] = {
       {"plain", get("Content-Length: 5\r\n") + "hello", Error::kNone},
