@@ -27,6 +27,7 @@ struct Channel {
   uint64_t body_left = 0;          // when the content length is known
   bool length_known = false;
   std::vector<Field> fields;
+  std::string text;  // private copy of the current head's names and values
   std::string error;
 };
 
@@ -343,7 +344,7 @@ int RingAgent::poll_response(uint32_t ch, ResponsePiece* out) {
     int rc = c.responses.peek(&rec);
     if (rc < 0) return m.fail_channel(ch, c.responses.error());
     if (rc == 1) {
-      if (const char* why = decode_response(rec, out, &c.fields)) return m.fail_channel(ch, why);
+      if (const char* why = decode_response(rec, out, &c.fields, &c.text)) return m.fail_channel(ch, why);
       if (m.check_piece(c, *out) != 0) return m.fail_channel(ch, "response does not match the request sent");
       return 1;
     }

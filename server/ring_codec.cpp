@@ -1,6 +1,7 @@
 #include "offload/ring_codec.h"
 
 #include <cstring>
+#include <string>
 
 namespace offload::ring {
 
@@ -14,7 +15,8 @@ std::string_view view(const uint8_t* text, offload_span s) {
   return {reinterpret_cast<const char*>(text) + s.off, s.len};
 }
 
-// Copies the field index out of shared memory, checking each span.
+// Copies the field index out of shared memory, checking each span. The views
+// point into `text`, which the caller chose (the record, or a private copy).
 const char* decode_fields(const uint8_t* index, uint32_t count, const uint8_t* text, uint64_t text_len,
                           std::vector<Field>* fields) {
   fields->clear();
@@ -143,7 +145,8 @@ void encode_response_head(const ResponseHeadOut& r, uint8_t* payload) {
 
 namespace {
 
-const char* decode_response_head(const Record& rec, ResponsePiece* out, std::vector<Field>* fields) {
+const char* decode_response_head(const Record& rec, ResponsePiece* out, std::vector<Field>* fields,
+                                 std::string* text_copy) {
   if (rec.payload_len < sizeof(offload_resp)) return "response head record too short";
   auto h = snapshot<offload_resp>(rec.payload);
   uint64_t index_bytes = uint64_t{h.field_count} * sizeof(offload_field);
@@ -151,7 +154,12 @@ const char* decode_response_head(const Record& rec, ResponsePiece* out, std::vec
     return "response head lengths do not add up";
   if (h.status < 100 || h.status > 999) return "response status outside 100..999";
   const uint8_t* text = rec.payload + sizeof(offload_resp) + index_bytes;
-  if (const char* err = decode_fields(rec.payload + sizeof(offload_resp), h.field_count, text, h.text_len, fields))
+  // Copy first, then check the copy: a server changing the shared bytes
+  // after the check cannot reach the client (the agent writes the copy).
+  text_copy->assign(reinterpret_cast<const char*>(text), h.text_len);
+  asm volatile("" ::: "memory");
+  const auto* own = reinterpret_cast<const uint8_t*>(text_copy->data());
+  if (const char* err = decode_fields(rec.payload + sizeof(offload_resp), h.field_count, own, h.text_len, fields))
     return err;
   for (const Field& f : *fields) {
     if (!is_token(f.name) || !is_field_value(f.value)) return "response field with invalid characters";
@@ -170,12 +178,13 @@ const char* decode_response_head(const Record& rec, ResponsePiece* out, std::vec
 
 }  // namespace
 
-const char* decode_response(const Record& rec, ResponsePiece* out, std::vector<Field>* fields) {
+const char* decode_response(const Record& rec, ResponsePiece* out, std::vector<Field>* fields,
+                            std::string* text_copy) {
   *out = ResponsePiece{};
   out->end = (rec.flags & OFFLOAD_REC_F_END) != 0;
   switch (rec.type) {
     case OFFLOAD_REC_RESPONSE_HEAD:
-      return decode_response_head(rec, out, fields);
+      return decode_response_head(rec, out, fields, text_copy);
     case OFFLOAD_REC_RESPONSE_BODY: {
       if (rec.payload_len < sizeof(offload_resp_body)) return "response body record too short";
       out->kind = ResponsePiece::Kind::kBody;

@@ -87,6 +87,7 @@ class ChannelWorker {
   ring::Consumer requests_;
   ring::Producer responses_;
   Request req_;
+  std::vector<uint8_t> copy_;  // the current request record, out of shared memory
   Response res_;
 };
 
@@ -255,7 +256,12 @@ int ChannelWorker::serve_ready(const Handler& handler, uint64_t* served) {
       if (requests_.prepare_wait()) return count;
       continue;
     }
-    if (const char* why = ring::decode_request(rec, &req_.in_, &req_.fields_)) {
+    // Copy first: the handler's views and every check it makes then see
+    // bytes the agent can no longer change (shared memory is read once).
+    copy_.assign(rec.payload, rec.payload + rec.payload_len);
+    asm volatile("" ::: "memory");
+    ring::Record own{rec.type, rec.flags, copy_.data(), rec.payload_len};
+    if (const char* why = ring::decode_request(own, &req_.in_, &req_.fields_)) {
       requests_.fail(why);
       return -EBADMSG;
     }

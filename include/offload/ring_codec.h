@@ -3,7 +3,10 @@
 // Decoders never trust the payload: every count, offset and length is copied
 // out of shared memory once and checked against the payload before a view
 // is made, so the views they return always lie inside the record (their
-// bytes may still be changed by a hostile peer, never their bounds).
+// bytes may still be changed by a hostile peer, never their bounds). Bytes
+// that are checked are checked on a private copy (decode_response copies the
+// head text; the server copies a request record before decode_request), so
+// what was checked is what gets used: each side reads shared memory once.
 // A decoder returns nullptr on success or a short reason the record is corrupt.
 //
 // Thread rules: pure functions; the `fields` vectors are caller-owned scratch.
@@ -11,6 +14,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -57,6 +61,7 @@ struct RequestIn {
   std::string_view text;  // head then body
   std::string_view body;
 };
+// Views into rec's payload: the server hands it a private copy of the record.
 const char* decode_request(const Record& rec, RequestIn* out, std::vector<Field>* fields);
 
 // ---- responses (server -> agent) ---------------------------------------------
@@ -85,8 +90,12 @@ struct ResponsePiece {
 };
 // Also rejects field names that are not tokens, values with CR, LF, NUL or
 // other controls, framing fields, and statuses outside 100..999: the agent
-// copies these to clients.
-const char* decode_response(const Record& rec, ResponsePiece* out, std::vector<Field>* fields);
+// copies these to clients. The field names and values are first copied to
+// `text_copy` and checked there: out->fields view that private copy (stable
+// whatever the peer writes to the ring afterwards); only out->body views the
+// record (opaque bytes, read once by whoever copies them out).
+const char* decode_response(const Record& rec, ResponsePiece* out, std::vector<Field>* fields,
+                            std::string* text_copy);
 
 // ASCII case-insensitive equality (field names), shared by both ends.
 bool iequals(std::string_view a, std::string_view b);

@@ -22,6 +22,7 @@ uint64_t touch(std::string_view v) {
 
 uint64_t decode_all(const offload::ring::Record& rec) {
   static std::vector<offload::ring::Field> fields;
+  static std::string text;
   uint64_t sum = 0;
   offload::ring::RequestIn req;
   if (offload::ring::decode_request(rec, &req, &fields) == nullptr) {
@@ -29,7 +30,7 @@ uint64_t decode_all(const offload::ring::Record& rec) {
     for (auto& f : fields) sum += touch(f.name) + touch(f.value);
   }
   offload::ring::ResponsePiece piece;
-  if (offload::ring::decode_response(rec, &piece, &fields) == nullptr) {
+  if (offload::ring::decode_response(rec, &piece, &fields, &text) == nullptr) {
     sum += touch(piece.body);
     for (auto& f : piece.fields) sum += touch(f.name) + touch(f.value);
   }

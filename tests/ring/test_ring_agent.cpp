@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "agent_driver.h"
@@ -354,4 +356,51 @@ TEST_CASE("a corrupt response fails its channel only, with a reason") {
   CHECK(d.agent->attached());
   CHECK(d.agent->poll_response(1, &p) == 0);
   CHECK(d.send(1, 10, get("/"), "") == RingAgent::Send::kOk);
+}
+
+namespace {
+
+// True when `p` lies in a mapping of the bus region (a memfd named
+// "offload-ring", mapped here by both the agent end and the server).
+bool in_ring_mapping(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  auto addr = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(maps, line)) {
+    if (line.find("offload-ring") == std::string::npos) continue;
+    std::istringstream in(line);
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    in >> std::hex >> lo >> dash >> hi;
+    if (addr >= lo && addr < hi) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// Issue item 15, the other direction: the server reads a request record out
+// of shared memory once, so what the handler checks is what it uses, and the
+// agent cannot change a request under a running handler.
+TEST_CASE("the handler sees a private copy of the request, not the shared ring") {
+  std::string name = unique_name("copy");
+  AgentDriver d(options(name));
+  std::atomic<int> in_ring{0}, handled{0};
+  ServerThread s(name, [&](const Request& q, Response& r) {
+    for (std::string_view v : {q.target(), q.method(), q.raw_head(), q.body()})
+      if (in_ring_mapping(v.data())) in_ring.fetch_add(1);
+    for (const auto& f : q.headers())
+      if (in_ring_mapping(f.name.data()) || in_ring_mapping(f.value.data())) in_ring.fetch_add(1);
+    handled.fetch_add(1);
+    r.write("ok");
+  }, 1);
+  REQUIRE(d.wait_attached());
+  std::string head = "POST /p HTTP/1.1\r\nHost: t\r\n\r\n";
+  std::vector<offload_field> fields{{{18, 4}, {24, 1}}};
+  REQUIRE(d.send(0, 1, head, "the body", fields) == RingAgent::Send::kOk);
+  Collected c = d.collect(0);
+  REQUIRE(c.complete);
+  CHECK(c.body == "ok");
+  CHECK(handled.load() == 1);
+  CHECK(in_ring.load() == 0);
 }

@@ -102,8 +102,9 @@ Encoded response(std::string_view text, std::vector<offload_field> f, std::strin
 TEST_CASE("response pieces decode, and unsafe response heads are rejected") {
   ResponsePiece p;
   std::vector<Field> fields;
+  std::string text;
   Encoded ok = response("Content-Typetext/plain", {{{0, 12}, {12, 10}}}, "hi", 201, 2);
-  REQUIRE(decode_response(ok.rec(OFFLOAD_REC_RESPONSE_HEAD, OFFLOAD_REC_F_END), &p, &fields) == nullptr);
+  REQUIRE(decode_response(ok.rec(OFFLOAD_REC_RESPONSE_HEAD, OFFLOAD_REC_F_END), &p, &fields, &text) == nullptr);
   CHECK(p.kind == ResponsePiece::Kind::kHead);
   CHECK(p.status == 201);
   CHECK(p.end);
@@ -112,22 +113,47 @@ TEST_CASE("response pieces decode, and unsafe response heads are rejected") {
   CHECK(p.fields[0].value == "text/plain");
 
   Encoded crlf = response("X-Ab\r\nInjected: 1", {{{0, 1}, {1, 17}}}, "");
-  CHECK(decode_response(crlf.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields) != nullptr);
+  CHECK(decode_response(crlf.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields, &text) != nullptr);
   Encoded name = response("Bad Nameok", {{{0, 8}, {8, 2}}}, "");
-  CHECK(decode_response(name.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields) != nullptr);
+  CHECK(decode_response(name.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields, &text) != nullptr);
   Encoded framing = response("content-length5", {{{0, 14}, {14, 1}}}, "");
-  CHECK(decode_response(framing.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields) != nullptr);
+  CHECK(decode_response(framing.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields, &text) != nullptr);
   Encoded status = response("", {}, "", 42);
-  CHECK(decode_response(status.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields) != nullptr);
+  CHECK(decode_response(status.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields, &text) != nullptr);
   Encoded longer = response("", {}, "abcdef", 200, 3);
-  CHECK(decode_response(longer.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields) != nullptr);
+  CHECK(decode_response(longer.rec(OFFLOAD_REC_RESPONSE_HEAD), &p, &fields, &text) != nullptr);
 
   Encoded body;
   body.bytes.resize(8 + 3);
   std::memcpy(body.bytes.data() + 8, "xyz", 3);
-  REQUIRE(decode_response(body.rec(OFFLOAD_REC_RESPONSE_BODY), &p, &fields) == nullptr);
+  REQUIRE(decode_response(body.rec(OFFLOAD_REC_RESPONSE_BODY), &p, &fields, &text) == nullptr);
   CHECK(p.kind == ResponsePiece::Kind::kBody);
   CHECK(p.body == "xyz");
-  CHECK(decode_response(body.rec(OFFLOAD_REC_RESPONSE_ABORT), &p, &fields) != nullptr);
-  CHECK(decode_response(body.rec(OFFLOAD_REC_REQUEST), &p, &fields) != nullptr);
+  CHECK(decode_response(body.rec(OFFLOAD_REC_RESPONSE_ABORT), &p, &fields, &text) != nullptr);
+  CHECK(decode_response(body.rec(OFFLOAD_REC_REQUEST), &p, &fields, &text) != nullptr);
+}
+
+// Issue item 15: a server racing the agent from another core could turn a
+// checked field value into CR LF between the check and the copy to the
+// client. The decoder copies the names and values first and checks the copy:
+// whatever the ring holds afterwards, the decoded head stays what was checked.
+TEST_CASE("a decoded response head is a private copy: later writes to the ring do not change it") {
+  ResponsePiece p;
+  std::vector<Field> fields;
+  std::string text;
+  Encoded shared = response("X-Okfine-value", {{{0, 4}, {4, 10}}}, "body", 200, 4);
+  REQUIRE(decode_response(shared.rec(OFFLOAD_REC_RESPONSE_HEAD, OFFLOAD_REC_F_END), &p, &fields, &text) == nullptr);
+  REQUIRE(p.fields.size() == 1);
+  // The peer rewrites the text area after the check: "X-Ok" / "\r\nSet-Cook".
+  const size_t text_at = sizeof(offload_resp) + sizeof(offload_field);
+  std::memcpy(shared.bytes.data() + text_at, "X\r\nS\r\nSet-C", 11);
+  CHECK(p.fields[0].name == "X-Ok");
+  CHECK(p.fields[0].value == "fine-value");
+  CHECK(is_token(p.fields[0].name));
+  CHECK(is_field_value(p.fields[0].value));
+  for (const Field& f : p.fields) {  // no view points into the ring's bytes
+    const auto* lo = reinterpret_cast<const char*>(shared.bytes.data());
+    CHECK((f.name.data() < lo || f.name.data() >= lo + shared.bytes.size()));
+    CHECK((f.value.data() < lo || f.value.data() >= lo + shared.bytes.size()));
+  }
 }
