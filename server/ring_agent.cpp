@@ -199,7 +199,7 @@ int RingAgent::Impl::build_attach(uint32_t wanted) {
   if (wanted == 0) return -EPROTO;
   uint32_t n = std::min(wanted, opts.channels_max);
   Region r;
-  if (int rc = Region::create(n, opts.ring_bytes, opts.region_path, &r); rc != 0) return rc;
+  if (int rc = Region::create(n, opts.ring_bytes, &r); rc != 0) return rc;
   std::vector<Fd> bells;
   for (uint32_t i = 0; i < n; ++i) {
     bells.emplace_back(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));

@@ -80,30 +80,26 @@ bool ring_size_ok(uint32_t ring_bytes) {
          (ring_bytes & (ring_bytes - 1)) == 0;
 }
 
-int open_backing(const std::string& path, uint64_t bytes) {
-  int fd;
-  if (path.empty()) {
-    fd = ::memfd_create("offload-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  } else {
-    fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd >= 0) ::unlink(path.c_str());  // the fd is shared by SCM_RIGHTS
-  }
+// A memfd sealed against shrinking and growing: the server refuses any
+// other region (a region that can shrink under its mapping could SIGBUS it).
+int open_backing(uint64_t bytes) {
+  int fd = ::memfd_create("offload-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -errno;
-  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     int e = errno;
     ::close(fd);
     return -e;
   }
-  if (path.empty()) ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
   return fd;
 }
 
 }  // namespace
 
-int Region::create(uint32_t channels, uint32_t ring_bytes, const std::string& path, Region* out) {
+int Region::create(uint32_t channels, uint32_t ring_bytes, Region* out) {
   if (channels == 0 || channels > OFFLOAD_RING_CHANNELS_MAX || !ring_size_ok(ring_bytes)) return -EINVAL;
   uint64_t bytes = region_bytes(channels, ring_bytes);
-  int fd = open_backing(path, bytes);
+  int fd = open_backing(bytes);
   if (fd < 0) return fd;
   void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) {
@@ -141,8 +137,15 @@ int Region::map(int fd, const offload_welcome& w, Region* out, std::string* erro
   if (!ring_size_ok(w.ring_bytes)) return fail(-EPROTO, "bad ring size");
   uint64_t bytes = region_bytes(w.channel_count, w.ring_bytes);
   if (w.region_bytes != bytes) return fail(-EPROTO, "region size does not match its layout");
+  // Checked before mapping: a region the peer could still shrink would turn
+  // our next access into a SIGBUS.
+  int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return fail(-EPERM, "refused: the region is not a sealed memfd");
+  if ((seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
+    return fail(-EPERM, "refused: the region memfd is not sealed against shrinking and growing");
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(-errno, "fstat failed");
+  if (!S_ISREG(st.st_mode)) return fail(-EPERM, "refused: the region is not a memfd");
   if (static_cast<uint64_t>(st.st_size) < bytes) return fail(-EPROTO, "region file smaller than announced");
   void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) return fail(-errno, std::string("mmap: ") + std::strerror(errno));
@@ -150,14 +153,14 @@ int Region::map(int fd, const offload_welcome& w, Region* out, std::string* erro
   r.base_ = base;
   r.bytes_ = bytes;
   r.channels_ = w.channel_count;
-  r.ring_bytes_ = w.ring_bytes;
-  r.fd_.reset(fd);
+  r.ring_bytes_ = w.ring_bytes;  // the fd stays the caller's until success
   auto h = snapshot<offload_region_header>(r.header());
   if (h.magic != OFFLOAD_RING_MAGIC || h.version != OFFLOAD_RING_VERSION) return fail(-EPROTO, "bad magic or version");
   if (h.header_bytes != sizeof(offload_region_header) || h.channel_count != w.channel_count ||
       h.ring_bytes != w.ring_bytes || h.channel_bytes != offload_ring_channel_bytes(w.ring_bytes) ||
       h.region_bytes != bytes)
     return fail(-EPROTO, "region header does not match the welcome");
+  r.fd_.reset(fd);
   *out = std::move(r);
   return 0;
 }

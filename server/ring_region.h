@@ -50,12 +50,13 @@ class Region {
   Region& operator=(const Region&) = delete;
   ~Region() { unmap(); }
 
-  // Agent: a fresh zeroed region with its header written. `path` empty: a
-  // sealed memfd (the server cannot resize it); else a file created at
-  // `path` (e.g. under /dev/shm), which is then unlinked. Returns 0 or -errno.
-  static int create(uint32_t channels, uint32_t ring_bytes, const std::string& path, Region* out);
-  // Server: maps `fd` and checks it against the welcome. 0, or -errno with
-  // `error` set.
+  // Agent: a fresh zeroed region with its header written, in a memfd sealed
+  // against shrinking and growing (F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL).
+  // Returns 0 or -errno.
+  static int create(uint32_t channels, uint32_t ring_bytes, Region* out);
+  // Server: maps `fd` and checks it against the welcome; refuses (before
+  // mapping) an fd that is not a memfd sealed against shrinking and growing.
+  // 0, or -errno with `error` set.
   static int map(int fd, const offload_welcome& w, Region* out, std::string* error);
 
   bool mapped() const { return base_ != nullptr; }

@@ -41,6 +41,15 @@ void sleep_on_bell(int fd) {
   [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
 }
 
+// The doorbells must be eventfds: the workers block reading them and write
+// them from the data path (a pipe or socket could block or misbehave).
+bool is_eventfd(int fd) {
+  char link[64];
+  std::string path = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = ::readlink(path.c_str(), link, sizeof link);
+  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
+}
+
 void make_blocking(int fd) {
   int flags = ::fcntl(fd, F_GETFL);
   if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
@@ -307,6 +316,7 @@ struct Server::Impl {
   std::atomic<uint64_t> attaches{0};
 
   int connect_and_handshake(unsigned channels, offload_welcome* w, std::vector<Fd>* fds);
+  int check_agent_user();
   void run_monitor();
   void wake_workers();
 };
@@ -345,6 +355,7 @@ int Server::Impl::connect_and_handshake(unsigned channels, offload_welcome* w, s
   sockaddr_un addr;
   socklen_t len = ring::socket_address(name, &addr);
   if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return -errno;
+  if (int rc = check_agent_user(); rc != 0) return rc;
   offload_hello hello{OFFLOAD_RING_MAGIC, OFFLOAD_RING_VERSION, channels, static_cast<uint32_t>(::getpid()), 0};
   if (int rc = ring::send_message(sock.get(), &hello, sizeof hello, nullptr, 0); rc != 0) return rc;
   pollfd p{sock.get(), POLLIN, 0};
@@ -355,7 +366,27 @@ int Server::Impl::connect_and_handshake(unsigned channels, offload_welcome* w, s
   if (w->status != 0) return w->status < 0 ? w->status : -EPROTO;
   if (w->channel_count == 0 || w->channel_count > channels || fds->size() != 1 + 2 * size_t{w->channel_count})
     return -EPROTO;
+  for (size_t i = 1; i < fds->size(); ++i) {
+    if (!is_eventfd((*fds)[i].get())) {
+      error = "ring attach: refused the agent: doorbell fd " + std::to_string(i) + " of the welcome is not an eventfd";
+      return -EPERM;
+    }
+  }
   return 0;
+}
+
+// Anyone local can bind the abstract name before the agent does: only an
+// agent of the expected user may hand us requests.
+int Server::Impl::check_agent_user() {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -errno;
+  const int64_t want = opts.agent_uid >= 0 ? opts.agent_uid : int64_t{::geteuid()};
+  if (cred.uid == 0 || int64_t{cred.uid} == want) return 0;
+  error = "ring attach: refused the agent at @" OFFLOAD_RING_SOCKET_PREFIX + name + ": it runs as uid " +
+          std::to_string(cred.uid) + " (pid " + std::to_string(cred.pid) + "), expected uid " +
+          std::to_string(want);
+  return -EPERM;
 }
 
 int Server::attach(unsigned channels) {
@@ -371,11 +402,12 @@ int Server::attach(unsigned channels) {
   detach();
   offload_welcome w{};
   std::vector<Fd> fds;
+  m.error.clear();
   int rc = m.connect_and_handshake(channels, &w, &fds);
   if (rc == 0) rc = ring::Region::map(fds[0].get(), w, &m.region, &m.error);
   if (rc != 0) {
-    if (m.error.empty() || rc != -EPROTO) m.error = std::string("ring attach @" OFFLOAD_RING_SOCKET_PREFIX) + m.name +
-                                                    ": " + std::strerror(-rc);
+    if (m.error.empty()) m.error = std::string("ring attach @" OFFLOAD_RING_SOCKET_PREFIX) + m.name + ": " +
+                                   std::strerror(-rc);
     m.sock.reset();
     return rc;
   }

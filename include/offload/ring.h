@@ -87,12 +87,17 @@
  * (`--upstream shm:NAME`) it is the abstract socket "@offload-ring-NAME"
  * (sun_path[0] = '\0', then "offload-ring-NAME", no terminating NUL). NAME is
  * 1..OFFLOAD_RING_NAME_MAX characters of [A-Za-z0-9._-]. The agent accepts
- * only peers with its own uid (or root).
+ * only peers with its own uid (or root). Any local process can bind an
+ * abstract name, so the server likewise checks the listener it reached
+ * (SO_PEERCRED): the agent must run as the server's uid, as root, or as the
+ * uid the server was configured to expect.
  *
  * The server sends an offload_hello; the agent answers with one
- * offload_welcome message carrying, by SCM_RIGHTS, the region fd (a memfd, or
- * a file under /dev/shm) followed by channel_count `to_server` eventfds and
- * channel_count `to_agent` eventfds. Each attach gets a fresh region, so a
+ * offload_welcome message carrying, by SCM_RIGHTS, the region fd (a memfd
+ * sealed with at least F_SEAL_SHRINK | F_SEAL_GROW, so the region cannot
+ * change size under the server's mapping) followed by channel_count
+ * `to_server` eventfds and channel_count `to_agent` eventfds. The server
+ * refuses a welcome whose fds are anything else. Each attach gets a fresh region, so a
  * server that died cannot disturb its successor. The connection stays open:
  * its closing is how either side learns at once that the other is gone; the
  * heartbeat words catch a peer that hangs without closing.

@@ -46,10 +46,8 @@ struct RingAgentOptions {
   uint32_t ring_bytes = 256 * 1024;      // per ring, power of two
   uint32_t dead_ms = OFFLOAD_RING_DEAD_MS;  // server heartbeat silence = dead
   uint32_t handshake_ms = 1000;          // a connecting server must say hello by then
-  // Empty: an anonymous sealed memfd. Else a region file created at this
-  // path (e.g. "/dev/shm/offload-ring-NAME" or on hugetlbfs) and unlinked
-  // once open; the fd still travels over the socket.
-  std::string region_path;
+  // The region is always an anonymous memfd sealed against shrinking and
+  // growing: liboffload-server refuses anything else (see ring.h, Attaching).
 };
 
 class RingAgent {

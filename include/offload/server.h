@@ -105,6 +105,10 @@ struct ServerOptions {
   uint32_t spin_us = 0;
   bool reattach = true;            // serve(): wait for the agent to come back
   uint32_t stream_bytes = 64 * 1024;  // body buffered before streaming starts
+  // The uid the agent must run as (checked with SO_PEERCRED on attach: any
+  // local process could bind the bus name). -1: this process's euid. Root
+  // is always accepted (it could take this process over anyway).
+  int64_t agent_uid = -1;
 };
 
 class Server {
@@ -126,7 +130,10 @@ class Server {
 
   // ---- for servers with their own loop (instead of serve()) ----
   // Connects and attaches with `channels` channels; 0 or -errno (error()).
-  // Starts the heartbeat thread. -ECONNREFUSED: no agent listening.
+  // Starts the heartbeat thread. -ECONNREFUSED: no agent listening. -EPERM:
+  // the peer was refused (not the expected uid, a region that is not a memfd
+  // sealed against shrinking and growing, or doorbells that are not eventfds)
+  // or it refused us; serve() retries.
   int attach(unsigned channels);
   unsigned channel_count() const;
   // Readable when channel `ch` may have work (or space freed for a response

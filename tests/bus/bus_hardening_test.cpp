@@ -1,0 +1,255 @@
+// The bus hardening items, end to end: a paused response must not hold other
+// clients' requests (issue item 11), liboffload-server checks who it attached
+// to (item 14), and interim responses pass through or are refused (item 16).
+// Item 15 (copy shared memory first, then check the copy) is covered by
+// tests/ring/test_ring_codec.cpp and tests/ring/test_ring_agent.cpp.
+//
+// Every wait is bounded; the bounds are generous and only catch hangs: the
+// checks are on outcomes and their order, never on how fast something was.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bus_rig.h"
+#include "offload/ring.h"
+#include "offload/server.h"
+
+using rig::Client;
+
+namespace {
+
+#define REQUIRE_AGENT(agent, name, opts) REQUIRE_MESSAGE((agent).start((name), (opts)), (agent).error())
+#define REQUIRE_ATTACHED(agent, n) \
+  REQUIRE_MESSAGE((agent).wait_attached((n), 10000), "agent stderr:\n" << (agent).child().stderr_text())
+
+}  // namespace
+
+// ------------------------------------------------------------------ item 14
+
+namespace {
+
+enum class RegionKind { kSealed, kUnsealed, kShrinkOnly, kTmpFile };
+enum class BellKind { kEventfd, kPipe };
+
+// A region fd with a valid header for 1 channel of 4096-byte rings.
+int make_region(RegionKind kind, uint64_t* bytes_out) {
+  const uint32_t ring_bytes = OFFLOAD_RING_BYTES_MIN;
+  const uint64_t bytes = sizeof(offload_region_header) + offload_ring_channel_bytes(ring_bytes);
+  int fd = -1;
+  if (kind == RegionKind::kTmpFile) {
+    char path[] = "/tmp/offload-fake-region-XXXXXX";
+    fd = ::mkstemp(path);
+    ::unlink(path);
+  } else {
+    fd = ::memfd_create("offload-ring", MFD_CLOEXEC | (kind == RegionKind::kUnsealed ? 0 : MFD_ALLOW_SEALING));
+  }
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
+  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  REQUIRE(base != MAP_FAILED);
+  auto* h = static_cast<offload_region_header*>(base);
+  h->magic = OFFLOAD_RING_MAGIC;
+  h->version = OFFLOAD_RING_VERSION;
+  h->header_bytes = sizeof(offload_region_header);
+  h->channel_count = 1;
+  h->ring_bytes = ring_bytes;
+  h->channel_bytes = offload_ring_channel_bytes(ring_bytes);
+  h->region_bytes = bytes;
+  h->heartbeat_ms = OFFLOAD_RING_HEARTBEAT_MS;
+  h->agent.state = OFFLOAD_SIDE_READY;
+  ::munmap(base, bytes);
+  if (kind == RegionKind::kSealed) REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
+  if (kind == RegionKind::kShrinkOnly) REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+  *bytes_out = bytes;
+  return fd;
+}
+
+// Everything a fake agent hands out, made before any fork (the child then
+// makes system calls only).
+struct FakeWelcome {
+  FakeWelcome(RegionKind region, BellKind bells) {
+    uint64_t bytes = 0;
+    fds.push_back(make_region(region, &bytes));
+    for (int i = 0; i < 2; ++i) {
+      if (bells == BellKind::kEventfd) {
+        fds.push_back(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+      } else {
+        int p[2];
+        REQUIRE(::pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+        fds.push_back(p[0]);
+        extra.push_back(p[1]);
+      }
+      REQUIRE(fds.back() >= 0);
+    }
+    w.magic = OFFLOAD_RING_MAGIC;
+    w.version = OFFLOAD_RING_VERSION;
+    w.status = 0;
+    w.channel_count = 1;
+    w.ring_bytes = OFFLOAD_RING_BYTES_MIN;
+    w.region_bytes = bytes;
+  }
+  ~FakeWelcome() {
+    for (int fd : fds) ::close(fd);
+    for (int fd : extra) ::close(fd);
+  }
+  offload_welcome w{};
+  std::vector<int> fds, extra;
+};
+
+socklen_t bus_address(const std::string& name, sockaddr_un* addr) {
+  *addr = sockaddr_un{};
+  addr->sun_family = AF_UNIX;
+  std::string path = OFFLOAD_RING_SOCKET_PREFIX + name;
+  std::memcpy(addr->sun_path + 1, path.data(), path.size());
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + path.size());
+}
+
+// Serves one attach as a fake agent: listen, accept, read the hello, send
+// the welcome with its fds, hold the connection until the server closes it
+// (or 5 s). System calls only, so it may run in a forked child. `ready` is
+// written once listening. Returns 0 when the welcome was sent.
+int fake_agent(const sockaddr_un& addr, socklen_t len, const FakeWelcome& fw, int ready) {
+  int l = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (l < 0 || ::bind(l, reinterpret_cast<const sockaddr*>(&addr), len) != 0 || ::listen(l, 4) != 0) return 1;
+  char one = 1;
+  if (::write(ready, &one, 1) != 1) return 2;
+  pollfd p{l, POLLIN, 0};
+  if (::poll(&p, 1, 5000) != 1) return 3;
+  int s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  if (s < 0) return 4;
+  offload_hello hello{};
+  if (::recv(s, &hello, sizeof hello, 0) != static_cast<ssize_t>(sizeof hello)) return 5;
+  iovec iov{const_cast<offload_welcome*>(&fw.w), sizeof fw.w};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 3)] = {};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = CMSG_SPACE(sizeof(int) * fw.fds.size());
+  cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fw.fds.size());
+  std::memcpy(CMSG_DATA(c), fw.fds.data(), sizeof(int) * fw.fds.size());
+  if (::sendmsg(s, &mh, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof fw.w)) return 6;
+  pollfd q{s, POLLIN | POLLRDHUP, 0};
+  ::poll(&q, 1, 5000);
+  ::close(s);
+  ::close(l);
+  return 0;
+}
+
+// An in-process fake agent (same uid as the test) on a thread.
+int attach_to_fake(offload::Server& srv, const std::string& name, RegionKind region, BellKind bells) {
+  FakeWelcome fw(region, bells);
+  sockaddr_un addr;
+  socklen_t len = bus_address(name, &addr);
+  int ready[2];
+  REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+  int agent_rc = -1;
+  std::thread agent([&] { agent_rc = fake_agent(addr, len, fw, ready[1]); });
+  char b;
+  pollfd p{ready[0], POLLIN, 0};
+  const bool listening = ::poll(&p, 1, 5000) == 1 && ::read(ready[0], &b, 1) == 1;
+  int rc = listening ? srv.attach(1) : -ETIMEDOUT;
+  srv.detach();  // whatever happened, the fake agent sees the close
+  agent.join();
+  ::close(ready[0]);
+  ::close(ready[1]);
+  CHECK(agent_rc == 0);
+  return rc;
+}
+
+}  // namespace
+
+TEST_CASE("liboffload-server refuses an agent of another uid, an unsealed region and non-eventfd doorbells") {
+  if (::geteuid() != 0) {
+    MESSAGE("SKIP: the other-uid case needs root (setuid to nobody in a child)");
+    return;
+  }
+  const auto name = bus::unique_name("who");
+  offload::Server srv(name);
+
+  SUBCASE("a fake agent of another uid (nobody) with a perfect welcome") {
+    FakeWelcome fw(RegionKind::kSealed, BellKind::kEventfd);
+    sockaddr_un addr;
+    socklen_t len = bus_address(name, &addr);
+    int ready[2];
+    REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      gid_t nogroup = 65534;
+      if (::setgroups(1, &nogroup) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+          ::setresuid(65534, 65534, 65534) != 0)
+        ::_exit(20);
+      ::_exit(fake_agent(addr, len, fw, ready[1]));
+    }
+    char b;
+    pollfd p{ready[0], POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);
+    REQUIRE(::read(ready[0], &b, 1) == 1);
+    int rc = srv.attach(1);
+    CHECK(rc == -EPERM);
+    CHECK(srv.error().find("uid 65534") != std::string::npos);
+    srv.detach();
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    // 5: the server hung up without even sending its hello.
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 5));
+    ::close(ready[0]);
+    ::close(ready[1]);
+  }
+  SUBCASE("a region memfd without seals") {
+    CHECK(attach_to_fake(srv, name, RegionKind::kUnsealed, BellKind::kEventfd) == -EPERM);
+    CHECK(srv.error().find("sealed") != std::string::npos);
+  }
+  SUBCASE("a region memfd sealed against shrinking only") {
+    CHECK(attach_to_fake(srv, name, RegionKind::kShrinkOnly, BellKind::kEventfd) == -EPERM);
+    CHECK(srv.error().find("sealed against shrinking and growing") != std::string::npos);
+  }
+  SUBCASE("a region in a plain file") {
+    CHECK(attach_to_fake(srv, name, RegionKind::kTmpFile, BellKind::kEventfd) == -EPERM);
+    CHECK(srv.error().find("sealed memfd") != std::string::npos);
+  }
+  SUBCASE("doorbells that are pipes") {
+    CHECK(attach_to_fake(srv, name, RegionKind::kSealed, BellKind::kPipe) == -EPERM);
+    CHECK(srv.error().find("not an eventfd") != std::string::npos);
+  }
+  SUBCASE("the fake agent itself is fine when everything is right (the checks refuse only what they name)") {
+    CHECK(attach_to_fake(srv, name, RegionKind::kSealed, BellKind::kEventfd) == 0);
+  }
+  CHECK(!srv.attached());
+
+  // The same server object then serves the real agent.
+  bus::Agent a;
+  REQUIRE_AGENT(a, name, bus::AgentOptions{});
+  std::thread serving([&] { srv.serve([](const offload::Request&, offload::Response& r) { r.write("real\n"); }, 2); });
+  bool attached = a.wait_attached(1, 10000);
+  auto r = rig::http_get(a.port(), "/x", 10000);
+  srv.stop();
+  serving.join();
+  REQUIRE(attached);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 200);
+  CHECK(r.response->body == "real\n");
+}
