@@ -351,6 +351,30 @@ void Shard::ring_drain(UpstreamConn* u) {
   }
 }
 
+// An interim response (1xx, e.g. 103 Early Hints) goes to an HTTP/1.1
+// client ahead of the final one (RFC 9110 15.2: never to HTTP/1.0). 100 is
+// the agent's own business (the request is complete before it is sent) and
+// is dropped. A 1xx that claims to end the response, or 101, fails it.
+bool Shard::ring_interim(ClientConn* c, const ring::ResponsePiece& piece) {
+  Exchange* ex = c->ex;
+  if (piece.end || piece.status == 101) return false;
+  if (piece.status == 100 || ex->client_http10 || ex->response_head_done) return true;
+  std::string_view reason = piece.status == 103 ? "Early Hints"
+                            : piece.status == 102 ? "Processing"
+                                                  : reason_phrase(piece.status);
+  auto r = fmt::format_to_n(scratch_.get(), kScratchBytes, "HTTP/1.1 {} {}\r\n", piece.status, reason);
+  size_t n = r.size;
+  for (const auto& f : piece.fields) {
+    if (n >= kScratchBytes) break;
+    n += fmt::format_to_n(scratch_.get() + n, kScratchBytes - n, "{}: {}\r\n", f.name, f.value).size;
+  }
+  if (n + 2 > kScratchBytes) return true;  // too large to forward: hints are optional, dropped
+  std::memcpy(scratch_.get() + n, "\r\n", 2);
+  n += 2;
+  bump(counters_.responses_1xx);
+  return append_response(c, scratch_.get(), n);
+}
+
 // Copies one piece into the client's output; false to fail the exchange.
 bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece) {
   Exchange* ex = c->ex;
@@ -358,7 +382,7 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
   ex->response_bytes += piece.body.size() + 1;
   const bool head_request = ex->method == http::Method::kHead;
   if (piece.kind == ring::ResponsePiece::Kind::kHead) {
-    if (piece.status < 200) return piece.status != 101;  // interim: dropped
+    if (piece.status < 200) return ring_interim(c, piece);
     count_ring_response(counters_, piece.status);
     const bool bodiless = head_request || piece.status == 204 || piece.status == 304;
     const bool length_known = piece.content_length != OFFLOAD_LENGTH_UNKNOWN;

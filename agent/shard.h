@@ -161,6 +161,7 @@ class Shard {
   void ring_pop_front(UpstreamConn* u);
   void ring_drain(UpstreamConn* u);
   bool ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece);
+  bool ring_interim(ClientConn* c, const ring::ResponsePiece& piece);
   bool ring_read_allowed(UpstreamConn* u) const;
 
   const Config& config_;

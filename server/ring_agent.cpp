@@ -308,12 +308,15 @@ int RingAgent::Impl::fail_channel(uint32_t ch, std::string why) {
   return -EBADMSG;
 }
 
-// The server's pieces must follow the requests: ids in order, a head first,
-// no more body than announced, and the announced length delivered.
+// The server's pieces must follow the requests: ids in order, interim heads
+// (1xx, not the end) then one final head first, no more body than
+// announced, and the announced length delivered.
 int RingAgent::Impl::check_piece(Channel& c, const ResponsePiece& p) {
   if (c.in_flight.empty() || p.id != c.in_flight.front().id) return -1;
   if (p.kind == ResponsePiece::Kind::kHead) {
     if (c.in_response) return -1;
+    // An interim (1xx) head without END: no body, and the final head follows.
+    if (p.status < 200 && !p.end) return p.body.empty() ? 0 : -1;
     c.in_response = true;
     // HEAD, 1xx, 204 and 304 responses have no body whatever length they announce.
     const bool bodiless = c.in_flight.front().head || p.status < 200 || p.status == 204 || p.status == 304;

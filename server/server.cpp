@@ -86,6 +86,7 @@ class ChannelWorker {
   friend class offload::Response;
   uint8_t* reserve(uint32_t len);
   bool send_head(bool end);
+  bool send_interim(uint16_t status);
   bool send_body(std::string_view bytes, bool end);
   bool send_abort();
   void finish();
@@ -116,8 +117,20 @@ void Response::reset(uint64_t id, bool head_request) {
   broken_ = false;
 }
 
-void Response::set_status(int status) {
-  if (!head_sent_) status_ = (status >= 100 && status <= 999) ? status : 500;
+bool Response::set_status(int status) {
+  if (head_sent_) return false;
+  // A 1xx here would end the exchange with no final response at all.
+  const bool ok = status >= 200 && status <= 999;
+  status_ = ok ? status : 500;
+  return ok;
+}
+
+bool Response::send_interim(int status) {
+  if (head_sent_ || broken_ || status < 102 || status > 199) return false;
+  if (!worker_->send_interim(static_cast<uint16_t>(status))) return false;
+  text_.clear();
+  fields_.clear();
+  return true;
 }
 
 bool Response::add_header(std::string_view name, std::string_view value) {
@@ -190,6 +203,22 @@ bool ChannelWorker::send_head(bool end) {
   r.head_sent_ = true;
   r.body_sent_ += first;
   r.body_.erase(0, first);
+  return true;
+}
+
+// An interim head: a 1xx status and the fields so far, no body, not the end.
+bool ChannelWorker::send_interim(uint16_t status) {
+  ring::ResponseHeadOut h;
+  h.id = res_.id_;
+  h.status = status;
+  h.text = res_.text_;
+  h.fields = res_.fields_;
+  uint64_t len = ring::response_head_payload_bytes(h);
+  if (len == 0 || len > responses_.max_payload()) return false;
+  uint8_t* dst = reserve(static_cast<uint32_t>(len));
+  if (dst == nullptr) return false;
+  ring::encode_response_head(h, dst);
+  responses_.commit(OFFLOAD_REC_RESPONSE_HEAD, 0, static_cast<uint32_t>(len));
   return true;
 }
 

@@ -70,6 +70,10 @@ int offload_request_header(const offload_request* req, const char* name, size_t 
 
 void offload_response_set_status(offload_response* res, int status) { cpp(res).set_status(status); }
 
+int offload_response_send_interim(offload_response* res, int status) {
+  return cpp(res).send_interim(status) ? 0 : -EINVAL;
+}
+
 int offload_response_add_header(offload_response* res, const char* name, size_t name_len, const char* value,
                                 size_t value_len) {
   return cpp(res).add_header({name, name_len}, {value, value_len}) ? 0 : -EINVAL;

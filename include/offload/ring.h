@@ -251,6 +251,11 @@ struct offload_req {
  * record len == 8 + sizeof(offload_resp) + 16 * field_count + text_len + body_len.
  * Framing fields (Content-Length, Transfer-Encoding, Connection) are not sent:
  * content_length says the total body length, or OFFLOAD_LENGTH_UNKNOWN.
+ * Interim responses (e.g. 103 Early Hints) come first, each a HEAD record with
+ * a 1xx status, no body and no OFFLOAD_REC_F_END; the agent passes them to
+ * HTTP/1.1 clients (100 and HTTP/1.0 clients: dropped). A 1xx HEAD record
+ * with OFFLOAD_REC_F_END, or status 101, cannot end a response: the agent
+ * answers 502.
  */
 struct offload_resp {
   uint64_t id;             /* the request's id */

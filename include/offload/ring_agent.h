@@ -95,9 +95,12 @@ class RingAgent {
   // release_response(ch); 0: nothing now (the doorbell is armed);
   // -EBADMSG: the channel is corrupt (channel_error(ch)) for the rest of this
   // attach; -EPIPE: not attached / no such channel.
-  // Pieces: one kHead (status, fields, first body bytes), then kBody pieces,
-  // the last with `end`; or a kAbort (the server could not finish: close the
-  // client). Checked: ids match the request sent, fields are safe to copy.
+  // Pieces: any interim kHeads (status 1xx, no body, not `end`: e.g. 103
+  // Early Hints), one kHead (status, fields, first body bytes), then kBody
+  // pieces, the last with `end`; or a kAbort (the server could not finish:
+  // close the client). Checked: ids match the request sent, fields are safe
+  // to copy. A 1xx head with `end` is passed on: the caller must not treat
+  // it as a response (the agent answers 502).
   int poll_response(uint32_t ch, ResponsePiece* out);
   void release_response(uint32_t ch);
   const std::string& channel_error(uint32_t ch) const;

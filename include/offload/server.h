@@ -63,7 +63,15 @@ class ChannelWorker;
 // Thread rules: used by the worker that created it only.
 class Response {
  public:
-  void set_status(int status);  // 100..999; others become 500
+  // 200..999. False for anything else, and the response becomes a 500: a
+  // 1xx status cannot be a final response (use send_interim for those).
+  bool set_status(int status);
+  // Sends an interim response now, ahead of the final one: `status` 102..199
+  // but not 101 (e.g. 103 Early Hints), with the fields added so far (which
+  // are then cleared for the final response). False (nothing sent) for
+  // another status, after the final head went out, or when it cannot be
+  // delivered. The agent passes it to HTTP/1.1 clients only.
+  bool send_interim(int status);
   // False (and ignored) for an invalid name or value, or a framing field
   // (Content-Length, Transfer-Encoding, Connection: the agent frames).
   bool add_header(std::string_view name, std::string_view value);

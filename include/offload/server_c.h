@@ -66,8 +66,12 @@ int offload_request_header_at(const offload_request *req, size_t i, offload_str 
 /* 1 and *value set when a field `name` exists (case-insensitive), else 0. */
 int offload_request_header(const offload_request *req, const char *name, size_t name_len, offload_str *value);
 
-/* The response (status 200 unless set). */
+/* The response (status 200 unless set). A status outside 200..999 (1xx
+ * included: see send_interim) turns the response into a 500. */
 void offload_response_set_status(offload_response *res, int status);
+/* An interim response now (102..199 but 101, e.g. 103 Early Hints) with the
+ * headers added so far, which are then cleared. 0, or -EINVAL. */
+int offload_response_send_interim(offload_response *res, int status);
 /* 0, or -EINVAL for an invalid or framing field (Content-Length, ...). */
 int offload_response_add_header(offload_response *res, const char *name, size_t name_len, const char *value,
                                 size_t value_len);

@@ -41,7 +41,153 @@ namespace {
 #define REQUIRE_ATTACHED(agent, n) \
   REQUIRE_MESSAGE((agent).wait_attached((n), 10000), "agent stderr:\n" << (agent).child().stderr_text())
 
+constexpr uint64_t kBig = 64u << 20;  // far more than the agent's buffers, the socket's and the ring's
+
+// A liboffload-server whose handlers can be held at named gates:
+//   /big?gate=G   waits for G (if given), then kBig pattern bytes, length announced
+//   /hold?gate=G  waits for G, then "held\n"
+//   /hints        103 Early Hints with a Link field, then 200 "final\n"
+//   /status-103   tries set_status(103), then writes "x"
+//   otherwise     "ok\n"
+class GateServer {
+ public:
+  GateServer(std::string name, unsigned workers) : workers_(workers), server_(std::move(name)) {}
+  ~GateServer() { stop(); }
+
+  void start() {
+    thread_ = std::thread([this] {
+      server_.serve([this](const offload::Request& q, offload::Response& r) { handle(q, r); }, workers_);
+    });
+  }
+  void stop() {
+    open_all();
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  void open(const std::string& gate) {
+    std::lock_guard lock(mutex_);
+    opened_.insert(gate);
+    cv_.notify_all();
+  }
+  // How many handlers for `route` (the target up to '?') have started.
+  int started(const std::string& route) {
+    std::lock_guard lock(mutex_);
+    return started_[route];
+  }
+  bool wait_started(const std::string& route, int n, int timeout_ms) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return started_[route] >= n; });
+  }
+  int set_status_refused() const { return set_status_refused_.load(); }
+
+ private:
+  void open_all() {
+    std::lock_guard lock(mutex_);
+    all_open_ = true;
+    cv_.notify_all();
+  }
+  void wait_gate(std::string_view target) {
+    size_t at = target.find("gate=");
+    if (at == std::string_view::npos) return;
+    std::string gate(target.substr(at + 5));
+    std::unique_lock lock(mutex_);
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return all_open_ || opened_.count(gate) > 0; });
+  }
+
+  void handle(const offload::Request& q, offload::Response& r) {
+    std::string_view t = q.target();
+    std::string route(t.substr(0, t.find('?')));
+    {
+      std::lock_guard lock(mutex_);
+      ++started_[route];
+      cv_.notify_all();
+    }
+    wait_gate(t);
+    if (route == "/big") {
+      r.set_content_length(kBig);
+      std::string chunk(64 * 1024, '\0');
+      for (uint64_t off = 0; off < kBig; off += chunk.size()) {
+        rig::pattern_fill(chunk.data(), off, chunk.size());
+        if (!r.write(chunk)) return;
+      }
+    } else if (route == "/hold") {
+      r.write("held\n");
+    } else if (route == "/hints") {
+      r.add_header("Link", "</style.css>; rel=preload; as=style");
+      if (!r.send_interim(103)) {
+        r.write("interim refused\n");
+        return;
+      }
+      r.add_header("X-Final", "yes");
+      r.write("final\n");
+    } else if (route == "/status-103") {
+      if (!r.set_status(103)) set_status_refused_.fetch_add(1);
+      r.write("x");
+    } else {
+      r.write("ok\n");
+    }
+  }
+
+  unsigned workers_;
+  offload::Server server_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::set<std::string> opened_;
+  bool all_open_ = false;
+  std::map<std::string, int> started_;
+  std::atomic<int> set_status_refused_{0};
+};
+
 }  // namespace
+
+// ------------------------------------------------------------------ item 16
+
+TEST_CASE("103 Early Hints reaches an HTTP/1.1 client before the final response, and set_status(103) is refused") {
+  const auto name = bus::unique_name("hints");
+  bus::Agent a;
+  REQUIRE_AGENT(a, name, bus::AgentOptions{});
+  GateServer srv(name, 2);
+  srv.start();
+  REQUIRE_ATTACHED(a, 1);
+
+  Client c;
+  REQUIRE(c.connect(a.port()));
+  REQUIRE(c.send_all(rig::get_request("/hints")));
+  const int64_t deadline = rig::now_ms() + 10000;
+  while (c.buffer().find("final\n") == std::string::npos && rig::now_ms() < deadline) {
+    if (c.recv_some(4096, 1000) <= 0 && c.buffer().find("final\n") == std::string::npos) break;
+  }
+  const std::string raw = c.buffer();
+  INFO("raw: " << raw);
+  const std::string interim = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n";
+  CHECK(raw.starts_with(interim));
+  std::string rest = raw.starts_with(interim) ? raw.substr(interim.size()) : raw;
+  rig::ResponseParser parser;
+  REQUIRE(parser.feed(rest, false) == rig::ResponseParser::State::kDone);
+  CHECK(parser.response().status == 200);
+  CHECK(parser.response().body == "final\n");
+  CHECK(parser.response().header("X-Final") == "yes");
+  CHECK(!parser.response().has_header("Link"));  // the hint's fields were the hint's only
+
+  // HTTP/1.0 clients never get a 1xx (RFC 9110 15.2).
+  Client old;
+  REQUIRE(old.connect(a.port()));
+  REQUIRE(old.send_all("GET /hints HTTP/1.0\r\nHost: bus.test\r\n\r\n"));
+  std::string got;
+  CHECK(old.wait_closed(10000, &got));
+  INFO("HTTP/1.0 raw: " << got);
+  CHECK(got.starts_with("HTTP/1.1 200 OK\r\n"));
+  CHECK(got.ends_with("\r\n\r\nfinal\n"));
+  CHECK(got.find(" 103 ") == std::string::npos);
+
+  // A 1xx as the final status would end in an empty response: refused, 500.
+  auto bad = rig::http_get(a.port(), "/status-103", 10000);
+  REQUIRE_MESSAGE(bad, bad.error);
+  CHECK(bad.response->status == 500);
+  CHECK(srv.set_status_refused() == 1);
+  CHECK(a.stat("upstream_bad_responses") == 0);
+}
 
 // ------------------------------------------------------------------ item 14
 
