@@ -127,6 +127,7 @@ struct alignas(16) UpstreamConn {
   bool chunked_out = false;     // the client gets the body chunked (length unknown)
   bool ring_failed = false;     // the channel is corrupt until the next attach
   bool ring_draining = false;   // timed out: late answers go by before new requests
+  bool ring_slow_front = false; // the front response paused for its client: nothing joins until it ends
   // The requests on a ring channel, oldest first; null: its client left (or
   // it failed) and its answer is dropped when it comes.
   ClientConn* fifo[kRingDepthMax] = {};

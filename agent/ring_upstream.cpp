@@ -145,6 +145,7 @@ void Shard::ring_reset_channel(UpstreamConn* u) {
   u->send_pending = false;
   u->ring_failed = false;
   u->ring_draining = false;
+  u->ring_slow_front = false;
   u->read_paused = false;
   u->fifo_head = u->fifo_count = 0;
   disarm_timer(u->timer);
@@ -156,6 +157,9 @@ UpstreamConn* Shard::ring_pick() {
   UpstreamConn* best = nullptr;
   for (auto& u : upstreams_) {
     if (u->state != UpstreamState::kIdle || u->ring_failed || u->ring_draining || u->send_pending) continue;
+    // Nothing behind a response whose client has been too slow for the
+    // buffers moves until that client reads: do not add to the wait.
+    if (u->ring_slow_front) continue;
     if (u->fifo_count >= ring_depth_) continue;
     if (best == nullptr || u->fifo_count < best->fifo_count) best = u.get();
   }
@@ -268,6 +272,7 @@ void Shard::ring_fail_all(UpstreamConn* u, int status) {
   }
   if (u->fifo_count > 0) u->ring_draining = true;
   u->read_paused = false;
+  u->ring_slow_front = false;
   disarm_timer(u->timer);
 }
 
@@ -287,6 +292,7 @@ void Shard::ring_abandon(UpstreamConn* u, ClientConn* c) {
 }
 
 void Shard::ring_pop_front(UpstreamConn* u) {
+  u->ring_slow_front = false;  // a new front: not known to be slow
   u->fifo_head = (u->fifo_head + 1) % kRingDepthMax;
   --u->fifo_count;
   if (u->fifo_count == 0) {
@@ -294,6 +300,73 @@ void Shard::ring_pop_front(UpstreamConn* u) {
     disarm_timer(u->timer);
   } else if (!u->ring_draining) {
     arm_timer(u->timer, kTimerResponse);
+  }
+}
+
+// The front client's buffers are full: nothing more is read from this
+// channel until that client drains them, however long it takes. The
+// requests behind it must not wait on another client: those that may be
+// sent again (not in the ring yet, or a GET/HEAD not moved before) go back
+// to the front of the ready queue, with its timeout, for another channel
+// (their answers here will be dropped); the others keep the response
+// timeout, which then fails them, not the paused front (ring_timed_out).
+void Shard::ring_paused(UpstreamConn* u) {
+  u->read_paused = true;
+  // Sticky until the front response ends: the pause comes and goes as that
+  // client's socket drains, and a request put behind it in between would
+  // wait on it again.
+  u->ring_slow_front = true;
+  bool held = false;
+  for (uint32_t i = u->fifo_count; i-- > 1;) {  // newest first: push_front keeps the order
+    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+    ClientConn* c = slot;
+    if (c == nullptr) continue;
+    const bool unsent = u->send_pending && i == u->fifo_count - 1;
+    const bool resendable = !c->ex->retried && (c->ex->method == http::Method::kGet ||
+                                                c->ex->method == http::Method::kHead);
+    if (!unsent && !resendable) {
+      held = true;
+      continue;
+    }
+    slot = nullptr;
+    if (unsent) {
+      --u->fifo_count;
+      u->send_pending = false;
+    } else {
+      c->ex->retried = true;
+      bump(counters_.upstream_retries);
+    }
+    c->ex->up = nullptr;
+    c->state = ClientState::kQueued;
+    ready_.push_front(c);
+    bump(counters_.queue_length);
+    bump(counters_.queue_waits);
+    arm_timer(c->timer, kTimerQueue);
+  }
+  if (!held) disarm_timer(u->timer);
+  else if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
+}
+
+// The response timeout of a channel. Behind a paused front only the held
+// requests time out: the front waits for its own client, whose send timeout
+// covers it.
+void Shard::ring_timed_out(UpstreamConn* u) {
+  if (!u->read_paused || u->fifo_count == 0 || u->fifo[u->fifo_head] == nullptr) {
+    ring_fail_all(u, 504);
+    ring_dispatch();
+    return;
+  }
+  for (uint32_t i = 1; i < u->fifo_count; ++i) {
+    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+    if (slot == nullptr) continue;
+    ClientConn* c = slot;
+    slot = nullptr;
+    c->ex->up = nullptr;
+    fail_exchange(c, 504);
+  }
+  if (u->send_pending) {  // never went out: nothing will answer it
+    --u->fifo_count;
+    u->send_pending = false;
   }
 }
 
@@ -310,8 +383,7 @@ void Shard::ring_drain(UpstreamConn* u) {
   if (u->ring_failed || u->state == UpstreamState::kFree) return;
   for (;;) {
     if (!ring_read_allowed(u)) {
-      u->read_paused = true;
-      disarm_timer(u->timer);
+      if (!u->read_paused) ring_paused(u);
       return;
     }
     u->read_paused = false;

@@ -246,8 +246,7 @@ void Shard::on_timer(Timer* t) {
     auto* u = reinterpret_cast<UpstreamConn*>(reinterpret_cast<char*>(t) - offsetof(UpstreamConn, timer));
     bump(counters_.timeouts_response);
     if (u->ring) {
-      ring_fail_all(u, 504);
-      ring_dispatch();
+      ring_timed_out(u);
     } else {
       upstream_failed(u, 504, false);
     }

@@ -163,6 +163,8 @@ class Shard {
   bool ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece);
   bool ring_interim(ClientConn* c, const ring::ResponsePiece& piece);
   bool ring_read_allowed(UpstreamConn* u) const;
+  void ring_paused(UpstreamConn* u);
+  void ring_timed_out(UpstreamConn* u);
 
   const Config& config_;
   Counters& counters_;

@@ -139,7 +139,158 @@ class GateServer {
   std::atomic<int> set_status_refused_{0};
 };
 
+// Reads the rest of a response from `c` (bounded), for the big body.
+rig::ReadResult read_all(Client& c, int timeout_ms) {
+  rig::ReadResult out;
+  rig::ResponseParser parser;
+  const int64_t deadline = rig::now_ms() + timeout_ms;
+  for (;;) {
+    auto s = parser.feed(c.buffer(), false);
+    if (s == rig::ResponseParser::State::kError) {
+      out.error = parser.error();
+      return out;
+    }
+    if (s == rig::ResponseParser::State::kDone) {
+      out.response = std::move(parser.response());
+      return out;
+    }
+    if (rig::now_ms() >= deadline) {
+      out.error = "timed out with " + std::to_string(parser.body_received()) + " body bytes";
+      return out;
+    }
+    int n = c.recv_some(1 << 20, 2000);
+    if (n == 0 || n == -2) {
+      out.error = n == 0 ? "closed early" : c.error();
+      out.closed = true;
+      return out;
+    }
+  }
+}
+
+bool wait_stat(bus::Agent& a, const std::string& name, int64_t want, int timeout_ms) {
+  const int64_t deadline = rig::now_ms() + timeout_ms;
+  while (a.stat(name) != want) {
+    if (rig::now_ms() >= deadline) return false;
+    rig::sleep_ms(10);
+  }
+  return true;
+}
+
 }  // namespace
+
+// ------------------------------------------------------------------ item 11
+
+// Two channels: a slow reader (who never reads until the end) pauses channel
+// 0 with a response far larger than every buffer; channel 1 is busy with a
+// held request. A small GET arriving then must not end up behind the paused
+// response: it is answered on channel 1 as soon as that is free, while the
+// slow reader still reads nothing.
+TEST_CASE("a paused response does not hold a small GET of another client: it goes to another channel") {
+  const auto name = bus::unique_name("paused");
+  bus::Agent a;
+  bus::AgentOptions o;
+  o.max_upstream = 2;
+  o.response_buffer = "65536";
+  o.response_spill_max = "0";  // nowhere to put the big response but the client
+  REQUIRE_AGENT(a, name, o);
+  GateServer srv(name, 2);
+  srv.start();
+  REQUIRE_ATTACHED(a, 1);
+
+  Client slow;
+  REQUIRE(slow.connect(a.port(), 3000, 64 * 1024));
+  REQUIRE(slow.send_all(rig::get_request("/big")));
+  REQUIRE(srv.wait_started("/big", 1, 5000));
+  Client busy;
+  REQUIRE(busy.connect(a.port()));
+  REQUIRE(busy.send_all(rig::get_request("/hold?gate=h")));
+  REQUIRE(srv.wait_started("/hold", 1, 5000));
+
+  // Both channels carry one request now; the small GET must not join the paused one.
+  Client small;
+  REQUIRE(small.connect(a.port()));
+  REQUIRE(small.send_all(rig::get_request("/small")));
+  auto early = small.read_response(300);
+  CHECK(!early.response.has_value());  // it waits behind the held request, not answered out of turn
+  srv.open("h");
+  auto held = busy.read_response(10000);
+  REQUIRE_MESSAGE(held, held.error);
+  CHECK(held.response->body == "held\n");
+  auto r = small.read_response(10000);  // bound only against a hang: today it waits for the slow reader
+  REQUIRE_MESSAGE(r, r.error << "\nagent stderr:\n" << a.child().stderr_text());
+  CHECK(r.response->status == 200);
+  CHECK(r.response->body == "ok\n");
+  // The slow reader has not read a byte so far: it was paused all along.
+
+  // The slow reader now reads it all: byte-exact, nothing lost to the pause.
+  auto big = read_all(slow, 60000);
+  REQUIRE_MESSAGE(big, big.error);
+  CHECK(big.response->status == 200);
+  CHECK(big.response->body.size() == kBig);
+  CHECK(rig::difference(big.response->body, rig::pattern_string(kBig)).empty());
+  CHECK(a.stat("upstream_bad_responses") == 0);
+}
+
+// One channel: requests that were already on it when its front response
+// paused must not wait for the slow reader without a timer. The GET goes
+// back to the queue (no other channel: 503 when its queue timeout ends), the
+// POST (which cannot be sent twice) gets its response timeout (504).
+TEST_CASE("requests queued behind a paused response keep their timeouts: GET 503 from the queue, POST 504") {
+  const auto name = bus::unique_name("held");
+  bus::Agent a;
+  bus::AgentOptions o;
+  o.max_upstream = 1;
+  o.response_buffer = "65536";
+  o.response_spill_max = "0";
+  o.queue_timeout_ms = 1000;
+  o.response_timeout_ms = 1500;
+  REQUIRE_AGENT(a, name, o);
+  GateServer srv(name, 1);
+  srv.start();
+  REQUIRE_ATTACHED(a, 1);
+
+  Client slow;
+  REQUIRE(slow.connect(a.port(), 3000, 64 * 1024));
+  REQUIRE(slow.send_all(rig::get_request("/big?gate=b")));
+  REQUIRE(srv.wait_started("/big", 1, 5000));
+  // The channel is busy but not paused yet (nothing answered): both join it.
+  Client get, post;
+  REQUIRE(get.connect(a.port()));
+  REQUIRE(get.send_all(rig::get_request("/g")));
+  REQUIRE(post.connect(a.port()));
+  REQUIRE(post.send_all("POST /p HTTP/1.1\r\nHost: bus.test\r\nContent-Length: 1\r\n\r\nx"));
+  REQUIRE(wait_stat(a, "requests", 3, 5000));
+  REQUIRE(wait_stat(a, "queue_length", 0, 5000));
+  srv.open("b");  // the big response now fills every buffer and pauses the channel
+
+  auto g = get.read_response(15000);
+  REQUIRE_MESSAGE(g, g.error << "\nagent stderr:\n" << a.child().stderr_text());
+  CHECK(g.response->status == 503);
+  auto p = post.read_response(15000);
+  REQUIRE_MESSAGE(p, p.error);
+  CHECK(p.response->status == 504);  // all this while the slow reader read nothing
+  CHECK(a.stat("timeouts_queue") == 1);
+  CHECK(a.stat("timeouts_response") == 1);
+
+  // A request arriving while the channel is paused waits in the queue, with its timer.
+  auto late = rig::http_get(a.port(), "/late", 15000);
+  REQUIRE_MESSAGE(late, late.error);
+  CHECK(late.response->status == 503);
+  CHECK(a.stat("timeouts_queue") == 2);
+
+  auto big = read_all(slow, 60000);
+  REQUIRE_MESSAGE(big, big.error);
+  CHECK(big.response->status == 200);
+  CHECK(big.response->body.size() == kBig);
+  CHECK(rig::difference(big.response->body, rig::pattern_string(kBig)).empty());
+
+  // The answers to /g and /p go by (dropped); the channel serves on.
+  auto after = rig::http_get(a.port(), "/after", 10000);
+  REQUIRE_MESSAGE(after, after.error);
+  CHECK(after.response->status == 200);
+  CHECK(after.response->body == "ok\n");
+  CHECK(a.stat("upstream_bad_responses") == 0);
+}
 
 // ------------------------------------------------------------------ item 16
 
