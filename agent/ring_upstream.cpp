@@ -337,11 +337,7 @@ void Shard::ring_paused(UpstreamConn* u) {
       bump(counters_.upstream_retries);
     }
     c->ex->up = nullptr;
-    c->state = ClientState::kQueued;
-    ready_.push_front(c);
-    bump(counters_.queue_length);
-    bump(counters_.queue_waits);
-    arm_timer(c->timer, kTimerQueue);
+    enqueue(c, true);  // its queue timer runs; another channel may take it at once
   }
   if (!held) disarm_timer(u->timer);
   else if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
@@ -384,6 +380,7 @@ void Shard::ring_drain(UpstreamConn* u) {
   for (;;) {
     if (!ring_read_allowed(u)) {
       if (!u->read_paused) ring_paused(u);
+      wait_if_unwoken(u->fifo[u->fifo_head]);  // a pause for the shared budget has no send to end it
       return;
     }
     u->read_paused = false;
