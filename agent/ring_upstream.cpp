@@ -426,7 +426,10 @@ void Shard::ring_drain(UpstreamConn* u) {
 // is dropped. A 1xx that claims to end the response, or 101, fails it.
 bool Shard::ring_interim(ClientConn* c, const ring::ResponsePiece& piece) {
   Exchange* ex = c->ex;
-  if (piece.end || piece.status == 101) return false;
+  if (piece.end || piece.status == 101) {
+    bump(counters_.upstream_bad_responses);
+    return false;
+  }
   if (piece.status == 100 || ex->client_http10 || ex->response_head_done) return true;
   std::string_view reason = piece.status == 103 ? "Early Hints"
                             : piece.status == 102 ? "Processing"

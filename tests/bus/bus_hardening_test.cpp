@@ -31,7 +31,10 @@
 
 #include "bus_rig.h"
 #include "offload/ring.h"
+#include "offload/ring_codec.h"
+#include "offload/ring_queue.h"
 #include "offload/server.h"
+#include "ring_region.h"
 
 using rig::Client;
 
@@ -338,6 +341,100 @@ TEST_CASE("103 Early Hints reaches an HTTP/1.1 client before the final response,
   CHECK(bad.response->status == 500);
   CHECK(srv.set_status_refused() == 1);
   CHECK(a.stat("upstream_bad_responses") == 0);
+}
+
+namespace {
+
+// A server on the raw ring API (one channel) whose answer to "/1xx-end" is a
+// 103 head record flagged END (what liboffload-server sent for
+// set_status(103) before), and "fine\n" otherwise.
+class RawServer {
+ public:
+  ~RawServer() { stop(); }
+  bool attach(const std::string& name) {
+    sock_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr;
+    socklen_t len = offload::ring::socket_address(name, &addr);
+    if (::connect(sock_.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return false;
+    offload_hello hello{OFFLOAD_RING_MAGIC, OFFLOAD_RING_VERSION, 1, static_cast<uint32_t>(::getpid()), 0};
+    if (offload::ring::send_message(sock_.get(), &hello, sizeof hello, nullptr, 0) != 0) return false;
+    pollfd p{sock_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) return false;
+    offload_welcome w{};
+    if (offload::ring::recv_message(sock_.get(), &w, sizeof w, &fds_, 3) != 0 || w.status != 0 || fds_.size() != 3)
+      return false;
+    std::string why;
+    if (offload::ring::Region::map(fds_[0].release(), w, &region_, &why) != 0) return false;
+    requests_.init(region_.request_ctrl(0), region_.request_data(0), region_.ring_bytes(), fds_[2].get());
+    responses_.init(region_.response_ctrl(0), region_.response_data(0), region_.ring_bytes(), fds_[2].get());
+    __atomic_store_n(&region_.header()->server.state, OFFLOAD_SIDE_READY, __ATOMIC_RELEASE);
+    thread_ = std::thread([this] { run(); });
+    return true;
+  }
+  void stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void run() {
+    uint64_t beat = 0;
+    while (!stop_.load()) {
+      __atomic_store_n(&region_.header()->server.heartbeat, ++beat, __ATOMIC_RELAXED);
+      offload::ring::Record rec;
+      if (requests_.peek(&rec) != 1) {
+        rig::sleep_ms(5);
+        continue;
+      }
+      offload::ring::RequestIn req;
+      std::vector<offload::ring::Field> fields;
+      if (offload::ring::decode_request(rec, &req, &fields) != nullptr) return;
+      const bool interim_end = req.target == "/1xx-end";
+      offload::ring::ResponseHeadOut h;
+      h.id = req.id;
+      h.status = interim_end ? 103 : 200;
+      h.body = interim_end ? "" : "fine\n";
+      h.content_length = h.body.size();
+      requests_.release();
+      auto len = static_cast<uint32_t>(offload::ring::response_head_payload_bytes(h));
+      uint8_t* dst = responses_.try_reserve(len);
+      if (dst == nullptr) return;  // a 64 KiB ring never fills in this test
+      offload::ring::encode_response_head(h, dst);
+      responses_.commit(OFFLOAD_REC_RESPONSE_HEAD, OFFLOAD_REC_F_END, len);
+    }
+  }
+
+  offload::ring::Fd sock_;
+  std::vector<offload::ring::Fd> fds_;
+  offload::ring::Region region_;
+  offload::ring::Consumer requests_;
+  offload::ring::Producer responses_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace
+
+// The agent's side of item 16: a 1xx head that claims to end the response
+// is not a response. The client gets a 502 (before: nothing at all), and
+// the channel serves on.
+TEST_CASE("a 1xx head record flagged as the end of the response gets the client a 502, the channel serves on") {
+  const auto name = bus::unique_name("1xx-end");
+  bus::Agent a;
+  bus::AgentOptions o;
+  o.max_upstream = 1;
+  REQUIRE_AGENT(a, name, o);
+  RawServer raw;
+  REQUIRE(raw.attach(name));
+  REQUIRE_ATTACHED(a, 1);
+  auto bad = rig::http_get(a.port(), "/1xx-end", 5000);
+  REQUIRE_MESSAGE(bad, bad.error);
+  CHECK(bad.response->status == 502);
+  CHECK(a.stat("upstream_bad_responses") == 1);
+  auto good = rig::http_get(a.port(), "/after", 5000);
+  REQUIRE_MESSAGE(good, good.error);
+  CHECK(good.response->status == 200);
+  CHECK(good.response->body == "fine\n");
 }
 
 // ------------------------------------------------------------------ item 14
