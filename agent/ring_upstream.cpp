@@ -33,6 +33,13 @@ void count_ring_response(Counters& counters, uint16_t status) {
   }
 }
 
+// Requests still waiting behind the front of a channel.
+bool held_behind(const UpstreamConn* u) {
+  for (uint32_t i = 1; i < u->fifo_count; ++i)
+    if (u->fifo[(u->fifo_head + i) % kRingDepthMax] != nullptr) return true;
+  return false;
+}
+
 }  // namespace
 
 void Shard::ring_create() {
@@ -343,27 +350,31 @@ void Shard::ring_paused(UpstreamConn* u) {
   else if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
 }
 
-// The response timeout of a channel. Behind a paused front only the held
-// requests time out: the front waits for its own client, whose send timeout
-// covers it.
+// The response timeout of a channel. Behind a slow front only the held
+// requests time out (counted from the front's last progress before it
+// paused: a client trickling its reads must not stretch their wait); the
+// front itself waits for its own client, whose send timeout covers it.
 void Shard::ring_timed_out(UpstreamConn* u) {
-  if (!u->read_paused || u->fifo_count == 0 || u->fifo[u->fifo_head] == nullptr) {
-    ring_fail_all(u, 504);
-    ring_dispatch();
+  const bool front_live = u->fifo_count > 0 && u->fifo[u->fifo_head] != nullptr;
+  if (u->ring_slow_front && front_live && held_behind(u)) {
+    for (uint32_t i = 1; i < u->fifo_count; ++i) {
+      ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+      if (slot == nullptr) continue;
+      ClientConn* c = slot;
+      slot = nullptr;
+      c->ex->up = nullptr;
+      fail_exchange(c, 504);
+    }
+    if (u->send_pending) {  // never went out: nothing will answer it
+      --u->fifo_count;
+      u->send_pending = false;
+    }
+    if (!u->read_paused) arm_timer(u->timer, kTimerResponse);  // the flowing front's own inactivity bound
     return;
   }
-  for (uint32_t i = 1; i < u->fifo_count; ++i) {
-    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
-    if (slot == nullptr) continue;
-    ClientConn* c = slot;
-    slot = nullptr;
-    c->ex->up = nullptr;
-    fail_exchange(c, 504);
-  }
-  if (u->send_pending) {  // never went out: nothing will answer it
-    --u->fifo_count;
-    u->send_pending = false;
-  }
+  if (u->read_paused && front_live) return;  // the front waits for its client, bounded by its send timer
+  ring_fail_all(u, 504);
+  ring_dispatch();
 }
 
 bool Shard::ring_read_allowed(UpstreamConn* u) const {
@@ -450,7 +461,8 @@ bool Shard::ring_interim(ClientConn* c, const ring::ResponsePiece& piece) {
 // Copies one piece into the client's output; false to fail the exchange.
 bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece) {
   Exchange* ex = c->ex;
-  if (!u->ring_draining) arm_timer(u->timer, kTimerResponse);
+  // Progress of a slow front does not extend the wait of those held behind it.
+  if (!u->ring_draining && !(u->ring_slow_front && held_behind(u))) arm_timer(u->timer, kTimerResponse);
   ex->response_bytes += piece.body.size() + 1;
   const bool head_request = ex->method == http::Method::kHead;
   if (piece.kind == ring::ResponsePiece::Kind::kHead) {

@@ -295,6 +295,58 @@ TEST_CASE("requests queued behind a paused response keep their timeouts: GET 503
   CHECK(a.stat("upstream_bad_responses") == 0);
 }
 
+// A slow reader that keeps reading (so the channel moves a little several
+// times a second) must not stretch the wait of a request held behind it: the
+// POST still gets its 504 one response timeout after the front first paused.
+TEST_CASE("a request held behind a slow reader that keeps reading still gets its response timeout") {
+  const auto name = bus::unique_name("trickle");
+  bus::Agent a;
+  bus::AgentOptions o;
+  o.max_upstream = 1;
+  o.response_buffer = "65536";
+  o.response_spill_max = "0";
+  o.response_timeout_ms = 2000;
+  REQUIRE_AGENT(a, name, o);
+  GateServer srv(name, 1);
+  srv.start();
+  REQUIRE_ATTACHED(a, 1);
+
+  Client slow;
+  REQUIRE(slow.connect(a.port(), 3000, 64 * 1024));
+  REQUIRE(slow.send_all(rig::get_request("/big?gate=t")));
+  REQUIRE(srv.wait_started("/big", 1, 5000));
+  Client post;
+  REQUIRE(post.connect(a.port()));
+  REQUIRE(post.send_all("POST /p HTTP/1.1\r\nHost: bus.test\r\nContent-Length: 1\r\n\r\nx"));
+  REQUIRE(wait_stat(a, "requests", 2, 5000));
+  REQUIRE(wait_stat(a, "queue_length", 0, 5000));  // on the channel, behind the big one
+  srv.open("t");
+
+  // At most 256 KiB every 50 ms (5 MiB/s): the agent's socket drains and it
+  // reads on from the ring several times per response timeout, yet 64 MiB
+  // takes over 12 s. Without a bound of its own the POST would be served
+  // only after all of it (a 200 then).
+  rig::ResponseParser parser;
+  bool answered = false;
+  uint64_t trickled = 0;
+  const int64_t deadline = rig::now_ms() + 60000;  // against a hang only
+  while (!answered && rig::now_ms() < deadline) {
+    int n = slow.recv_some(256 * 1024, 50);
+    if (n > 0) trickled += static_cast<uint64_t>(n);
+    slow.buffer().clear();
+    if (post.recv_some(4096, 0) > 0) answered = parser.feed(post.buffer(), false) == rig::ResponseParser::State::kDone;
+    rig::sleep_ms(50);
+  }
+  REQUIRE_MESSAGE(answered, "no answer to the held POST; agent stderr:\n" << a.child().stderr_text());
+  CHECK(parser.response().status == 504);
+  CHECK(trickled > 0);
+  CHECK(trickled < kBig);  // the slow reader was still reading
+  slow.close();  // the rest of its response goes by, dropped
+  auto after = rig::http_get(a.port(), "/after", 30000);
+  REQUIRE_MESSAGE(after, after.error);
+  CHECK(after.response->status == 200);
+}
+
 // ------------------------------------------------------------------ item 16
 
 TEST_CASE("103 Early Hints reaches an HTTP/1.1 client before the final response, and set_status(103) is refused") {
