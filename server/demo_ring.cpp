@@ -21,6 +21,7 @@ RingMode::RingMode(std::string name, unsigned workers, unsigned spin_us, int roo
 void RingMode::run() {
   ServerOptions opts;
   opts.spin_us = spin_us_;
+  opts.agent_uid = agent_uid_;
   Server srv(name_, opts);
   std::fprintf(stderr, "offload-demo-server: serving ring %s (socket @" OFFLOAD_RING_SOCKET_PREFIX "%s)\n",
                name_.c_str(), name_.c_str());

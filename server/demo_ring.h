@@ -2,6 +2,7 @@
 // offload agent through liboffload-server, one worker thread per channel.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "demo_http.h"
@@ -15,6 +16,8 @@ class RingMode {
   // Attaches to the agent's ring (retrying while the agent is away) and
   // serves until the process ends.
   void run();
+  // The uid the agent must run as (-1: ours; root is always accepted).
+  void set_agent_uid(int64_t uid) { agent_uid_ = uid; }
 
  private:
   std::string name_;
@@ -22,6 +25,7 @@ class RingMode {
   unsigned spin_us_;
   int root_fd_;
   Counters& counters_;
+  int64_t agent_uid_ = -1;
 };
 
 }  // namespace offload::demo

@@ -2,7 +2,7 @@
 //
 //   offload-demo-server --listen ADDR:PORT [--workers N] [--root DIR]
 //       plain HTTP/1.1, N blocking worker threads (see demo_http.h)
-//   offload-demo-server --ring NAME [--workers N] [--root DIR]
+//   offload-demo-server --ring NAME [--workers N] [--root DIR] [--agent-uid UID]
 //       serves the offload agent over the shared-memory ring (liboffload-server)
 //
 // Once ready it prints "offload-demo-server: listening on ADDR:PORT" (or
@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -36,6 +37,7 @@ struct Flags {
   std::string root;
   unsigned workers = 4;
   unsigned spin_us = 0;
+  int64_t agent_uid = -1;
 };
 
 double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; }
@@ -99,6 +101,7 @@ int run_listen(const Flags& f, int root_fd, Counters& counters, const sigset_t& 
 
 int run_ring(const Flags& f, int root_fd, Counters& counters, const sigset_t& set) {
   offload::demo::RingMode ring(f.ring, f.workers, f.spin_us, root_fd, counters);
+  ring.set_agent_uid(f.agent_uid);
   std::thread serving([&ring] { ring.run(); });
   serving.detach();
   wait_and_exit(set, counters);
@@ -117,6 +120,9 @@ int main(int argc, char** argv) {
   app.add_option("--root", f.root, "directory whose files are served")->check(CLI::ExistingDirectory);
   app.add_option("--spin-us", f.spin_us, "ring: busy-poll budget before sleeping, microseconds")
       ->check(CLI::Range(0u, 1'000'000u));
+  app.add_option("--agent-uid", f.agent_uid,
+                 "ring: the uid the agent must run as (default: ours; root is always accepted)")
+      ->check(CLI::Range(int64_t{0}, int64_t{UINT32_MAX - 1}));
   try {
     app.parse(argc, argv);
     if (f.listen.empty() == f.ring.empty()) throw CLI::ValidationError("exactly one of --listen or --ring is required");

@@ -444,6 +444,10 @@ int Server::attach(unsigned channels) {
   for (unsigned i = 0; i < w.channel_count; ++i) {
     m.to_server.push_back(std::move(fds[1 + i]));
     m.to_agent.push_back(std::move(fds[1 + w.channel_count + i]));
+    // A worker must never block ringing the agent (an eventfd whose counter
+    // the agent filled would block a blocking write).
+    int fl = ::fcntl(m.to_agent.back().get(), F_GETFL);
+    if (fl >= 0) ::fcntl(m.to_agent.back().get(), F_SETFL, fl | O_NONBLOCK);
   }
   m.quit.store(m.stop.load());
   for (unsigned i = 0; i < w.channel_count; ++i)

@@ -625,6 +625,34 @@ int attach_to_fake(offload::Server& srv, const std::string& name, RegionKind reg
   return rc;
 }
 
+// A fake agent in a child that runs as nobody (uid 65534); its exit status
+// goes to *status.
+int attach_to_nobody(offload::Server& srv, const std::string& name, int* status) {
+  FakeWelcome fw(RegionKind::kSealed, BellKind::kEventfd);
+  sockaddr_un addr;
+  socklen_t len = bus_address(name, &addr);
+  int ready[2];
+  REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    gid_t nogroup = 65534;
+    if (::setgroups(1, &nogroup) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0)
+      ::_exit(20);
+    ::_exit(fake_agent(addr, len, fw, ready[1]));
+  }
+  char b;
+  pollfd p{ready[0], POLLIN, 0};
+  const bool listening = ::poll(&p, 1, 5000) == 1 && ::read(ready[0], &b, 1) == 1;
+  int rc = listening ? srv.attach(1) : -ETIMEDOUT;
+  srv.detach();
+  ::close(ready[0]);
+  ::close(ready[1]);
+  REQUIRE(::waitpid(pid, status, 0) == pid);
+  return rc;
+}
+
 }  // namespace
 
 TEST_CASE("liboffload-server refuses an agent of another uid, an unsealed region and non-eventfd doorbells") {
@@ -636,34 +664,19 @@ TEST_CASE("liboffload-server refuses an agent of another uid, an unsealed region
   offload::Server srv(name);
 
   SUBCASE("a fake agent of another uid (nobody) with a perfect welcome") {
-    FakeWelcome fw(RegionKind::kSealed, BellKind::kEventfd);
-    sockaddr_un addr;
-    socklen_t len = bus_address(name, &addr);
-    int ready[2];
-    REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      gid_t nogroup = 65534;
-      if (::setgroups(1, &nogroup) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
-          ::setresuid(65534, 65534, 65534) != 0)
-        ::_exit(20);
-      ::_exit(fake_agent(addr, len, fw, ready[1]));
-    }
-    char b;
-    pollfd p{ready[0], POLLIN, 0};
-    REQUIRE(::poll(&p, 1, 5000) == 1);
-    REQUIRE(::read(ready[0], &b, 1) == 1);
-    int rc = srv.attach(1);
-    CHECK(rc == -EPERM);
-    CHECK(srv.error().find("uid 65534") != std::string::npos);
-    srv.detach();
     int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(attach_to_nobody(srv, name, &status) == -EPERM);
+    CHECK(srv.error().find("uid 65534") != std::string::npos);
     // 5: the server hung up without even sending its hello.
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 5));
-    ::close(ready[0]);
-    ::close(ready[1]);
+  }
+  SUBCASE("the same fake agent is accepted when its uid is the configured one") {
+    offload::ServerOptions so;
+    so.agent_uid = 65534;
+    offload::Server configured(name, so);
+    int status = 0;
+    CHECK(attach_to_nobody(configured, name, &status) == 0);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
   }
   SUBCASE("a region memfd without seals") {
     CHECK(attach_to_fake(srv, name, RegionKind::kUnsealed, BellKind::kEventfd) == -EPERM);
