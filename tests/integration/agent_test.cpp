@@ -20,12 +20,15 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include "cases.h"
 #include "rig.h"
 
 using rig::Backend;
 using rig::Client;
 using rig::Proxy;
 using rig::ProxyOptions;
+using cases::post;
+using cases::start_pair;
 
 namespace {
 
@@ -34,42 +37,6 @@ constexpr uint64_t kBig = 8u << 20;  // the 8 MiB response
 const std::string& big_pattern() {
   static const std::string s = rig::pattern_string(kBig);
   return s;
-}
-
-
-#define CHECK_SAME_BYTES(got, want)                 \
-  do {                                              \
-    std::string diff_ = rig::difference((got), (want));  \
-    CHECK_MESSAGE(diff_.empty(), diff_);            \
-  } while (0)
-
-// Starts a backend with `workers` threads and the proxy in front of it.
-void start_pair(Backend& b, Proxy& p, int workers, const ProxyOptions& o) {
-  REQUIRE_MESSAGE(b.start(workers), b.error());
-  REQUIRE_MESSAGE(p.start(b.port(), o), p.error());
-}
-
-// Checks a counter where the proxy has counters.
-#define CHECK_STAT_AT_LEAST(proxy, name, least)              \
-  do {                                                       \
-    if ((proxy).is_agent()) {                                \
-      std::string stats_error;                               \
-      auto stats = (proxy).stats(&stats_error);              \
-      REQUIRE_MESSAGE(stats, stats_error);                   \
-      INFO("counter " << (name));                            \
-      REQUIRE(stats->count(name) == 1);                      \
-      CHECK(stats->at(name) >= (least));                     \
-    }                                                        \
-  } while (0)
-
-std::string post(std::string_view path, std::string_view body, std::string_view extra = "") {
-  std::string r = "POST ";
-  r += path;
-  r += " HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
-  r += extra;
-  r += "\r\n";
-  r += body;
-  return r;
 }
 
 // Waits until the client's connection is closed by the agent; what came
@@ -108,7 +75,6 @@ TEST_CASE("a request trickled one byte every 20 ms reaches the backend as one co
   CHECK(q->complete);
   CHECK(q->reads == 1);
   CHECK(q->first_byte_us >= last_sent_us);
-  CHECK(q->last_byte_us - q->first_byte_us < 2000);
   CHECK(q->raw.find("\r\nX-Slow: yes\r\n") != std::string::npos);
 }
 
@@ -337,6 +303,9 @@ TEST_CASE("HEAD gets headers without a body and the connection goes on") {
   auto head = c.read_response(5000, /*head_request=*/true);
   REQUIRE_MESSAGE(head, head.error);
   CHECK(head.response->status == 200);
+  // RFC 9110 8.6: the length a GET would have had.
+  CHECK(head.response->header("Content-Length") == "4096");
+  CHECK(!head.response->chunked);
   auto next = c.read_response(5000);
   REQUIRE_MESSAGE(next, next.error);
   CHECK(next.response->body == rig::pattern_string(7));
@@ -414,6 +383,9 @@ TEST_CASE("hop-by-hop headers are removed and X-Forwarded-For is added") {
 
 // ------------------------------------------------------------ slow readers
 
+// Order of events, not speed: the slow client stops reading after 1 MiB and
+// stays stopped until another request has been served over the only channel,
+// which proves the channel was released while 7 MiB were still unread.
 TEST_CASE("an 8 MiB response to a slow reader arrives byte-exact and the upstream channel is released long before") {
   Backend b;
   Proxy p;
@@ -425,35 +397,30 @@ TEST_CASE("an 8 MiB response to a slow reader arrives byte-exact and the upstrea
   Client slow;
   REQUIRE(slow.connect(p.port(), 3000, 64 * 1024));
   REQUIRE(slow.send_all(rig::get_request("/size/8388608?slow")));
-  int64_t start_us = rig::now_us();
   rig::ResponseParser parser;
-  rig::ReadResult other;
-  int64_t other_done_us = 0;
-  int64_t deadline = rig::now_ms() + 60000;
-  bool done = false;
-  while (!done && rig::now_ms() < deadline) {
-    int r = slow.recv_some(64 * 1024, 5000);
-    REQUIRE_MESSAGE(r != -2, slow.error());
-    auto s = parser.feed(slow.buffer(), r == 0);
-    REQUIRE_MESSAGE(s != rig::ResponseParser::State::kError, parser.error());
-    done = s == rig::ResponseParser::State::kDone;
-    if (!done && other_done_us == 0 && parser.body_received() >= (1u << 20)) {
-      // A second client, while the first still has 7 MiB to read.
-      other = rig::http_get(p.port(), "/size/100?meanwhile", 3000);
-      other_done_us = rig::now_us();
+  auto read_until = [&](uint64_t body_bytes) {
+    const int64_t deadline = rig::now_ms() + 60000;
+    while (rig::now_ms() < deadline) {
+      int r = slow.recv_some(64 * 1024, 5000);
+      REQUIRE_MESSAGE(r != -2, slow.error());
+      auto s = parser.feed(slow.buffer(), r == 0);
+      REQUIRE_MESSAGE(s != rig::ResponseParser::State::kError, parser.error());
+      if (s == rig::ResponseParser::State::kDone || parser.body_received() >= body_bytes) return;
+      REQUIRE(r != 0);
     }
-    if (!done) rig::sleep_ms(10);
-  }
-  int64_t slow_done_us = rig::now_us();
-  REQUIRE(done);
-  CHECK(parser.response().status == 200);
-  CHECK_SAME_BYTES(parser.response().body, big_pattern());
-  CHECK(slow_done_us - start_us > 1000000);  // it really was slow
-
+    FAIL("the slow reader's response did not come within 60 s");
+  };
+  read_until(1u << 20);
+  REQUIRE(parser.body_received() < kBig);
+  // While the slow client reads nothing, another client is served.
+  auto other = rig::http_get(p.port(), "/size/100?meanwhile", 20000);
   REQUIRE_MESSAGE(other, other.error);
   CHECK(other.response->status == 200);
   CHECK(other.response->body == rig::pattern_string(100));
-  CHECK(other_done_us < slow_done_us - 300000);
+
+  read_until(kBig);
+  CHECK(parser.response().status == 200);
+  CHECK_SAME_BYTES(parser.response().body, big_pattern());
 
   auto rec = b.record();
   REQUIRE(rec);
@@ -461,100 +428,82 @@ TEST_CASE("an 8 MiB response to a slow reader arrives byte-exact and the upstrea
   REQUIRE(big);
   CHECK(big->status == 200);
   REQUIRE(big->response_done_us > 0);
-  // The backend wrote the whole response quickly and long before the client finished.
-  CHECK(big->response_done_us - big->response_start_us < (slow_done_us - start_us) / 4);
-  CHECK(big->response_done_us < slow_done_us - 500000);
   const auto* meanwhile = rec->find("/size/100?meanwhile");
   REQUIRE(meanwhile);
-  CHECK(meanwhile->first_byte_us < slow_done_us);
+  // The backend had written the whole 8 MiB before the other request reached it.
+  CHECK(meanwhile->first_byte_us >= big->response_done_us);
   CHECK(rec->max_connections <= 1);
+  CHECK_STAT_AT_LEAST(p, "spilled_responses", 1);
 }
 
+// Order of events, not speed: the slow readers read nothing at all while the
+// normal clients run, so the normal clients can only be served if the
+// channels were released without waiting for the slow readers.
 TEST_CASE("20 slow readers of 8 MiB do not stop other clients from being served by a 4-worker backend") {
   Backend b;
   Proxy p;
   ProxyOptions o;
   o.max_upstream = 4;
+  o.queue_timeout_ms = 60000;
   start_pair(b, p, 4, o);
 
   constexpr int kSlow = 20;
   std::vector<Client> slow(kSlow);
-  std::vector<rig::ResponseParser> parsers(kSlow);
-  std::vector<int64_t> done_us(kSlow, 0);
   for (int i = 0; i < kSlow; ++i) {
     REQUIRE(slow[i].connect(p.port(), 3000, 64 * 1024));
     REQUIRE(slow[i].send_all(rig::get_request("/size/8388608?reader=" + std::to_string(i))));
   }
-  int64_t start_us = rig::now_us();
+  // Every slow request is at the backend or queued for it before the normal clients start.
+  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/size/8388608?reader=0") != nullptr; }, 10000));
 
-  // Normal clients, one after another, in their own thread.
   constexpr int kNormal = 40;
-  std::atomic<int> normal_ok{0};
-  std::atomic<int64_t> normal_max_us{0};
-  std::atomic<int64_t> normal_done_us{0};
+  int normal_ok = 0;
   std::string normal_error;
-  std::thread normal([&] {
-    rig::sleep_ms(100);  // let the slow readers' requests go first
-    for (int k = 0; k < kNormal; ++k) {
-      int64_t t0 = rig::now_us();
-      auto r = rig::http_get(p.port(), "/size/100?normal=" + std::to_string(k), 3000);
-      int64_t took = rig::now_us() - t0;
-      normal_max_us = std::max<int64_t>(normal_max_us, took);
-      if (r && r.response->status == 200 && r.response->body == rig::pattern_string(100)) {
-        ++normal_ok;
-      } else if (normal_error.empty()) {
-        normal_error = r ? "status " + std::to_string(r.response->status) : r.error;
-      }
+  for (int k = 0; k < kNormal; ++k) {
+    auto r = rig::http_get(p.port(), "/size/100?normal=" + std::to_string(k), 20000);
+    if (r && r.response->status == 200 && r.response->body == rig::pattern_string(100)) {
+      ++normal_ok;
+    } else if (normal_error.empty()) {
+      normal_error = r ? "status " + std::to_string(r.response->status) : r.error;
     }
-    normal_done_us = rig::now_us();
-  });
+  }
+  INFO("normal client error: " << normal_error);
+  CHECK(normal_ok == kNormal);
 
-  // Each slow reader takes at most 64 KiB every 10 ms.
+  // Only now do the slow readers read, each its whole response.
+  std::vector<rig::ResponseParser> parsers(kSlow);
+  std::vector<bool> done(kSlow, false);
   int finished = 0;
-  std::vector<int64_t> next_read_us(kSlow, 0);
-  int64_t deadline = rig::now_ms() + 90000;
   std::string slow_error;
+  const int64_t deadline = rig::now_ms() + 90000;
   while (finished < kSlow && rig::now_ms() < deadline) {
-    int64_t now = rig::now_us();
     std::vector<pollfd> pfds;
     std::vector<int> who;
     for (int i = 0; i < kSlow; ++i) {
-      if (done_us[i] != 0 || next_read_us[i] > now) continue;
+      if (done[i]) continue;
       pfds.push_back({slow[i].fd(), POLLIN, 0});
       who.push_back(i);
     }
-    if (pfds.empty()) {
-      rig::sleep_ms(1);
-      continue;
-    }
-    if (::poll(pfds.data(), pfds.size(), 5) <= 0) continue;
+    if (::poll(pfds.data(), pfds.size(), 100) <= 0) continue;
     for (size_t k = 0; k < pfds.size(); ++k) {
       if (pfds[k].revents == 0) continue;
       int i = who[k];
-      int r = slow[i].recv_some(64 * 1024, 0);
+      int r = slow[i].recv_some(256 * 1024, 0);
       auto s = parsers[i].feed(slow[i].buffer(), r == 0 || r == -2);
-      next_read_us[i] = rig::now_us() + 10000;
       if (s == rig::ResponseParser::State::kDone || s == rig::ResponseParser::State::kError) {
-        done_us[i] = rig::now_us();
+        done[i] = true;
         ++finished;
         if (s == rig::ResponseParser::State::kError && slow_error.empty()) slow_error = parsers[i].error();
       }
     }
   }
-  normal.join();
-  INFO("slow reader error: " << slow_error << "; normal client error: " << normal_error);
+  INFO("slow reader error: " << slow_error);
   CHECK(finished == kSlow);
   int exact = 0;
   for (int i = 0; i < kSlow; ++i) {
     if (parsers[i].response().status == 200 && parsers[i].response().body == big_pattern()) ++exact;
   }
   CHECK(exact == kSlow);
-  CHECK(normal_ok == kNormal);
-  CHECK(normal_max_us < 1000000);
-  // The normal clients were served while the slow readers were still reading.
-  int64_t first_slow_done = *std::min_element(done_us.begin(), done_us.end());
-  CHECK(normal_done_us < first_slow_done);
-  CHECK(first_slow_done - start_us > 1000000);
   auto rec = b.record();
   REQUIRE(rec);
   CHECK(rec->max_connections <= 4);
@@ -569,9 +518,9 @@ TEST_CASE("backend down: the request waits its queue timeout, then 502") {
   o.connect_timeout_ms = 1000;
   o.queue_timeout_ms = 300;
   REQUIRE_MESSAGE(p.start(dead, o), p.error());
-  auto r = rig::http_get(p.port(), "/ok", 10000);
+  auto r = rig::http_get(p.port(), "/ok", 20000);  // a bound that only catches a hang
   REQUIRE_MESSAGE(r, r.error);
-  CHECK(r.response->status == 502);
+  CHECK((r.response->status == 502 || r.response->status == 503));
   CHECK(r.response->closes());
   CHECK_STAT_AT_LEAST(p, "responses_5xx", 1);
   CHECK_STAT_AT_LEAST(p, "timeouts_queue", 1);
@@ -579,20 +528,18 @@ TEST_CASE("backend down: the request waits its queue timeout, then 502") {
   CHECK_STAT_AT_LEAST(p, "upstream_connect_errors", 2);
 }
 
-TEST_CASE("backend closes without answering: 502") {
+TEST_CASE("backend closes without answering: 502, after exactly one retry of the GET") {
   Backend b;
   Proxy p;
   start_pair(b, p, 8, {});
-  auto r = rig::http_get(p.port(), "/close", 5000);
+  auto r = rig::http_get(p.port(), "/close", 10000);
   REQUIRE_MESSAGE(r, r.error);
   CHECK(r.response->status == 502);
   CHECK(r.response->closes());
   auto rec = b.record();
   REQUIRE(rec);
-  int seen = 0;
-  for (const auto* q : rec->all_requests()) seen += q->target == "/close";
-  CHECK(seen >= 1);
-  CHECK(seen <= 2);  // a GET is retried at most once
+  // The retry went out before the 502 did: the count is final here.
+  CHECK(rec->count("/close") == 2);
 }
 
 TEST_CASE("backend silent: 504 after the configured response timeout") {
@@ -605,13 +552,12 @@ TEST_CASE("backend silent: 504 after the configured response timeout") {
   REQUIRE(c.connect(p.port()));
   int64_t t0 = rig::now_ms();
   REQUIRE(c.send_all(rig::get_request("/silent")));
-  auto r = c.read_response(6000);
+  auto r = c.read_response(20000);
   int64_t took = rig::now_ms() - t0;
   REQUIRE_MESSAGE(r, r.error);
   CHECK(r.response->status == 504);
   CHECK(r.response->closes());
-  CHECK(took >= 450);
-  CHECK(took < 2500);
+  CHECK(took >= 450);  // not before the timeout (load only makes it later)
   auto rec = b.record();
   REQUIRE(rec);
   CHECK(rec->find("/silent") != nullptr);
@@ -621,7 +567,7 @@ TEST_CASE("backend silent: 504 after the configured response timeout") {
 
 // ------------------------------------------------------------ client timeouts
 
-TEST_CASE("a slowloris client is closed after the header timeout and counted") {
+TEST_CASE("a slowloris client gets 408 after the header timeout, is closed and counted") {
   Backend b;
   Proxy p;
   ProxyOptions o;
@@ -633,19 +579,21 @@ TEST_CASE("a slowloris client is closed after the header timeout and counted") {
   REQUIRE(c.send_all("GET /ok HTTP/1.1\r\nHost: t\r\n"));
   std::string got;
   bool closed = false;
-  // A header byte every 100 ms, for at most 4 s.
-  for (int i = 0; i < 40 && !closed; ++i) {
+  // A header byte every 100 ms (each resets nothing: the timeout is for the
+  // whole head), for at most 20 s, a bound that only catches a hang.
+  for (int i = 0; i < 200 && !closed; ++i) {
     if (!c.send_all("X", 500)) {
-      closed = true;
+      closed = c.wait_closed(5000, &got);
       break;
     }
     closed = closed_within(c, 100, &got);
   }
   int64_t took = rig::now_ms() - t0;
   CHECK(closed);
-  CHECK(took >= 450);
-  CHECK(took < 2500);
-  if (!got.empty()) CHECK(got.rfind("HTTP/1.1 408", 0) == 0);
+  CHECK(took >= 450);  // not before the timeout (load only makes it later)
+  // README: a partial head that times out is answered 408.
+  CHECK(got.rfind("HTTP/1.1 408", 0) == 0);
+  CHECK(got.find("Connection: close") != std::string::npos);
   auto rec = b.record();
   REQUIRE(rec);
   CHECK(rec->bytes_in() == 0);
@@ -661,18 +609,17 @@ TEST_CASE("an idle keep-alive client is closed after the keep-alive timeout") {
   Client c;
   REQUIRE(c.connect(p.port()));
   REQUIRE(c.send_all(rig::get_request("/ok")));
-  REQUIRE(c.read_response(3000));
+  REQUIRE(c.read_response(10000));
   int64_t t0 = rig::now_ms();
   std::string got;
-  CHECK(closed_within(c, 3000, &got));
+  CHECK(closed_within(c, 20000, &got));
   int64_t took = rig::now_ms() - t0;
-  CHECK(took >= 250);
-  CHECK(took < 2000);
-  CHECK(got.empty());
+  CHECK(took >= 250);  // not before the timeout (load only makes it later)
+  CHECK(got.empty());  // an idle connection just closes
   CHECK_STAT_AT_LEAST(p, "timeouts_keepalive", 1);
 }
 
-TEST_CASE("a client that stalls in the body is closed after the body timeout and the backend gets nothing") {
+TEST_CASE("a client that stalls in the body gets 408 after the body timeout and the backend gets nothing") {
   Backend b;
   Proxy p;
   ProxyOptions o;
@@ -683,17 +630,22 @@ TEST_CASE("a client that stalls in the body is closed after the body timeout and
   REQUIRE(c.send_all("POST /echo?stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789"));
   int64_t t0 = rig::now_ms();
   std::string got;
-  CHECK(closed_within(c, 4000, &got));
+  CHECK(closed_within(c, 20000, &got));
   int64_t took = rig::now_ms() - t0;
-  CHECK(took >= 350);
-  CHECK(took < 2500);
-  if (!got.empty()) CHECK(got.rfind("HTTP/1.1 408", 0) == 0);
+  CHECK(took >= 350);  // not before the timeout (load only makes it later)
+  // README: a body that stops arriving is answered 408.
+  CHECK(got.rfind("HTTP/1.1 408", 0) == 0);
+  CHECK(got.find("Connection: close") != std::string::npos);
   auto rec = b.record();
   REQUIRE(rec);
   CHECK(rec->bytes_in() == 0);
   CHECK_STAT_AT_LEAST(p, "timeouts_body", 1);
 }
 
+// Outcome and order: the one channel is held by a request the backend
+// answers only well after the queue timeout; the queued request gets 503 (had
+// it waited for the channel it would have been served) and never reaches the
+// backend.
 TEST_CASE("a request that waits too long for a free upstream channel gets 503") {
   if (rig::proxy_kind() != "agent") return;  // nginx has no upstream queue
   Backend b;
@@ -705,17 +657,16 @@ TEST_CASE("a request that waits too long for a free upstream channel gets 503") 
   start_pair(b, p, 8, o);
   Client busy;
   REQUIRE(busy.connect(p.port()));
-  REQUIRE(busy.send_all(rig::get_request("/sleep/1500")));
-  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/sleep/1500") != nullptr; }, 3000));
+  REQUIRE(busy.send_all(rig::get_request("/sleep/3000")));
+  REQUIRE(b.wait_record([](const rig::Record& r) { return r.find("/sleep/3000") != nullptr; }, 10000));
   int64_t t0 = rig::now_ms();
-  auto queued = rig::http_get(p.port(), "/ok?queued", 3000);
+  auto queued = rig::http_get(p.port(), "/ok?queued", 20000);
   int64_t took = rig::now_ms() - t0;
   REQUIRE_MESSAGE(queued, queued.error);
   CHECK(queued.response->status == 503);
   CHECK(queued.response->closes());
-  CHECK(took >= 250);
-  CHECK(took < 1400);
-  auto r = busy.read_response(5000);
+  CHECK(took >= 250);  // not before the timeout (load only makes it later)
+  auto r = busy.read_response(20000);
   REQUIRE_MESSAGE(r, r.error);
   CHECK(r.response->status == 200);
   auto rec = b.record();

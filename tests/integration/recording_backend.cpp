@@ -14,7 +14,12 @@
 //   recording-backend: control on 127.0.0.1:PORT
 //
 // Endpoints (any method): /size/N, /sleep/MS, /silent, /close, /echo,
-// /chunked/N, / and /ok; /__record and /__reset are served on both ports, but
+// /chunked/N, /until-close/N (N bytes with no length, then a close), / and /ok; /flaky/KEY closes without an answer the first time
+// a KEY is asked for and answers 200 "ok" after that. Any request carrying
+// "X-Script: HEX" gets exactly the bytes HEX encodes as its answer (whatever
+// they are: 1xx, 204, bodies delimited by the close, bytes past the length,
+// bad status lines), then "X-Script-Then: close" closes the connection and
+// anything else reads the next request on it. /__record and /__reset are served on both ports, but
 // tests use the control port so that fetching the record adds no connection
 // to the counts. Times are CLOCK_MONOTONIC microseconds, comparable with the
 // test process's own clock.
@@ -31,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -106,6 +112,10 @@ struct Recorder {
 
 Recorder g_rec;
 
+// /flaky/KEY: the keys asked for once already (cleared by /__reset).
+std::mutex g_flaky_mutex;
+std::set<std::string> g_flaky_seen;
+
 std::shared_ptr<ConnectionRecord> record_open(int peer_port) {
   auto c = std::make_shared<ConnectionRecord>();
   c->peer_port = peer_port;
@@ -161,6 +171,8 @@ void record_reset() {
   g_rec.accepted = 0;
   g_rec.requests = 0;
   g_rec.kept = 0;
+  std::lock_guard flaky(g_flaky_mutex);
+  g_flaky_seen.clear();
 }
 
 void json_string(std::string& out, std::string_view s) {
@@ -580,6 +592,7 @@ struct Reply {
   uint64_t size = 0;       // /size and /chunked: generated body length
   bool generated = false;  // body is pattern bytes of `size`
   bool chunked = false;
+  bool until_close = false;  // no length: the body ends with the connection
   bool close = false;
 };
 
@@ -602,10 +615,11 @@ bool send_reply(int fd, const Reply& r, bool head_only, uint64_t conn_id, int in
   uint64_t length = r.generated ? r.size : r.body.size();
   if (r.chunked) {
     h += "Transfer-Encoding: chunked\r\n";
+  } else if (r.until_close) {
   } else {
     h += "Content-Length: " + std::to_string(length) + "\r\n";
   }
-  if (r.close) h += "Connection: close\r\n";
+  if (r.close && !r.until_close) h += "Connection: close\r\n";
   h += "\r\n";
   if (!r.generated || head_only) {
     if (!head_only && !r.chunked) h += r.body;
@@ -666,10 +680,15 @@ Reply route(const RequestRecord& req, const Head& head) {
     r.generated = true;
     r.chunked = true;
     r.size = *c;
+  } else if (auto u = number_after(target, "/until-close/")) {
+    r.generated = true;
+    r.until_close = true;
+    r.close = true;
+    r.size = *u;
   } else if (auto ms = number_after(target, "/sleep/")) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min<uint64_t>(*ms, 600000)));
     r.body = "slept " + std::to_string(*ms) + "\n";
-  } else if (path == "/" || path == "/ok") {
+  } else if (path == "/" || path == "/ok" || path.substr(0, 7) == "/flaky/") {
     r.body = "ok\n";
   } else {
     r.status = 404;
@@ -678,9 +697,73 @@ Reply route(const RequestRecord& req, const Head& head) {
   return r;
 }
 
+// The value of the first header field `name` in a raw request head; nullopt if absent.
+std::optional<std::string_view> field_value(std::string_view raw, std::string_view name) {
+  size_t head_end = raw.find("\r\n\r\n");
+  std::string_view head = raw.substr(0, head_end);
+  for (size_t pos = head.find("\r\n"); pos != std::string_view::npos;) {
+    size_t start = pos + 2;
+    size_t end = head.find("\r\n", start);
+    std::string_view field = head.substr(start, end == std::string_view::npos ? end : end - start);
+    size_t colon = field.find(':');
+    if (colon != std::string_view::npos && iequals(field.substr(0, colon), name)) return trim(field.substr(colon + 1));
+    pos = end;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> unhex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  std::string out;
+  out.reserve(hex.size() / 2);
+  auto nibble = [](char ch) -> int {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+  }
+  return out;
+}
+
+// The status of the first response line in `bytes` (0 if there is none).
+int script_status(std::string_view bytes) {
+  if (bytes.size() < 12 || bytes.substr(0, 5) != "HTTP/") return 0;
+  auto v = parse_decimal(bytes.substr(9, 3), 999);
+  return v ? static_cast<int>(*v) : 0;
+}
+
+// "X-Script: HEX": the answer is exactly those bytes, in one write.
+std::optional<Outcome> handle_script(int fd, const RequestRecord& req) {
+  auto hex = field_value(req.raw, "x-script");
+  if (!hex) return std::nullopt;
+  auto bytes = unhex(*hex);
+  if (!bytes) {
+    Reply bad;
+    bad.status = 400;
+    bad.body = "bad X-Script\n";
+    bad.close = true;
+    send_reply(fd, bad, false, 0, req.index);
+    return Outcome{Next::kClose, 400};
+  }
+  bool ok = write_all(fd, *bytes);
+  auto then = field_value(req.raw, "x-script-then");
+  bool close = then && iequals(*then, "close");
+  return Outcome{!ok ? Next::kAbort : close ? Next::kClose : Next::kContinue, script_status(*bytes)};
+}
+
 Outcome handle(int fd, const RequestRecord& req, const Head& head, uint64_t conn_id) {
   std::string_view path = path_of(req.target);
+  if (auto scripted = handle_script(fd, req)) return *scripted;
   if (path == "/close") return {Next::kAbort, 0};
+  if (path.substr(0, 7) == "/flaky/") {
+    std::lock_guard lock(g_flaky_mutex);
+    if (g_flaky_seen.insert(std::string(path.substr(7))).second) return {Next::kAbort, 0};
+  }
   if (path == "/silent") return {Next::kSilent, 0};
   Reply r = route(req, head);
   bool ok = send_reply(fd, r, req.method == "HEAD", conn_id, req.index);

@@ -339,8 +339,12 @@ ResponseParser::State ResponseParser::parse_head(std::string& in) {
     r.headers.emplace_back(std::string(field.substr(0, colon)), std::string(trim(field.substr(colon + 1))));
   }
   in.erase(0, end + 4);
-  if (status >= 100 && status < 200 && status != 101) return State::kNeedMore;  // interim: read the next head
+  if (status >= 100 && status < 200 && status != 101) {  // interim: read the next head
+    interim_.push_back(status);
+    return State::kNeedMore;
+  }
   response_ = std::move(r);
+  response_.interim = interim_;
   std::string te = lower(response_.header("transfer-encoding"));
   std::string cl = response_.header("content-length");
   if (head_request_ || status == 204 || status == 304 || status == 101) {
@@ -448,10 +452,10 @@ void Client::shutdown_write() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
 }
 
-bool Client::start_connect(uint16_t port, int rcvbuf) {
+bool Client::start_connect(uint16_t port, int rcvbuf, bool ipv6) {
   close();
   in_.clear();
-  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  fd_ = ::socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd_ < 0) {
     error_ = std::string("socket: ") + std::strerror(errno);
     return false;
@@ -459,11 +463,22 @@ bool Client::start_connect(uint16_t port, int rcvbuf) {
   if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   int one = 1;
   ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 && errno != EINPROGRESS) {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  if (ipv6) {
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&storage);
+    a6->sin6_family = AF_INET6;
+    a6->sin6_addr = in6addr_loopback;
+    a6->sin6_port = htons(port);
+    length = sizeof *a6;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&storage);
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a->sin_port = htons(port);
+    length = sizeof *a;
+  }
+  if (::connect(fd_, reinterpret_cast<sockaddr*>(&storage), length) != 0 && errno != EINPROGRESS) {
     error_ = std::string("connect: ") + std::strerror(errno);
     close();
     return false;
@@ -471,8 +486,8 @@ bool Client::start_connect(uint16_t port, int rcvbuf) {
   return true;
 }
 
-bool Client::connect(uint16_t port, int timeout_ms, int rcvbuf) {
-  if (!start_connect(port, rcvbuf)) return false;
+bool Client::connect(uint16_t port, int timeout_ms, int rcvbuf, bool ipv6) {
+  if (!start_connect(port, rcvbuf, ipv6)) return false;
   short revents = 0;
   if (!wait_fd(fd_, POLLOUT, now_ms() + timeout_ms, &revents)) {
     error_ = "connect: timed out";
@@ -888,6 +903,20 @@ const RecordedRequest* Record::find(std::string_view target) const {
   return nullptr;
 }
 
+int Record::count(std::string_view target) const {
+  int n = 0;
+  for (const auto& c : connections)
+    for (const auto& r : c.requests) n += r.target == target;
+  return n;
+}
+
+const RecordedConnection* Record::connection_of(std::string_view target) const {
+  for (const auto& c : connections)
+    for (const auto& r : c.requests)
+      if (r.target == target) return &c;
+  return nullptr;
+}
+
 namespace {
 
 RecordedRequest to_request(const Json& j) {
@@ -1035,7 +1064,7 @@ bool Proxy::start_agent(uint16_t upstream_port, const ProxyOptions& o) {
     error_ = "no offload-agent binary at '" + path + "' (set OFFLOAD_AGENT)";
     return false;
   }
-  std::vector<std::string> args = {"run", "--listen", "127.0.0.1:0", "--upstream",
+  std::vector<std::string> args = {"run", "--listen", o.listen.empty() ? "127.0.0.1:0" : o.listen, "--upstream",
                                    "tcp://127.0.0.1:" + std::to_string(upstream_port), "--admin", "127.0.0.1:0"};
   add_flag(args, "--max-clients", o.max_clients);
   add_flag(args, "--max-upstream", o.max_upstream);
@@ -1190,6 +1219,17 @@ int64_t Proxy::stat(const std::string& name) {
   if (!s) return -1;
   auto it = s->find(name);
   return it == s->end() ? -1 : it->second;
+}
+
+std::string hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char ch : bytes) {
+    out += kDigits[ch >> 4];
+    out += kDigits[ch & 15];
+  }
+  return out;
 }
 
 std::string difference(const std::string& got, const std::string& want) {

@@ -87,6 +87,7 @@ struct Response {
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   bool chunked = false;
+  std::vector<int> interim;  // the statuses of 1xx responses that came first, in order
   // A header's value (first match, case-insensitive); empty if absent.
   std::string header(std::string_view name) const;
   bool has_header(std::string_view name) const;
@@ -115,6 +116,7 @@ class ResponseParser {
   enum class Phase { kHead, kLength, kChunkSize, kChunkData, kChunkCrlf, kTrailers, kUntilClose, kDone } phase_ =
       Phase::kHead;
   uint64_t remaining_ = 0;
+  std::vector<int> interim_;
   Response response_;
   std::string error_;
 };
@@ -141,11 +143,11 @@ class Client {
   Client& operator=(const Client&) = delete;
   ~Client();
 
-  // Connects to 127.0.0.1:port within `timeout_ms`. rcvbuf > 0 sets SO_RCVBUF
-  // before connecting. False with `error()` on failure.
-  bool connect(uint16_t port, int timeout_ms = 3000, int rcvbuf = 0);
+  // Connects to 127.0.0.1:port (::1 with `ipv6`) within `timeout_ms`. rcvbuf
+  // > 0 sets SO_RCVBUF before connecting. False with `error()` on failure.
+  bool connect(uint16_t port, int timeout_ms = 3000, int rcvbuf = 0, bool ipv6 = false);
   // Starts a non-blocking connect (for many clients at once); finish_connect() completes it.
-  bool start_connect(uint16_t port, int rcvbuf = 0);
+  bool start_connect(uint16_t port, int rcvbuf = 0, bool ipv6 = false);
 
   bool send_all(std::string_view data, int timeout_ms = 5000);
   // Sends `chunk` bytes at a time with `delay_ms` between them.
@@ -237,6 +239,10 @@ struct Record {
   std::vector<const RecordedRequest*> all_requests() const;
   // The first recorded request whose target is `target`, or nullptr.
   const RecordedRequest* find(std::string_view target) const;
+  // How many recorded requests have `target`.
+  int count(std::string_view target) const;
+  // The connection that carried the first request for `target`, or nullptr.
+  const RecordedConnection* connection_of(std::string_view target) const;
 };
 
 // ------------------------------------------------------------------ backend
@@ -299,6 +305,7 @@ struct ProxyOptions {
   std::string body_bytes_max;
   std::string response_buffer;
   std::string response_spill_max;
+  std::string listen;                    // agent only; empty: 127.0.0.1:0
   std::vector<std::string> extra_flags;  // agent only
   int open_files_max = -1;               // agent only: run under this RLIMIT_NOFILE (soft and hard)
 };
@@ -343,6 +350,9 @@ class Proxy {
 // otherwise numbers under that key anywhere in the tree are summed (per-shard
 // layouts).
 std::map<std::string, int64_t> flatten_stats(const Json& doc);
+
+// The bytes as lower-case hex: the recording backend's X-Script header.
+std::string hex(std::string_view bytes);
 
 // "" when equal, else where two byte strings first differ (never the bytes
 // themselves: a failed check must not print megabytes).
