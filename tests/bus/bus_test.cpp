@@ -103,38 +103,36 @@ TEST_CASE("GET of an 8 MiB response to a slow reader: byte-exact, spilled, and t
 
   constexpr uint64_t kBig = 8u << 20;
   const std::string want = rig::pattern_string(kBig);
+  // Order of events, not speed: the slow client stops reading after 1 MiB
+  // and stays stopped until another request has been served over the only
+  // channel, which proves the channel was released with 7 MiB unread.
   Client slow;
   REQUIRE(slow.connect(a.port(), 3000, 64 * 1024));
   REQUIRE(slow.send_all(rig::get_request("/size/8388608?slow")));
-  const int64_t start_us = rig::now_us();
   rig::ResponseParser parser;
-  rig::ReadResult other;
-  int64_t other_done_us = 0;
-  const int64_t deadline = rig::now_ms() + 60000;
-  bool done = false;
-  while (!done && rig::now_ms() < deadline) {
-    int n = slow.recv_some(64 * 1024, 5000);
-    REQUIRE_MESSAGE(n != -2, slow.error());
-    auto s = parser.feed(slow.buffer(), n == 0);
-    REQUIRE_MESSAGE(s != rig::ResponseParser::State::kError, parser.error());
-    done = s == rig::ResponseParser::State::kDone;
-    if (!done && other_done_us == 0 && parser.body_received() >= (1u << 20)) {
-      other = rig::http_get(a.port(), "/size/100?meanwhile", 3000);
-      other_done_us = rig::now_us();
+  auto read_until = [&](uint64_t body_bytes) {
+    const int64_t deadline = rig::now_ms() + 60000;
+    while (rig::now_ms() < deadline) {
+      int n = slow.recv_some(64 * 1024, 5000);
+      REQUIRE_MESSAGE(n != -2, slow.error());
+      auto s = parser.feed(slow.buffer(), n == 0);
+      REQUIRE_MESSAGE(s != rig::ResponseParser::State::kError, parser.error());
+      if (s == rig::ResponseParser::State::kDone || parser.body_received() >= body_bytes) return;
+      REQUIRE(n != 0);
     }
-    if (!done) rig::sleep_ms(10);
-  }
-  const int64_t slow_done_us = rig::now_us();
-  REQUIRE(done);
-  CHECK(parser.response().status == 200);
-  CHECK(parser.response().header("Content-Length") == std::to_string(kBig));
-  CHECK_SAME_BYTES(parser.response().body, want);
-  CHECK(slow_done_us - start_us > 1000000);  // it really was slow
-
+    FAIL("the slow reader's response did not come within 60 s");
+  };
+  read_until(1u << 20);
+  REQUIRE(parser.body_received() < kBig);
+  auto other = rig::http_get(a.port(), "/size/100?meanwhile", 20000);
   REQUIRE_MESSAGE(other, other.error);
   CHECK(other.response->status == 200);
   CHECK(other.response->body == rig::pattern_string(100));
-  CHECK(other_done_us < slow_done_us - 300000);
+
+  read_until(kBig);
+  CHECK(parser.response().status == 200);
+  CHECK(parser.response().header("Content-Length") == std::to_string(kBig));
+  CHECK_SAME_BYTES(parser.response().body, want);
 
   CHECK(a.stat("spilled_responses") >= 1);
   CHECK(a.stat("responses_2xx") == 2);
@@ -331,13 +329,10 @@ TEST_CASE("HEAD gets the headers without a body and the connection goes on") {
   CHECK(c.buffer().empty());
 }
 
-// RFC 9110 9.3.2 / 8.6: a HEAD response may omit Content-Length, but if it has
-// one it is the length a GET would have had. The demo server over the ring
-// sends HEAD answers with no length set, so liboffload-server announces a
-// body of 0 and the agent writes "Content-Length: 0" (over --listen the
-// demo server says 4096). A server-side bug (demo_ring.cpp / liboffload-
-// server), not the agent's: see the report.
-TEST_CASE("HEAD to the demo server over the ring: Content-Length is the GET length or absent, never 0") {
+// RFC 9110 9.3.2 / 8.6: a HEAD response's Content-Length is the length a
+// GET would have had. The demo server over the ring once announced 0 here
+// (fixed in liboffload-server): it must say 4096, as it does over --listen.
+TEST_CASE("HEAD to the demo server over the ring: Content-Length is the GET length") {
   const auto name = bus::unique_name("head-demo");
   bus::Agent a;
   REQUIRE_AGENT(a, name, bus::AgentOptions{});
@@ -352,8 +347,7 @@ TEST_CASE("HEAD to the demo server over the ring: Content-Length is the GET leng
   REQUIRE_MESSAGE(head, head.error);
   CHECK(head.response->status == 200);
   CHECK(head.response->body.empty());
-  const bool has_length = head.response->has_header("Content-Length");
-  if (has_length) CHECK(head.response->header("Content-Length") == "4096");
+  CHECK(head.response->header("Content-Length") == "4096");
   REQUIRE(c.send_all(rig::get_request("/size/7")));
   auto next = c.read_response(5000);
   REQUIRE_MESSAGE(next, next.error);
@@ -553,7 +547,7 @@ TEST_CASE("1000 concurrent clients over 4 ring channels are all answered") {
 
 // ------------------------------------------------------------ failures
 
-TEST_CASE("server killed with requests in flight: 502 within a second, queued requests wait for the next server") {
+TEST_CASE("server killed with requests in flight: 502 at once, queued requests wait for the next server") {
   const auto name = bus::unique_name("kill");
   bus::Agent a;
   bus::AgentOptions o;
@@ -576,24 +570,23 @@ TEST_CASE("server killed with requests in flight: 502 within a second, queued re
   }
   // (upstream_active counts TCP connections only, so wait for the requests
   // and give the workers a moment to take them off the ring.)
-  int64_t until = rig::now_ms() + 3000;
+  int64_t until = rig::now_ms() + 10000;
   while (a.stat("requests") < 5 && rig::now_ms() < until) rig::sleep_ms(5);
   REQUIRE(a.stat("requests") == 5);
   rig::sleep_ms(200);
 
-  const int64_t killed_ms = rig::now_ms();
   demo.signal(SIGKILL);
   for (auto& c : busy) {
-    auto r = c.read_response(3000);
-    const int64_t took = rig::now_ms() - killed_ms;
+    auto r = c.read_response(20000);
     REQUIRE_MESSAGE(r, r.error);
     CHECK(r.response->status == 502);
-    CHECK(took < 1000);
   }
-  REQUIRE(demo.wait_exit(3000).has_value());
-  int64_t detach_until = rig::now_ms() + 2000;
-  while (a.count_lines("server detached") < 1 && rig::now_ms() < detach_until) rig::sleep_ms(5);
+  REQUIRE(demo.wait_exit(10000).has_value());
+  auto detached = a.child().wait_for_line("server detached", 10000);
+  REQUIRE(detached);
   CHECK(a.count_lines("server detached") == 1);
+  // At once: noticed by the ring closing, not by the heartbeat going silent.
+  CHECK(detached->find("heartbeat") == std::string::npos);
 
   // No server now: a request waits in the queue instead of failing...
   Client waiting;
@@ -605,14 +598,12 @@ TEST_CASE("server killed with requests in flight: 502 within a second, queued re
 
   // ...and is served once a server attaches again.
   rig::Child again;
-  const int64_t restarted_ms = rig::now_ms();
   REQUIRE(bus::start_demo(again, name, 4));
   REQUIRE_ATTACHED(a, 2);
-  auto late = waiting.read_response(5000);
+  auto late = waiting.read_response(20000);
   REQUIRE_MESSAGE(late, late.error);
   CHECK(late.response->status == 200);
   CHECK(late.response->body == bus::demo_pattern(20));
-  CHECK(rig::now_ms() - restarted_ms < 5000);
 
   auto after = rig::http_get(a.port(), "/size/30", 5000);
   REQUIRE_MESSAGE(after, after.error);
@@ -640,18 +631,16 @@ TEST_CASE("a server that hangs without closing (SIGSTOP) is declared dead by its
   Client c;
   REQUIRE(c.connect(a.port()));
   REQUIRE(c.send_all(rig::get_request("/spin/3000000")));
-  int64_t until = rig::now_ms() + 3000;
+  int64_t until = rig::now_ms() + 10000;
   while (a.stat("requests") < 1 && rig::now_ms() < until) rig::sleep_ms(5);
   REQUIRE(a.stat("requests") == 1);
   rig::sleep_ms(200);
-  const int64_t stopped_ms = rig::now_ms();
   ::kill(demo.pid(), SIGSTOP);
-  auto r = c.read_response(5000);
-  const int64_t took = rig::now_ms() - stopped_ms;
+  auto r = c.read_response(20000);  // a heartbeat silence of 1 s; the bound only catches a hang
   ::kill(demo.pid(), SIGCONT);
   REQUIRE_MESSAGE(r, r.error);
   CHECK(r.response->status == 502);
-  CHECK(took < 2000);  // heartbeat silence of 1 s, checked every 250 ms
+  // Declared dead for its silent heartbeat (the ring never closed).
   CHECK(a.count_lines("heartbeat") >= 1);
 
   // Woken again, the server sees the agent hung up on it and attaches anew.
@@ -677,20 +666,19 @@ TEST_CASE("a server that stops answering: 504 after the response timeout, and it
   REQUIRE(c.connect(a.port()));
   const int64_t t0 = rig::now_ms();
   REQUIRE(c.send_all(rig::get_request("/stall")));
-  auto r = c.read_response(6000);
+  auto r = c.read_response(20000);
   const int64_t took = rig::now_ms() - t0;
   REQUIRE_MESSAGE(r, r.error);
   CHECK(r.response->status == 504);
   CHECK(r.response->closes());
-  CHECK(took >= 900);
-  CHECK(took < 2500);
+  CHECK(took >= 900);  // not before the timeout (load only makes it later)
   CHECK(srv.stalled_now() == 1);  // the server really still holds it
   CHECK(a.stat("timeouts_response") == 1);
   CHECK(a.stat("responses_5xx") == 1);
 
   srv.release_stalls();  // "late\n" now goes to the agent, which must drop it
   const int64_t released = rig::now_ms();
-  while (srv.stalled_now() != 0 && rig::now_ms() < released + 2000) rig::sleep_ms(5);
+  while (srv.stalled_now() != 0 && rig::now_ms() < released + 10000) rig::sleep_ms(5);
   rig::sleep_ms(200);  // the late answer is in the ring: the agent drops it
   auto next = rig::http_get(a.port(), "/after-stall", 5000);
   REQUIRE_MESSAGE(next, next.error);
@@ -708,7 +696,9 @@ TEST_CASE("a request queued behind a timed-out ring channel is served as soon as
   bus::AgentOptions o;
   o.max_upstream = 1;
   o.response_timeout_ms = 500;
-  o.queue_timeout_ms = 5000;
+  // Far beyond the read bound below: a request left to the queue timeout
+  // cannot pass for one served when the channel came free.
+  o.queue_timeout_ms = 120000;
   REQUIRE_AGENT(a, name, o);
   bus::RecordingServer srv(name, 1);
   srv.start();
@@ -724,14 +714,11 @@ TEST_CASE("a request queued behind a timed-out ring channel is served as soon as
   REQUIRE(c.send_all(rig::get_request("/queued")));
   auto early = c.read_response(300);
   CHECK(!early.response.has_value());
-  const int64_t released = rig::now_ms();
   srv.release_stalls();
-  auto r = c.read_response(4000);
-  const int64_t took = rig::now_ms() - released;
+  auto r = c.read_response(20000);
   REQUIRE_MESSAGE(r, r.error);
   CHECK(r.response->status == 200);
   CHECK(r.response->body == "ok\n");
-  CHECK(took < 1000);
   CHECK(a.stat("timeouts_queue") == 0);
 }
 
@@ -764,14 +751,12 @@ TEST_CASE("a server writing corrupt records: 502 on that channel, other channels
     const int64_t bad_before = a.stat("upstream_bad_responses");
     const std::string agent_log = "agent stderr:\n";
     INFO(agent_log << a.child().stderr_text());
-    const int64_t t0 = rig::now_ms();
-    auto bad = rig::http_get(a.port(), "/bad", 3000);
+    auto bad = rig::http_get(a.port(), "/bad", 20000);
     REQUIRE_MESSAGE(bad, bad.error);
     CHECK(bad.response->status == 502);
     CHECK(bad.response->closes());
     CHECK(!bad.response->has_header("Set-Cookie"));
     CHECK(bad.response->body.find("not yours") == std::string::npos);
-    CHECK(rig::now_ms() - t0 < 1000);
     CHECK(evil.corrupted() == 1);
     // At least counted (exactly once is checked by the case at the end of this file).
     CHECK(a.stat("upstream_bad_responses") >= bad_before + 1);
@@ -784,7 +769,7 @@ TEST_CASE("a server writing corrupt records: 502 on that channel, other channels
       CHECK(good.response->body == "fine\n");
     }
     evil.stop();
-    int64_t until = rig::now_ms() + 3000;
+    int64_t until = rig::now_ms() + 10000;
     while (a.count_lines("server detached") < attaches && rig::now_ms() < until) rig::sleep_ms(5);
     REQUIRE(a.count_lines("server detached") == attaches);
   }
@@ -846,7 +831,7 @@ TEST_CASE("one channel carries several requests: answers in order, a departed cl
   REQUIRE(slow.connect(a.port()));
   REQUIRE(slow.send_all(rig::get_request("/stall")));
   const int64_t t0 = rig::now_ms();
-  while (srv.stalled_now() != 1 && rig::now_ms() < t0 + 3000) rig::sleep_ms(5);
+  while (srv.stalled_now() != 1 && rig::now_ms() < t0 + 10000) rig::sleep_ms(5);
   REQUIRE(srv.stalled_now() == 1);
   // Both go onto the same, busy channel right away: no queue wait.
   REQUIRE(leaver.connect(a.port()));
