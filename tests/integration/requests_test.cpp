@@ -248,7 +248,8 @@ bool run_ordinary(Client& c, const Ordinary& o, const std::string& host) {
     const std::string want = "HTTP/1.1 100 Continue\r\n\r\n";
     const int64_t deadline = rig::now_ms() + kWait;
     while (c.buffer().size() < want.size() && rig::now_ms() < deadline) {
-      if (c.recv_some(want.size() - c.buffer().size(), 100) == -2) break;
+      int n = c.recv_some(want.size() - c.buffer().size(), 100);
+      if (n == 0 || n == -2) break;
     }
     CHECK(c.buffer() == want);
     c.buffer().clear();
