@@ -463,8 +463,9 @@ TEST_CASE("20 slow readers of 8 MiB do not stop other clients from being served 
     auto r = rig::http_get(p.port(), "/size/100?normal=" + std::to_string(k), 20000);
     if (r && r.response->status == 200 && r.response->body == rig::pattern_string(100)) {
       ++normal_ok;
-    } else if (normal_error.empty()) {
+    } else {
       normal_error = r ? "status " + std::to_string(r.response->status) : r.error;
+      break;  // one is enough to fail: do not wait out forty timeouts
     }
   }
   INFO("normal client error: " << normal_error);

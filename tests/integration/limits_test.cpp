@@ -144,9 +144,9 @@ TEST_CASE("response_spill_max: past memory and the spill limit the agent stops r
   o.response_buffer = "64k";
   o.response_spill_max = "1m";
   start_pair(b, p, 8, o);
-  // Far more than the agent may hold (64 KiB + 1 MiB) plus what loopback
-  // socket buffers take.
-  constexpr uint64_t kSize = 48u << 20;
+  // Far more than the agent may hold (64 KiB + 1 MiB) plus what the kernel
+  // buffers of both connections (client side, upstream side) can take.
+  const uint64_t kSize = 2 * rig::loopback_buffering_max() + (8u << 20);
   const std::string target = "/size/" + std::to_string(kSize) + "?spill-limit";
   Client c;
   REQUIRE(c.connect(p.port(), 3000, 4096));

@@ -38,6 +38,18 @@ void sleep_ms(int ms) {
   }
 }
 
+uint64_t loopback_buffering_max() {
+  auto third = [](const char* path, uint64_t fallback) {
+    std::FILE* f = std::fopen(path, "r");
+    if (f == nullptr) return fallback;
+    unsigned long long lo = 0, mid = 0, hi = 0;
+    int n = std::fscanf(f, "%llu %llu %llu", &lo, &mid, &hi);
+    std::fclose(f);
+    return n == 3 ? static_cast<uint64_t>(hi) : fallback;
+  };
+  return third("/proc/sys/net/ipv4/tcp_rmem", 64ull << 20) + third("/proc/sys/net/ipv4/tcp_wmem", 64ull << 20);
+}
+
 uint64_t raise_fd_limit() {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;

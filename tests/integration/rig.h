@@ -26,6 +26,11 @@ namespace rig {
 int64_t now_us();
 int64_t now_ms();
 
+// The most a loopback TCP connection's kernel buffers can hold, both ends
+// together (tcp_rmem and tcp_wmem maxima): a response larger than this
+// cannot be absorbed by the kernel while the reader reads nothing.
+uint64_t loopback_buffering_max();
+
 // Raises RLIMIT_NOFILE to its hard limit; returns the soft limit now in force.
 uint64_t raise_fd_limit();
 
