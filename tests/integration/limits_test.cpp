@@ -36,9 +36,10 @@ bool response_done_at_backend(Backend& b, const std::string& target) {
 
 }  // namespace
 
-// Request bodies are held in buffer memory until complete, whatever the
-// socket buffers take, so holders that send part of a large body and stop
-// fill it deterministically: 8 x 300 KiB cannot fit in 1 MiB.
+// A request body under body_buffer (64 KiB) is held in buffer memory until
+// it is complete, whatever the socket buffers take, so holders that send
+// most of one and stop fill it deterministically: 24 x 60,000 bytes in
+// 64 KiB blocks cannot fit in 1 MiB.
 TEST_CASE("a small buffer_memory_max: a request over it gets 503, counted, and the agent serves again once memory frees") {
   if (rig::proxy_kind() != "agent") return;
   Backend b;
@@ -47,13 +48,13 @@ TEST_CASE("a small buffer_memory_max: a request over it gets 503, counted, and t
   o.response_buffer = "64k";
   o.extra_flags = {"--buffer-memory-max", "1m"};
   start_pair(b, p, 8, o);
-  constexpr int kHolders = 8;
-  const std::string part(300 * 1024, 'h');
+  constexpr int kHolders = 24;
+  const std::string part(60000, 'h');
   std::vector<Client> holders(kHolders);
   for (int i = 0; i < kHolders; ++i) {
     REQUIRE(holders[i].connect(p.port()));
     REQUIRE(holders[i].send_all("POST /echo?holder=" + std::to_string(i) +
-                                " HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n"));
+                                " HTTP/1.1\r\nHost: t\r\nContent-Length: 65000\r\n\r\n"));
     // A holder refused already takes no more.
     if (!holders[i].send_all(part, kWait)) continue;
   }
