@@ -767,7 +767,9 @@ void Shard::respond_error(ClientConn* c, int status) {
 
 void Shard::post_client_send(ClientConn* c) {
   Exchange* ex = c->ex;
-  if (c->send_busy || ex == nullptr) return;
+  // Nothing of a response leaves before its head is whole and rewritten: a
+  // head split across reads is still being parsed where it lies.
+  if (c->send_busy || ex == nullptr || !ex->response_head_done) return;
   if (ex->out.empty()) fill_out_from_spill(c);
   if (ex->out.empty()) return;
   int n = ex->out.fill_iovec(ex->send_iov, 8);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -279,13 +280,13 @@ TEST_CASE("spill_total_max bounds all spill files together; the responses held b
 
 namespace {
 
-// A backend of the test's own: its first connection reads a request and
-// closes without answering (so a GET is retried on a fresh connection);
-// later connections answer with a `body_bytes` body and count what they
-// managed to send. Bounded: it gives up sending after `run_ms`.
-class CloseThenServe {
+// A backend of the test's own, for answers the recording backend cannot
+// give: `handler(fd, n)` serves the n-th accepted connection after its first
+// request head was read. Bounded: it stops accepting after `run_ms`.
+class TestUpstream {
  public:
-  CloseThenServe(uint64_t body_bytes, int run_ms) : body_bytes_(body_bytes), run_ms_(run_ms) {
+  using Handler = std::function<void(int fd, int conn)>;
+  TestUpstream(int run_ms, Handler handler) : run_ms_(run_ms), handler_(std::move(handler)) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -297,65 +298,71 @@ class CloseThenServe {
     port_ = ntohs(a.sin_port);
     thread_ = std::thread([this] { run(); });
   }
-  ~CloseThenServe() {
+  ~TestUpstream() {
     stop_ = true;
     ::shutdown(fd_, SHUT_RDWR);
     thread_.join();
     ::close(fd_);
   }
   uint16_t port() const { return port_; }
-  uint64_t sent() const { return sent_; }
+  bool stopping() const { return stop_ || rig::now_ms() >= deadline_ms_; }
 
- private:
-  static bool read_head(int fd) {
+  // Reads up to the end of a request head (bounded by the deadline).
+  bool read_head(int fd) const {
     std::string in;
     char buf[4096];
-    while (in.find("\r\n\r\n") == std::string::npos) {
+    while (in.find("\r\n\r\n") == std::string::npos && !stopping()) {
       ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) return false;
-      in.append(buf, size_t(n));
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return false;
+      if (n > 0) in.append(buf, size_t(n));
     }
-    return true;
+    return !stopping();
   }
+
+ private:
   void run() {
-    const int64_t deadline = rig::now_ms() + run_ms_;
-    for (int conn = 0; !stop_ && rig::now_ms() < deadline; ++conn) {
+    deadline_ms_ = rig::now_ms() + run_ms_;
+    for (int conn = 0; !stopping(); ++conn) {
       int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (c < 0) return;
       timeval tv{0, 100000};
       ::setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      bool got = false;
-      while (!got && !stop_ && rig::now_ms() < deadline) got = read_head(c);
-      if (got && conn > 0) serve(c, deadline);
+      if (read_head(c)) handler_(c, conn);
       ::close(c);
     }
   }
-  void serve(int c, int64_t deadline) {
-    std::string head = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body_bytes_) + "\r\n\r\n";
-    (void)::send(c, head.data(), head.size(), MSG_NOSIGNAL);
-    std::string chunk(64 * 1024, 'x');
-    while (sent_ < body_bytes_ && !stop_ && rig::now_ms() < deadline) {
-      ssize_t n = ::send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL);
-      if (n > 0) sent_ += uint64_t(n);
-      else if (errno != EAGAIN && errno != EWOULDBLOCK) return;
-    }
-  }
 
-  uint64_t body_bytes_;
   int run_ms_;
+  Handler handler_;
   int fd_ = -1;
   uint16_t port_ = 0;
+  std::atomic<int64_t> deadline_ms_{INT64_MAX};
   std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> sent_{0};
   std::thread thread_;
 };
+
+bool send_text(int fd, std::string_view s) {
+  return ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == ssize_t(s.size());
+}
 
 }  // namespace
 
 TEST_CASE("after a retry on a reopened channel, pausing a slow client's response stops reading it") {
   constexpr uint64_t kBody = 256u << 20;
-  CloseThenServe backend(kBody, 20000);
+  // The first connection closes unanswered; the next answers kBody bytes,
+  // counting what it managed to send.
+  std::atomic<uint64_t> sent{0};
+  TestUpstream backend(20000, [&](int fd, int conn) {
+    if (conn == 0) return;
+    send_text(fd, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(kBody) + "\r\n\r\n");
+    std::string chunk(64 * 1024, 'x');
+    while (sent < kBody && !backend.stopping()) {
+      ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (n > 0) sent += uint64_t(n);
+      else if (errno != EAGAIN && errno != EWOULDBLOCK) return;
+    }
+  });
   Proxy p;
   ProxyOptions o;
   o.max_upstream = 1;
@@ -373,7 +380,7 @@ TEST_CASE("after a retry on a reopened channel, pausing a slow client's response
   uint64_t last = 0;
   for (int steady = 0, i = 0; i < 100 && steady < 5; ++i) {
     rig::sleep_ms(100);
-    const uint64_t now = backend.sent();
+    const uint64_t now = sent;
     steady = now == last && now > 0 ? steady + 1 : 0;
     last = now;
   }
@@ -415,4 +422,34 @@ TEST_CASE("large uploads go on in temporary files: they do not take the memory s
     CHECK(rig::difference(r.response->body, body).empty());
   }
   CHECK(p.stat("buffer_exhausted") == 0);
+}
+
+TEST_CASE("a response head split across reads reaches the client rewritten, once, and the agent lives") {
+  TestUpstream backend(20000, [&](int fd, int) {
+    for (int i = 0; i < 2; ++i) {  // two requests on the connection
+      if (i > 0 && !backend.read_head(fd)) return;
+      send_text(fd, "HTTP/1.1 200 OK\r\nContent-Le");
+      rig::sleep_ms(100);  // the agent reads the first piece alone
+      send_text(fd, "ngth: 5\r\nX-A: 1\r\n\r\nhello");
+    }
+  });
+  Proxy p;
+  ProxyOptions o;
+  o.persistent = 1;
+  o.max_upstream = 1;
+  REQUIRE_MESSAGE(p.start(backend.port(), o), p.error());
+  Client c;
+  REQUIRE_MESSAGE(c.connect(p.port()), c.error());
+  for (int i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    REQUIRE(c.send_all(rig::get_request("/split")));
+    rig::ReadResult r = c.read_response(10000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);
+    CHECK(r.response->body == "hello");
+    CHECK(r.response->header("X-A") == "1");
+    CHECK(r.response->header("Via") == "1.1 offload");  // the rewritten head, not the raw one
+  }
+  CHECK(c.buffer().empty());  // nothing else came
+  CHECK(p.child().running());
 }
