@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 
 #include "buffers.h"
 #include "http_parser.h"
@@ -49,6 +50,8 @@ struct alignas(16) Exchange {
   bool close_after = false;    // close the client when this response is sent
   bool client_http10 = false;
   bool dechunk = false;        // a chunked response decoded for an HTTP/1.0 client
+  bool discard_input = false;  // answered with an error of ours: the rest of the input is dropped
+  std::string_view canned;     // the unsent part of that error (static text)
 
   uint64_t body_bytes() const { return body.bytes() + body_spill.write_off; }
 };

@@ -419,6 +419,7 @@ void Shard::on_client_recv(ClientConn* c, io_uring_cqe* cqe) {
 void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh) {
   if (fresh) bump(counters_.bytes_in, len);
   if (c->state == ClientState::kLingering) return;  // discarded on purpose
+  if (c->ex != nullptr && c->ex->discard_input) return;  // after an error of ours: closing
   if (c->ex == nullptr) {
     c->ex = get_exchange();
     if (c->ex == nullptr) {
@@ -747,14 +748,15 @@ void Shard::respond_error(ClientConn* c, int status) {
   bump(counters_.agent_errors);
   ex->out.clear(data_pool_);
   spill_close(ex->spill);
+  ex->body.clear(data_pool_);  // never forwarded now: give its memory back
+  spill_close(ex->body_spill);
   // Like HAProxy's own error pages: the agent's errors end the connection, so
-  // a client never pipelines into a connection whose state is in doubt.
+  // a client never pipelines into a connection whose state is in doubt; what
+  // it sends from now on is read and dropped.
   ex->close_after = true;
-  std::string_view text = error_response(status, ex->close_after);
-  if (!ex->out.append(data_pool_, text.data(), text.size())) {
-    close_client(c);
-    return;
-  }
+  ex->discard_input = true;
+  // Sent from static storage: a 503 for exhausted buffer memory needs none.
+  ex->canned = error_response(status, ex->close_after);
   switch (status_class_index(status)) {
     case 4: bump(counters_.responses_4xx); break;
     default: bump(counters_.responses_5xx); break;
@@ -770,9 +772,15 @@ void Shard::post_client_send(ClientConn* c) {
   // Nothing of a response leaves before its head is whole and rewritten: a
   // head split across reads is still being parsed where it lies.
   if (c->send_busy || ex == nullptr || !ex->response_head_done) return;
-  if (ex->out.empty()) fill_out_from_spill(c);
-  if (ex->out.empty()) return;
-  int n = ex->out.fill_iovec(ex->send_iov, 8);
+  int n = 1;
+  if (!ex->canned.empty()) {
+    ex->send_iov[0].iov_base = const_cast<char*>(ex->canned.data());
+    ex->send_iov[0].iov_len = ex->canned.size();
+  } else {
+    if (ex->out.empty()) fill_out_from_spill(c);
+    if (ex->out.empty()) return;
+    n = ex->out.fill_iovec(ex->send_iov, 8);
+  }
   io_uring_sqe* s = uring_.sqe();
   prep_send_iov(s, c->fd, ex->send_msg, ex->send_iov, n);
   io_uring_sqe_set_data64(s, pack(c, Op::kClientSend));
@@ -818,13 +826,14 @@ void Shard::on_client_send(ClientConn* c, int res) {
   Exchange* ex = c->ex;
   bump(counters_.bytes_out, uint64_t(res));
   if (res > 0) ex->sent_to_client = true;
-  ex->out.consume(data_pool_, uint64_t(res));
+  if (!ex->canned.empty()) ex->canned.remove_prefix(size_t(res));
+  else ex->out.consume(data_pool_, uint64_t(res));
   // The upstream may have paused because our buffers were full.
   if (ex->up != nullptr && ex->up->read_paused) {
     ex->up->read_paused = false;
     post_up_recv(ex->up);
   }
-  if (!ex->out.empty() || ex->spill.unread() > 0) {
+  if (!ex->out.empty() || ex->spill.unread() > 0 || !ex->canned.empty()) {
     post_client_send(c);
     return;
   }
@@ -947,6 +956,8 @@ void Shard::put_exchange(Exchange* ex) {
   ex->response_bytes = 0;
   ex->response_head_done = ex->response_done = false;
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
+  ex->discard_input = false;
+  ex->canned = {};
   if (free_exchange_count_ >= kFreeExchangesMax) {  // a burst is over: give it back
     released_bytes_ += sizeof(Exchange) + ex->parser.head().headers.capacity() * sizeof(http::HeaderField);
     delete ex;

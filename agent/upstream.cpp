@@ -741,7 +741,7 @@ void Shard::fail_exchange(ClientConn* c, int status) {
 void Shard::send_or_finish(ClientConn* c) {
   Exchange* ex = c->ex;
   post_client_send(c);
-  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0) finish_exchange(c);
+  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0 && ex->canned.empty()) finish_exchange(c);
 }
 
 }  // namespace offload
