@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "buffers.h"
@@ -52,6 +53,9 @@ struct alignas(16) Exchange {
   bool dechunk = false;        // a chunked response decoded for an HTTP/1.0 client
   bool discard_input = false;  // answered with an error of ours: the rest of the input is dropped
   std::string_view canned;     // the unsent part of that error (static text)
+  std::string interim;         // interim (1xx) heads for the client, sent ahead of the response
+  size_t interim_sent = 0;
+  bool interim_pending() const { return interim_sent < interim.size(); }
 
   uint64_t body_bytes() const { return body.bytes() + body_spill.write_off; }
 };

@@ -112,6 +112,16 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
 // upstream's Content-Length and Transfer-Encoding fields are never copied,
 // so no Connection option (a hop-by-hop mark) can take them away, and the
 // fields written here always match the bytes that follow.
+size_t write_interim_head(const http::Head& head, std::string_view msg, char* out, size_t cap) {
+  HeadWriter w(out, cap);
+  w << "HTTP/1.1 " << uint64_t(head.status) << " " << head.reason.in(msg) << "\r\n";
+  for (const auto& f : head.headers)
+    if (!f.hop_by_hop && !iequals(f.name.in(msg), "content-length") && !iequals(f.name.in(msg), "transfer-encoding"))
+      w << f.name.in(msg) << ": " << f.value.in(msg) << "\r\n";
+  w << "\r\n";
+  return w.finish();
+}
+
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
                                   bool client_http10, bool dechunked, char* out, size_t cap) {
   HeadWriter w(out, cap);

@@ -42,6 +42,11 @@ size_t finish_upstream_request_head(char* out, size_t len, size_t cap, bool has_
 size_t write_client_response_head(const http::Head& head, std::string_view msg, bool close,
                                   bool client_http10, bool dechunked, char* out, size_t cap);
 
+// Writes an interim (1xx) response head for an HTTP/1.1 client: the status
+// line and its end-to-end fields, no framing (a 1xx has no body). Returns the
+// length, or 0 if it does not fit.
+size_t write_interim_head(const http::Head& head, std::string_view msg, char* out, size_t cap);
+
 // The reason phrase of a status code ("OK", "Not Found"), or "Unknown".
 std::string_view reason_phrase(int status);
 

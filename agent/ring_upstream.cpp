@@ -455,7 +455,9 @@ bool Shard::ring_interim(ClientConn* c, const ring::ResponsePiece& piece) {
   std::memcpy(scratch_.get() + n, "\r\n", 2);
   n += 2;
   bump(counters_.responses_1xx);
-  return append_response(c, scratch_.get(), n);
+  ex->interim.append(scratch_.get(), n);
+  post_client_send(c);  // ahead of the final response, while the server works
+  return true;
 }
 
 // Copies one piece into the client's output; false to fail the exchange.

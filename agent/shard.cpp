@@ -755,6 +755,8 @@ void Shard::respond_error(ClientConn* c, int status) {
   // it sends from now on is read and dropped.
   ex->close_after = true;
   ex->discard_input = true;
+  ex->interim.clear();  // none of it went out (else this would be a close)
+  ex->interim_sent = 0;
   // Sent from static storage: a 503 for exhausted buffer memory needs none.
   ex->canned = error_response(status, ex->close_after);
   switch (status_class_index(status)) {
@@ -771,12 +773,16 @@ void Shard::post_client_send(ClientConn* c) {
   Exchange* ex = c->ex;
   // Nothing of a response leaves before its head is whole and rewritten: a
   // head split across reads is still being parsed where it lies.
-  if (c->send_busy || ex == nullptr || !ex->response_head_done) return;
+  if (c->send_busy || ex == nullptr) return;
   int n = 1;
   if (!ex->canned.empty()) {
     ex->send_iov[0].iov_base = const_cast<char*>(ex->canned.data());
     ex->send_iov[0].iov_len = ex->canned.size();
+  } else if (ex->interim_pending()) {  // 103 Early Hints go out while the server works
+    ex->send_iov[0].iov_base = ex->interim.data() + ex->interim_sent;
+    ex->send_iov[0].iov_len = ex->interim.size() - ex->interim_sent;
   } else {
+    if (!ex->response_head_done) return;
     if (ex->out.empty()) fill_out_from_spill(c);
     if (ex->out.empty()) return;
     n = ex->out.fill_iovec(ex->send_iov, 8);
@@ -827,13 +833,14 @@ void Shard::on_client_send(ClientConn* c, int res) {
   bump(counters_.bytes_out, uint64_t(res));
   if (res > 0) ex->sent_to_client = true;
   if (!ex->canned.empty()) ex->canned.remove_prefix(size_t(res));
+  else if (ex->interim_pending()) ex->interim_sent += size_t(res);
   else ex->out.consume(data_pool_, uint64_t(res));
   // The upstream may have paused because our buffers were full.
   if (ex->up != nullptr && ex->up->read_paused) {
     ex->up->read_paused = false;
     post_up_recv(ex->up);
   }
-  if (!ex->out.empty() || ex->spill.unread() > 0 || !ex->canned.empty()) {
+  if (!ex->out.empty() || ex->spill.unread() > 0 || !ex->canned.empty() || ex->interim_pending()) {
     post_client_send(c);
     return;
   }
@@ -958,6 +965,8 @@ void Shard::put_exchange(Exchange* ex) {
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
   ex->discard_input = false;
   ex->canned = {};
+  ex->interim.clear();
+  ex->interim_sent = 0;
   if (free_exchange_count_ >= kFreeExchangesMax) {  // a burst is over: give it back
     released_bytes_ += sizeof(Exchange) + ex->parser.head().headers.capacity() * sizeof(http::HeaderField);
     delete ex;

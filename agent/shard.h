@@ -134,6 +134,7 @@ class Shard {
   void take_response_bytes(UpstreamConn* u, const char* data, uint32_t len);
   bool on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n);
   bool on_response_head(UpstreamConn* u, ClientConn* c, Block* b);
+  void forward_interim(ClientConn* c, const http::Head& h, std::string_view msg);
   bool spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken);
   bool dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken);
   void on_response_complete(UpstreamConn* u, ClientConn* c);

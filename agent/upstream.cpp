@@ -546,6 +546,20 @@ bool Shard::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
 
 // The head is parsed in the first block, rewritten in place right in front
 // of the body, and what body came with it is framed.
+// A proxy forwards the 1xx responses it did not ask for (RFC 9110 15.2), to
+// HTTP/1.1 clients only. A 100 is not forwarded: the agent answered the
+// client's Expect itself and took it off the request.
+void Shard::forward_interim(ClientConn* c, const http::Head& h, std::string_view msg) {
+  Exchange* ex = c->ex;
+  constexpr size_t kInterimMax = 16 * 1024;  // hints are optional: more is dropped
+  if (h.status == 100 || ex->client_http10 || ex->interim.size() >= kInterimMax) return;
+  size_t n = write_interim_head(h, msg, scratch_.get(), kInterimMax - ex->interim.size());
+  if (n == 0) return;
+  ex->interim.append(scratch_.get(), n);
+  bump(counters_.responses_1xx);
+  post_client_send(c);
+}
+
 bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
   Exchange* ex = c->ex;
   for (;;) {
@@ -566,7 +580,7 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
         upstream_failed(u, 502, false);
         return false;
       }
-      // Interim responses (100 Continue, 103) are dropped: the body was sent.
+      forward_interim(c, h, msg);
       ex->out.move_front_head(b->head + h.head_bytes);
       u->parser.reset();
       u->parser.set_request_method(ex->method);
@@ -741,7 +755,8 @@ void Shard::fail_exchange(ClientConn* c, int status) {
 void Shard::send_or_finish(ClientConn* c) {
   Exchange* ex = c->ex;
   post_client_send(c);
-  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0 && ex->canned.empty()) finish_exchange(c);
+  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0 && ex->canned.empty() && !ex->interim_pending())
+    finish_exchange(c);
 }
 
 }  // namespace offload
