@@ -771,8 +771,6 @@ void Shard::respond_error(ClientConn* c, int status) {
 
 void Shard::post_client_send(ClientConn* c) {
   Exchange* ex = c->ex;
-  // Nothing of a response leaves before its head is whole and rewritten: a
-  // head split across reads is still being parsed where it lies.
   if (c->send_busy || ex == nullptr) return;
   int n = 1;
   if (!ex->canned.empty()) {
@@ -782,6 +780,8 @@ void Shard::post_client_send(ClientConn* c) {
     ex->send_iov[0].iov_base = ex->interim.data() + ex->interim_sent;
     ex->send_iov[0].iov_len = ex->interim.size() - ex->interim_sent;
   } else {
+    // Nothing of a response leaves before its head is whole and rewritten: a
+    // head split across reads is still being parsed where it lies.
     if (!ex->response_head_done) return;
     if (ex->out.empty()) fill_out_from_spill(c);
     if (ex->out.empty()) return;
