@@ -90,11 +90,22 @@ in_srv ethtool -K "$SIF" tx off >/dev/null
 in_cli ethtool -K "$CIF" tx off >/dev/null
 CPU=$(( $(nproc) - 1 ))
 
+is_bpffs() { [[ $(stat -f -c %T /sys/fs/bpf 2>/dev/null) == bpf_fs ]]; }
+had_bpffs=no
+is_bpffs && had_bpffs=yes
 check_fails_one_line "attach to a missing interface" in_srv "$CLI" attach --iface nosuch0
 check "attach natively, steering port 8080 to CPU $CPU" \
   in_srv "$CLI" attach --iface "$SIF" --mode native --cpu "$CPU" --ports 8080 \
   --syn-rate "$RATE" --syn-burst "$BURST"
 cat "$WORK/out"
+# Where bpffs was missing (a fresh machine; without_bpffs.sh), attach mounts it and says so.
+if [[ $had_bpffs == no ]]; then
+  if is_bpffs && grep -qx "xdp: mounted bpffs at /sys/fs/bpf" "$WORK/out"; then
+    pass "attach mounted the missing bpffs at /sys/fs/bpf and said so"
+  else
+    fail "bpffs was missing: attach did not mount it, or did not say so"
+  fi
+fi
 check_fails_one_line "attaching twice" in_srv "$CLI" attach --iface "$SIF"
 check "the program is on the interface (native)" sh -c "ip -n $SRV link show $SIF | grep -q 'prog/xdp id'"
 check "maps and link are pinned with mode 0600" \

@@ -1,12 +1,17 @@
 // Guard's lifecycle on real interfaces in a private network namespace: what attach creates
 // (program on the interface, pins, modes) and that the destructor or detach removes all of it.
+// The process also has a mount namespace of its own, so that whether /sys/fs/bpf is a bpffs
+// is the test's choice, not the host's: attach mounts it where it is missing, and says so.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <doctest/doctest.h>
 #include <linux/if_link.h>
+#include <linux/magic.h>
 #include <net/if.h>
 #include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -20,17 +25,36 @@
 namespace offload::xdp {
 namespace {
 
-// Once per process: a network namespace of our own, with lo (no native XDP) and a veth pair.
+constexpr const char* kBpffs = "/sys/fs/bpf";
+
+std::string test_pin_dir() { return "/sys/fs/bpf/offload-test-" + std::to_string(getpid()); }
+
+bool is_bpffs(const char* path) {
+  struct statfs fs {};
+  return statfs(path, &fs) == 0 && static_cast<unsigned long>(fs.f_type) == BPF_FS_MAGIC;
+}
+
+// Takes bpffs away from /sys/fs/bpf, in our mount namespace only (stacked mounts too).
+void unmount_bpffs() {
+  for (int i = 0; i < 8 && is_bpffs(kBpffs); ++i) REQUIRE(umount2(kBpffs, MNT_DETACH) == 0);
+  REQUIRE_FALSE(is_bpffs(kBpffs));
+}
+
+// Once per process: network and mount namespaces of our own, with lo (no native XDP) and a
+// veth pair, and a bpffs at /sys/fs/bpf whether or not the host has one mounted (the test
+// that needs it missing unmounts it). Nothing mounted here reaches the host.
 void enter_private_netns() {
   static bool entered = false;
   if (entered) return;
-  REQUIRE(unshare(CLONE_NEWNET) == 0);
+  REQUIRE(unshare(CLONE_NEWNET | CLONE_NEWNS) == 0);
+  REQUIRE(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0);
   REQUIRE(std::system("ip link set lo up && ip link add xg1 type veth peer name xg2 && "
                       "ip link set xg1 up && ip link set xg2 up") == 0);
+  const Status mounted = ensure_bpffs(test_pin_dir(), nullptr);
+  REQUIRE_MESSAGE(mounted.ok(), mounted.message);
+  REQUIRE(is_bpffs(kBpffs));
   entered = true;
 }
-
-std::string test_pin_dir() { return "/sys/fs/bpf/offload-test-" + std::to_string(getpid()); }
 
 const std::vector<std::string>& all_pins() {
   static const std::vector<std::string> pins = [] {
@@ -114,6 +138,28 @@ TEST_CASE("attach creates program, pins and config; the destructor removes exact
     REQUIRE(maps->list(SetKind::allow).size() == 1);
     CHECK(maps->list(SetKind::allow)[0].prefix.str() == "192.168.0.0/16");
   }
+  require_nothing_left("xg1");
+}
+
+TEST_CASE("attach mounts bpffs at /sys/fs/bpf where it is missing, and says so once") {
+  enter_private_netns();
+  unmount_bpffs();
+  Announced announced;
+  Status status;
+  auto guard = Guard::attach(announced.config("xg1"), status);
+  REQUIRE_MESSAGE(guard, status.message);
+  REQUIRE(announced.lines.size() == 1);
+  CHECK(announced.lines[0] == "xdp: mounted bpffs at /sys/fs/bpf");
+  CHECK(is_bpffs(kBpffs));
+  for (const auto& pin : all_pins()) CHECK_MESSAGE(exists(test_pin_dir() + "/" + pin), pin);
+  guard.reset();
+  require_nothing_left("xg1");
+
+  // Mounted now: the next attach finds it and says nothing.
+  guard = Guard::attach(announced.config("xg1"), status);
+  REQUIRE_MESSAGE(guard, status.message);
+  CHECK(announced.lines.size() == 1);
+  guard.reset();
   require_nothing_left("xg1");
 }
 
