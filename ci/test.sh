@@ -1,13 +1,79 @@
 #!/usr/bin/env bash
-# Installs the dependencies, builds, and runs every test (unit, integration, BPF, fuzz).
+# Installs the dependencies, builds, and runs every test (unit, integration, BPF, fuzz):
+#   ci/test.sh [CTEST_ARGS...]      (CTEST_ARGS go to the main test run)
+#
+# 1. builds RelWithDebInfo in $BUILD_DIR (default build), Release in $BUILD_DIR-release
+#    (what users and packagers build: it must build warning-free too) and, with
+#    AddressSanitizer + UndefinedBehaviorSanitizer, the unit, integration and bus tests in
+#    $BUILD_DIR-asan;
+# 2. runs every test in $BUILD_DIR;
+# 3. runs the unit, integration and bus tests (labels) again in $BUILD_DIR-asan: any
+#    sanitizer report, from a test or from an agent or server it started, fails.
+# CI_QUICK=1 leaves out the Release build and the sanitizer pass.
+#
+# As root every test can run here, so none may SKIP: OFFLOAD_REQUIRE_ALL_TESTS=ON turns a
+# test's exit 77 into a failure (set OFFLOAD_REQUIRE_ALL_TESTS=OFF to allow skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/deps.sh
 BUILD_DIR="${BUILD_DIR:-build}"
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)"
+ASAN_DIR="$BUILD_DIR-asan"
+QUICK=${CI_QUICK:-0}
+jobs=$(nproc)
+require=${OFFLOAD_REQUIRE_ALL_TESTS:-$([[ $(id -u) -eq 0 ]] && echo ON || echo OFF)}
+start=$SECONDS
+phase() { echo "== ci/test.sh: $* (+$((SECONDS - start))s)"; }
+configure() {  # configure DIR CMAKE_ARGS...
+  cmake -S . -B "$1" -DOFFLOAD_REQUIRE_ALL_TESTS="$require" "${@:2}" >/dev/null
+}
+
+phase "build RelWithDebInfo in $BUILD_DIR"
+configure "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build "$BUILD_DIR" -j"$jobs"
+if [[ $QUICK != 1 ]]; then
+  phase "build Release in $BUILD_DIR-release"
+  configure "$BUILD_DIR-release" -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$BUILD_DIR-release" -j"$jobs"
+  phase "build the unit, integration and bus tests with ASan + UBSan in $ASAN_DIR"
+  configure "$ASAN_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOFFLOAD_SANITIZE=address,undefined
+  cmake --build "$ASAN_DIR" -j"$jobs" --target unit_tests test_http_parser \
+    offload-rig-tests offload-integration-tests offload-bus-tests
+fi
+
 # Raise the descriptor limit for the 1,000-client tests (root may raise the hard limit).
 ulimit -Hn 20000 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cd "$BUILD_DIR"
-ctest --output-on-failure --timeout 600 "$@"
+
+# ctest_checked DIR LOG CTEST_ARGS...: ctest, and where no test may skip, a skip that got
+# past OFFLOAD_REQUIRE_ALL_TESTS (a test setting SKIP_RETURN_CODE itself) fails too.
+ctest_checked() {
+  local dir=$1 log=$2 rc=0
+  shift 2
+  (cd "$dir" && ctest --output-on-failure --timeout 600 "$@") 2>&1 | tee "$log" || rc=$?
+  if [[ $require == ON ]] && grep -q '(Skipped)' "$log"; then
+    echo "ci/test.sh: FAIL: tests were skipped where every test must run (see above)" >&2
+    rc=1
+  fi
+  return "$rc"
+}
+
+phase "every test in $BUILD_DIR"
+ctest_checked "$BUILD_DIR" "$BUILD_DIR/ctest.log" "$@"
+[[ $QUICK != 1 ]] || exit 0
+
+# Sanitizer reports go to files: the agents and servers the tests start keep their stderr
+# to themselves. halt_on_error (and -fno-sanitize-recover) make the first finding fatal;
+# LeakSanitizer is on (ASan's default), for every process that exits.
+reports="$PWD/$ASAN_DIR/sanitizer-reports"
+rm -rf "$reports" && mkdir -p "$reports"
+export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:log_path=$reports/asan"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/ubsan"
+phase "unit, integration and bus tests with ASan + UBSan in $ASAN_DIR"
+status=0
+ctest_checked "$ASAN_DIR" "$ASAN_DIR/ctest.log" -L '^(unit|integration|bus)$' || status=$?
+if compgen -G "$reports/*" >/dev/null; then
+  for report in "$reports"/*; do echo "--- $report"; cat "$report"; done
+  echo "ci/test.sh: FAIL: sanitizer reports (above, and in $reports)" >&2
+  exit 1
+fi
+exit "$status"
