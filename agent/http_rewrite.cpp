@@ -23,7 +23,7 @@ class HeadWriter {
   HeadWriter& operator<<(std::string_view s) {
     if (len_ + s.size() > cap_) {
       overflow_ = true;
-    } else {
+    } else if (!s.empty()) {  // an empty view may have a null data(): not for memcpy
       std::memcpy(out_ + len_, s.data(), s.size());
       len_ += s.size();
     }
