@@ -56,6 +56,9 @@ struct alignas(16) Exchange {
   std::string interim;         // interim (1xx) heads for the client, sent ahead of the response
   size_t interim_sent = 0;
   bool interim_pending() const { return interim_sent < interim.size(); }
+  // Bytes the client has still to get: an error of ours, interim heads, the
+  // response in memory or in its spill file.
+  bool unsent() const { return !canned.empty() || interim_pending() || !out.empty() || spill.unread() > 0; }
 
   uint64_t body_bytes() const { return body.bytes() + body_spill.write_off; }
 };

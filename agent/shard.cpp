@@ -94,7 +94,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   const uint32_t durations[kTimerKinds] = {
       config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
       config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
-      config.response_timeout_ms, 1000 /* reconnect backoff */, 250 /* ring heartbeat tick */,
+      config.response_timeout_ms, 0 /* reconnect: set by back_off() */, 250 /* ring heartbeat tick */,
       1000 /* housekeeping */, 100 /* accept retry after EMFILE */};
   for (int k = 0; k < kTimerKinds; ++k) timers_[k].set_duration(durations[k]);
   connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
@@ -237,7 +237,6 @@ void Shard::on_timer(Timer* t) {
     return;
   }
   if (t == &reconnect_timer_) {
-    reconnect_backoff_ = false;
     refill_pool();
     dispatch();  // waiting requests try a connection of their own, too
     return;
@@ -555,14 +554,8 @@ void Shard::post_cancel(uint64_t target, uint64_t tag) {
 bool Shard::append_body(ClientConn* c, const char* data, size_t len) {
   Exchange* ex = c->ex;
   Spill& sp = ex->body_spill;
-  if (sp.fd < 0 && !sp.refused && !ring_ && ex->body.bytes() + len > config_.body_buffer) {
-    if (spill_open(sp, spill_budget_, config_.temp_dir)) {
-      bump(counters_.spilled_bodies);
-    } else {
-      bump(counters_.spill_refused);
-      if (errno != ENOSPC) log_upstream_error("spill file in temp_dir", errno);
-    }
-  }
+  if (sp.fd < 0 && !sp.refused && !ring_ && ex->body.bytes() + len > config_.body_buffer)
+    (void)open_spill(sp, counters_.spilled_bodies);  // refused: the body stays in memory
   if (sp.fd >= 0) return spill_write(sp, data, len);
   return ex->body.append(data_pool_, data, len);
 }
@@ -835,12 +828,8 @@ void Shard::on_client_send(ClientConn* c, int res) {
   if (!ex->canned.empty()) ex->canned.remove_prefix(size_t(res));
   else if (ex->interim_pending()) ex->interim_sent += size_t(res);
   else ex->out.consume(data_pool_, uint64_t(res));
-  // The upstream may have paused because our buffers were full.
-  if (ex->up != nullptr && ex->up->read_paused) {
-    ex->up->read_paused = false;
-    post_up_recv(ex->up);
-  }
-  if (!ex->out.empty() || ex->spill.unread() > 0 || !ex->canned.empty() || ex->interim_pending()) {
+  resume_up_read(ex);  // it may have paused because our buffers were full
+  if (ex->unsent()) {
     post_client_send(c);
     return;
   }

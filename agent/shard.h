@@ -126,9 +126,11 @@ class Shard {
   bool spill_takes(const Exchange* ex) const;
   void wait_if_unwoken(ClientConn* c);
   bool start_spill(Exchange* ex);
+  bool open_spill(Spill& spill, std::atomic<uint64_t>& opened);
   void wait_for_budget(ClientConn* c);
   void wake_budget_waiters();
   void resume_response(ClientConn* c);
+  void resume_up_read(Exchange* ex);
   void on_up_recv(UpstreamConn* u, io_uring_cqe* cqe);
   void on_up_eof(UpstreamConn* u, int res);
   void take_response_bytes(UpstreamConn* u, const char* data, uint32_t len);
@@ -203,8 +205,8 @@ class Shard {
   List<ClientConn, &ClientConn::queue_node> ready_;
   uint32_t upstream_open_ = 0;      // connecting, idle or busy
   uint32_t upstream_connecting_ = 0;
-  Timer reconnect_timer_;
-  bool reconnect_backoff_ = false;  // the last open failed: wait for reconnect_timer_
+  Timer reconnect_timer_;  // armed: the last open failed, no new one until it fires
+  bool backing_off() const { return reconnect_timer_.armed(); }
   static constexpr uint32_t kReconnectFirstMs = 50;
   static constexpr uint32_t kReconnectMaxMs = 1000;
   uint32_t reconnect_delay_ms_ = 0;  // 0: the last connect succeeded

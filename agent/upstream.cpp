@@ -81,7 +81,7 @@ void Shard::dispatch() {
   // One new channel per waiting request, up to max_upstream. While the
   // backend cannot be reached the requests wait (each with its queue timer)
   // and the reconnect timer tries again; a failed open ends the loop.
-  while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream && !reconnect_backoff_)
+  while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream && !backing_off())
     if (!open_upstream()) break;
 }
 
@@ -113,7 +113,7 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
 
 void Shard::refill_pool() {
   if (ring_) return;
-  while (upstream_open_ < config_.persistent && !reconnect_backoff_ && !draining_)
+  while (upstream_open_ < config_.persistent && !backing_off() && !draining_)
     if (!open_upstream()) break;
 }
 
@@ -122,8 +122,7 @@ void Shard::refill_pool() {
 // Queued requests wait meanwhile, each bounded by its queue timer.
 void Shard::back_off(int status) {
   unreachable_status_ = status;
-  if (reconnect_backoff_) return;
-  reconnect_backoff_ = true;
+  if (backing_off()) return;
   reconnect_delay_ms_ = reconnect_delay_ms_ == 0 ? kReconnectFirstMs : std::min(reconnect_delay_ms_ * 2, kReconnectMaxMs);
   OFFLOAD_ASSERT(timers_[kTimerReconnect].size() == 0);  // its only timer: the duration may change
   timers_[kTimerReconnect].set_duration(reconnect_delay_ms_);
@@ -361,12 +360,18 @@ void Shard::wait_if_unwoken(ClientConn* c) {
 bool Shard::start_spill(Exchange* ex) {
   if (ex->spill.fd >= 0) return true;
   if (config_.response_spill_max == 0 || ex->spill.refused) return false;
-  if (!spill_open(ex->spill, spill_budget_, config_.temp_dir)) {
+  return open_spill(ex->spill, counters_.spilled_responses);
+}
+
+// Opens a spill file within the shared budget, counting it in `opened`, or
+// the refusal (a temp_dir that fails is logged; a spent budget is not news).
+bool Shard::open_spill(Spill& spill, std::atomic<uint64_t>& opened) {
+  if (!spill_open(spill, spill_budget_, config_.temp_dir)) {
     bump(counters_.spill_refused);
     if (errno != ENOSPC) log_upstream_error("spill file in temp_dir", errno);
     return false;
   }
-  bump(counters_.spilled_responses);
+  bump(opened);
   return true;
 }
 
@@ -378,7 +383,7 @@ void Shard::wait_for_budget(ClientConn* c) {
 }
 
 // Wakes every waiter once some budget is back; one that still finds none
-// waits again. Bounded: the list is swapped out before anyone runs.
+// waits again. Bounded: only the waiters there at the start are woken.
 void Shard::wake_budget_waiters() {
   if (budget_waiters_.empty()) return;
   const bool memory = data_pool_.bytes_in_use() + data_pool_.block_bytes() <= data_pool_.budget_bytes();
@@ -398,10 +403,15 @@ void Shard::resume_response(ClientConn* c) {
   disarm_timer(c->timer);  // the wait's bound; sending arms its own
   post_client_send(c);
   if (c->state == ClientState::kClosing || c->ex != ex) return;
-  if (ex->up != nullptr && ex->up->read_paused) {
-    ex->up->read_paused = false;
-    post_up_recv(ex->up);
-  }
+  resume_up_read(ex);
+}
+
+// A read paused for this exchange's buffers tries again (and pauses again if
+// there is still no room).
+void Shard::resume_up_read(Exchange* ex) {
+  if (ex->up == nullptr || !ex->up->read_paused) return;
+  ex->up->read_paused = false;
+  post_up_recv(ex->up);
 }
 
 // Back-pressure: the client's buffers (memory and spill file) are full.
@@ -544,8 +554,6 @@ bool Shard::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
   return true;
 }
 
-// The head is parsed in the first block, rewritten in place right in front
-// of the body, and what body came with it is framed.
 // A proxy forwards the 1xx responses it did not ask for (RFC 9110 15.2), to
 // HTTP/1.1 clients only. A 100 is not forwarded: the agent answered the
 // client's Expect itself and took it off the request.
@@ -560,6 +568,8 @@ void Shard::forward_interim(ClientConn* c, const http::Head& h, std::string_view
   post_client_send(c);
 }
 
+// The head is parsed in the first block, rewritten in place right in front
+// of the body, and what body came with it is framed.
 bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
   Exchange* ex = c->ex;
   for (;;) {
@@ -755,8 +765,7 @@ void Shard::fail_exchange(ClientConn* c, int status) {
 void Shard::send_or_finish(ClientConn* c) {
   Exchange* ex = c->ex;
   post_client_send(c);
-  if (!c->send_busy && ex->out.empty() && ex->spill.unread() == 0 && ex->canned.empty() && !ex->interim_pending())
-    finish_exchange(c);
+  if (!c->send_busy && !ex->unsent()) finish_exchange(c);
 }
 
 }  // namespace offload
