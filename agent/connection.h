@@ -61,6 +61,8 @@ struct alignas(16) Exchange {
   bool unsent() const { return !canned.empty() || interim_pending() || !out.empty() || spill.unread() > 0; }
 
   uint64_t body_bytes() const { return body.bytes() + body_spill.write_off; }
+  // Sent once more on another channel at most, and only when that is safe.
+  bool may_retry() const { return !retried && (method == http::Method::kGet || method == http::Method::kHead); }
 };
 
 enum class ClientState : uint8_t {

@@ -329,8 +329,7 @@ void Shard::ring_paused(UpstreamConn* u) {
     ClientConn* c = slot;
     if (c == nullptr) continue;
     const bool unsent = u->send_pending && i == u->fifo_count - 1;
-    const bool resendable = !c->ex->retried && (c->ex->method == http::Method::kGet ||
-                                                c->ex->method == http::Method::kHead);
+    const bool resendable = c->ex->may_retry();
     if (!unsent && !resendable) {
       held = true;
       continue;

@@ -21,8 +21,6 @@ namespace {
 // can be written in place in front of the body (no copy of the body).
 constexpr uint32_t kHeadroom = 1024;
 
-bool idempotent_for_retry(http::Method m) { return m == http::Method::kGet || m == http::Method::kHead; }
-
 void count_response(Counters& counters, uint16_t status) {
   switch (status / 100) {
     case 1: bump(counters.responses_1xx); break;
@@ -731,7 +729,7 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
     maybe_free_client(c);
     return;
   }
-  if (nothing_received && status == 502 && !ex->retried && idempotent_for_retry(ex->method)) {
+  if (nothing_received && status == 502 && ex->may_retry()) {
     // A kept-alive channel can die just as a request is sent: try once more.
     ex->retried = true;
     bump(counters_.upstream_retries);
