@@ -13,10 +13,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include "admin.h"
-#include "config.h"
-#include "counters.h"
-#include "listener.h"
+#include "ops/admin.h"
+#include "ops/config.h"
+#include "ops/counters.h"
+#include "proxy/listener.h"
 #include "shard.h"
 
 #ifdef OFFLOAD_HAVE_XDP

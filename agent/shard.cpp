@@ -15,7 +15,7 @@
 
 #include <fmt/format.h>
 
-#include "http_rewrite.h"
+#include "http/http_rewrite.h"
 
 namespace offload {
 namespace {

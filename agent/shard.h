@@ -13,15 +13,15 @@
 #include <string>
 #include <vector>
 
-#include "buffers.h"
-#include "config.h"
-#include "connection.h"
-#include "counters.h"
-#include "http_rewrite.h"
-#include "list.h"
-#include "screen.h"
-#include "timer_list.h"
-#include "uring.h"
+#include "proxy/buffers.h"
+#include "ops/config.h"
+#include "proxy/connection.h"
+#include "ops/counters.h"
+#include "http/http_rewrite.h"
+#include "loop/list.h"
+#include "security/screen.h"
+#include "loop/timer_list.h"
+#include "loop/uring.h"
 #include "offload/ring_agent.h"
 
 namespace offload {

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string>
 
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 namespace {
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "drive.h"
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 using namespace offload::http;
 using namespace offload::http::testing;

@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "drive.h"
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 namespace offload::http::testing {
 

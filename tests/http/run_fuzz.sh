@@ -36,7 +36,7 @@ fi
 
 # Our own code failing to build is a failure.
 "$cxx" "${flags[@]}" -I"$src/agent" -I"$here" \
-  "$here/fuzz_http_parser.cpp" "$src/agent/http_parser.cpp" -o "$out/fuzz_http_parser"
+  "$here/fuzz_http_parser.cpp" "$src/agent/http/http_parser.cpp" -o "$out/fuzz_http_parser"
 
 # New inputs go to the build tree's corpus; the committed seeds are read only.
 # libFuzzer's own exit code for a finding is 77, which ctest would read as

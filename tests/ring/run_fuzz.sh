@@ -32,7 +32,7 @@ fi
 
 # Our own code failing to build is a failure (set -e: the compiler's status).
 "$cxx" "${flags[@]}" -I"$root/include" \
-  "$here/fuzz_ring.cpp" "$root/server/ring_queue.cpp" "$root/server/ring_codec.cpp" \
+  "$here/fuzz_ring.cpp" "$root/bus/ring_queue.cpp" "$root/bus/ring_codec.cpp" \
   -o "$work/fuzz_ring"
 
 # Seeds: honest records (a request, a body) and a record crossing the ring

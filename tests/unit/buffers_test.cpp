@@ -3,7 +3,7 @@
 #include <cstring>
 #include <string>
 
-#include "buffers.h"
+#include "proxy/buffers.h"
 
 using offload::Block;
 using offload::BlockChain;

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <string>
 
-#include "config.h"
+#include "ops/config.h"
 
 using offload::Config;
 using offload::ConfigError;

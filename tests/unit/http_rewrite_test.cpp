@@ -2,8 +2,8 @@
 
 #include <string>
 
-#include "http_parser.h"
-#include "http_rewrite.h"
+#include "http/http_parser.h"
+#include "http/http_rewrite.h"
 
 namespace http = offload::http;
 

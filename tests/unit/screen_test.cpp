@@ -5,8 +5,8 @@
 #include <map>
 #include <random>
 
-#include "config.h"
-#include "screen.h"
+#include "ops/config.h"
+#include "security/screen.h"
 
 using offload::IpAddress;
 using offload::Screen;

@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include "timer_list.h"
+#include "loop/timer_list.h"
 
 using offload::Timer;
 using offload::TimerList;

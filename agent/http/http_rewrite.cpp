@@ -1,4 +1,4 @@
-#include "http_rewrite.h"
+#include "http/http_rewrite.h"
 
 #include <array>
 #include <cstring>

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "config.h"
+#include "ops/config.h"
 
 namespace offload {
 

@@ -4,7 +4,7 @@
 
 #include <cstddef>
 
-#include "check.h"
+#include "loop/check.h"
 
 namespace offload {
 

@@ -20,8 +20,8 @@
 #include <thread>
 #include <vector>
 
-#include "config.h"
-#include "counters.h"
+#include "ops/config.h"
+#include "ops/counters.h"
 
 namespace offload {
 

@@ -1,4 +1,4 @@
-#include "buffers.h"
+#include "proxy/buffers.h"
 
 #include <cstdlib>
 #include <cstring>

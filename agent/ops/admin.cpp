@@ -1,6 +1,6 @@
-#include "admin.h"
+#include "ops/admin.h"
 
-#include "listener.h"
+#include "proxy/listener.h"
 
 #include <netinet/in.h>
 #include <poll.h>

@@ -1,4 +1,4 @@
-#include "spill.h"
+#include "proxy/spill.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -7,7 +7,7 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "check.h"
+#include "loop/check.h"
 
 namespace offload {
 

@@ -1,6 +1,6 @@
-#include "config.h"
+#include "ops/config.h"
 
-#include "screen.h"
+#include "security/screen.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "list.h"
+#include "loop/list.h"
 
 namespace offload {
 

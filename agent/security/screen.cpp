@@ -1,4 +1,4 @@
-#include "screen.h"
+#include "security/screen.h"
 
 #include <arpa/inet.h>
 
@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "config.h"
+#include "ops/config.h"
 
 namespace offload {
 namespace {

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 namespace offload {
 

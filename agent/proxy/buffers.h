@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "check.h"
+#include "loop/check.h"
 
 namespace offload {
 

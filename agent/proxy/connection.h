@@ -10,11 +10,11 @@
 #include <string>
 #include <string_view>
 
-#include "buffers.h"
-#include "http_parser.h"
-#include "list.h"
-#include "spill.h"
-#include "timer_list.h"
+#include "proxy/buffers.h"
+#include "http/http_parser.h"
+#include "loop/list.h"
+#include "proxy/spill.h"
+#include "loop/timer_list.h"
 
 namespace offload {
 

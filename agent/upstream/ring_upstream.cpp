@@ -16,7 +16,7 @@
 
 #include <fmt/format.h>
 
-#include "http_rewrite.h"
+#include "http/http_rewrite.h"
 #include "shard.h"
 
 namespace offload {

@@ -1,4 +1,4 @@
-#include "counters.h"
+#include "ops/counters.h"
 
 #include <fmt/format.h>
 

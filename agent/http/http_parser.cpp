@@ -2,13 +2,13 @@
 // the body. Each state scans as far as it can in a tight loop (a lookup table
 // per byte, eight bytes at a time for long values) and records where it
 // stopped, so a head that trickles in byte by byte still costs one pass.
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 #include <algorithm>
 #include <array>
 #include <cstring>
 
-#include "check.h"
+#include "loop/check.h"
 
 namespace offload::http {
 namespace {

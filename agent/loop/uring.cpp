@@ -1,4 +1,4 @@
-#include "uring.h"
+#include "loop/uring.h"
 
 #include <sys/mman.h>
 
