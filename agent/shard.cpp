@@ -25,12 +25,6 @@ constexpr uint32_t kDataBlockBytes = 64 * 1024;
 // holds only this much until its head really grows.
 constexpr uint32_t kSmallInputBytes = 2048;
 
-uint64_t monotonic_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
-}
-
 struct BodySinkCtx {
   Shard* shard;
   ClientConn* client;
@@ -62,14 +56,20 @@ std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::strin
 
 }  // namespace
 
-Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters)
+const Clock& Shard::default_clock() {
+  static const SteadyClock clock;
+  return clock;
+}
+
+Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters, const Clock& clock)
     : config_(config),
       counters_(counters),
-      uring_(1024, 8192),
-      listen_fds_(std::move(listen_fds)),
+      loop_(clock, 1024, 8192),
+      listeners_(listen_fds.size()),
       clients_(new ClientConn[config.max_clients]),
       screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
               config.max_clients_per_source, config.max_clients),
+      exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); }),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
       data_pool_(kDataBlockBytes, config.buffer_memory_max, 64) {
@@ -85,10 +85,36 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   if (config.upstream.kind != UpstreamTarget::Kind::kShm)
     uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
 
+  for (size_t i = 0; i < listen_fds.size(); ++i) {
+    listeners_[i].fd = listen_fds[i];
+    bind<&Shard::on_accept>(listeners_[i].accepted, this, &listeners_[i]);
+  }
   free_slots_.reserve(config.max_clients);
   for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
-  for (uint32_t i = 0; i < config.max_upstream; ++i)
+  for (uint32_t i = 0; i < config.max_clients; ++i) {
+    ClientConn* c = &clients_[i];
+    bind<&Shard::on_client_recv>(c->received, this, c);
+    bind<&Shard::on_client_send>(c->sent, this, c);
+    bind<&Shard::on_client_cancelled>(c->cancelled, this, c);
+    bind<&Shard::on_client_timer>(c->timer, this, c);
+  }
+  for (uint32_t i = 0; i < config.max_upstream; ++i) {
     upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
+    UpstreamConn* u = upstreams_.back().get();
+    bind<&Shard::on_up_connect>(u->connected, this, u);
+    bind<&Shard::on_up_connect_timeout>(u->connect_timed_out, this, u);
+    bind<&Shard::on_up_send>(u->sent, this, u);
+    bind<&Shard::on_up_recv>(u->received, this, u);
+    bind<&Shard::on_up_cancelled>(u->cancelled, this, u);
+    bind<&Shard::on_ring_doorbell>(u->doorbell, this, u);
+    bind<&Shard::on_response_timeout>(u->timer, this, u);
+  }
+  bind<&Shard::housekeeping>(housekeeping_timer_, this);
+  bind<&Shard::on_accept_retry_timer>(accept_retry_timer_, this);
+  bind<&Shard::on_reconnect_timer>(reconnect_timer_, this);
+  bind<&Shard::ring_tick>(ring_tick_, this);
+  bind<&Shard::on_signal>(signal_read_, this);
+  bind<&Shard::on_ring_listen>(ring_listen_, this);
   if (config.upstream.kind == UpstreamTarget::Kind::kShm) ring_create();
 
   const uint32_t durations[kTimerKinds] = {
@@ -96,7 +122,11 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
       config.response_timeout_ms, 0 /* reconnect: set by back_off() */, 250 /* ring heartbeat tick */,
       1000 /* housekeeping */, 100 /* accept retry after EMFILE */};
-  for (int k = 0; k < kTimerKinds; ++k) timers_[k].set_duration(durations[k]);
+  for (int k = 0; k < kTimerKinds; ++k) {
+    timers_[k].set_duration(durations[k]);
+    timers_[k].set_kind(uint8_t(k));
+    loop_.add_timers(timers_[k]);
+  }
   connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
   connect_timeout_.tv_nsec = (config.connect_timeout_ms % 1000) * 1000000ll;
 
@@ -114,145 +144,69 @@ Shard::~Shard() {
   }
   for (auto& u : upstreams_)
     if (u->fd >= 0) ::close(u->fd);
-  while (Exchange* ex = free_exchanges_) {
-    free_exchanges_ = ex->next_free;
-    delete ex;
-  }
   if (signal_fd_ >= 0) ::close(signal_fd_);
 }
 
 // ---------------------------------------------------------------- the loop
 
 int Shard::run() {
-  now_ms_ = monotonic_ms();
-  for (size_t i = 0; i < listen_fds_.size(); ++i) post_accept(i);
-  post_signal_read();
-  if (ring_) ring_start();
-  arm_timer(housekeeping_timer_, kTimerHousekeeping);
-  refill_pool();
-  while (!stop_now_) {
-    uint64_t deadline = next_deadline();
-    __kernel_timespec ts{};
-    uint64_t wait_ms = deadline > now_ms_ ? deadline - now_ms_ : 0;
-    if (wait_ms > 1000) wait_ms = 1000;
-    ts.tv_sec = int64_t(wait_ms / 1000);
-    ts.tv_nsec = int64_t(wait_ms % 1000) * 1000000;
-    uring_.publish_buffers();
-    io_uring_cqe* cqe = nullptr;
-    int rc = io_uring_submit_and_wait_timeout(uring_.ring(), &cqe, 1, &ts, nullptr);
-    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
-      fmt::print(stderr, "offload-agent: io_uring wait: {}\n", std::strerror(-rc));
-    now_ms_ = monotonic_ms();
-    unsigned head;
-    unsigned seen = 0;
-    io_uring_for_each_cqe(uring_.ring(), head, cqe) {
-      handle(cqe);
-      ++seen;
-    }
-    io_uring_cq_advance(uring_.ring(), seen);
-    expire_timers();
-    if (pool_changed_) {
-      pool_changed_ = false;
-      refill_pool();
-      dispatch();
-    }
-    wake_budget_waiters();
-    if (draining_ && (active_clients_ == 0 || now_ms_ >= drain_deadline_ms_)) break;
+  start();
+  while (turn()) {
   }
   if (draining_ && active_clients_ > 0)
     fmt::print(stderr, "offload-agent: drain deadline passed with {} connections open\n", active_clients_);
   return 0;
 }
 
-void Shard::handle(io_uring_cqe* cqe) {
-  const uint64_t ud = io_uring_cqe_get_data64(cqe);
-  switch (op_of(ud)) {
-    case Op::kAccept: on_accept(ud >> 4, cqe); break;
-    case Op::kSignal: on_signal(cqe->res); break;
-    case Op::kClientRecv: on_client_recv(obj_of<ClientConn>(ud), cqe); break;
-    case Op::kClientSend: on_client_send(obj_of<ClientConn>(ud), cqe->res); break;
-    case Op::kClientCancel: {
-      ClientConn* c = obj_of<ClientConn>(ud);
-      client_op_done(c);
-      maybe_free_client(c);
-      break;
-    }
-    case Op::kUpConnect: on_up_connect(obj_of<UpstreamConn>(ud), cqe->res); break;
-    case Op::kUpConnectTimeout: {
-      UpstreamConn* u = obj_of<UpstreamConn>(ud);
-      --u->inflight;
-      if (cqe->res == -ETIME) bump(counters_.timeouts_connect);
-      maybe_free_upstream(u);
-      break;
-    }
-    case Op::kUpSend: on_up_send(obj_of<UpstreamConn>(ud), cqe->res); break;
-    case Op::kUpRecv: on_up_recv(obj_of<UpstreamConn>(ud), cqe); break;
-    case Op::kUpCancel: {
-      UpstreamConn* u = obj_of<UpstreamConn>(ud);
-      --u->inflight;
-      maybe_free_upstream(u);
-      break;
-    }
-    case Op::kRingListen:
-    case Op::kRingPeer:
-    case Op::kRingDoorbell: on_ring_cqe(ud, cqe); break;
-    case Op::kNone: break;
-  }
+void Shard::start() {
+  loop_.refresh_clock();
+  for (ListenSocket& l : listeners_) post_accept(&l);
+  post_signal_read();
+  if (ring_) ring_start();
+  arm_timer(housekeeping_timer_, kTimerHousekeeping);
+  refill_pool();
 }
 
-uint64_t Shard::next_deadline() const {
-  uint64_t d = UINT64_MAX;
-  for (const auto& t : timers_) d = std::min(d, t.next_deadline_ms());
-  if (draining_) d = std::min(d, drain_deadline_ms_);
-  return d;
+bool Shard::turn() {
+  if (stop_now_) return false;
+  loop_.turn(draining_ ? drain_deadline_ms_ : UINT64_MAX);
+  after_batch();
+  return !(stop_now_ || (draining_ && (active_clients_ == 0 || loop_.now_ms() >= drain_deadline_ms_)));
 }
 
-void Shard::arm_timer(Timer& t, TimerKind kind) {
-  if (t.armed()) timers_[t.kind].disarm(&t);
-  t.kind = kind;
-  timers_[kind].arm(&t, now_ms_);
-}
-
-void Shard::disarm_timer(Timer& t) {
-  if (t.armed()) timers_[t.kind].disarm(&t);
-}
-
-void Shard::expire_timers() {
-  for (auto& list : timers_)
-    while (Timer* t = list.pop_expired(now_ms_)) on_timer(t);
-}
-
-void Shard::on_timer(Timer* t) {
-  if (t == &housekeeping_timer_) {
-    housekeeping();
-    return;
-  }
-  if (t == &accept_retry_timer_) {
-    for (size_t i = 0; i < listen_fds_.size(); ++i)
-      if (!accept_armed_[i]) post_accept(i);
-    return;
-  }
-  if (t == &ring_tick_) {
-    ring_tick();
-    return;
-  }
-  if (t == &reconnect_timer_) {
+// Work that waits for a whole batch of completions: a freed channel is
+// refilled and used only after the batch, never inside the handler of the
+// slot that freed it, and budget given back wakes the responses waiting on it.
+void Shard::after_batch() {
+  if (pool_changed_) {
+    pool_changed_ = false;
     refill_pool();
-    dispatch();  // waiting requests try a connection of their own, too
-    return;
+    dispatch();
   }
-  if (t->kind == kTimerResponse) {
-    auto* u = reinterpret_cast<UpstreamConn*>(reinterpret_cast<char*>(t) - offsetof(UpstreamConn, timer));
-    bump(counters_.timeouts_response);
-    if (u->ring) {
-      ring_timed_out(u);
-    } else {
-      upstream_failed(u, 504, false);
-    }
-    return;
+  wake_budget_waiters();
+}
+
+void Shard::on_accept_retry_timer() {
+  for (ListenSocket& l : listeners_)
+    if (!l.armed) post_accept(&l);
+}
+
+void Shard::on_reconnect_timer() {
+  refill_pool();
+  dispatch();  // waiting requests try a connection of their own, too
+}
+
+void Shard::on_response_timeout(UpstreamConn* u, Timer&) {
+  bump(counters_.timeouts_response);
+  if (u->ring) {
+    ring_timed_out(u);
+  } else {
+    upstream_failed(u, 504, false);
   }
-  auto* c = reinterpret_cast<ClientConn*>(reinterpret_cast<char*>(t) - offsetof(ClientConn, timer));
-  switch (TimerKind(t->kind)) {
+}
+
+void Shard::on_client_timer(ClientConn* c, Timer& t) {
+  switch (TimerKind(t.list->kind())) {
     case kTimerHeader:
       bump(counters_.timeouts_header);
       // A connection that never sent a byte just closes; a partial head gets 408.
@@ -286,13 +240,11 @@ void Shard::housekeeping() {
 
 void Shard::post_signal_read() {
   if (signal_fd_ < 0) return;
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_read(s, signal_fd_, signal_buf_, sizeof(signalfd_siginfo), 0);
-  io_uring_sqe_set_data64(s, uint64_t(Op::kSignal));
+  io_uring_prep_read(loop_.sqe(signal_read_), signal_fd_, signal_buf_, sizeof(signalfd_siginfo), 0);
 }
 
-void Shard::on_signal(int res) {
-  if (res == int(sizeof(signalfd_siginfo))) {
+void Shard::on_signal(const io_uring_cqe& cqe) {
+  if (cqe.res == int(sizeof(signalfd_siginfo))) {
     signalfd_siginfo info;
     std::memcpy(&info, signal_buf_, sizeof info);
     if (info.ssi_signo == SIGINT && ++sigint_count_ >= 2) {
@@ -308,11 +260,11 @@ void Shard::on_signal(int res) {
 void Shard::start_drain() {
   if (draining_) return;
   draining_ = true;
-  drain_deadline_ms_ = now_ms_ + config_.drain_timeout_ms;
+  drain_deadline_ms_ = loop_.now_ms() + config_.drain_timeout_ms;
   fmt::print(stderr, "offload-agent: draining {} connections (deadline {} ms)\n", active_clients_,
              config_.drain_timeout_ms);
   // shutdown() ends a multishot accept; the sockets close with the process.
-  for (int fd : listen_fds_) ::shutdown(fd, SHUT_RDWR);
+  for (ListenSocket& l : listeners_) ::shutdown(l.fd, SHUT_RDWR);
   for (uint32_t i = 0; i < config_.max_clients; ++i) {
     ClientConn* c = &clients_[i];
     if (c->fd < 0 || c->state == ClientState::kClosing) continue;
@@ -324,17 +276,17 @@ void Shard::start_drain() {
 
 // ------------------------------------------------------------- accepting
 
-void Shard::post_accept(size_t listener) {
+void Shard::post_accept(ListenSocket* l) {
   if (draining_) return;
-  accept_armed_[listener] = true;
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_multishot_accept(s, listen_fds_[listener], nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data64(s, (uint64_t(listener) << 4) | uint64_t(Op::kAccept));
+  OFFLOAD_ASSERT(!l->armed);
+  l->armed = true;
+  io_uring_prep_multishot_accept(loop_.sqe(l->accepted), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
 }
 
-void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
+void Shard::on_accept(ListenSocket* l, const io_uring_cqe& e) {
+  const io_uring_cqe* cqe = &e;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
-    accept_armed_[listener] = false;
+    l->armed = false;
     // Out of descriptors or memory: accepting again at once would fail at
     // once, forever. Pause (the backlog keeps the clients), like nginx.
     const bool starved = cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM || cqe->res == -ENOBUFS;
@@ -342,7 +294,7 @@ void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
       bump(counters_.accept_pauses);
       if (!accept_retry_timer_.armed()) arm_timer(accept_retry_timer_, kTimerAcceptRetry);
     } else if (!draining_) {
-      post_accept(listener);
+      post_accept(l);
     }
   }
   if (cqe->res < 0) return;
@@ -374,16 +326,22 @@ void Shard::on_accept(size_t listener, io_uring_cqe* cqe) {
 // -------------------------------------------------------------- receiving
 
 void Shard::post_recv(ClientConn* c) {
-  io_uring_sqe* s = uring_.sqe();
+  OFFLOAD_ASSERT(!c->recv_armed);
+  io_uring_sqe* s = loop_.sqe(c->received);
   io_uring_prep_recv_multishot(s, c->fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kClientGroup;
-  io_uring_sqe_set_data64(s, pack(c, Op::kClientRecv));
   c->recv_armed = true;
   ++c->inflight;
 }
 
-void Shard::on_client_recv(ClientConn* c, io_uring_cqe* cqe) {
+void Shard::on_client_cancelled(ClientConn* c, const io_uring_cqe&) {
+  client_op_done(c);
+  maybe_free_client(c);
+}
+
+void Shard::on_client_recv(ClientConn* c, const io_uring_cqe& e) {
+  const io_uring_cqe* cqe = &e;
   const bool more = cqe->flags & IORING_CQE_F_MORE;
   if (!more) {
     c->recv_armed = false;
@@ -536,16 +494,9 @@ void Shard::pause_recv(ClientConn* c) {
   if (c->recv_paused) return;
   c->recv_paused = true;
   if (!c->recv_armed) return;
-  post_cancel(pack(c, Op::kClientRecv), pack(c, Op::kClientCancel));
+  // Both completions (the cancelled receive and the cancel's own) come back.
+  loop_.cancel(c->received, &c->cancelled);
   ++c->inflight;
-}
-
-// Cancels the operation whose user_data is `target`; both completions (the
-// cancelled one and the cancel's own, tagged `tag`) come back to the loop.
-void Shard::post_cancel(uint64_t target, uint64_t tag) {
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_cancel64(s, target, 0);
-  io_uring_sqe_set_data64(s, tag);
 }
 
 // Request body bytes: memory up to body_buffer, then a temporary file, so a
@@ -664,7 +615,7 @@ void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_inp
 void Shard::on_request_complete(ClientConn* c) {
   Exchange* ex = c->ex;
   bump(counters_.requests);
-  disarm_timer(c->timer);
+  disarm(c->timer);
   // The body is forwarded de-chunked: now its length is known.
   size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
                                           ex->parser.head().body != http::BodyKind::kNone, ex->body_bytes());
@@ -758,7 +709,7 @@ void Shard::respond_error(ClientConn* c, int status) {
   }
   ex->response_head_done = ex->response_done = true;
   set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
-  disarm_timer(c->timer);
+  disarm(c->timer);
   post_client_send(c);
 }
 
@@ -780,9 +731,7 @@ void Shard::post_client_send(ClientConn* c) {
     if (ex->out.empty()) return;
     n = ex->out.fill_iovec(ex->send_iov, 8);
   }
-  io_uring_sqe* s = uring_.sqe();
-  prep_send_iov(s, c->fd, ex->send_msg, ex->send_iov, n);
-  io_uring_sqe_set_data64(s, pack(c, Op::kClientSend));
+  prep_send_iov(loop_.sqe(c->sent), c->fd, ex->send_msg, ex->send_iov, n);
   ++c->inflight;
   c->send_busy = true;
   arm_timer(c->timer, kTimerSend);
@@ -806,14 +755,15 @@ void Shard::fill_out_from_spill(ClientConn* c) {
   ex->out.commit(uint32_t(got));
 }
 
-void Shard::on_client_send(ClientConn* c, int res) {
+void Shard::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
+  int res = cqe.res;
   client_op_done(c);
   c->send_busy = false;
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
     return;
   }
-  if (!c->wait_node.linked()) disarm_timer(c->timer);  // a budget wait keeps its bound
+  if (!c->wait_node.linked()) disarm(c->timer);  // a budget wait keeps its bound
   if (res <= 0) {
     if (res != -EAGAIN) {
       bump(counters_.client_aborts);
@@ -892,7 +842,7 @@ void Shard::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
   set_state(c, ClientState::kClosing);
   budget_waiters_.remove_if_linked(c);
-  disarm_timer(c->timer);
+  disarm(c->timer);
   // Wakes the in-flight receive and send so their completions come back.
   ::shutdown(c->fd, SHUT_RDWR);
   if (c->ex != nullptr && c->ex->up != nullptr) {
@@ -926,14 +876,11 @@ void Shard::maybe_free_client(ClientConn* c) {
   drop(counters_.active_clients);
 }
 
+// Never null: a client holds at most one exchange and there is one per client.
 Exchange* Shard::get_exchange() {
-  Exchange* ex = free_exchanges_;
-  if (ex != nullptr) {
-    free_exchanges_ = ex->next_free;
-    --free_exchange_count_;
-    return ex;
-  }
-  return new Exchange(request_limits_);
+  Exchange* ex = exchanges_.get();
+  OFFLOAD_ASSERT(ex != nullptr);
+  return ex;
 }
 
 void Shard::put_exchange(Exchange* ex) {
@@ -956,14 +903,7 @@ void Shard::put_exchange(Exchange* ex) {
   ex->canned = {};
   ex->interim.clear();
   ex->interim_sent = 0;
-  if (free_exchange_count_ >= kFreeExchangesMax) {  // a burst is over: give it back
-    released_bytes_ += sizeof(Exchange) + ex->parser.head().headers.capacity() * sizeof(http::HeaderField);
-    delete ex;
-    return;
-  }
-  ex->next_free = free_exchanges_;
-  free_exchanges_ = ex;
-  ++free_exchange_count_;
+  exchanges_.put(ex);
 }
 
 }  // namespace offload

@@ -20,8 +20,10 @@
 #include "http/http_rewrite.h"
 #include "loop/list.h"
 #include "security/screen.h"
+#include "loop/clock.h"
+#include "loop/loop.h"
+#include "loop/slab.h"
 #include "loop/timer_list.h"
-#include "loop/uring.h"
 #include "offload/ring_agent.h"
 
 namespace offload {
@@ -35,7 +37,8 @@ inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
 class Shard {
  public:
   // Binds nothing: the listening sockets are made by the caller and shared.
-  Shard(const Config& config, std::vector<int> listen_fds, Counters& counters);
+  Shard(const Config& config, std::vector<int> listen_fds, Counters& counters,
+        const Clock& clock = default_clock());
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
@@ -43,8 +46,12 @@ class Shard {
   // Runs until drained after SIGTERM/SIGINT (or a second SIGINT). Returns
   // the process exit code. Signals must be blocked in the calling thread.
   int run();
+  // run() in steps, for tests that drive the shard with a TestClock: start()
+  // once, then turn() until it returns false (drained or stopped).
+  void start();
+  bool turn();
 
-  const std::string& features() const { return uring_.features(); }
+  const std::string& features() const { return loop_.features(); }
 
   // Response bytes for a client: memory up to response_buffer, then the
   // spill file. False when neither has room (buffer memory exhausted).
@@ -54,26 +61,34 @@ class Shard {
   bool append_body(ClientConn* c, const char* data, size_t len);
 
  private:
-  // The loop.
-  void handle(io_uring_cqe* cqe);
-  void expire_timers();
-  uint64_t next_deadline() const;
-  void arm_timer(Timer& t, TimerKind kind);
-  void disarm_timer(Timer& t);
-  void on_timer(Timer* t);
-  void on_signal(int res);
+  static const Clock& default_clock();
+
+  // The loop: each operation's result goes to the handler its Completion
+  // was bound to, each expired timer to its own.
+  void arm_timer(Timer& t, TimerKind kind) { loop_.arm(t, timers_[kind]); }
+  void on_client_timer(ClientConn* c, Timer& t);
+  void on_response_timeout(UpstreamConn* u, Timer& t);
+  void on_reconnect_timer();
+  void on_accept_retry_timer();
+  void on_signal(const io_uring_cqe& cqe);
   void start_drain();
   void post_signal_read();
   void housekeeping();
+  void after_batch();
 
   // Clients.
-  void post_accept(size_t listener);
-  void on_accept(size_t listener, io_uring_cqe* cqe);
+  struct ListenSocket {
+    int fd = -1;
+    bool armed = false;  // the multishot accept is running
+    Completion accepted;
+  };
+  void post_accept(ListenSocket* l);
+  void on_accept(ListenSocket* l, const io_uring_cqe& cqe);
   void post_recv(ClientConn* c);
-  void on_client_recv(ClientConn* c, io_uring_cqe* cqe);
+  void on_client_recv(ClientConn* c, const io_uring_cqe& cqe);
+  void on_client_cancelled(ClientConn* c, const io_uring_cqe& cqe);
   void on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh);
   void pause_recv(ClientConn* c);
-  void post_cancel(uint64_t target, uint64_t tag);
   void parse_input(ClientConn* c);
   bool take_head(ClientConn* c);
   void feed_body(ClientConn* c, const char* data, size_t len, bool from_input);
@@ -86,7 +101,7 @@ class Shard {
   void reject(ClientConn* c, int status);
   void respond_error(ClientConn* c, int status);
   void post_client_send(ClientConn* c);
-  void on_client_send(ClientConn* c, int res);
+  void on_client_send(ClientConn* c, const io_uring_cqe& cqe);
   void fill_out_from_spill(ClientConn* c);
   void finish_exchange(ClientConn* c);
   void linger(ClientConn* c);
@@ -114,10 +129,12 @@ class Shard {
   bool open_upstream();  // false when no connection could be started
   void back_off(int status);
   void log_upstream_error(const char* what, int err);
-  void on_up_connect(UpstreamConn* u, int res);
+  void on_up_connect(UpstreamConn* u, const io_uring_cqe& cqe);
+  void on_up_connect_timeout(UpstreamConn* u, const io_uring_cqe& cqe);
+  void on_up_cancelled(UpstreamConn* u, const io_uring_cqe& cqe);
   void make_idle(UpstreamConn* u);
   void post_up_send(UpstreamConn* u);
-  void on_up_send(UpstreamConn* u, int res);
+  void on_up_send(UpstreamConn* u, const io_uring_cqe& cqe);
   bool load_body_piece(UpstreamConn* u, uint64_t offset);
   void post_up_recv(UpstreamConn* u);
   void arm_up_recv(UpstreamConn* u);
@@ -131,7 +148,7 @@ class Shard {
   void wake_budget_waiters();
   void resume_response(ClientConn* c);
   void resume_up_read(Exchange* ex);
-  void on_up_recv(UpstreamConn* u, io_uring_cqe* cqe);
+  void on_up_recv(UpstreamConn* u, const io_uring_cqe& cqe);
   void on_up_eof(UpstreamConn* u, int res);
   void take_response_bytes(UpstreamConn* u, const char* data, uint32_t len);
   bool on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n);
@@ -151,7 +168,12 @@ class Shard {
   // Ring channels (ring_upstream.cpp).
   void ring_create();
   void ring_start();
-  void on_ring_cqe(uint64_t ud, io_uring_cqe* cqe);
+  struct PeerPoll;
+  void on_ring_listen(const io_uring_cqe& cqe);
+  void on_ring_peer(PeerPoll* p, const io_uring_cqe& cqe);
+  void on_ring_doorbell(UpstreamConn* u, const io_uring_cqe& cqe);
+  void post_ring_listen();
+  void post_doorbell(UpstreamConn* u);
   void ring_tick();
   void ring_event(ring::RingAgent::Event e);
   void ring_reset_channel(UpstreamConn* u);
@@ -171,24 +193,21 @@ class Shard {
 
   const Config& config_;
   Counters& counters_;
-  Uring uring_;
-  std::vector<int> listen_fds_;
+  Loop loop_;
+  Uring& uring_ = loop_.uring();
+  std::vector<ListenSocket> listeners_;
   http::Limits request_limits_;
   http::Limits response_limits_;
-  uint64_t now_ms_ = 0;
 
   // Clients: slots made once, handed out LIFO so the same few stay warm.
   std::unique_ptr<ClientConn[]> clients_;
   std::vector<uint32_t> free_slots_;
   Screen screen_;
   uint32_t active_clients_ = 0;
-  static constexpr uint32_t kFreeExchangesMax = 256;
-  Exchange* free_exchanges_ = nullptr;
-  uint32_t free_exchange_count_ = 0;
+  Slab<Exchange> exchanges_;  // one per client at most, made on first use
   uint64_t released_bytes_ = 0;
   Timer housekeeping_timer_;
   Timer accept_retry_timer_;
-  std::vector<bool> accept_armed_ = std::vector<bool>(listen_fds_.size(), false);
 
   BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;   // request heads (header_bytes_max + slack)
@@ -217,6 +236,17 @@ class Shard {
   // The bus (upstream shm:NAME): null for TCP and Unix upstreams.
   std::unique_ptr<ring::RingAgent> ring_;
   Timer ring_tick_;
+  Completion ring_listen_;
+  // A poll on the ring's current peer socket. The peer changes on attach and
+  // detach; a poll for an earlier peer may still complete, so each poll has
+  // its own record, reused once its completion is in.
+  struct PeerPoll {
+    Completion done;
+    uint64_t generation = 0;
+    bool in_flight = false;
+  };
+  std::vector<std::unique_ptr<PeerPoll>> peer_polls_;
+  PeerPoll* peer_poll_ = nullptr;  // the one on the current peer
   int peer_poll_fd_ = -1;
   uint64_t peer_poll_gen_ = 0;
   uint64_t ring_request_ids_ = 0;
@@ -233,6 +263,7 @@ class Shard {
 
   // Signals and draining.
   int signal_fd_ = -1;
+  Completion signal_read_;
   alignas(16) char signal_buf_[128];
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;

@@ -9,33 +9,6 @@
 
 namespace offload {
 
-// user_data packs an object pointer (16-byte aligned) with a 4-bit op code.
-enum class Op : uint8_t {
-  kNone = 0,
-  kAccept,
-  kSignal,
-  kClientRecv,
-  kClientSend,
-  kClientCancel,
-  kUpConnect,
-  kUpConnectTimeout,
-  kUpSend,
-  kUpRecv,
-  kUpCancel,
-  kRingListen,
-  kRingPeer,
-  kRingDoorbell,
-};
-
-inline uint64_t pack(const void* obj, Op op) {
-  return reinterpret_cast<uint64_t>(obj) | uint64_t(op);
-}
-inline Op op_of(uint64_t ud) { return Op(ud & 0xf); }
-template <typename T>
-T* obj_of(uint64_t ud) {
-  return reinterpret_cast<T*>(ud & ~uint64_t(0xf));
-}
-
 // A send of n iovecs: a plain send for one (cheaper than sendmsg, the common
 // case), else a sendmsg through `msg`, which must live until completion.
 inline void prep_send_iov(io_uring_sqe* sqe, int fd, msghdr& msg, iovec* iov, int n) {

@@ -14,6 +14,7 @@
 #include "http/http_parser.h"
 #include "loop/list.h"
 #include "proxy/spill.h"
+#include "loop/completion.h"
 #include "loop/timer_list.h"
 
 namespace offload {
@@ -23,7 +24,7 @@ struct UpstreamConn;
 // Everything a request in progress needs. Pooled: a connection holds one only
 // while a request is being received, forwarded or answered, so an idle
 // keep-alive connection costs no more than its ClientConn.
-struct alignas(16) Exchange {
+struct Exchange {
   explicit Exchange(const http::Limits& limits) : parser(http::Parser::Kind::kRequest, limits) {}
 
   http::Parser parser;
@@ -37,7 +38,6 @@ struct alignas(16) Exchange {
   BlockChain out;              // the response waiting for the client
   Spill spill;
   UpstreamConn* up = nullptr;  // the channel serving it, while it does
-  Exchange* next_free = nullptr;
 
   msghdr send_msg{};           // the client send in flight
   iovec send_iov[8]{};
@@ -90,8 +90,11 @@ enum TimerKind : uint8_t {
   kTimerKinds,
 };
 
-struct alignas(16) ClientConn {
+struct ClientConn {
   Timer timer;
+  Completion received;          // the multishot receive
+  Completion sent;              // the send in flight
+  Completion cancelled;         // a cancel of the receive
   ListNode queue_node;          // in the ready queue while kQueued
   ListNode wait_node;           // in budget_waiters_: its response waits for memory or spill room
   Exchange* ex = nullptr;
@@ -112,11 +115,17 @@ enum class UpstreamState : uint8_t { kFree, kConnecting, kIdle, kBusy, kClosing 
 // Requests one ring channel may carry at once (ring_depth is capped here).
 inline constexpr uint32_t kRingDepthMax = 64;
 
-struct alignas(16) UpstreamConn {
+struct UpstreamConn {
   UpstreamConn(uint32_t index, const http::Limits& limits)
       : parser(http::Parser::Kind::kResponse, limits), slot(index) {}
 
   Timer timer;
+  Completion connected;         // the connect...
+  Completion connect_timed_out; // ... and its linked timeout
+  Completion sent;
+  Completion received;          // the multishot receive
+  Completion cancelled;         // a cancel of the receive
+  Completion doorbell;          // ring channels: the server rang
   ListNode idle_node;
   http::Parser parser;
   ClientConn* client = nullptr;

@@ -61,51 +61,42 @@ void Shard::ring_create() {
 }
 
 void Shard::ring_start() {
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_poll_multishot(s, ring_->listen_fd(), POLLIN);
-  io_uring_sqe_set_data64(s, uint64_t(Op::kRingListen));
-  for (auto& u : upstreams_) {
-    io_uring_sqe* d = uring_.sqe();
-    io_uring_prep_poll_multishot(d, ring_->doorbell_fd(u->channel), POLLIN);
-    io_uring_sqe_set_data64(d, pack(u.get(), Op::kRingDoorbell));
-  }
+  post_ring_listen();
+  for (auto& u : upstreams_) post_doorbell(u.get());
   arm_timer(ring_tick_, kTimerRingTick);
 }
 
-void Shard::on_ring_cqe(uint64_t ud, io_uring_cqe* cqe) {
-  switch (op_of(ud)) {
-    case Op::kRingListen:
-      if (!(cqe->flags & IORING_CQE_F_MORE)) {
-        io_uring_sqe* s = uring_.sqe();
-        io_uring_prep_poll_multishot(s, ring_->listen_fd(), POLLIN);
-        io_uring_sqe_set_data64(s, uint64_t(Op::kRingListen));
-      }
-      ring_event(ring_->on_listen_ready(now_ms_));
-      break;
-    case Op::kRingPeer:
-      if ((ud >> 4) != peer_poll_gen_) break;  // a poll for an earlier peer
-      peer_poll_fd_ = -1;
-      ring_event(ring_->on_peer_ready(now_ms_));
-      break;
-    case Op::kRingDoorbell: {
-      UpstreamConn* u = obj_of<UpstreamConn>(ud);
-      if (!(cqe->flags & IORING_CQE_F_MORE)) {
-        io_uring_sqe* s = uring_.sqe();
-        io_uring_prep_poll_multishot(s, ring_->doorbell_fd(u->channel), POLLIN);
-        io_uring_sqe_set_data64(s, pack(u, Op::kRingDoorbell));
-      }
-      ring_->on_doorbell(u->channel);
-      if (u->send_pending && u->state == UpstreamState::kIdle) ring_send_back(u);
-      ring_drain(u);
-      ring_dispatch();
-      break;
-    }
-    default: break;
-  }
+void Shard::post_ring_listen() {
+  io_uring_prep_poll_multishot(loop_.sqe(ring_listen_), ring_->listen_fd(), POLLIN);
+}
+
+void Shard::post_doorbell(UpstreamConn* u) {
+  io_uring_prep_poll_multishot(loop_.sqe(u->doorbell), ring_->doorbell_fd(u->channel), POLLIN);
+}
+
+void Shard::on_ring_listen(const io_uring_cqe& cqe) {
+  if (!(cqe.flags & IORING_CQE_F_MORE)) post_ring_listen();
+  ring_event(ring_->on_listen_ready(loop_.now_ms()));
+}
+
+void Shard::on_ring_peer(PeerPoll* p, const io_uring_cqe&) {
+  p->in_flight = false;
+  if (p != peer_poll_ || p->generation != peer_poll_gen_) return;  // a poll for an earlier peer
+  peer_poll_ = nullptr;
+  peer_poll_fd_ = -1;
+  ring_event(ring_->on_peer_ready(loop_.now_ms()));
+}
+
+void Shard::on_ring_doorbell(UpstreamConn* u, const io_uring_cqe& cqe) {
+  if (!(cqe.flags & IORING_CQE_F_MORE)) post_doorbell(u);
+  ring_->on_doorbell(u->channel);
+  if (u->send_pending && u->state == UpstreamState::kIdle) ring_send_back(u);
+  ring_drain(u);
+  ring_dispatch();
 }
 
 void Shard::ring_tick() {
-  ring_event(ring_->tick(now_ms_));
+  ring_event(ring_->tick(loop_.now_ms()));
   arm_timer(ring_tick_, kTimerRingTick);
 }
 
@@ -136,14 +127,26 @@ void Shard::ring_event(RingAgent::Event e) {
   }
   const int fd = ring_->peer_fd();
   if (fd == peer_poll_fd_) return;
-  if (peer_poll_fd_ >= 0)  // io_uring holds the old socket until its poll ends
-    post_cancel((peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer), uint64_t(Op::kNone));
+  if (peer_poll_ != nullptr)  // io_uring holds the old socket until its poll ends
+    loop_.cancel(peer_poll_->done, nullptr);
+  peer_poll_ = nullptr;
   peer_poll_fd_ = fd;
   ++peer_poll_gen_;
   if (fd < 0) return;
-  io_uring_sqe* s = uring_.sqe();
-  io_uring_prep_poll_add(s, fd, POLLIN | POLLRDHUP);
-  io_uring_sqe_set_data64(s, (peer_poll_gen_ << 4) | uint64_t(Op::kRingPeer));
+  // A record whose poll has completed is reused; peers change rarely, so
+  // there are only ever a few.
+  PeerPoll* p = nullptr;
+  for (auto& candidate : peer_polls_)
+    if (!candidate->in_flight) p = candidate.get();
+  if (p == nullptr) {
+    peer_polls_.push_back(std::make_unique<PeerPoll>());
+    p = peer_polls_.back().get();
+    bind<&Shard::on_ring_peer>(p->done, this, p);
+  }
+  p->generation = peer_poll_gen_;
+  p->in_flight = true;
+  peer_poll_ = p;
+  io_uring_prep_poll_add(loop_.sqe(p->done), fd, POLLIN | POLLRDHUP);
 }
 
 void Shard::ring_reset_channel(UpstreamConn* u) {
@@ -155,7 +158,7 @@ void Shard::ring_reset_channel(UpstreamConn* u) {
   u->ring_slow_front = false;
   u->read_paused = false;
   u->fifo_head = u->fifo_count = 0;
-  disarm_timer(u->timer);
+  disarm(u->timer);
 }
 
 // The channel that takes the next request: the least loaded one with room
@@ -194,7 +197,7 @@ void Shard::ring_dispatch() {
 }
 
 void Shard::ring_assign(UpstreamConn* u, ClientConn* c) {
-  disarm_timer(c->timer);
+  disarm(c->timer);
   c->ex->up = u;
   u->fifo[(u->fifo_head + u->fifo_count) % kRingDepthMax] = c;
   ++u->fifo_count;
@@ -218,7 +221,7 @@ void Shard::ring_send_back(UpstreamConn* u) {
   ring_head_parser_.reset();
   if (ring_head_parser_.parse_head(head) != http::Result::kComplete) {
     --u->fifo_count;
-    if (u->fifo_count == 0) disarm_timer(u->timer);
+    if (u->fifo_count == 0) disarm(u->timer);
     c->ex->up = nullptr;
     respond_error(c, 502);
     return;
@@ -253,7 +256,7 @@ void Shard::ring_send_back(UpstreamConn* u) {
     case RingAgent::Send::kTooLarge:
       --u->fifo_count;
       u->send_pending = false;
-      if (u->fifo_count == 0) disarm_timer(u->timer);
+      if (u->fifo_count == 0) disarm(u->timer);
       c->ex->up = nullptr;
       respond_error(c, 413);
       return;
@@ -280,7 +283,7 @@ void Shard::ring_fail_all(UpstreamConn* u, int status) {
   if (u->fifo_count > 0) u->ring_draining = true;
   u->read_paused = false;
   u->ring_slow_front = false;
-  disarm_timer(u->timer);
+  disarm(u->timer);
 }
 
 // A client leaves while its request is on the channel: its slot stays, so
@@ -304,7 +307,7 @@ void Shard::ring_pop_front(UpstreamConn* u) {
   --u->fifo_count;
   if (u->fifo_count == 0) {
     u->ring_draining = false;
-    disarm_timer(u->timer);
+    disarm(u->timer);
   } else if (!u->ring_draining) {
     arm_timer(u->timer, kTimerResponse);
   }
@@ -345,7 +348,7 @@ void Shard::ring_paused(UpstreamConn* u) {
     c->ex->up = nullptr;
     enqueue(c, true);  // its queue timer runs; another channel may take it at once
   }
-  if (!held) disarm_timer(u->timer);
+  if (!held) disarm(u->timer);
   else if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
 }
 

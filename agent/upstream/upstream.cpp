@@ -85,7 +85,7 @@ void Shard::dispatch() {
 
 void Shard::assign(UpstreamConn* u, ClientConn* c) {
   Exchange* ex = c->ex;
-  disarm_timer(c->timer);
+  disarm(c->timer);
   Block* first = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
   if (first == nullptr) {
     bump(counters_.buffer_exhausted);
@@ -129,9 +129,9 @@ void Shard::back_off(int status) {
 
 void Shard::log_upstream_error(const char* what, int err) {
   static uint64_t last_log_ms = 0;
-  if (last_log_ms != 0 && now_ms_ - last_log_ms < 5000) return;  // a down backend is loud enough
+  if (last_log_ms != 0 && loop_.now_ms() - last_log_ms < 5000) return;  // a down backend is loud enough
   fmt::print(stderr, "offload-agent: upstream {}: {}: {}\n", config_.upstream.text, what, std::strerror(err));
-  last_log_ms = now_ms_;
+  last_log_ms = loop_.now_ms();
 }
 
 bool Shard::open_upstream() {
@@ -164,18 +164,27 @@ bool Shard::open_upstream() {
   ++upstream_connecting_;
   bump(counters_.upstream_connects);
   bump(counters_.upstream_active);
-  io_uring_sqe* s = uring_.sqe();
+  io_uring_sqe* s = loop_.sqe(u->connected);
   io_uring_prep_connect(s, fd, reinterpret_cast<const sockaddr*>(&addr.storage), addr.length);
-  io_uring_sqe_set_data64(s, pack(u, Op::kUpConnect));
   s->flags |= IOSQE_IO_LINK;
-  io_uring_sqe* t = uring_.sqe();
-  io_uring_prep_link_timeout(t, &connect_timeout_, 0);
-  io_uring_sqe_set_data64(t, pack(u, Op::kUpConnectTimeout));
+  io_uring_prep_link_timeout(loop_.sqe(u->connect_timed_out), &connect_timeout_, 0);
   u->inflight += 2;
   return true;
 }
 
-void Shard::on_up_connect(UpstreamConn* u, int res) {
+void Shard::on_up_connect_timeout(UpstreamConn* u, const io_uring_cqe& cqe) {
+  --u->inflight;
+  if (cqe.res == -ETIME) bump(counters_.timeouts_connect);
+  maybe_free_upstream(u);
+}
+
+void Shard::on_up_cancelled(UpstreamConn* u, const io_uring_cqe&) {
+  --u->inflight;
+  maybe_free_upstream(u);
+}
+
+void Shard::on_up_connect(UpstreamConn* u, const io_uring_cqe& cqe) {
+  const int res = cqe.res;
   --u->inflight;
   --upstream_connecting_;
   if (u->state == UpstreamState::kClosing) {
@@ -206,14 +215,14 @@ void Shard::on_up_connect(UpstreamConn* u, int res) {
 void Shard::make_idle(UpstreamConn* u) {
   u->state = UpstreamState::kIdle;
   u->client = nullptr;
-  disarm_timer(u->timer);
+  disarm(u->timer);
   idle_.push_front(u);  // LIFO: the warmest channel serves next
 }
 
 void Shard::close_upstream(UpstreamConn* u) {
   if (u->state == UpstreamState::kClosing || u->state == UpstreamState::kFree) return;
   if (u->state == UpstreamState::kIdle) idle_.remove(u);
-  disarm_timer(u->timer);
+  disarm(u->timer);
   u->state = UpstreamState::kClosing;
   ::shutdown(u->fd, SHUT_RDWR);
   maybe_free_upstream(u);
@@ -264,9 +273,7 @@ void Shard::post_up_send(UpstreamConn* u) {
     add(ex->bounce->data(), ex->bounce->tail);
   }
   OFFLOAD_ASSERT(n > 0);  // a send of nothing would come back as 0 and loop
-  io_uring_sqe* s = uring_.sqe();
-  prep_send_iov(s, u->fd, u->send_msg, u->send_iov, n);
-  io_uring_sqe_set_data64(s, pack(u, Op::kUpSend));
+  prep_send_iov(loop_.sqe(u->sent), u->fd, u->send_msg, u->send_iov, n);
   ++u->inflight;
   u->send_busy = true;
 }
@@ -294,7 +301,8 @@ bool Shard::load_body_piece(UpstreamConn* u, uint64_t offset) {
   return true;
 }
 
-void Shard::on_up_send(UpstreamConn* u, int res) {
+void Shard::on_up_send(UpstreamConn* u, const io_uring_cqe& cqe) {
+  const int res = cqe.res;
   --u->inflight;
   u->send_busy = false;
   if (u->state != UpstreamState::kBusy) {
@@ -318,11 +326,10 @@ void Shard::on_up_send(UpstreamConn* u, int res) {
 // into the client's output blocks.
 void Shard::arm_up_recv(UpstreamConn* u) {
   OFFLOAD_ASSERT(!u->recv_armed && u->fd >= 0);  // one receive per connection
-  io_uring_sqe* s = uring_.sqe();
+  io_uring_sqe* s = loop_.sqe(u->received);
   io_uring_prep_recv_multishot(s, u->fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kUpstreamGroup;
-  io_uring_sqe_set_data64(s, pack(u, Op::kUpRecv));
   ++u->inflight;
   u->recv_armed = true;
 }
@@ -398,7 +405,7 @@ void Shard::wake_budget_waiters() {
 // refill from the spill file, send, and let a paused upstream read on.
 void Shard::resume_response(ClientConn* c) {
   Exchange* ex = c->ex;
-  disarm_timer(c->timer);  // the wait's bound; sending arms its own
+  disarm(c->timer);  // the wait's bound; sending arms its own
   post_client_send(c);
   if (c->state == ClientState::kClosing || c->ex != ex) return;
   resume_up_read(ex);
@@ -415,9 +422,9 @@ void Shard::resume_up_read(Exchange* ex) {
 // Back-pressure: the client's buffers (memory and spill file) are full.
 void Shard::pause_up_read(UpstreamConn* u) {
   u->read_paused = true;
-  disarm_timer(u->timer);
+  disarm(u->timer);
   if (!u->recv_armed) return;
-  post_cancel(pack(u, Op::kUpRecv), pack(u, Op::kUpCancel));
+  loop_.cancel(u->received, &u->cancelled);
   ++u->inflight;
 }
 
@@ -437,7 +444,8 @@ void Shard::post_up_recv(UpstreamConn* u) {
   if (!u->recv_armed) arm_up_recv(u);
 }
 
-void Shard::on_up_recv(UpstreamConn* u, io_uring_cqe* cqe) {
+void Shard::on_up_recv(UpstreamConn* u, const io_uring_cqe& e) {
+  const io_uring_cqe* cqe = &e;
   const uint32_t generation = u->generation;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
     u->recv_armed = false;
@@ -703,7 +711,7 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
 // while this client is still receiving its response.
 void Shard::release_upstream(UpstreamConn* u) {
   u->client = nullptr;
-  disarm_timer(u->timer);
+  disarm(u->timer);
   u->read_paused = false;
   if (!u->reusable || draining_ || u->send_busy) {
     close_upstream(u);
