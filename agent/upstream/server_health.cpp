@@ -11,25 +11,6 @@ const char* health_state_name(HealthState state) {
   return "?";
 }
 
-HealthState ServerHealth::state(uint64_t now_ms) const {
-  if (!down_) return HealthState::kUp;
-  if (down_until_ms_ != kHeld && now_ms >= down_until_ms_) return HealthState::kProbing;
-  return HealthState::kDown;
-}
-
-bool ServerHealth::can_take(uint64_t now_ms) const {
-  switch (state(now_ms)) {
-    case HealthState::kUp: return true;
-    case HealthState::kProbing: return !probe_out_;
-    case HealthState::kDown: return false;
-  }
-  return false;
-}
-
-void ServerHealth::on_pick(uint64_t now_ms) {
-  if (state(now_ms) == HealthState::kProbing) probe_out_ = true;
-}
-
 bool ServerHealth::on_failure(const HealthSpec& spec, uint64_t now_ms) {
   ++fails_;
   switch (state(now_ms)) {

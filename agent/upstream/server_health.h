@@ -43,14 +43,24 @@ class ServerHealth {
   // Until a checker or a deadline says otherwise.
   static constexpr uint64_t kHeld = UINT64_MAX;
 
-  HealthState state(uint64_t now_ms) const;
+  // Inline: pick() asks these of every server.
+  HealthState state(uint64_t now_ms) const {
+    if (!down_) return HealthState::kUp;
+    if (down_until_ms_ != kHeld && now_ms >= down_until_ms_) return HealthState::kProbing;
+    return HealthState::kDown;
+  }
 
   // May a new request go to this server now? Up, or probing with no probe
   // request out yet.
-  bool can_take(uint64_t now_ms) const;
+  bool can_take(uint64_t now_ms) const {
+    if (!down_) return true;
+    return !probe_out_ && state(now_ms) == HealthState::kProbing;
+  }
 
   // A request was handed to this server; when probing it is the probe.
-  void on_pick(uint64_t now_ms);
+  void on_pick(uint64_t now_ms) {
+    if (state(now_ms) == HealthState::kProbing) probe_out_ = true;
+  }
   // No request is outstanding any more, so no probe can be out.
   void on_idle() { probe_out_ = false; }
 
