@@ -167,9 +167,9 @@ void Shard::start() {
   refill_pool();
 }
 
-bool Shard::turn() {
+bool Shard::turn(uint64_t max_wait_ms) {
   if (stop_now_) return false;
-  loop_.turn(draining_ ? drain_deadline_ms_ : UINT64_MAX);
+  loop_.turn(draining_ ? drain_deadline_ms_ : UINT64_MAX, max_wait_ms);
   after_batch();
   return !(stop_now_ || (draining_ && (active_clients_ == 0 || loop_.now_ms() >= drain_deadline_ms_)));
 }

@@ -47,9 +47,10 @@ class Shard {
   // the process exit code. Signals must be blocked in the calling thread.
   int run();
   // run() in steps, for tests that drive the shard with a TestClock: start()
-  // once, then turn() until it returns false (drained or stopped).
+  // once, then turn() until it returns false (drained or stopped). A turn
+  // waits at most `max_wait_ms` of real time for a completion.
   void start();
-  bool turn();
+  bool turn(uint64_t max_wait_ms = 1000);
 
   const std::string& features() const { return loop_.features(); }
 

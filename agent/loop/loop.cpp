@@ -51,10 +51,10 @@ void Loop::dispatch(const io_uring_cqe& cqe) {
   if (c != nullptr) c->complete(cqe);
 }
 
-size_t Loop::turn(uint64_t wake_by_ms) {
+size_t Loop::turn(uint64_t wake_by_ms, uint64_t max_wait_ms) {
   const uint64_t deadline = std::min(next_deadline_ms(), wake_by_ms);
   uint64_t wait_ms = deadline > now_ms_ ? deadline - now_ms_ : 0;
-  if (wait_ms > 1000) wait_ms = 1000;
+  wait_ms = std::min(wait_ms, max_wait_ms);
   __kernel_timespec ts{};
   ts.tv_sec = int64_t(wait_ms / 1000);
   ts.tv_nsec = int64_t(wait_ms % 1000) * 1000000;

@@ -44,9 +44,10 @@ class Loop {
   size_t expire();
 
   // One turn: submit, wait for a completion or until the next deadline (or
-  // `wake_by_ms`, whichever is first; at most a second), handle every CQE,
-  // then fire the timers that are due. Returns the CQEs handled.
-  size_t turn(uint64_t wake_by_ms = UINT64_MAX);
+  // `wake_by_ms`, whichever is first; at most `max_wait_ms` of real time),
+  // handle every CQE, then fire the timers that are due. Returns the CQEs
+  // handled.
+  size_t turn(uint64_t wake_by_ms = UINT64_MAX, uint64_t max_wait_ms = 1000);
 
   // Hands one CQE to its Completion (public so that tests can feed CQEs).
   static void dispatch(const io_uring_cqe& cqe);
