@@ -98,20 +98,16 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
     bind<&Shard::on_client_cancelled>(c->cancelled, this, c);
     bind<&Shard::on_client_timer>(c->timer, this, c);
   }
-  for (uint32_t i = 0; i < config.max_upstream; ++i) {
-    upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
-    UpstreamConn* u = upstreams_.back().get();
-    bind<&Shard::on_up_connect>(u->connected, this, u);
-    bind<&Shard::on_up_connect_timeout>(u->connect_timed_out, this, u);
-    bind<&Shard::on_up_send>(u->sent, this, u);
-    bind<&Shard::on_up_recv>(u->received, this, u);
-    bind<&Shard::on_up_cancelled>(u->cancelled, this, u);
-    bind<&Shard::on_ring_doorbell>(u->doorbell, this, u);
-    bind<&Shard::on_response_timeout>(u->timer, this, u);
+  if (config.upstream.kind == UpstreamTarget::Kind::kShm) {
+    for (uint32_t i = 0; i < config.max_upstream; ++i) {
+      upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
+      UpstreamConn* u = upstreams_.back().get();
+      bind<&Shard::on_ring_doorbell>(u->doorbell, this, u);
+      bind<&Shard::on_response_timeout>(u->timer, this, u);
+    }
   }
   bind<&Shard::housekeeping>(housekeeping_timer_, this);
   bind<&Shard::on_accept_retry_timer>(accept_retry_timer_, this);
-  bind<&Shard::on_reconnect_timer>(reconnect_timer_, this);
   bind<&Shard::ring_tick>(ring_tick_, this);
   bind<&Shard::on_signal>(signal_read_, this);
   bind<&Shard::on_ring_listen>(ring_listen_, this);
@@ -120,15 +116,14 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   const uint32_t durations[kTimerKinds] = {
       config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
       config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
-      config.response_timeout_ms, 0 /* reconnect: set by back_off() */, 250 /* ring heartbeat tick */,
+      config.response_timeout_ms, 250 /* ring heartbeat tick */,
       1000 /* housekeeping */, 100 /* accept retry after EMFILE */};
   for (int k = 0; k < kTimerKinds; ++k) {
     timers_[k].set_duration(durations[k]);
     timers_[k].set_kind(uint8_t(k));
     loop_.add_timers(timers_[k]);
   }
-  connect_timeout_.tv_sec = config.connect_timeout_ms / 1000;
-  connect_timeout_.tv_nsec = (config.connect_timeout_ms % 1000) * 1000000ll;
+  build_groups();
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -142,8 +137,7 @@ Shard::~Shard() {
     if (clients_[i].fd >= 0) ::close(clients_[i].fd);
     if (clients_[i].ex != nullptr) put_exchange(clients_[i].ex);
   }
-  for (auto& u : upstreams_)
-    if (u->fd >= 0) ::close(u->fd);
+  groups_.clear();  // closes the servers' connections
   if (signal_fd_ >= 0) ::close(signal_fd_);
 }
 
@@ -181,7 +175,7 @@ void Shard::after_batch() {
   if (pool_changed_) {
     pool_changed_ = false;
     refill_pool();
-    dispatch();
+    dispatch_all();
   }
   wake_budget_waiters();
 }
@@ -189,11 +183,6 @@ void Shard::after_batch() {
 void Shard::on_accept_retry_timer() {
   for (ListenSocket& l : listeners_)
     if (!l.armed) post_accept(&l);
-}
-
-void Shard::on_reconnect_timer() {
-  refill_pool();
-  dispatch();  // waiting requests try a connection of their own, too
 }
 
 void Shard::on_response_timeout(UpstreamConn* u, Timer&) {
@@ -219,7 +208,7 @@ void Shard::on_client_timer(ClientConn* c, Timer& t) {
     case kTimerQueue:
       bump(counters_.timeouts_queue);
       // Busy channels: 503. No connection could be opened: the gateway's error.
-      respond_error(c, reconnect_delay_ms_ != 0 ? unreachable_status_ : 503);  // leaves the queue
+      respond_error(c, queue_timeout_status(c));  // leaves the queue
       break;
     case kTimerLinger: close_client(c); break;
     default: break;
@@ -312,6 +301,7 @@ void Shard::on_accept(ListenSocket* l, const io_uring_cqe& e) {
   c->slot = free_slots_.back();
   free_slots_.pop_back();
   c->fd = fd;
+  c->group = l->group;
   set_state(c, ClientState::kHead);
   c->peer_family = 0;
   c->peer_eof = c->recv_paused = c->send_busy = false;
@@ -709,6 +699,7 @@ void Shard::respond_error(ClientConn* c, int status) {
   }
   ex->response_head_done = ex->response_done = true;
   set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
+  leave_server(ex);
   disarm(c->timer);
   post_client_send(c);
 }
@@ -841,6 +832,7 @@ void Shard::linger(ClientConn* c) {
 void Shard::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
   set_state(c, ClientState::kClosing);
+  if (c->ex != nullptr) leave_server(c->ex);
   budget_waiters_.remove_if_linked(c);
   disarm(c->timer);
   // Wakes the in-flight receive and send so their completions come back.
@@ -884,6 +876,7 @@ Exchange* Shard::get_exchange() {
 }
 
 void Shard::put_exchange(Exchange* ex) {
+  leave_server(ex);
   if (ex->in != nullptr) put_input(ex->in);
   if (ex->forward != nullptr) input_pool_.put(ex->forward);
   ex->body.clear(data_pool_);

@@ -20,6 +20,8 @@
 #include "http/http_rewrite.h"
 #include "loop/list.h"
 #include "security/screen.h"
+#include "upstream/tcp_pool.h"
+#include "upstream/upstream_group.h"
 #include "loop/clock.h"
 #include "loop/loop.h"
 #include "loop/slab.h"
@@ -34,7 +36,7 @@ inline constexpr uint16_t kUpstreamGroup = 1;
 inline constexpr uint32_t kUpstreamBuffers = 128;
 inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
 
-class Shard {
+class Shard final : public TcpPool::Host {
  public:
   // Binds nothing: the listening sockets are made by the caller and shared.
   Shard(const Config& config, std::vector<int> listen_fds, Counters& counters,
@@ -69,7 +71,7 @@ class Shard {
   void arm_timer(Timer& t, TimerKind kind) { loop_.arm(t, timers_[kind]); }
   void on_client_timer(ClientConn* c, Timer& t);
   void on_response_timeout(UpstreamConn* u, Timer& t);
-  void on_reconnect_timer();
+  void on_group_wake(UpstreamGroup* g, Timer& t);
   void on_accept_retry_timer();
   void on_signal(const io_uring_cqe& cqe);
   void start_drain();
@@ -80,6 +82,7 @@ class Shard {
   // Clients.
   struct ListenSocket {
     int fd = -1;
+    UpstreamGroup* group = nullptr;  // where its requests go
     bool armed = false;  // the multishot accept is running
     Completion accepted;
   };
@@ -116,24 +119,35 @@ class Shard {
   IpAddress peer_of(const ClientConn* c) const;
   bool screen_out(ClientConn* c);
 
-  // Client states. A client is in the ready queue exactly while its state is
+  // Client states. A client is in a queue (its group's ready queue, or the
+  // pending list of the server it was given to) exactly while its state is
   // kQueued: enqueue() is the only way in, and every change of state out of
-  // kQueued (set_state, dequeue) takes it out, so no ending path can leave a
-  // finished exchange behind in the queue.
+  // kQueued (set_state, take_from) takes it out, so no ending path can leave
+  // a finished exchange behind in a queue.
   void set_state(ClientConn* c, ClientState s);
   void enqueue(ClientConn* c, bool front);
-  ClientConn* dequeue();  // the oldest waiting client, now kUpstream; or null
+  void queue_on(ClientConn* c, List<ClientConn, &ClientConn::queue_node>& q, bool front);
+  // The oldest client waiting in `q`, now kUpstream; or null.
+  ClientConn* take_from(List<ClientConn, &ClientConn::queue_node>& q);
 
-  // The upstream pool.
-  void dispatch();
+  // Upstream groups: the balancer gives each waiting request a server, the
+  // server's pool a connection.
+  void build_groups();
+  void dispatch(UpstreamGroup& g);
+  void dispatch_all();
+  void serve_pending(TcpPool& p);
+  void give_back(TcpPool& p);          // pending requests go back to the group
+  void leave_server(Exchange* ex);     // the exchange is done with its server
+  void report_health(TcpPool& p, bool ok);
+  int queue_timeout_status(const ClientConn* c) const;
+  uint64_t source_hash(ClientConn* c);
+  void on_connected(TcpPool& pool, UpstreamConn* u) override;
+  void on_connect_failed(TcpPool& pool, int status) override;
+  void on_freed(TcpPool& pool, UpstreamConn* u) override;
+  void on_retry(TcpPool& pool) override;
   void assign(UpstreamConn* u, ClientConn* c);
-  bool open_upstream();  // false when no connection could be started
-  void back_off(int status);
-  void log_upstream_error(const char* what, int err);
-  void on_up_connect(UpstreamConn* u, const io_uring_cqe& cqe);
-  void on_up_connect_timeout(UpstreamConn* u, const io_uring_cqe& cqe);
+  void log_error(const char* what, int err);
   void on_up_cancelled(UpstreamConn* u, const io_uring_cqe& cqe);
-  void make_idle(UpstreamConn* u);
   void post_up_send(UpstreamConn* u);
   void on_up_send(UpstreamConn* u, const io_uring_cqe& cqe);
   bool load_body_piece(UpstreamConn* u, uint64_t offset);
@@ -162,8 +176,8 @@ class Shard {
   void fail_exchange(ClientConn* c, int status);
   void send_or_finish(ClientConn* c);
   void release_upstream(UpstreamConn* u);
-  void close_upstream(UpstreamConn* u);
-  void maybe_free_upstream(UpstreamConn* u);
+  void close_upstream(UpstreamConn* u) { u->pool->close(u); }
+  void maybe_free_upstream(UpstreamConn* u) { u->pool->maybe_free(u); }
   void refill_pool();
 
   // Ring channels (ring_upstream.cpp).
@@ -219,20 +233,14 @@ class Shard {
   // each bounded meanwhile by its send timer.
   List<ClientConn, &ClientConn::wait_node> budget_waiters_;
 
-  // Upstream channels.
-  std::vector<std::unique_ptr<UpstreamConn>> upstreams_;
-  List<UpstreamConn, &UpstreamConn::idle_node> idle_;
-  List<ClientConn, &ClientConn::queue_node> ready_;
-  uint32_t upstream_open_ = 0;      // connecting, idle or busy
-  uint32_t upstream_connecting_ = 0;
-  Timer reconnect_timer_;  // armed: the last open failed, no new one until it fires
-  bool backing_off() const { return reconnect_timer_.armed(); }
-  static constexpr uint32_t kReconnectFirstMs = 50;
-  static constexpr uint32_t kReconnectMaxMs = 1000;
-  uint32_t reconnect_delay_ms_ = 0;  // 0: the last connect succeeded
-  int unreachable_status_ = 502;     // what a queue timeout answers while backing off
+  // Upstream groups (one per [[upstream]], or "default" from the flat keys).
+  std::vector<std::unique_ptr<UpstreamGroup>> groups_;
   bool pool_changed_ = false;        // a slot was freed: refill and dispatch after the batch
-  __kernel_timespec connect_timeout_{};
+  uint64_t last_log_ms_ = 0;
+
+  // Ring channels (upstream shm:NAME), served by the ring group.
+  std::vector<std::unique_ptr<UpstreamConn>> upstreams_;
+  UpstreamGroup* ring_group_ = nullptr;
 
   // The bus (upstream shm:NAME): null for TCP and Unix upstreams.
   std::unique_ptr<ring::RingAgent> ring_;

@@ -29,6 +29,7 @@ class List {
   void push_front(T* item) { insert_before(head_.next, item); }
 
   T* front() const { return empty() ? nullptr : owner(head_.next); }
+  T* back() const { return empty() ? nullptr : owner(head_.prev); }
 
   T* pop_front() {
     if (empty()) return nullptr;

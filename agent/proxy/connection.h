@@ -20,6 +20,9 @@
 namespace offload {
 
 struct UpstreamConn;
+struct UpstreamGroup;
+class TcpPool;
+struct ClientConn;
 
 // Everything a request in progress needs. Pooled: a connection holds one only
 // while a request is being received, forwarded or answered, so an idle
@@ -38,6 +41,7 @@ struct Exchange {
   BlockChain out;              // the response waiting for the client
   Spill spill;
   UpstreamConn* up = nullptr;  // the channel serving it, while it does
+  TcpPool* server = nullptr;   // the server the balancer gave it to, until it is done there
 
   msghdr send_msg{};           // the client send in flight
   iovec send_iov[8]{};
@@ -83,7 +87,6 @@ enum TimerKind : uint8_t {
   kTimerQueue,
   kTimerLinger,
   kTimerResponse,
-  kTimerReconnect,
   kTimerRingTick,
   kTimerHousekeeping,
   kTimerAcceptRetry,
@@ -95,7 +98,9 @@ struct ClientConn {
   Completion received;          // the multishot receive
   Completion sent;              // the send in flight
   Completion cancelled;         // a cancel of the receive
-  ListNode queue_node;          // in the ready queue while kQueued
+  ListNode queue_node;          // in a group's ready queue or a server's pending list while kQueued
+  List<ClientConn, &ClientConn::queue_node>* queue = nullptr;  // which of them
+  UpstreamGroup* group = nullptr;  // where its listener sends requests
   ListNode wait_node;           // in budget_waiters_: its response waits for memory or spill room
   Exchange* ex = nullptr;
   int fd = -1;
@@ -120,6 +125,7 @@ struct UpstreamConn {
       : parser(http::Parser::Kind::kResponse, limits), slot(index) {}
 
   Timer timer;
+  TcpPool* pool = nullptr;      // the server it connects to (null: a ring channel)
   Completion connected;         // the connect...
   Completion connect_timed_out; // ... and its linked timeout
   Completion sent;

@@ -181,13 +181,13 @@ UpstreamConn* Shard::ring_pick() {
 // free room again: iterate until nothing moves.
 void Shard::ring_dispatch() {
   bool moved = true;
-  while (moved && !ready_.empty()) {
+  while (moved && !ring_group_->ready.empty()) {
     moved = false;
     uint64_t touched = 0;
-    while (!ready_.empty()) {
+    while (!ring_group_->ready.empty()) {
       UpstreamConn* u = ring_pick();
       if (u == nullptr) break;
-      ring_assign(u, dequeue());
+      ring_assign(u, take_from(ring_group_->ready));
       touched |= uint64_t(1) << (u->channel % 64);
       moved = true;
     }

@@ -33,55 +33,206 @@ void count_response(Counters& counters, uint16_t status) {
 
 }  // namespace
 
-// --------------------------------------------------------- the ready queue
+// ------------------------------------------------------------ the queues
 
 void Shard::set_state(ClientConn* c, ClientState s) {
   OFFLOAD_ASSERT(s != ClientState::kQueued);  // enqueue() is the way in
   if (c->state == ClientState::kQueued) {
-    ready_.remove(c);  // asserts that it was there
+    OFFLOAD_ASSERT(c->queue != nullptr);
+    c->queue->remove(c);  // asserts that it was there
+    c->queue = nullptr;
     drop(counters_.queue_length);
   }
-  OFFLOAD_ASSERT(!c->queue_node.linked());
+  OFFLOAD_ASSERT(!c->queue_node.linked() && c->queue == nullptr);
   c->state = s;
 }
 
-void Shard::enqueue(ClientConn* c, bool front) {
+void Shard::queue_on(ClientConn* c, List<ClientConn, &ClientConn::queue_node>& q, bool front) {
   OFFLOAD_ASSERT(c->state != ClientState::kQueued && !c->queue_node.linked());
   OFFLOAD_ASSERT(c->fd >= 0 && c->ex != nullptr && c->ex->up == nullptr);
   c->state = ClientState::kQueued;
-  if (front) ready_.push_front(c);
-  else ready_.push_back(c);
+  c->queue = &q;
+  if (front) q.push_front(c);
+  else q.push_back(c);
   bump(counters_.queue_length);
-  dispatch();
+}
+
+// A complete request waits in its group's queue until the balancer gives it
+// a server and that server a connection; most of the time both happen here.
+void Shard::enqueue(ClientConn* c, bool front) {
+  OFFLOAD_ASSERT(c->group != nullptr && c->ex->server == nullptr);
+  queue_on(c, c->group->ready, front);
+  dispatch(*c->group);
   if (c->state == ClientState::kQueued) {
     bump(counters_.queue_waits);
     arm_timer(c->timer, kTimerQueue);
   }
 }
 
-ClientConn* Shard::dequeue() {
-  ClientConn* c = ready_.front();
+ClientConn* Shard::take_from(List<ClientConn, &ClientConn::queue_node>& q) {
+  ClientConn* c = q.front();
   if (c == nullptr) return nullptr;
-  OFFLOAD_ASSERT(c->state == ClientState::kQueued && c->fd >= 0 && c->ex != nullptr);
+  OFFLOAD_ASSERT(c->state == ClientState::kQueued && c->queue == &q && c->fd >= 0 && c->ex != nullptr);
   set_state(c, ClientState::kUpstream);
   return c;
 }
 
-void Shard::dispatch() {
-  if (ring_) {  // ring channels carry several requests each: ring_upstream.cpp
+// ------------------------------------------------------- groups and servers
+
+// The groups, from the flat keys: one group "default" with the one server.
+void Shard::build_groups() {
+  std::vector<ServerSpec> specs(1);
+  specs[0].max_outstanding = config_.max_upstream;
+  HealthSpec health;
+  health.max_fails = 0;  // one server: nowhere else to send its requests, so never taken out
+  auto g = std::make_unique<UpstreamGroup>("default", BalancePolicy::kLeastOutstanding, health, specs);
+  if (config_.upstream.kind == UpstreamTarget::Kind::kShm) {
+    g->ring = true;
+    ring_group_ = g.get();
+  } else {
+    TcpPool::Settings settings;
+    settings.target = config_.upstream;
+    settings.max_connections = config_.max_upstream;
+    settings.persistent = config_.persistent;
+    settings.connect_timeout_ms = config_.connect_timeout_ms;
+    g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *this, *g, 0, settings, response_limits_));
+    for (auto& p : g->servers) p->for_each([this](UpstreamConn* u) {
+      bind<&Shard::on_up_send>(u->sent, this, u);
+      bind<&Shard::on_up_recv>(u->received, this, u);
+      bind<&Shard::on_up_cancelled>(u->cancelled, this, u);
+      bind<&Shard::on_response_timeout>(u->timer, this, u);
+    });
+  }
+  bind<&Shard::on_group_wake>(g->wake, this, g.get());
+  loop_.add_timers(g->wake_list);
+  groups_.push_back(std::move(g));
+  for (ListenSocket& l : listeners_) l.group = groups_.front().get();
+}
+
+void Shard::dispatch_all() {
+  for (auto& g : groups_) dispatch(*g);
+}
+
+// Each waiting request, oldest first, goes to the server the balancer picks,
+// and from there onto a connection as soon as that server has one. When no
+// server can take one (all down or full) the rest wait: a server coming back
+// or a request ending there dispatches again, and while every server is down
+// the wake timer tries again when the first may be probed.
+void Shard::dispatch(UpstreamGroup& g) {
+  if (g.ring) {  // ring channels carry several requests each: ring_upstream.cpp
     ring_dispatch();
     return;
   }
-  while (!ready_.empty() && !idle_.empty()) {
-    UpstreamConn* u = idle_.pop_front();
-    assign(u, dequeue());
+  for (auto& p : g.servers) serve_pending(*p);
+  while (ClientConn* c = g.ready.front()) {
+    const int i = g.balancer.pick(loop_.now_ms(), source_hash(c));
+    if (i < 0) {
+      const uint64_t when = g.balancer.next_change_ms(loop_.now_ms());
+      if (when != UINT64_MAX && !g.wake.armed()) {
+        g.wake_list.set_duration(when > loop_.now_ms() ? when - loop_.now_ms() : 0);
+        loop_.arm(g.wake, g.wake_list);
+      }
+      return;
+    }
+    TcpPool& p = *g.servers[size_t(i)];
+    g.balancer.started(size_t(i));
+    set_state(c, ClientState::kUpstream);  // out of the group's queue...
+    c->ex->server = &p;
+    queue_on(c, p.pending, false);  // ... into the server's, still kQueued
+    serve_pending(p);
   }
-  // One new channel per waiting request, up to max_upstream. While the
-  // backend cannot be reached the requests wait (each with its queue timer)
-  // and the reconnect timer tries again; a failed open ends the loop.
-  while (ready_.size() > upstream_connecting_ && upstream_open_ < config_.max_upstream && !backing_off())
-    if (!open_upstream()) break;
 }
+
+// A server's pending requests take its idle connections; for the rest, one
+// new connection each, up to max_connections. A failed open ends the loop.
+void Shard::serve_pending(TcpPool& p) {
+  while (!p.pending.empty()) {
+    UpstreamConn* u = p.take_idle();
+    if (u == nullptr) break;
+    assign(u, take_from(p.pending));
+  }
+  while (p.pending.size() > p.connecting() && p.may_open() && !draining_)
+    if (!p.open()) break;
+}
+
+void Shard::on_group_wake(UpstreamGroup* g, Timer&) { dispatch(*g); }
+
+// The server is down: what waits for it goes back to the front of the
+// group's queue (oldest first), where another server may take it.
+void Shard::give_back(TcpPool& p) {
+  while (ClientConn* c = p.pending.back()) {
+    set_state(c, ClientState::kUpstream);
+    leave_server(c->ex);
+    queue_on(c, p.group().ready, true);
+  }
+}
+
+// The one place an exchange stops counting against its server.
+void Shard::leave_server(Exchange* ex) {
+  TcpPool* p = ex->server;
+  if (p == nullptr) return;
+  ex->server = nullptr;
+  p->group().balancer.finished(p->index());
+  pool_changed_ = true;  // room on that server: the group's queue may move
+}
+
+// Passive health: connects, resets and responses tell the balancer.
+void Shard::report_health(TcpPool& p, bool ok) {
+  Balancer& b = p.group().balancer;
+  const bool back = ok ? b.report_success(p.index(), loop_.now_ms()) : b.report_failure(p.index(), loop_.now_ms());
+  if (back) pool_changed_ = true;
+}
+
+// A request that waited in vain: 503 when the servers were busy, the
+// gateway's error (502, 504) when its server could not be reached.
+int Shard::queue_timeout_status(const ClientConn* c) const {
+  if (c->ex != nullptr && c->ex->server != nullptr)
+    return c->ex->server->unreachable() ? c->ex->server->unreachable_status() : 503;
+  if (c->group == nullptr || c->group->servers.empty()) return 503;
+  for (const auto& p : c->group->servers)
+    if (!p->unreachable()) return 503;
+  return c->group->servers.front()->unreachable_status();
+}
+
+uint64_t Shard::source_hash(ClientConn* c) {
+  if (c->group->balancer.policy() != BalancePolicy::kSourceHash) return 0;
+  if (c->peer_family == 0) look_up_peer(c);
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the address bytes
+  const size_t n = c->peer_family == AF_INET6 ? 16 : 4;
+  for (size_t i = 0; i < n; ++i) h = (h ^ c->peer_addr[i]) * 1099511628211ull;
+  return h;
+}
+
+void Shard::on_connected(TcpPool& pool, UpstreamConn* u) {
+  report_health(pool, true);
+  arm_up_recv(u);
+  if (ClientConn* c = take_from(pool.pending)) {
+    assign(u, c);
+  } else {
+    pool.make_idle(u);
+    pool_changed_ = true;  // the group's queue may be waiting for any server
+  }
+}
+
+void Shard::on_connect_failed(TcpPool& pool, int) {
+  report_health(pool, false);
+  // Its requests stay while the server may come back (a restart costs them
+  // latency, not errors); once it is taken out, they go to the others.
+  if (pool.group().balancer.stats(pool.index(), loop_.now_ms()).state == HealthState::kDown) give_back(pool);
+}
+
+void Shard::on_freed(TcpPool&, UpstreamConn* u) {
+  if (ClientConn* c = u->client) {
+    u->client = nullptr;
+    if (c->ex != nullptr) c->ex->up = nullptr;
+    maybe_free_client(c);
+  }
+  // The pool is refilled after this batch of completions, not here: the
+  // handler that freed the slot may still be running for it.
+  pool_changed_ = true;
+}
+
+void Shard::on_retry(TcpPool&) { pool_changed_ = true; }
 
 void Shard::assign(UpstreamConn* u, ClientConn* c) {
   Exchange* ex = c->ex;
@@ -89,7 +240,7 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   Block* first = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
   if (first == nullptr) {
     bump(counters_.buffer_exhausted);
-    make_idle(u);
+    u->pool->make_idle(u);
     respond_error(c, 503);
     return;
   }
@@ -107,143 +258,16 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   arm_timer(u->timer, kTimerResponse);
 }
 
-// ------------------------------------------------------------ the channels
-
 void Shard::refill_pool() {
-  if (ring_) return;
-  while (upstream_open_ < config_.persistent && !backing_off() && !draining_)
-    if (!open_upstream()) break;
+  if (draining_) return;
+  for (auto& g : groups_)
+    for (auto& p : g->servers) p->refill();
 }
 
-// A failed open or connect: no new connection is tried until the reconnect
-// timer fires, its delay doubling from 50 ms up to 1 s while failures go on.
-// Queued requests wait meanwhile, each bounded by its queue timer.
-void Shard::back_off(int status) {
-  unreachable_status_ = status;
-  if (backing_off()) return;
-  reconnect_delay_ms_ = reconnect_delay_ms_ == 0 ? kReconnectFirstMs : std::min(reconnect_delay_ms_ * 2, kReconnectMaxMs);
-  OFFLOAD_ASSERT(timers_[kTimerReconnect].size() == 0);  // its only timer: the duration may change
-  timers_[kTimerReconnect].set_duration(reconnect_delay_ms_);
-  arm_timer(reconnect_timer_, kTimerReconnect);
-}
-
-void Shard::log_upstream_error(const char* what, int err) {
-  static uint64_t last_log_ms = 0;
-  if (last_log_ms != 0 && loop_.now_ms() - last_log_ms < 5000) return;  // a down backend is loud enough
-  fmt::print(stderr, "offload-agent: upstream {}: {}: {}\n", config_.upstream.text, what, std::strerror(err));
-  last_log_ms = loop_.now_ms();
-}
-
-bool Shard::open_upstream() {
-  UpstreamConn* u = nullptr;
-  for (auto& candidate : upstreams_)
-    if (candidate->state == UpstreamState::kFree) {
-      u = candidate.get();
-      break;
-    }
-  if (u == nullptr) return false;
-  const SocketAddress& addr = config_.upstream.address;
-  int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {  // EMFILE, ENFILE, ENOMEM: like a refused connect
-    bump(counters_.upstream_connect_errors);
-    log_upstream_error("socket", errno);
-    back_off(502);
-    return false;
-  }
-  if (addr.family() != AF_UNIX) {
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  u->fd = fd;
-  u->state = UpstreamState::kConnecting;
-  u->used = false;
-  u->reusable = true;
-  u->client = nullptr;
-  ++u->generation;
-  ++upstream_open_;
-  ++upstream_connecting_;
-  bump(counters_.upstream_connects);
-  bump(counters_.upstream_active);
-  io_uring_sqe* s = loop_.sqe(u->connected);
-  io_uring_prep_connect(s, fd, reinterpret_cast<const sockaddr*>(&addr.storage), addr.length);
-  s->flags |= IOSQE_IO_LINK;
-  io_uring_prep_link_timeout(loop_.sqe(u->connect_timed_out), &connect_timeout_, 0);
-  u->inflight += 2;
-  return true;
-}
-
-void Shard::on_up_connect_timeout(UpstreamConn* u, const io_uring_cqe& cqe) {
-  --u->inflight;
-  if (cqe.res == -ETIME) bump(counters_.timeouts_connect);
-  maybe_free_upstream(u);
-}
-
-void Shard::on_up_cancelled(UpstreamConn* u, const io_uring_cqe&) {
-  --u->inflight;
-  maybe_free_upstream(u);
-}
-
-void Shard::on_up_connect(UpstreamConn* u, const io_uring_cqe& cqe) {
-  const int res = cqe.res;
-  --u->inflight;
-  --upstream_connecting_;
-  if (u->state == UpstreamState::kClosing) {
-    maybe_free_upstream(u);
-    return;
-  }
-  if (res < 0) {
-    bump(counters_.upstream_connect_errors);
-    log_upstream_error("connect", res == -ECANCELED ? ETIMEDOUT : -res);
-    u->reusable = false;
-    close_upstream(u);
-    // The waiting requests stay queued: a backend that restarts costs them
-    // latency, not errors. Their queue timers bound the wait.
-    back_off(res == -ECANCELED ? 504 : 502);
-    return;
-  }
-  reconnect_delay_ms_ = 0;
-  arm_up_recv(u);
-  if (ClientConn* c = dequeue()) {
-    assign(u, c);
-  } else {
-    make_idle(u);
-  }
-}
-
-// An idle channel keeps its multishot receive: a server closing it shows up
-// as an end of file there, so no poll is needed to notice.
-void Shard::make_idle(UpstreamConn* u) {
-  u->state = UpstreamState::kIdle;
-  u->client = nullptr;
-  disarm(u->timer);
-  idle_.push_front(u);  // LIFO: the warmest channel serves next
-}
-
-void Shard::close_upstream(UpstreamConn* u) {
-  if (u->state == UpstreamState::kClosing || u->state == UpstreamState::kFree) return;
-  if (u->state == UpstreamState::kIdle) idle_.remove(u);
-  disarm(u->timer);
-  u->state = UpstreamState::kClosing;
-  ::shutdown(u->fd, SHUT_RDWR);
-  maybe_free_upstream(u);
-}
-
-void Shard::maybe_free_upstream(UpstreamConn* u) {
-  if (u->state != UpstreamState::kClosing || u->inflight > 0) return;
-  ::close(u->fd);
-  u->fd = -1;
-  u->state = UpstreamState::kFree;
-  --upstream_open_;
-  drop(counters_.upstream_active);
-  OFFLOAD_ASSERT(!u->recv_armed && !u->send_busy);
-  if (ClientConn* c = u->client) {
-    u->client = nullptr;
-    if (c->ex != nullptr) c->ex->up = nullptr;
-    maybe_free_client(c);
-  }
-  // The pool is refilled after this batch of completions, not here: the
-  // handler that freed the slot may still be running for it.
-  pool_changed_ = true;
+void Shard::log_error(const char* what, int err) {
+  if (last_log_ms_ != 0 && loop_.now_ms() - last_log_ms_ < 5000) return;  // a failing disk is loud enough
+  fmt::print(stderr, "offload-agent: {}: {}\n", what, std::strerror(err));
+  last_log_ms_ = loop_.now_ms();
 }
 
 // ------------------------------------------------------ sending the request
@@ -292,7 +316,7 @@ bool Shard::load_body_piece(UpstreamConn* u, uint64_t offset) {
   const size_t want = size_t(std::min<uint64_t>(ex->bounce->capacity, ex->body_spill.write_off - offset));
   ssize_t got = ::pread(ex->body_spill.fd, ex->bounce->data(), want, off_t(offset));
   if (got <= 0) {
-    log_upstream_error("reading a request body's spill file", got < 0 ? errno : EIO);
+    log_error("reading a request body's spill file", got < 0 ? errno : EIO);
     upstream_failed(u, 500, false);
     return false;
   }
@@ -373,7 +397,7 @@ bool Shard::start_spill(Exchange* ex) {
 bool Shard::open_spill(Spill& spill, std::atomic<uint64_t>& opened) {
   if (!spill_open(spill, spill_budget_, config_.temp_dir)) {
     bump(counters_.spill_refused);
-    if (errno != ENOSPC) log_upstream_error("spill file in temp_dir", errno);
+    if (errno != ENOSPC) log_error("spill file in temp_dir", errno);
     return false;
   }
   bump(opened);
@@ -417,6 +441,11 @@ void Shard::resume_up_read(Exchange* ex) {
   if (ex->up == nullptr || !ex->up->read_paused) return;
   ex->up->read_paused = false;
   post_up_recv(ex->up);
+}
+
+void Shard::on_up_cancelled(UpstreamConn* u, const io_uring_cqe&) {
+  --u->inflight;
+  maybe_free_upstream(u);
 }
 
 // Back-pressure: the client's buffers (memory and spill file) are full.
@@ -603,6 +632,7 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
       continue;
     }
     count_response(counters_, h.status);
+    report_health(*u->pool, true);
     u->reusable = u->reusable && h.keep_alive && h.body != http::BodyKind::kUntilClose;
     // A body that ends at close cannot be framed for the client either; an
     // HTTP/1.0 client cannot take chunks, so it gets the body decoded and
@@ -699,6 +729,7 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
   Exchange* ex = c->ex;
   ex->response_done = true;
   ex->up = nullptr;
+  leave_server(ex);
   release_upstream(u);
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
@@ -719,10 +750,10 @@ void Shard::release_upstream(UpstreamConn* u) {
   }
   // A receive that ran out of provided buffers (or was paused) serves on.
   if (!u->recv_armed) arm_up_recv(u);
-  if (ClientConn* next = dequeue()) {
+  if (ClientConn* next = take_from(u->pool->pending)) {
     assign(u, next);
   } else {
-    make_idle(u);
+    u->pool->make_idle(u);
   }
 }
 
@@ -732,6 +763,8 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
   u->reusable = false;
   ex->up = nullptr;
   u->client = nullptr;
+  if (status == 502 || status == 504) report_health(*u->pool, false);  // a reset, a bad answer, a timeout
+  leave_server(ex);
   close_upstream(u);
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
