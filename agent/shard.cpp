@@ -65,7 +65,6 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
     : config_(config),
       counters_(counters),
       loop_(clock, 1024, 8192),
-      listeners_(listen_fds.size()),
       clients_(new ClientConn[config.max_clients]),
       screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
               config.max_clients_per_source, config.max_clients),
@@ -85,10 +84,6 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   if (config.upstream.kind != UpstreamTarget::Kind::kShm)
     uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
 
-  for (size_t i = 0; i < listen_fds.size(); ++i) {
-    listeners_[i].fd = listen_fds[i];
-    bind<&Shard::on_accept>(listeners_[i].accepted, this, &listeners_[i]);
-  }
   free_slots_.reserve(config.max_clients);
   for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
   for (uint32_t i = 0; i < config.max_clients; ++i) {
@@ -123,6 +118,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
     timers_[k].set_kind(uint8_t(k));
     loop_.add_timers(timers_[k]);
   }
+  build_listeners(listen_fds);
   build_groups();
 
   sigset_t mask;
@@ -154,7 +150,7 @@ int Shard::run() {
 
 void Shard::start() {
   loop_.refresh_clock();
-  for (ListenSocket& l : listeners_) post_accept(&l);
+  for (auto& l : listeners_) post_accept(l.get());
   post_signal_read();
   if (ring_) ring_start();
   arm_timer(housekeeping_timer_, kTimerHousekeeping);
@@ -181,8 +177,8 @@ void Shard::after_batch() {
 }
 
 void Shard::on_accept_retry_timer() {
-  for (ListenSocket& l : listeners_)
-    if (!l.armed) post_accept(&l);
+  for (auto& l : listeners_)
+    if (!l->armed) post_accept(l.get());
 }
 
 void Shard::on_response_timeout(UpstreamConn* u, Timer&) {
@@ -253,7 +249,7 @@ void Shard::start_drain() {
   fmt::print(stderr, "offload-agent: draining {} connections (deadline {} ms)\n", active_clients_,
              config_.drain_timeout_ms);
   // shutdown() ends a multishot accept; the sockets close with the process.
-  for (ListenSocket& l : listeners_) ::shutdown(l.fd, SHUT_RDWR);
+  for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
   for (uint32_t i = 0; i < config_.max_clients; ++i) {
     ClientConn* c = &clients_[i];
     if (c->fd < 0 || c->state == ClientState::kClosing) continue;
@@ -265,14 +261,36 @@ void Shard::start_drain() {
 
 // ------------------------------------------------------------- accepting
 
-void Shard::post_accept(ListenSocket* l) {
+// Each listener's clients get its own limits and timeouts (the globals,
+// from the flat keys).
+void Shard::build_listeners(const std::vector<int>& fds) {
+  const uint32_t client_durations[kClientTimerKinds] = {
+      config_.header_timeout_ms, config_.body_timeout_ms, config_.keepalive_timeout_ms, config_.send_timeout_ms,
+      config_.queue_timeout_ms,  2000 /* linger */,       config_.response_timeout_ms};
+  for (int fd : fds) {
+    auto l = std::make_unique<Listener>();
+    l->fd = fd;
+    l->name = local_address(fd);
+    l->limits = request_limits_;
+    l->max_clients = config_.max_clients;
+    for (int k = 0; k < kClientTimerKinds; ++k) {
+      l->timers[k].set_duration(client_durations[k]);
+      l->timers[k].set_kind(uint8_t(k));
+      loop_.add_timers(l->timers[k]);
+    }
+    bind<&Shard::on_accept>(l->accepted, this, l.get());
+    listeners_.push_back(std::move(l));
+  }
+}
+
+void Shard::post_accept(Listener* l) {
   if (draining_) return;
   OFFLOAD_ASSERT(!l->armed);
   l->armed = true;
   io_uring_prep_multishot_accept(loop_.sqe(l->accepted), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
 }
 
-void Shard::on_accept(ListenSocket* l, const io_uring_cqe& e) {
+void Shard::on_accept(Listener* l, const io_uring_cqe& e) {
   const io_uring_cqe* cqe = &e;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
     l->armed = false;
@@ -292,7 +310,7 @@ void Shard::on_accept(ListenSocket* l, const io_uring_cqe& e) {
     ::close(fd);
     return;
   }
-  if (free_slots_.empty()) {
+  if (free_slots_.empty() || l->active >= l->max_clients) {
     ::close(fd);
     bump(counters_.rejected_over_limit);
     return;
@@ -301,15 +319,16 @@ void Shard::on_accept(ListenSocket* l, const io_uring_cqe& e) {
   c->slot = free_slots_.back();
   free_slots_.pop_back();
   c->fd = fd;
-  c->group = l->group;
+  c->listener = l;
   set_state(c, ClientState::kHead);
   c->peer_family = 0;
   c->peer_eof = c->recv_paused = c->send_busy = false;
   if (screen_.active() && screen_out(c)) return;
   ++active_clients_;
+  ++l->active;
   bump(counters_.accepted);
   bump(counters_.active_clients);
-  arm_timer(c->timer, kTimerHeader);
+  arm_client_timer(c, kTimerHeader);
   post_recv(c);
 }
 
@@ -368,7 +387,7 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
   if (c->state == ClientState::kLingering) return;  // discarded on purpose
   if (c->ex != nullptr && c->ex->discard_input) return;  // after an error of ours: closing
   if (c->ex == nullptr) {
-    c->ex = get_exchange();
+    c->ex = get_exchange(c);
     if (c->ex == nullptr) {
       bump(counters_.buffer_exhausted);
       respond_error(c, 503);
@@ -378,7 +397,7 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
   switch (c->state) {
     case ClientState::kIdle:
       set_state(c, ClientState::kHead);
-      arm_timer(c->timer, kTimerHeader);
+      arm_client_timer(c, kTimerHeader);
       [[fallthrough]];
     case ClientState::kHead: {
       size_t n = append_head_bytes(c, data, len);
@@ -395,7 +414,7 @@ void Shard::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fr
       break;
     }
     case ClientState::kBody:
-      arm_timer(c->timer, kTimerBody);
+      arm_client_timer(c, kTimerBody);
       feed_body(c, data, len, false);
       break;
     default:
@@ -530,7 +549,7 @@ void Shard::parse_input(ClientConn* c) {
     return;
   }
   set_state(c, ClientState::kBody);
-  arm_timer(c->timer, kTimerBody);
+  arm_client_timer(c, kTimerBody);
   if (ex->parser.head().expect_continue && in->readable() == 0) {
     static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
     // Tiny and first on the socket: a direct non-blocking send cannot block.
@@ -725,7 +744,7 @@ void Shard::post_client_send(ClientConn* c) {
   prep_send_iov(loop_.sqe(c->sent), c->fd, ex->send_msg, ex->send_iov, n);
   ++c->inflight;
   c->send_busy = true;
-  arm_timer(c->timer, kTimerSend);
+  arm_client_timer(c, kTimerSend);
 }
 
 // The client has drained memory: bring the next part of the spill file in.
@@ -794,12 +813,12 @@ void Shard::finish_exchange(ClientConn* c) {
   if (in == nullptr || in->readable() == 0) {
     if (in != nullptr) put_input(in);
     set_state(c, ClientState::kIdle);
-    arm_timer(c->timer, kTimerKeepalive);
+    arm_client_timer(c, kTimerKeepalive);
   } else {
-    c->ex = get_exchange();
+    c->ex = get_exchange(c);
     c->ex->in = in;
     set_state(c, ClientState::kHead);
-    arm_timer(c->timer, kTimerHeader);
+    arm_client_timer(c, kTimerHeader);
     parse_input(c);
   }
   // Input parked while the last request was served goes through the normal
@@ -825,7 +844,7 @@ void Shard::linger(ClientConn* c) {
     return;
   }
   set_state(c, ClientState::kLingering);
-  arm_timer(c->timer, kTimerLinger);
+  arm_client_timer(c, kTimerLinger);
   if (!c->recv_armed && !c->recv_paused) post_recv(c);
 }
 
@@ -865,13 +884,15 @@ void Shard::maybe_free_client(ClientConn* c) {
   c->recv_armed = c->recv_paused = c->send_busy = false;
   free_slots_.push_back(c->slot);
   --active_clients_;
+  --c->listener->active;
   drop(counters_.active_clients);
 }
 
 // Never null: a client holds at most one exchange and there is one per client.
-Exchange* Shard::get_exchange() {
+Exchange* Shard::get_exchange(const ClientConn* c) {
   Exchange* ex = exchanges_.get();
   OFFLOAD_ASSERT(ex != nullptr);
+  ex->parser.set_limits(c->listener->limits);
   return ex;
 }
 

@@ -19,6 +19,7 @@
 #include "ops/counters.h"
 #include "http/http_rewrite.h"
 #include "loop/list.h"
+#include "proxy/listener.h"
 #include "security/screen.h"
 #include "upstream/tcp_pool.h"
 #include "upstream/upstream_group.h"
@@ -80,14 +81,11 @@ class Shard final : public TcpPool::Host {
   void after_batch();
 
   // Clients.
-  struct ListenSocket {
-    int fd = -1;
-    UpstreamGroup* group = nullptr;  // where its requests go
-    bool armed = false;  // the multishot accept is running
-    Completion accepted;
-  };
-  void post_accept(ListenSocket* l);
-  void on_accept(ListenSocket* l, const io_uring_cqe& cqe);
+  void build_listeners(const std::vector<int>& fds);
+  void post_accept(Listener* l);
+  void on_accept(Listener* l, const io_uring_cqe& cqe);
+  void arm_client_timer(ClientConn* c, TimerKind kind) { loop_.arm(c->timer, c->listener->timers[kind]); }
+  void arm_response_timer(UpstreamConn* u) { loop_.arm(u->timer, u->client->listener->timers[kTimerResponse]); }
   void post_recv(ClientConn* c);
   void on_client_recv(ClientConn* c, const io_uring_cqe& cqe);
   void on_client_cancelled(ClientConn* c, const io_uring_cqe& cqe);
@@ -112,7 +110,7 @@ class Shard final : public TcpPool::Host {
   void close_client(ClientConn* c);
   void maybe_free_client(ClientConn* c);
   void client_op_done(ClientConn* c) { --c->inflight; }
-  Exchange* get_exchange();
+  Exchange* get_exchange(const ClientConn* c);
   void put_exchange(Exchange* ex);
   std::string_view client_ip(ClientConn* c, char* buf, size_t cap);
   void look_up_peer(ClientConn* c);
@@ -210,7 +208,7 @@ class Shard final : public TcpPool::Host {
   Counters& counters_;
   Loop loop_;
   Uring& uring_ = loop_.uring();
-  std::vector<ListenSocket> listeners_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
   http::Limits request_limits_;
   http::Limits response_limits_;
 

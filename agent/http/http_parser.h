@@ -167,6 +167,8 @@ class Parser {
   // method set by set_request_method (a response parser reset after a 1xx
   // still answers the same request).
   void reset();
+  // New limits for the next message (a listener's own); takes effect at once.
+  void set_limits(const Limits& limits) { limits_ = limits; }
 
   // Response parsers only: the method of the request this response answers
   // (a response to HEAD has no body) and whether it answers a CONNECT.

@@ -21,6 +21,7 @@ namespace offload {
 
 struct UpstreamConn;
 struct UpstreamGroup;
+struct Listener;
 class TcpPool;
 struct ClientConn;
 
@@ -79,6 +80,9 @@ enum class ClientState : uint8_t {
   kClosing,     // waiting for in-flight operations before the slot is freed
 };
 
+// The kinds of timeout. The first ones are a client's (and its response's):
+// each listener has its own list of each, so its timeouts can differ; the
+// rest are the shard's own.
 enum TimerKind : uint8_t {
   kTimerHeader,
   kTimerBody,
@@ -87,7 +91,8 @@ enum TimerKind : uint8_t {
   kTimerQueue,
   kTimerLinger,
   kTimerResponse,
-  kTimerRingTick,
+  kClientTimerKinds,
+  kTimerRingTick = kClientTimerKinds,
   kTimerHousekeeping,
   kTimerAcceptRetry,
   kTimerKinds,
@@ -100,7 +105,7 @@ struct ClientConn {
   Completion cancelled;         // a cancel of the receive
   ListNode queue_node;          // in a group's ready queue or a server's pending list while kQueued
   List<ClientConn, &ClientConn::queue_node>* queue = nullptr;  // which of them
-  UpstreamGroup* group = nullptr;  // where its listener sends requests
+  Listener* listener = nullptr;  // the socket it came in on: its limits, timeouts and group
   ListNode wait_node;           // in budget_waiters_: its response waits for memory or spill room
   Exchange* ex = nullptr;
   int fd = -1;

@@ -3,9 +3,29 @@
 
 #include <string>
 
+#include "http/http_parser.h"
+#include "loop/completion.h"
+#include "loop/timer_list.h"
 #include "ops/config.h"
+#include "proxy/connection.h"
 
 namespace offload {
+
+struct UpstreamGroup;
+
+// One listening socket of a shard and what its clients get: the group their
+// requests go to, and the limits and timeouts of its listener table.
+struct Listener {
+  int fd = -1;
+  std::string name;
+  UpstreamGroup* group = nullptr;
+  http::Limits limits;           // for each request's head and body
+  uint32_t max_clients = 0;      // of this listener's clients at once
+  uint32_t active = 0;
+  bool armed = false;            // the multishot accept is running
+  Completion accepted;
+  TimerList timers[kClientTimerKinds];  // its clients' timeouts, one list per kind
+};
 
 // Binds and listens; throws ConfigError naming the address on failure.
 int open_listener(const SocketAddress& address, int backlog);

@@ -60,12 +60,12 @@ void Shard::queue_on(ClientConn* c, List<ClientConn, &ClientConn::queue_node>& q
 // A complete request waits in its group's queue until the balancer gives it
 // a server and that server a connection; most of the time both happen here.
 void Shard::enqueue(ClientConn* c, bool front) {
-  OFFLOAD_ASSERT(c->group != nullptr && c->ex->server == nullptr);
-  queue_on(c, c->group->ready, front);
-  dispatch(*c->group);
+  OFFLOAD_ASSERT(c->listener->group != nullptr && c->ex->server == nullptr);
+  queue_on(c, c->listener->group->ready, front);
+  dispatch(*c->listener->group);
   if (c->state == ClientState::kQueued) {
     bump(counters_.queue_waits);
-    arm_timer(c->timer, kTimerQueue);
+    arm_client_timer(c, kTimerQueue);
   }
 }
 
@@ -106,7 +106,7 @@ void Shard::build_groups() {
   bind<&Shard::on_group_wake>(g->wake, this, g.get());
   loop_.add_timers(g->wake_list);
   groups_.push_back(std::move(g));
-  for (ListenSocket& l : listeners_) l.group = groups_.front().get();
+  for (auto& l : listeners_) l->group = groups_.front().get();
 }
 
 void Shard::dispatch_all() {
@@ -188,14 +188,14 @@ void Shard::report_health(TcpPool& p, bool ok) {
 int Shard::queue_timeout_status(const ClientConn* c) const {
   if (c->ex != nullptr && c->ex->server != nullptr)
     return c->ex->server->unreachable() ? c->ex->server->unreachable_status() : 503;
-  if (c->group == nullptr || c->group->servers.empty()) return 503;
-  for (const auto& p : c->group->servers)
+  if (c->listener->group == nullptr || c->listener->group->servers.empty()) return 503;
+  for (const auto& p : c->listener->group->servers)
     if (!p->unreachable()) return 503;
-  return c->group->servers.front()->unreachable_status();
+  return c->listener->group->servers.front()->unreachable_status();
 }
 
 uint64_t Shard::source_hash(ClientConn* c) {
-  if (c->group->balancer.policy() != BalancePolicy::kSourceHash) return 0;
+  if (c->listener->group->balancer.policy() != BalancePolicy::kSourceHash) return 0;
   if (c->peer_family == 0) look_up_peer(c);
   uint64_t h = 1469598103934665603ull;  // FNV-1a over the address bytes
   const size_t n = c->peer_family == AF_INET6 ? 16 : 4;
@@ -255,7 +255,7 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   u->parser.reset();
   u->parser.set_request_method(ex->method);
   post_up_send(u);
-  arm_timer(u->timer, kTimerResponse);
+  arm_response_timer(u);
 }
 
 void Shard::refill_pool() {
@@ -408,7 +408,7 @@ void Shard::wait_for_budget(ClientConn* c) {
   if (c->wait_node.linked()) return;
   bump(counters_.budget_waits);
   budget_waiters_.push_back(c);
-  arm_timer(c->timer, kTimerSend);  // a wait that never ends is a stalled client
+  arm_client_timer(c, kTimerSend);  // a wait that never ends is a stalled client
 }
 
 // Wakes every waiter once some budget is back; one that still finds none
@@ -469,7 +469,7 @@ void Shard::post_up_recv(UpstreamConn* u) {
     if (u->state == UpstreamState::kBusy) wait_if_unwoken(u->client);
     return;
   }
-  arm_timer(u->timer, kTimerResponse);
+  arm_response_timer(u);
   if (!u->recv_armed) arm_up_recv(u);
 }
 
@@ -527,7 +527,7 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
   ClientConn* c = u->client;
   Exchange* ex = c->ex;
   ex->response_bytes += len;
-  arm_timer(u->timer, kTimerResponse);
+  arm_response_timer(u);
   while (len > 0 && !ex->response_done) {
     if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer) {
       // Memory for this response is full: go on in a temporary file, so the
