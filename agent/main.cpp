@@ -292,9 +292,7 @@ int run(const Config& config) {
   if (config.admin != "off")
     admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin),
                                                    counter_views);
-  std::vector<int> all_fds;
-  for (const auto& f : fds) all_fds.insert(all_fds.end(), f.begin(), f.end());
-  std::shared_ptr<void> guard = attach_guard(config, all_fds);
+  std::shared_ptr<void> guard = attach_guard(config, fds.front());  // every shard has the same ports
 
   const int done_fd = eventfd(0, EFD_CLOEXEC);
   if (done_fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
