@@ -75,15 +75,15 @@ CLK_TCK=$(getconf CLK_TCK)
 PIDS+=($!)
 BPORT=$(port_of "$(wait_line "$TMP/backend.err" "offload-demo-server: listening on" 10)")
 
-start_agent() {  # WORKERS
-  local cpus=()
+start_agent() {  # WORKERS ROUND (a log of its own: a reused one could show the last agent's port)
+  local cpus=() log="$TMP/agent.w$1.r$2.err"
   if [[ $PIN = 1 ]]; then cpus=(--cpus "$(seq -s, 0 $(($1 - 1)))"); else cpus=(--workers "$1"); fi
   "$AGENT" run --listen 127.0.0.1:0 --upstream "tcp://127.0.0.1:$BPORT" --admin off \
     --max-clients 20000 --max-upstream "$MAX_UPSTREAM" --persistent "$MAX_UPSTREAM" \
-    "${cpus[@]}" 2>"$TMP/agent.err" &
+    "${cpus[@]}" 2>"$log" &
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
-  AGENT_PORT=$(port_of "$(wait_line "$TMP/agent.err" "offload-agent: listening on" 10)")
+  AGENT_PORT=$(port_of "$(wait_line "$log" "offload-agent: listening on" 10)")
 }
 
 run_wrk() {  # PORT SECONDS OUT
@@ -94,7 +94,7 @@ run_wrk() {  # PORT SECONDS OUT
 # measure WORKERS ROUND: prints one line, leaves RPS and CPU_US set
 measure() {
   local w=$1 out="$TMP/w$1.r$2.wrk" c0 c1 requests errors
-  start_agent "$w"
+  start_agent "$w" "$2"
   run_wrk "$AGENT_PORT" 1 "$TMP/warm"  # pools and upstream connections
   c0=$(cpu_ticks "$AGENT_PID")
   run_wrk "$AGENT_PORT" "$WRK_SECONDS" "$out"
