@@ -1,21 +1,32 @@
 // offload-agent: the command line. Thin: it reads the configuration and
 // hands it to the pieces that do the work.
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <exception>
+#include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "ops/admin.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/shard_limits.h"
 #include "proxy/listener.h"
 #include "shard.h"
 
@@ -39,6 +50,7 @@ struct RunFlags {
   std::string temp_dir;
   std::string xdp_iface;
   std::string xdp_mode;
+  std::string cpus;
   std::vector<std::string> deny;
   std::vector<std::string> allow;
   std::map<std::string, std::string> numbers;  // TOML key → flag text
@@ -54,6 +66,7 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--allow", f.allow, "accept clients only from these CIDR prefixes (repeatable)");
   cmd->add_option("--xdp-iface", f.xdp_iface, "attach the XDP guard to this interface while running");
   cmd->add_option("--xdp-mode", f.xdp_mode, "auto, native or generic (default auto)");
+  cmd->add_option("--cpus", f.cpus, "one shard per CPU, pinned: a list such as 1,2");
   for (const std::string& key : offload::number_key_names()) {
     std::string flag = "--" + key;
     for (auto& ch : flag)
@@ -79,6 +92,12 @@ Config build_config(const RunFlags& f) {
   if (!f.xdp_mode.empty()) config.xdp_mode = f.xdp_mode;
   for (const auto& [key, value] : f.numbers)
     if (!value.empty()) offload::set_number_from_flag(config, key, value);
+  // cpu and cpus say the same thing: the one given as a flag wins over the file.
+  if (auto it = f.numbers.find("cpu"); it != f.numbers.end() && !it->second.empty()) config.cpus.clear();
+  if (!f.cpus.empty()) {
+    config.cpus = offload::parse_cpu_list("--cpus", f.cpus);
+    config.cpu = -1;
+  }
   offload::validate(config);
   return config;
 }
@@ -105,7 +124,7 @@ void pin_to_cpu(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-  if (rc != 0) throw ConfigError(fmt::format("cpu: bad value '{}' (expected a CPU this process may use: {})", cpu,
+  if (rc != 0) throw ConfigError(fmt::format("cpus: bad value '{}' (expected a CPU this process may use: {})", cpu,
                                              std::strerror(rc)));
 }
 
@@ -119,7 +138,7 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
   g.mode = config.xdp_mode == "native"    ? offload::xdp::Mode::native
            : config.xdp_mode == "generic" ? offload::xdp::Mode::generic
                                           : offload::xdp::Mode::automatic;
-  if (config.cpu >= 0) g.cpus.push_back(uint32_t(config.cpu));
+  for (int cpu : config.cpus) g.cpus.push_back(uint32_t(cpu));  // every shard's core
   for (int fd : listen_fds) g.ports.push_back(offload::local_port(fd));
   g.syn_rate = config.xdp_syn_rate;
   g.syn_burst = config.xdp_syn_burst;
@@ -140,9 +159,119 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 #endif
 }
 
+// The same address with another port (IPv4 or IPv6).
+void set_port(offload::SocketAddress& address, uint16_t port) {
+  if (address.family() == AF_INET6) reinterpret_cast<sockaddr_in6*>(&address.storage)->sin6_port = htons(port);
+  else if (address.family() == AF_INET) reinterpret_cast<sockaddr_in*>(&address.storage)->sin_port = htons(port);
+}
+
+// One listening socket per address for each shard, all bound with
+// SO_REUSEPORT to the same port. Why not one listener that every shard
+// accepts from: the kernel then spreads new connections over the shards'
+// sockets by their 4-tuple hash, each shard accepts from its own queue, and
+// there is no shared accept queue (and lock) nor a thundering herd of
+// shards woken for one connection. The cost: a shard that is busy gets its
+// share of new connections anyway. For a port-0 address the first bind
+// picks the port and the other shards bind that same port.
+std::vector<std::vector<int>> open_shard_listeners(const Config& config) {
+  std::vector<std::vector<int>> fds(config.workers);
+  for (const auto& address : config.listen) {
+    offload::SocketAddress same = address;
+    for (uint32_t i = 0; i < config.workers; ++i) {
+      fds[i].push_back(offload::open_listener(same, 4096));
+      if (i == 0) set_port(same, offload::local_port(fds[0].back()));
+    }
+  }
+  return fds;
+}
+
+// One shard's thread and what the signal side needs of it. The Shard is
+// made and destroyed on its own thread (its io_uring is single-issuer);
+// `mutex` keeps the signal side from reaching it while it is made or gone.
+struct ShardThread {
+  std::mutex mutex;
+  offload::Shard* shard = nullptr;
+  std::string features;
+  int code = 1;
+  std::thread thread;
+};
+
+// Makes shard `i`, says it is ready (or why not), runs it, and counts
+// itself done on `done_fd` whatever happened.
+void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, offload::Counters& counters,
+               ShardThread& slot, std::promise<void>& ready, int done_fd) {
+  const Config config = offload::shard_share(whole, i);
+  std::unique_ptr<offload::Shard> shard;
+  try {
+    pin_to_cpu(config.cpu);
+    shard = std::make_unique<offload::Shard>(config, std::move(fds), counters);
+    {
+      std::lock_guard lock(slot.mutex);
+      slot.shard = shard.get();
+      slot.features = shard->features();
+    }
+    ready.set_value();
+  } catch (...) {
+    ready.set_exception(std::current_exception());
+  }
+  if (shard) {
+    try {
+      slot.code = shard->run();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "offload-agent: shard {}: {}\n", i, e.what());
+      slot.code = 1;
+    }
+    std::lock_guard lock(slot.mutex);
+    slot.shard = nullptr;
+  }
+  shard.reset();
+  const uint64_t one = 1;
+  (void)!::write(done_fd, &one, sizeof one);  // fails only on counter overflow
+}
+
+void tell_shards(std::vector<std::unique_ptr<ShardThread>>& slots, bool stop) {
+  for (auto& slot : slots) {
+    std::lock_guard lock(slot->mutex);
+    if (slot->shard == nullptr) continue;
+    if (stop) slot->shard->request_stop();
+    else slot->shard->request_drain();
+  }
+}
+
+// The one place signals arrive (they are blocked in every thread): SIGTERM
+// or a first SIGINT drains every shard, a second SIGINT stops them at once.
+// Returns once every shard has ended; a shard that ends by itself (a fault)
+// makes the others drain.
+void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd, const sigset_t& mask) {
+  int signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+  size_t done = 0;
+  int sigints = 0;
+  while (done < slots.size()) {
+    pollfd fds[2] = {{done_fd, POLLIN, 0}, {signal_fd, POLLIN, 0}};
+    if (::poll(fds, signal_fd >= 0 ? 2 : 1, -1) < 0) continue;  // EINTR
+    if (fds[0].revents != 0) {
+      uint64_t n = 0;
+      if (::read(done_fd, &n, sizeof n) == sizeof n) done += n;
+      if (done < slots.size()) tell_shards(slots, false);
+    }
+    signalfd_siginfo info{};
+    if (signal_fd >= 0 && fds[1].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
+      if (info.ssi_signo == SIGINT && ++sigints >= 2) {
+        fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
+        tell_shards(slots, true);
+      } else {
+        tell_shards(slots, false);
+      }
+    }
+  }
+  if (signal_fd >= 0) ::close(signal_fd);
+}
+
 int run(const Config& config) {
+  // Descriptors for the whole agent: the shards' shares add up to these.
   raise_fd_limit(config.max_clients + config.max_upstream + 64, 2 * config.max_clients + config.max_upstream + 64);
-  // Signals arrive through a signalfd in the loop; block them everywhere.
+  // Signals are read by relay_signals() alone; block them in every thread
+  // (the shards' threads inherit this mask).
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
@@ -150,25 +279,62 @@ int run(const Config& config) {
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  std::vector<int> fds;
-  for (const auto& address : config.listen) fds.push_back(offload::open_listener(address, 4096));
-  offload::Counters counters;
+  std::vector<std::vector<int>> fds = open_shard_listeners(config);
+  // One Counters per shard, each written by its shard alone; the admin
+  // thread sums them when it renders.
+  std::vector<std::unique_ptr<offload::Counters>> counters;
+  std::vector<const offload::Counters*> counter_views;
+  for (uint32_t i = 0; i < config.workers; ++i) {
+    counters.push_back(std::make_unique<offload::Counters>());
+    counter_views.push_back(counters.back().get());
+  }
   std::unique_ptr<offload::AdminServer> admin;
   if (config.admin != "off")
-    admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin), counters);
-  pin_to_cpu(config.cpu);
-  std::shared_ptr<void> guard = attach_guard(config, fds);
-  offload::Shard shard(config, fds, counters);
-  fmt::print(stderr, "offload-agent: {}\n", shard.features());
-  fmt::print(stderr, "offload-agent: upstream {} (max {} channels, {} persistent)\n", config.upstream.text,
-             config.max_upstream, config.persistent);
-  for (int fd : fds) fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fd));
+    admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin),
+                                                   counter_views);
+  std::shared_ptr<void> guard = attach_guard(config, fds.front());  // every shard has the same ports
+
+  const int done_fd = eventfd(0, EFD_CLOEXEC);
+  if (done_fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
+  std::vector<std::unique_ptr<ShardThread>> slots;
+  std::vector<std::promise<void>> ready(config.workers);
+  for (uint32_t i = 0; i < config.workers; ++i) {
+    slots.push_back(std::make_unique<ShardThread>());
+    slots.back()->thread = std::thread(run_shard, std::cref(config), i, fds[i], std::ref(*counters[i]),
+                                       std::ref(*slots.back()), std::ref(ready[i]), done_fd);
+  }
+  std::exception_ptr failed;
+  for (auto& r : ready) {
+    try {
+      r.get_future().get();
+    } catch (...) {
+      if (!failed) failed = std::current_exception();
+    }
+  }
+  if (failed) {  // a shard could not start: the others stop, the reason is reported
+    tell_shards(slots, true);
+    for (auto& slot : slots) slot->thread.join();
+    ::close(done_fd);
+    std::rethrow_exception(failed);
+  }
+  fmt::print(stderr, "offload-agent: {}\n", slots.front()->features);
+  fmt::print(stderr, "offload-agent: {} shard{}{}\n", config.workers, config.workers == 1 ? "" : "s",
+             config.cpus.empty() ? std::string() : fmt::format(" on cpus {}", fmt::join(config.cpus, ",")));
+  fmt::print(stderr, "offload-agent: upstream {} (max {} channels, {} persistent, for all shards)\n",
+             config.upstream.text, config.max_upstream, config.persistent);
+  for (int fd : fds.front()) fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fd));
   if (admin) {
     admin->start();
     fmt::print(stderr, "offload-agent: admin on {}\n", admin->bound_address());
   }
   std::fflush(stderr);
-  int code = shard.run();
+  relay_signals(slots, done_fd, mask);
+  int code = 0;
+  for (auto& slot : slots) {
+    slot->thread.join();
+    if (code == 0) code = slot->code;
+  }
+  ::close(done_fd);
   fmt::print(stderr, "offload-agent: stopped\n");
   return code;
 }

@@ -4,9 +4,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <malloc.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,11 +40,13 @@ int status_class_index(int status) { return status / 100; }
 // Spill files take descriptors too: they get what the open-file limit leaves
 // after every client, every channel and a margin for listeners, the ring and
 // the admin endpoint, so a spill can never make an accept or a connect fail.
+// The limit is the process's: each of `workers` shards gets an even share.
 uint32_t spill_files_max(const Config& config) {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
-  const uint64_t taken = uint64_t(config.max_clients) + config.max_upstream + 64;
-  return rl.rlim_cur > taken ? uint32_t(std::min<uint64_t>(rl.rlim_cur - taken, UINT32_MAX)) : 0;
+  const uint64_t shards = std::max<uint32_t>(config.workers, 1);
+  const uint64_t taken = (uint64_t(config.max_clients) + config.max_upstream) * shards + 64;
+  return rl.rlim_cur > taken ? uint32_t(std::min<uint64_t>((rl.rlim_cur - taken) / shards, UINT32_MAX)) : 0;
 }
 
 std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
@@ -104,7 +105,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   bind<&Shard::housekeeping>(housekeeping_timer_, this);
   bind<&Shard::on_accept_retry_timer>(accept_retry_timer_, this);
   bind<&Shard::ring_tick>(ring_tick_, this);
-  bind<&Shard::on_signal>(signal_read_, this);
+  bind<&Shard::on_control>(control_read_, this);
   bind<&Shard::on_ring_listen>(ring_listen_, this);
   if (config.upstream.kind == UpstreamTarget::Kind::kShm) ring_create();
 
@@ -121,11 +122,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   build_listeners(listen_fds);
   build_groups();
 
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  signal_fd_ = signalfd(-1, &mask, SFD_CLOEXEC);
+  control_fd_ = eventfd(0, EFD_CLOEXEC);
 }
 
 Shard::~Shard() {
@@ -134,7 +131,9 @@ Shard::~Shard() {
     if (clients_[i].ex != nullptr) put_exchange(clients_[i].ex);
   }
   groups_.clear();  // closes the servers' connections
-  if (signal_fd_ >= 0) ::close(signal_fd_);
+  for (auto& u : upstreams_)  // ring channels
+    if (u->fd >= 0) ::close(u->fd);
+  if (control_fd_ >= 0) ::close(control_fd_);
 }
 
 // ---------------------------------------------------------------- the loop
@@ -151,7 +150,7 @@ int Shard::run() {
 void Shard::start() {
   loop_.refresh_clock();
   for (auto& l : listeners_) post_accept(l.get());
-  post_signal_read();
+  post_control_read();
   if (ring_) ring_start();
   arm_timer(housekeeping_timer_, kTimerHousekeeping);
   refill_pool();
@@ -223,23 +222,34 @@ void Shard::housekeeping() {
   arm_timer(housekeeping_timer_, kTimerHousekeeping);
 }
 
-void Shard::post_signal_read() {
-  if (signal_fd_ < 0) return;
-  io_uring_prep_read(loop_.sqe(signal_read_), signal_fd_, signal_buf_, sizeof(signalfd_siginfo), 0);
+void Shard::request_drain() {
+  drain_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!::write(control_fd_, &one, sizeof one);  // fails only on counter overflow
 }
 
-void Shard::on_signal(const io_uring_cqe& cqe) {
-  if (cqe.res == int(sizeof(signalfd_siginfo))) {
-    signalfd_siginfo info;
-    std::memcpy(&info, signal_buf_, sizeof info);
-    if (info.ssi_signo == SIGINT && ++sigint_count_ >= 2) {
-      fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
+void Shard::request_stop() {
+  stop_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!::write(control_fd_, &one, sizeof one);
+}
+
+void Shard::post_control_read() {
+  if (control_fd_ < 0) return;
+  io_uring_prep_read(loop_.sqe(control_read_), control_fd_, &control_buf_, sizeof control_buf_, 0);
+}
+
+// The flags, not the eventfd's count, say what was asked: several requests
+// may arrive as one read.
+void Shard::on_control(const io_uring_cqe& cqe) {
+  if (cqe.res == int(sizeof control_buf_)) {
+    if (stop_requested_.load(std::memory_order_acquire)) {
       stop_now_ = true;
       return;
     }
-    start_drain();
+    if (drain_requested_.load(std::memory_order_acquire)) start_drain();
   }
-  post_signal_read();
+  post_control_read();
 }
 
 void Shard::start_drain() {

@@ -46,8 +46,8 @@ class Shard final : public TcpPool::Host {
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
-  // Runs until drained after SIGTERM/SIGINT (or a second SIGINT). Returns
-  // the process exit code. Signals must be blocked in the calling thread.
+  // Runs until drained after request_drain() (or stopped by
+  // request_stop()). Returns the shard's exit code.
   int run();
   // run() in steps, for tests that drive the shard with a TestClock: start()
   // once, then turn() until it returns false (drained or stopped). A turn
@@ -56,6 +56,12 @@ class Shard final : public TcpPool::Host {
   bool turn(uint64_t max_wait_ms = 1000);
 
   const std::string& features() const { return loop_.features(); }
+
+  // Thread-safe, for the one thread that receives signals: finish in-flight
+  // requests and end (SIGTERM, a first SIGINT), or end at once (a second
+  // SIGINT). Each wakes the loop through an eventfd it reads.
+  void request_drain();
+  void request_stop();
 
   // Response bytes for a client: memory up to response_buffer, then the
   // spill file. False when neither has room (buffer memory exhausted).
@@ -74,9 +80,9 @@ class Shard final : public TcpPool::Host {
   void on_response_timeout(UpstreamConn* u, Timer& t);
   void on_group_wake(UpstreamGroup* g, Timer& t);
   void on_accept_retry_timer();
-  void on_signal(const io_uring_cqe& cqe);
+  void on_control(const io_uring_cqe& cqe);
   void start_drain();
-  void post_signal_read();
+  void post_control_read();
   void housekeeping();
   void after_batch();
 
@@ -268,13 +274,14 @@ class Shard final : public TcpPool::Host {
   static constexpr size_t kScratchBytes = 64 * 1024;
   std::unique_ptr<char[]> scratch_{new char[kScratchBytes]};  // response heads being rewritten
 
-  // Signals and draining.
-  int signal_fd_ = -1;
-  Completion signal_read_;
-  alignas(16) char signal_buf_[128];
+  // Draining, asked for by another thread through control_fd_ (an eventfd).
+  int control_fd_ = -1;
+  Completion control_read_;
+  uint64_t control_buf_ = 0;
+  std::atomic<bool> drain_requested_{false};
+  std::atomic<bool> stop_requested_{false};
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
-  int sigint_count_ = 0;
   bool stop_now_ = false;
 };
 

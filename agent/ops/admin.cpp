@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -42,7 +43,8 @@ std::string http_answer(std::string_view status, std::string_view type, std::str
 
 }  // namespace
 
-AdminServer::AdminServer(const SocketAddress& address, Counters& counters) : counters_(counters) {
+AdminServer::AdminServer(const SocketAddress& address, std::vector<const Counters*> shards)
+    : shards_(std::move(shards)) {
   fd_ = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   int one = 1;
   ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -171,12 +173,15 @@ bool AdminServer::on_writable(Conn& c) {
 
 std::string AdminServer::answer(std::string_view request) const {
   std::string_view line = request.substr(0, request.find('\n'));
+  std::vector<const Counters*> parts = shards_;
+  parts.push_back(&counters_);
+  auto render = [&](StatsFormat f) { return render_totals(parts, shards_.size(), f); };
   if (line.starts_with("GET /stats?format=json "))
-    return http_answer("200 OK", "application/json", render_counters(counters_, StatsFormat::kJson));
+    return http_answer("200 OK", "application/json", render(StatsFormat::kJson));
   if (line.starts_with("GET /stats "))
-    return http_answer("200 OK", "text/plain", render_counters(counters_, StatsFormat::kText));
+    return http_answer("200 OK", "text/plain", render(StatsFormat::kText));
   if (line.starts_with("GET /metrics "))
-    return http_answer("200 OK", "text/plain; version=0.0.4", render_counters(counters_, StatsFormat::kPrometheus));
+    return http_answer("200 OK", "text/plain; version=0.0.4", render(StatsFormat::kPrometheus));
   return http_answer("404 Not Found", "text/plain", "try /stats, /stats?format=json or /metrics\n");
 }
 

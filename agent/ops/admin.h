@@ -32,8 +32,9 @@ class AdminServer {
   static constexpr size_t kRequestBytesMax = 2048;
 
   // Binds at once (so a bad address fails start-up); serves from start().
-  // The admin thread is the only writer of the admin_* counters.
-  AdminServer(const SocketAddress& address, Counters& counters);
+  // Renders the sum of the shards' counters (each outlives the server); the
+  // admin thread keeps its own admin_* counters, so each has one writer.
+  AdminServer(const SocketAddress& address, std::vector<const Counters*> shards);
   ~AdminServer();  // wakes the thread, joins it, closes every connection
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
@@ -57,7 +58,8 @@ class AdminServer {
   void close_conn(size_t i);
   std::string answer(std::string_view request) const;
 
-  Counters& counters_;
+  std::vector<const Counters*> shards_;
+  Counters counters_;  // the admin_* ones: written by the admin thread only
   int fd_ = -1;
   int wake_fd_ = -1;                // eventfd: the destructor's "stop now"
   int64_t accept_paused_until_ = 0; // after EMFILE: do not spin on the listener

@@ -1,5 +1,6 @@
 #include "ops/config.h"
 
+#include "ops/shard_limits.h"
 #include "security/screen.h"
 
 #include <arpa/inet.h>
@@ -42,6 +43,7 @@ const std::vector<NumberKey>& number_keys() {
   constexpr uint64_t kDay = 86400000;
   static const std::vector<NumberKey> keys = {
       {"cpu", 0, 4095, false, [](Config& c, uint64_t v) { c.cpu = int(v); }},
+      {"workers", 1, 256, false, [](Config& c, uint64_t v) { c.workers = uint32_t(v); }},
       {"max_clients", 1, 1000000, false, [](Config& c, uint64_t v) { c.max_clients = uint32_t(v); }},
       {"max_upstream", 1, 4096, false, [](Config& c, uint64_t v) { c.max_upstream = uint32_t(v); }},
       {"persistent", 0, 4096, false, [](Config& c, uint64_t v) { c.persistent = uint32_t(v); }},
@@ -260,6 +262,15 @@ void load_config_file(const std::string& path, Config& config) {
       if (list == nullptr) bad(key, node_text(node), "a list of CIDR prefixes, such as [\"203.0.113.0/24\"]");
       auto& out = key == "deny" ? config.deny : config.allow;
       for (const auto& item : *list) out.push_back(string_value(key, item));
+    } else if (key == "cpus") {
+      auto* list = node.as_array();
+      if (list == nullptr) bad(key, node_text(node), "a list of CPU numbers, such as [1, 2]");
+      config.cpus.clear();
+      for (const auto& item : *list) {
+        auto n = item.value<int64_t>();
+        if (!item.is_integer() || !n || *n < 0 || *n > 4095) bad(key, node_text(item), "CPU numbers from 0 to 4095");
+        config.cpus.push_back(int(*n));
+      }
     } else if (key == "xdp_iface") {
       config.xdp_iface = string_value(key, node);
     } else if (key == "xdp_mode") {
@@ -285,9 +296,12 @@ void validate(Config& config) {
   for (const auto& a : config.allow) parse_prefix("allow", a);
   if (config.xdp_mode != "auto" && config.xdp_mode != "native" && config.xdp_mode != "generic")
     bad("xdp_mode", config.xdp_mode, "auto, native or generic");
-  if (config.response_buffer > config.buffer_memory_max)
-    throw ConfigError(fmt::format("response_buffer: bad value '{}' (expected at most buffer_memory_max, {})",
-                                  config.response_buffer, config.buffer_memory_max));
+  validate_shards(config);
+  // One response's memory must fit one shard's share of the buffer memory.
+  const uint64_t shard_memory = config.buffer_memory_max / config.workers;
+  if (config.response_buffer > shard_memory)
+    throw ConfigError(fmt::format("response_buffer: bad value '{}' (expected at most buffer_memory_max{}, {})",
+                                  config.response_buffer, config.workers > 1 ? " / workers" : "", shard_memory));
 }
 
 // Flags share the table: "--max-clients" sets "max_clients".

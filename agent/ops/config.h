@@ -37,7 +37,13 @@ struct Config {
   std::vector<SocketAddress> listen;
   UpstreamTarget upstream;
   int cpu = -1;                       // pin the event loop to this core; -1: no pinning
+  // Shards: one thread and one io_uring each. `cpus` pins shard i to cpus[i]
+  // and sets their number; `cpu = K` is cpus = [K]. After validate(),
+  // workers is the number of shards and cpus is empty or has one per shard.
+  uint32_t workers = 0;               // 0: unset (one per entry of cpus, else 1)
+  std::vector<int> cpus;
 
+  // The whole agent's limits; each shard gets its share (ops/shard_limits.h).
   uint32_t max_clients = 10000;
   uint32_t max_upstream = 8;          // bus connections, far fewer than clients
   uint32_t persistent = 4;            // opened at start-up and kept
@@ -103,8 +109,10 @@ UpstreamTarget parse_upstream(const std::string& key, const std::string& value);
 // Loads a TOML file into `config`. Unknown keys and bad values throw ConfigError.
 void load_config_file(const std::string& path, Config& config);
 
-// Checks the settings against each other; throws ConfigError.
+// Checks the settings against each other; throws ConfigError. Resolves
+// workers, cpu and cpus (see Config::workers).
 void validate(Config& config);
+
 
 }  // namespace offload
 

@@ -1,12 +1,14 @@
 // Per-shard counters. Each shard is the only writer of its own counters (the
-// admin_* ones are the admin thread's alone), so an increment is a relaxed
-// load and store (no locked instruction on the hot path); the admin thread
-// reads them with relaxed loads.
+// admin_* ones are the admin thread's alone, in a Counters of its own), so an
+// increment is a relaxed load and store (no locked instruction on the hot
+// path) and no update is lost; the admin thread reads them with relaxed
+// loads and sums the shards when it renders.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace offload {
 
@@ -64,8 +66,17 @@ inline void drop(std::atomic<uint64_t>& c, uint64_t n = 1) {
   c.store(c.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
 }
 
+// Adds every counter of `part` into `total` (gauges too: the agent's number
+// of open connections is the shards' sum). `total` is the caller's own.
+void add_counters(Counters& total, const Counters& part);
+
 // Renders a snapshot: "name value" lines, one JSON object, or Prometheus text.
 enum class StatsFormat { kText, kJson, kPrometheus };
 std::string render_counters(const Counters& c, StatsFormat format);
+
+// The agent's counters: the sum of `parts` (the shards' and the admin
+// thread's). JSON adds "shards": [...], each shard's own counters, when
+// there is more than one shard (the first `shards` of `parts`).
+std::string render_totals(const std::vector<const Counters*>& parts, size_t shards, StatsFormat format);
 
 }  // namespace offload
