@@ -199,12 +199,12 @@ struct ShardThread {
 // Makes shard `i`, says it is ready (or why not), runs it, and counts
 // itself done on `done_fd` whatever happened.
 void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, offload::Counters& counters,
-               ShardThread& slot, std::promise<void>& ready, int done_fd) {
+               offload::TopologyStats& topology, ShardThread& slot, std::promise<void>& ready, int done_fd) {
   const Config config = offload::shard_share(whole, i);
   std::unique_ptr<offload::Shard> shard;
   try {
     pin_to_cpu(config.cpu);
-    shard = std::make_unique<offload::Shard>(config, std::move(fds), counters);
+    shard = std::make_unique<offload::Shard>(config, std::move(fds), counters, &topology);
     {
       std::lock_guard lock(slot.mutex);
       slot.shard = shard.get();
@@ -288,10 +288,12 @@ int run(const Config& config) {
     counters.push_back(std::make_unique<offload::Counters>());
     counter_views.push_back(counters.back().get());
   }
+  // Per listener and per server: one set for all shards, each add atomic.
+  std::unique_ptr<offload::TopologyStats> topology = offload::TopologyStats::from(config);
   std::unique_ptr<offload::AdminServer> admin;
   if (config.admin != "off")
     admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin),
-                                                   counter_views);
+                                                   counter_views, topology.get());
   std::shared_ptr<void> guard = attach_guard(config, fds.front());  // every shard has the same ports
 
   const int done_fd = eventfd(0, EFD_CLOEXEC);
@@ -301,7 +303,7 @@ int run(const Config& config) {
   for (uint32_t i = 0; i < config.workers; ++i) {
     slots.push_back(std::make_unique<ShardThread>());
     slots.back()->thread = std::thread(run_shard, std::cref(config), i, fds[i], std::ref(*counters[i]),
-                                       std::ref(*slots.back()), std::ref(ready[i]), done_fd);
+                                       std::ref(*topology), std::ref(*slots.back()), std::ref(ready[i]), done_fd);
   }
   std::exception_ptr failed;
   for (auto& r : ready) {

@@ -62,9 +62,12 @@ const Clock& Shard::default_clock() {
   return clock;
 }
 
-Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters, const Clock& clock)
+Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters, TopologyStats* topology,
+             const Clock& clock)
     : config_(config),
       counters_(counters),
+      own_topology_(topology == nullptr ? TopologyStats::from(config) : nullptr),
+      topology_(topology != nullptr ? topology : own_topology_.get()),
       loop_(clock, 1024, 8192),
       clients_(new ClientConn[config.max_clients]),
       screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
@@ -280,7 +283,8 @@ void Shard::build_listeners(const std::vector<int>& fds) {
   for (int fd : fds) {
     auto l = std::make_unique<Listener>();
     l->fd = fd;
-    l->name = local_address(fd);
+    l->stats = topology_->listeners.at(listeners_.size()).get();
+    l->name = l->stats->name;
     l->limits = request_limits_;
     l->max_clients = config_.max_clients;
     for (int k = 0; k < kClientTimerKinds; ++k) {
@@ -323,6 +327,7 @@ void Shard::on_accept(Listener* l, const io_uring_cqe& e) {
   if (free_slots_.empty() || l->active >= l->max_clients) {
     ::close(fd);
     bump(counters_.rejected_over_limit);
+    add(l->stats->rejected);
     return;
   }
   ClientConn* c = &clients_[free_slots_.back()];
@@ -336,6 +341,8 @@ void Shard::on_accept(Listener* l, const io_uring_cqe& e) {
   if (screen_.active() && screen_out(c)) return;
   ++active_clients_;
   ++l->active;
+  add(l->stats->accepted);
+  add(l->stats->active);
   bump(counters_.accepted);
   bump(counters_.active_clients);
   arm_client_timer(c, kTimerHeader);
@@ -634,6 +641,7 @@ void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_inp
 void Shard::on_request_complete(ClientConn* c) {
   Exchange* ex = c->ex;
   bump(counters_.requests);
+  add(c->listener->stats->requests);
   disarm(c->timer);
   // The body is forwarded de-chunked: now its length is known.
   size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
@@ -895,6 +903,7 @@ void Shard::maybe_free_client(ClientConn* c) {
   free_slots_.push_back(c->slot);
   --active_clients_;
   --c->listener->active;
+  sub(c->listener->stats->active);
   drop(counters_.active_clients);
 }
 

@@ -17,6 +17,7 @@
 #include "ops/config.h"
 #include "proxy/connection.h"
 #include "ops/counters.h"
+#include "ops/topology_stats.h"
 #include "http/http_rewrite.h"
 #include "loop/list.h"
 #include "proxy/listener.h"
@@ -40,7 +41,9 @@ inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
 class Shard final : public TcpPool::Host {
  public:
   // Binds nothing: the listening sockets are made by the caller and shared.
-  Shard(const Config& config, std::vector<int> listen_fds, Counters& counters,
+  // `topology` (per listener and per server counters, for the whole agent)
+  // may be shared by shards; null: the shard keeps its own.
+  Shard(const Config& config, std::vector<int> listen_fds, Counters& counters, TopologyStats* topology = nullptr,
         const Clock& clock = default_clock());
   ~Shard();
   Shard(const Shard&) = delete;
@@ -212,6 +215,8 @@ class Shard final : public TcpPool::Host {
 
   const Config& config_;
   Counters& counters_;
+  std::unique_ptr<TopologyStats> own_topology_;
+  TopologyStats* topology_;
   Loop loop_;
   Uring& uring_ = loop_.uring();
   std::vector<std::unique_ptr<Listener>> listeners_;

@@ -43,8 +43,9 @@ std::string http_answer(std::string_view status, std::string_view type, std::str
 
 }  // namespace
 
-AdminServer::AdminServer(const SocketAddress& address, std::vector<const Counters*> shards)
-    : shards_(std::move(shards)) {
+AdminServer::AdminServer(const SocketAddress& address, std::vector<const Counters*> shards,
+                         const TopologyStats* topology)
+    : shards_(std::move(shards)), topology_(topology) {
   fd_ = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   int one = 1;
   ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -175,7 +176,13 @@ std::string AdminServer::answer(std::string_view request) const {
   std::string_view line = request.substr(0, request.find('\n'));
   std::vector<const Counters*> parts = shards_;
   parts.push_back(&counters_);
-  auto render = [&](StatsFormat f) { return render_totals(parts, shards_.size(), f); };
+  auto render = [&](StatsFormat f) {
+    std::string out = render_totals(parts, shards_.size(), f);
+    if (topology_ == nullptr) return out;
+    if (f != StatsFormat::kJson) return out + render_topology(*topology_, f);
+    out.resize(out.size() - 2);  // {...}\n → {..., "listeners":[...], "servers":[...]}\n
+    return out + "," + render_topology(*topology_, f) + "}\n";
+  };
   if (line.starts_with("GET /stats?format=json "))
     return http_answer("200 OK", "application/json", render(StatsFormat::kJson));
   if (line.starts_with("GET /stats "))

@@ -22,6 +22,7 @@
 
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/topology_stats.h"
 
 namespace offload {
 
@@ -34,7 +35,9 @@ class AdminServer {
   // Binds at once (so a bad address fails start-up); serves from start().
   // Renders the sum of the shards' counters (each outlives the server); the
   // admin thread keeps its own admin_* counters, so each has one writer.
-  AdminServer(const SocketAddress& address, std::vector<const Counters*> shards);
+  // `topology` (per listener and server counters) may be null.
+  AdminServer(const SocketAddress& address, std::vector<const Counters*> shards,
+              const TopologyStats* topology = nullptr);
   ~AdminServer();  // wakes the thread, joins it, closes every connection
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
@@ -59,6 +62,7 @@ class AdminServer {
   std::string answer(std::string_view request) const;
 
   std::vector<const Counters*> shards_;
+  const TopologyStats* topology_;
   Counters counters_;  // the admin_* ones: written by the admin thread only
   int fd_ = -1;
   int wake_fd_ = -1;                // eventfd: the destructor's "stop now"

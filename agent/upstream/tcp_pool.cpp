@@ -11,9 +11,9 @@
 
 namespace offload {
 
-TcpPool::TcpPool(Loop& loop, Counters& counters, Host& host, UpstreamGroup& group, uint32_t index,
-                 Settings settings, const http::Limits& response_limits)
-    : loop_(loop), counters_(counters), host_(host), group_(group), index_(index), settings_(std::move(settings)) {
+TcpPool::TcpPool(Loop& loop, Counters& counters, ServerCounters& stats, Host& host, UpstreamGroup& group,
+                 uint32_t index, Settings settings, const http::Limits& response_limits)
+    : loop_(loop), counters_(counters), stats_(stats), host_(host), group_(group), index_(index), settings_(std::move(settings)) {
   for (uint32_t i = 0; i < settings_.max_connections; ++i) {
     conns_.push_back(std::make_unique<UpstreamConn>(i, response_limits));
     UpstreamConn* u = conns_.back().get();
@@ -100,6 +100,8 @@ bool TcpPool::open() {
   ++connecting_;
   bump(counters_.upstream_connects);
   bump(counters_.upstream_active);
+  add(stats_.connects);
+  add(stats_.connections);
   io_uring_sqe* s = loop_.sqe(u->connected);
   io_uring_prep_connect(s, fd, reinterpret_cast<const sockaddr*>(&addr.storage), addr.length);
   s->flags |= IOSQE_IO_LINK;
@@ -154,6 +156,7 @@ void TcpPool::maybe_free(UpstreamConn* u) {
   u->state = UpstreamState::kFree;
   --open_;
   drop(counters_.upstream_active);
+  sub(stats_.connections);
   OFFLOAD_ASSERT(!u->recv_armed && !u->send_busy);
   host_.on_freed(*this, u);
 }

@@ -11,6 +11,7 @@
 #include "loop/loop.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/topology_stats.h"
 #include "proxy/connection.h"
 
 namespace offload {
@@ -41,8 +42,8 @@ class TcpPool {
     uint32_t connect_timeout_ms = 5000;
   };
 
-  TcpPool(Loop& loop, Counters& counters, Host& host, UpstreamGroup& group, uint32_t index, Settings settings,
-          const http::Limits& response_limits);
+  TcpPool(Loop& loop, Counters& counters, ServerCounters& stats, Host& host, UpstreamGroup& group, uint32_t index,
+          Settings settings, const http::Limits& response_limits);
   ~TcpPool();
   TcpPool(const TcpPool&) = delete;
   TcpPool& operator=(const TcpPool&) = delete;
@@ -50,6 +51,8 @@ class TcpPool {
   UpstreamGroup& group() { return group_; }
   uint32_t index() const { return index_; }  // in its group (the balancer's server index)
   const UpstreamTarget& target() const { return settings_.target; }
+  ServerCounters& stats() { return stats_; }
+  bool counted_down = false;  // this shard has it out: counted in stats().down
 
   // The most recently used idle connection (the warmest), or null.
   UpstreamConn* take_idle();
@@ -91,6 +94,7 @@ class TcpPool {
 
   Loop& loop_;
   Counters& counters_;
+  ServerCounters& stats_;
   Host& host_;
   UpstreamGroup& group_;
   uint32_t index_;

@@ -95,7 +95,8 @@ void Shard::build_groups() {
     settings.max_connections = config_.max_upstream;
     settings.persistent = config_.persistent;
     settings.connect_timeout_ms = config_.connect_timeout_ms;
-    g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *this, *g, 0, settings, response_limits_));
+    g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *topology_->server(0, 0), *this, *g, 0,
+                                                   settings, response_limits_));
     for (auto& p : g->servers) p->for_each([this](UpstreamConn* u) {
       bind<&Shard::on_up_send>(u->sent, this, u);
       bind<&Shard::on_up_recv>(u->received, this, u);
@@ -180,7 +181,14 @@ void Shard::leave_server(Exchange* ex) {
 void Shard::report_health(TcpPool& p, bool ok) {
   Balancer& b = p.group().balancer;
   const bool back = ok ? b.report_success(p.index(), loop_.now_ms()) : b.report_failure(p.index(), loop_.now_ms());
+  if (!ok) add(p.stats().failures);
   if (back) pool_changed_ = true;
+  const bool down = b.stats(p.index(), loop_.now_ms()).state != HealthState::kUp;
+  if (down != p.counted_down) {
+    p.counted_down = down;
+    if (down) add(p.stats().down);
+    else sub(p.stats().down);
+  }
 }
 
 // A request that waited in vain: 503 when the servers were busy, the
@@ -251,6 +259,7 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   u->read_paused = false;
   ex->up = u;
   if (u->used) bump(counters_.upstream_reuses);
+  add(u->pool->stats().requests);
   u->used = true;
   u->parser.reset();
   u->parser.set_request_method(ex->method);
@@ -632,6 +641,7 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
       continue;
     }
     count_response(counters_, h.status);
+    add(u->pool->stats().responses);
     report_health(*u->pool, true);
     u->reusable = u->reusable && h.keep_alive && h.body != http::BodyKind::kUntilClose;
     // A body that ends at close cannot be framed for the client either; an

@@ -1,0 +1,122 @@
+#include "ops/topology_stats.h"
+
+#include <fmt/format.h>
+
+#include "ops/config.h"
+
+namespace offload {
+
+std::unique_ptr<TopologyStats> TopologyStats::from(const Config& config) {
+  auto t = std::make_unique<TopologyStats>();
+  for (const SocketAddress& a : config.listen) {
+    t->listeners.push_back(std::make_unique<ListenerCounters>());
+    t->listeners.back()->name = a.text;
+  }
+  t->group_offsets.push_back(0);
+  t->servers.push_back(std::make_unique<ServerCounters>());
+  t->servers.back()->group = "default";
+  t->servers.back()->name = config.upstream.text;
+  return t;
+}
+
+ServerCounters* TopologyStats::server(size_t group, size_t index) const {
+  if (group >= group_offsets.size()) return nullptr;
+  const size_t i = group_offsets[group] + index;
+  return i < servers.size() ? servers[i].get() : nullptr;
+}
+
+namespace {
+
+uint64_t v(const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); }
+
+// A label value in Prometheus text: backslash, quote and newline escaped.
+std::string label(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '\\' || ch == '"') out += '\\';
+    if (ch == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += ch;
+  }
+  return out;
+}
+
+std::string json_string(const std::string& s) { return "\"" + label(s) + "\""; }
+
+}  // namespace
+
+std::string render_topology(const TopologyStats& t, StatsFormat format) {
+  std::string out;
+  switch (format) {
+    case StatsFormat::kText:
+      for (const auto& l : t.listeners)
+        out += fmt::format("listener {:<22} accepted {} active {} rejected {} requests {}\n", l->name, v(l->accepted),
+                           v(l->active), v(l->rejected), v(l->requests));
+      for (const auto& s : t.servers)
+        out += fmt::format("server {}/{} {} requests {} responses {} failures {} connects {} connections {}\n",
+                           s->group, s->name, v(s->down) ? "down" : "up", v(s->requests), v(s->responses),
+                           v(s->failures), v(s->connects), v(s->connections));
+      break;
+    case StatsFormat::kJson: {
+      out += "\"listeners\":[";
+      bool first = true;
+      for (const auto& l : t.listeners) {
+        out += fmt::format("{}{{\"name\":{},\"accepted\":{},\"active\":{},\"rejected\":{},\"requests\":{}}}",
+                           first ? "" : ",", json_string(l->name), v(l->accepted), v(l->active), v(l->rejected),
+                           v(l->requests));
+        first = false;
+      }
+      out += "],\"servers\":[";
+      first = true;
+      for (const auto& s : t.servers) {
+        out += fmt::format(
+            "{}{{\"group\":{},\"server\":{},\"state\":\"{}\",\"requests\":{},\"responses\":{},\"failures\":{},"
+            "\"connects\":{},\"connections\":{}}}",
+            first ? "" : ",", json_string(s->group), json_string(s->name), v(s->down) ? "down" : "up", v(s->requests),
+            v(s->responses), v(s->failures), v(s->connects), v(s->connections));
+        first = false;
+      }
+      out += "]";
+      break;
+    }
+    case StatsFormat::kPrometheus: {
+      auto family = [&](const char* name, const char* type, const char* help) {
+        out += fmt::format("# HELP offload_{} {}\n# TYPE offload_{} {}\n", name, help, name, type);
+      };
+      auto per_listener = [&](const char* name, const char* type, const char* help,
+                              const std::atomic<uint64_t> ListenerCounters::*field) {
+        family(name, type, help);
+        for (const auto& l : t.listeners)
+          out += fmt::format("offload_{}{{listener=\"{}\"}} {}\n", name, label(l->name), v((*l).*field));
+      };
+      auto per_server = [&](const char* name, const char* type, const char* help,
+                            const std::atomic<uint64_t> ServerCounters::*field) {
+        family(name, type, help);
+        for (const auto& s : t.servers)
+          out += fmt::format("offload_{}{{group=\"{}\",server=\"{}\"}} {}\n", name, label(s->group), label(s->name),
+                             v((*s).*field));
+      };
+      per_listener("listener_accepted_total", "counter", "client connections accepted", &ListenerCounters::accepted);
+      per_listener("listener_active_connections", "gauge", "client connections open now", &ListenerCounters::active);
+      per_listener("listener_rejected_total", "counter", "client connections refused at accept",
+                   &ListenerCounters::rejected);
+      per_listener("listener_requests_total", "counter", "complete requests received", &ListenerCounters::requests);
+      per_server("server_requests_total", "counter", "requests sent to the server", &ServerCounters::requests);
+      per_server("server_responses_total", "counter", "responses received from the server", &ServerCounters::responses);
+      per_server("server_failures_total", "counter", "failed connects, resets, timeouts and bad answers",
+                 &ServerCounters::failures);
+      per_server("server_connects_total", "counter", "connections opened to the server", &ServerCounters::connects);
+      per_server("server_connections", "gauge", "connections open to the server now", &ServerCounters::connections);
+      family("server_up", "gauge", "1 while no shard has taken the server out");
+      for (const auto& s : t.servers)
+        out += fmt::format("offload_server_up{{group=\"{}\",server=\"{}\"}} {}\n", label(s->group), label(s->name),
+                           v(s->down) ? 0 : 1);
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace offload
