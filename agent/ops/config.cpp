@@ -757,8 +757,7 @@ void apply_upstream_flag(Config& config, const std::string& text) {
   }
   for (auto& group : config.groups)
     if (group.name == "default") {
-      group.servers = {ServerConfig{target}};
-      group.where = "--upstream";
+      group.servers = {ServerConfig{target}};  // the rest of the table (balance, health) stays
       return;
     }
   std::string names;

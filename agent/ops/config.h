@@ -67,7 +67,7 @@ struct UpstreamGroup {
   uint32_t max_fails = 3;            // consecutive connect failures or resets; 0: never taken out
   uint32_t fail_timeout_ms = 10000;  // out this long, then probed back in
   HealthCheck health;
-  std::string where = "upstream";    // how errors name it: "upstream[1]", "upstream" or "--upstream"
+  std::string where = "upstream";    // how errors name it: "upstream[1]", or "upstream" for the flat form
 };
 
 // [[listener]]: one listening address, the proxy that serves it, its group
@@ -77,7 +77,7 @@ struct ListenerConfig {
   std::string name;                  // default: the address as written
   SocketAddress address;
   std::string proxy = "http";        // the only kind so far
-  std::string upstream;              // the group's name; empty: the only group
+  std::string upstream;              // the group's name; empty: the first group
   size_t group = 0;                  // index into Config::groups, set by validate()
 
   uint32_t max_clients = 0;
