@@ -259,10 +259,10 @@ std::string probe_path(const std::string& path, const toml::node& node) {
   return text;
 }
 
-HealthCheck health_value(const std::string& path, const toml::node& node) {
+HealthConfig health_value(const std::string& path, const toml::node& node) {
   const toml::table* table = node.as_table();
   if (table == nullptr) bad(path, node_text(node), "a table such as { path = \"/health\", interval_ms = 2000 }");
-  HealthCheck health;
+  HealthConfig health;
   health.enabled = true;
   each_key(*table, path, {"path", "interval_ms", "timeout_ms", "rise", "fall"},
            [&](const std::string& key, const toml::node& value, const std::string& key_path) {
@@ -275,8 +275,8 @@ HealthCheck health_value(const std::string& path, const toml::node& node) {
   return health;
 }
 
-UpstreamGroup group_value(const std::string& where, const toml::table& table) {
-  UpstreamGroup group;
+GroupConfig group_value(const std::string& where, const toml::table& table) {
+  GroupConfig group;
   group.where = where;
   each_key(table, where, {"name", "servers", "balance", "max_fails", "fail_timeout_ms", "health"},
            [&](const std::string& key, const toml::node& value, const std::string& path) {
@@ -365,7 +365,7 @@ std::string key_of(const std::string& where, const std::string& key) {
   return !where.empty() && where.back() == ']' ? where + "." + key : where;
 }
 
-std::string server_key(const UpstreamGroup& group, size_t index) {
+std::string server_key(const GroupConfig& group, size_t index) {
   return key_of(group.where, fmt::format("servers[{}]", index));
 }
 
@@ -389,7 +389,7 @@ bool same_target(const UpstreamTarget& a, const UpstreamTarget& b) {
 void build_from_flat(Config& config) {
   if (config.groups.empty()) {
     if (config.upstream.text.empty()) config.upstream = parse_upstream("upstream", "tcp://127.0.0.1:8000");
-    UpstreamGroup group;
+    GroupConfig group;
     group.servers.push_back(ServerConfig{config.upstream});
     config.groups.push_back(group);
   }
@@ -404,7 +404,7 @@ void build_from_flat(Config& config) {
 }
 
 // A server's pool follows the globals unless its table set it.
-void fill_server(const Config& config, const UpstreamGroup& group, size_t index, ServerConfig& server) {
+void fill_server(const Config& config, const GroupConfig& group, size_t index, ServerConfig& server) {
   std::string path = server_key(group, index);
   if (server.weight < 1 || server.weight > kMaxWeight)
     bad(path + ".weight", std::to_string(server.weight), fmt::format("a whole number from 1 to {}", kMaxWeight));
@@ -415,7 +415,7 @@ void fill_server(const Config& config, const UpstreamGroup& group, size_t index,
                                   server.persistent, server.max_connections));
 }
 
-void validate_servers(const Config& config, UpstreamGroup& group) {
+void validate_servers(const Config& config, GroupConfig& group) {
   if (group.servers.empty())
     throw ConfigError(fmt::format("{}: empty (expected at least one server, such as \"tcp://127.0.0.1:8000\")",
                                   key_of(group.where, "servers")));
@@ -435,8 +435,8 @@ void validate_servers(const Config& config, UpstreamGroup& group) {
   }
 }
 
-void validate_health(const UpstreamGroup& group) {
-  const HealthCheck& h = group.health;
+void validate_health(const GroupConfig& group) {
+  const HealthConfig& h = group.health;
   if (!h.enabled) return;
   std::string where = key_of(group.where, "health");
   if (h.rise < 1) bad(where + ".rise", std::to_string(h.rise), "a whole number from 1 to 100");
@@ -449,7 +449,7 @@ void validate_health(const UpstreamGroup& group) {
 
 void validate_groups(Config& config) {
   for (size_t i = 0; i < config.groups.size(); ++i) {
-    UpstreamGroup& group = config.groups[i];
+    GroupConfig& group = config.groups[i];
     for (size_t j = 0; j < i; ++j)
       if (config.groups[j].name == group.name)
         throw ConfigError(fmt::format("{}: duplicate '{}' (also {})", key_of(group.where, "name"), group.name,
@@ -816,14 +816,14 @@ void format_listener(const ListenerConfig& listener, std::string& out) {
   }
 }
 
-void format_group(const Config& config, const UpstreamGroup& group, std::string& out) {
+void format_group(const Config& config, const GroupConfig& group, std::string& out) {
   std::string users;
   for (const auto& l : config.listeners)
     if (&config.groups[l.group] == &group) users += (users.empty() ? "" : ", ") + l.name;
   out += fmt::format("\n[[upstream]]                        # used by {}\n", users.empty() ? "no listener" : users);
   out += fmt::format("name = {}\nbalance = {}\nmax_fails = {}\nfail_timeout_ms = {}\n", quoted(group.name),
                      quoted(balance_name(group.balance)), group.max_fails, group.fail_timeout_ms);
-  const HealthCheck& h = group.health;
+  const HealthConfig& h = group.health;
   if (h.enabled)
     out += fmt::format("health = {{ path = {}, interval_ms = {}, timeout_ms = {}, rise = {}, fall = {} }}\n",
                        quoted(h.path), h.interval_ms, h.timeout_ms, h.rise, h.fall);

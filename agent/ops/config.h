@@ -39,7 +39,7 @@ const char* balance_name(Balance balance);  // "least-outstanding", as in TOML
 
 // Active health: a GET of `path` every interval; `rise` passes bring a
 // server back, `fall` failures take it out. Off unless `health = {...}` is set.
-struct HealthCheck {
+struct HealthConfig {
   bool enabled = false;
   std::string path = "/health";
   uint32_t interval_ms = 2000;
@@ -60,13 +60,13 @@ struct ServerConfig {
 };
 
 // [[upstream]]: a named set of servers and how to spread requests over them.
-struct UpstreamGroup {
+struct GroupConfig {
   std::string name = "default";
   std::vector<ServerConfig> servers;
   Balance balance = Balance::kLeastOutstanding;
   uint32_t max_fails = 3;            // consecutive connect failures or resets; 0: never taken out
   uint32_t fail_timeout_ms = 10000;  // out this long, then probed back in
-  HealthCheck health;
+  HealthConfig health;
   std::string where = "upstream";    // how errors name it: "upstream[1]", or "upstream" for the flat form
 };
 
@@ -104,7 +104,7 @@ struct Config {
   // The table form, [[listener]] and [[upstream]]. validate() fills them
   // from the flat form when the file has no tables.
   std::vector<ListenerConfig> listeners;
-  std::vector<UpstreamGroup> groups;
+  std::vector<GroupConfig> groups;
   int cpu = -1;                       // pin the event loop to this core; -1: no pinning
   // Shards: one thread and one io_uring each. `cpus` pins shard i to cpus[i]
   // and sets their number; `cpu = K` is cpus = [K]. After validate(),
