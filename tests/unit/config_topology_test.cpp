@@ -503,3 +503,14 @@ TEST_CASE("flat upstream beside [[upstream]] tables is refused by TOML, naming t
 TEST_CASE("--listen duplicates name the flag") {
   CHECK(error_of("", {"127.0.0.1:5", "127.0.0.1:5"}) == "--listen: duplicate '127.0.0.1:5' (also --listen)");
 }
+
+TEST_CASE("the effective configuration keeps workers and cpus") {
+  Config c = load("workers = 2\nmax_upstream = 6\n");
+  Config back = load(offload::format_config(c));
+  CHECK(back.workers == 2);
+  CHECK(back.max_upstream == 6);
+  c = load("cpu = 0\n");  // cpu = K is cpus = [K]
+  back = load(offload::format_config(c));
+  REQUIRE(back.cpus.size() == 1);
+  CHECK(back.cpus[0] == 0);
+}
