@@ -58,8 +58,12 @@ struct RunFlags {
 
 void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("-c,--config", f.config_file, "TOML configuration file");
-  cmd->add_option("--listen", f.listen, "ADDR:PORT to accept clients on (repeatable; default 127.0.0.1:8080)");
-  cmd->add_option("--upstream", f.upstream, "tcp://HOST:PORT, unix:PATH or shm:NAME (default tcp://127.0.0.1:8000)");
+  cmd->add_option("--listen", f.listen,
+                  "ADDR:PORT to accept clients on (repeatable; default 127.0.0.1:8080); replaces the file's "
+                  "listeners, served by its first [[upstream]]");
+  cmd->add_option("--upstream", f.upstream,
+                  "tcp://HOST:PORT, unix:PATH or shm:NAME (default tcp://127.0.0.1:8000); with [[upstream]] "
+                  "tables, replaces the servers of the one named \"default\"");
   cmd->add_option("--admin", f.admin, "ADDR:PORT of the stats endpoint, or off (default 127.0.0.1:9901)");
   cmd->add_option("--temp-dir", f.temp_dir, "where large responses spill (default /tmp)");
   cmd->add_option("--deny", f.deny, "refuse clients from this CIDR prefix at accept (repeatable)");
@@ -79,11 +83,8 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
 Config build_config(const RunFlags& f) {
   Config config;
   if (!f.config_file.empty()) offload::load_config_file(f.config_file, config);
-  if (!f.listen.empty()) {
-    config.listen.clear();
-    for (const auto& l : f.listen) config.listen.push_back(offload::parse_socket_address("--listen", l));
-  }
-  if (!f.upstream.empty()) config.upstream = offload::parse_upstream("--upstream", f.upstream);
+  offload::apply_listen_flags(config, f.listen);
+  offload::apply_upstream_flag(config, f.upstream);
   if (!f.admin.empty()) config.admin = f.admin;
   if (!f.temp_dir.empty()) config.temp_dir = f.temp_dir;
   if (!f.xdp_iface.empty()) config.xdp_iface = f.xdp_iface;
@@ -341,6 +342,19 @@ int run(const Config& config) {
   return code;
 }
 
+// One line as before; with --show the same line as a TOML comment, then the
+// effective configuration, so the output loads back as a file.
+void check_report(const std::string& file, const Config& config, bool show) {
+  std::string listen;
+  for (const auto& l : config.listeners) listen += (listen.empty() ? "" : " ") + l.address.text;
+  std::string upstream;
+  for (const auto& g : config.groups)
+    for (const auto& s : g.servers) upstream += (upstream.empty() ? "" : " ") + s.target.text;
+  std::string line = fmt::format("offload-agent: {} is valid (listen {}, upstream {})", file, listen, upstream);
+  if (!show) return fmt::print("{}\n", line);
+  fmt::print("# {}\n{}", line, offload::format_config(config));
+}
+
 int stats(const std::string& admin, bool json) {
   std::string body;
   try {
@@ -387,8 +401,10 @@ int main(int argc, char** argv) {
   add_config_flags(run_cmd, run_flags);
 
   RunFlags check_flags;
+  bool check_show = false;
   CLI::App* check_cmd = app.add_subcommand("check", "validate a configuration and exit");
   add_config_flags(check_cmd, check_flags);
+  check_cmd->add_flag("--show", check_show, "print the effective configuration (TOML: globals, listeners, groups)");
 
   std::string stats_admin = "127.0.0.1:9901";
   bool stats_json = false;
@@ -406,8 +422,7 @@ int main(int argc, char** argv) {
     if (check_cmd->parsed()) {
       if (check_flags.config_file.empty()) throw ConfigError("check: -c FILE is required");
       Config config = build_config(check_flags);
-      fmt::print("offload-agent: {} is valid (listen {}, upstream {})\n", check_flags.config_file,
-                 config.listen.front().text, config.upstream.text);
+      check_report(check_flags.config_file, config, check_show);
       return 0;
     }
     if (stats_cmd->parsed()) return stats(stats_admin, stats_json);

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <functional>
@@ -18,6 +19,9 @@
 
 namespace offload {
 namespace {
+
+constexpr uint32_t kDayMs = 86400000;
+constexpr uint32_t kMaxWeight = 256;
 
 [[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& expected) {
   throw ConfigError(fmt::format("{}: bad value '{}' (expected {})", key, value, expected));
@@ -37,39 +41,45 @@ struct NumberKey {
   uint64_t min, max;
   bool is_size;
   std::function<void(Config&, uint64_t)> set;
+  std::function<int64_t(const Config&)> get;
 };
 
+template <typename T>
+NumberKey number(const char* key, uint64_t min, uint64_t max, bool is_size, T Config::*field) {
+  return {key, min, max, is_size, [field](Config& c, uint64_t v) { c.*field = T(v); },
+          [field](const Config& c) { return int64_t(c.*field); }};
+}
+
 const std::vector<NumberKey>& number_keys() {
-  constexpr uint64_t kDay = 86400000;
   static const std::vector<NumberKey> keys = {
-      {"cpu", 0, 4095, false, [](Config& c, uint64_t v) { c.cpu = int(v); }},
-      {"workers", 1, 256, false, [](Config& c, uint64_t v) { c.workers = uint32_t(v); }},
-      {"max_clients", 1, 1000000, false, [](Config& c, uint64_t v) { c.max_clients = uint32_t(v); }},
-      {"max_upstream", 1, 4096, false, [](Config& c, uint64_t v) { c.max_upstream = uint32_t(v); }},
-      {"persistent", 0, 4096, false, [](Config& c, uint64_t v) { c.persistent = uint32_t(v); }},
-      {"header_bytes_max", 256, 1 << 20, true, [](Config& c, uint64_t v) { c.header_bytes_max = uint32_t(v); }},
-      {"header_count_max", 1, 10000, false, [](Config& c, uint64_t v) { c.header_count_max = uint32_t(v); }},
-      {"body_bytes_max", 0, 1ull << 40, true, [](Config& c, uint64_t v) { c.body_bytes_max = v; }},
-      {"response_buffer", 4096, 1ull << 32, true, [](Config& c, uint64_t v) { c.response_buffer = v; }},
-      {"response_spill_max", 0, 1ull << 42, true, [](Config& c, uint64_t v) { c.response_spill_max = v; }},
-      {"body_buffer", 4096, 1ull << 32, true, [](Config& c, uint64_t v) { c.body_buffer = v; }},
-      {"spill_total_max", 0, 1ull << 44, true, [](Config& c, uint64_t v) { c.spill_total_max = v; }},
-      {"buffer_memory_max", 1 << 20, 1ull << 40, true, [](Config& c, uint64_t v) { c.buffer_memory_max = v; }},
-      {"header_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.header_timeout_ms = uint32_t(v); }},
-      {"body_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.body_timeout_ms = uint32_t(v); }},
-      {"keepalive_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.keepalive_timeout_ms = uint32_t(v); }},
-      {"send_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.send_timeout_ms = uint32_t(v); }},
-      {"connect_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.connect_timeout_ms = uint32_t(v); }},
-      {"response_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.response_timeout_ms = uint32_t(v); }},
-      {"queue_timeout_ms", 1, kDay, false, [](Config& c, uint64_t v) { c.queue_timeout_ms = uint32_t(v); }},
-      {"drain_timeout_ms", 0, kDay, false, [](Config& c, uint64_t v) { c.drain_timeout_ms = uint32_t(v); }},
-      {"recv_buffers", 16, 32768, false, [](Config& c, uint64_t v) { c.recv_buffers = uint32_t(v); }},
-      {"recv_buffer_bytes", 512, 1 << 20, true, [](Config& c, uint64_t v) { c.recv_buffer_bytes = uint32_t(v); }},
-      {"ring_depth", 1, 64, false, [](Config& c, uint64_t v) { c.ring_depth = uint32_t(v); }},
-      {"ring_bytes", 64 * 1024, 1ull << 30, true, [](Config& c, uint64_t v) { c.ring_bytes = v; }},
-      {"max_clients_per_source", 0, 1000000, false, [](Config& c, uint64_t v) { c.max_clients_per_source = uint32_t(v); }},
-      {"xdp_syn_rate", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_rate = uint32_t(v); }},
-      {"xdp_syn_burst", 0, 100000000, false, [](Config& c, uint64_t v) { c.xdp_syn_burst = uint32_t(v); }},
+      number("cpu", 0, 4095, false, &Config::cpu),
+      number("workers", 1, 256, false, &Config::workers),
+      number("max_clients", 1, 1000000, false, &Config::max_clients),
+      number("max_upstream", 1, 4096, false, &Config::max_upstream),
+      number("persistent", 0, 4096, false, &Config::persistent),
+      number("header_bytes_max", 256, 1 << 20, true, &Config::header_bytes_max),
+      number("header_count_max", 1, 10000, false, &Config::header_count_max),
+      number("body_bytes_max", 0, 1ull << 40, true, &Config::body_bytes_max),
+      number("response_buffer", 4096, 1ull << 32, true, &Config::response_buffer),
+      number("response_spill_max", 0, 1ull << 42, true, &Config::response_spill_max),
+      number("body_buffer", 4096, 1ull << 32, true, &Config::body_buffer),
+      number("spill_total_max", 0, 1ull << 44, true, &Config::spill_total_max),
+      number("buffer_memory_max", 1 << 20, 1ull << 40, true, &Config::buffer_memory_max),
+      number("header_timeout_ms", 1, kDayMs, false, &Config::header_timeout_ms),
+      number("body_timeout_ms", 1, kDayMs, false, &Config::body_timeout_ms),
+      number("keepalive_timeout_ms", 1, kDayMs, false, &Config::keepalive_timeout_ms),
+      number("send_timeout_ms", 1, kDayMs, false, &Config::send_timeout_ms),
+      number("connect_timeout_ms", 1, kDayMs, false, &Config::connect_timeout_ms),
+      number("response_timeout_ms", 1, kDayMs, false, &Config::response_timeout_ms),
+      number("queue_timeout_ms", 1, kDayMs, false, &Config::queue_timeout_ms),
+      number("drain_timeout_ms", 0, kDayMs, false, &Config::drain_timeout_ms),
+      number("recv_buffers", 16, 32768, false, &Config::recv_buffers),
+      number("recv_buffer_bytes", 512, 1 << 20, true, &Config::recv_buffer_bytes),
+      number("ring_depth", 1, 64, false, &Config::ring_depth),
+      number("ring_bytes", 64 * 1024, 1ull << 30, true, &Config::ring_bytes),
+      number("max_clients_per_source", 0, 1000000, false, &Config::max_clients_per_source),
+      number("xdp_syn_rate", 0, 100000000, false, &Config::xdp_syn_rate),
+      number("xdp_syn_burst", 0, 100000000, false, &Config::xdp_syn_burst),
   };
   return keys;
 }
@@ -87,20 +97,30 @@ std::string node_text(const toml::node& node) {
   return out.str();
 }
 
-void load_number(const NumberKey& k, const toml::node& node, Config& config) {
+// A number from TOML under `path` ("max_clients", "listener[0].max_clients"),
+// within the bounds of the global key of the same name.
+uint64_t number_value(const std::string& path, const NumberKey& k, const toml::node& node) {
   std::string text = node_text(node);
   uint64_t v = 0;
   if (auto i = node.value<int64_t>(); i && node.is_integer()) {
-    if (*i < 0) bad(k.key, text, fmt::format("a whole number from {} to {}", k.min, k.max));
+    if (*i < 0) bad(path, text, fmt::format("a whole number from {} to {}", k.min, k.max));
     v = uint64_t(*i);
-    if (v < k.min || v > k.max) bad(k.key, text, fmt::format("a whole number from {} to {}", k.min, k.max));
+    if (v < k.min || v > k.max) bad(path, text, fmt::format("a whole number from {} to {}", k.min, k.max));
   } else if (node.is_string() && k.is_size) {
-    v = parse_size(k.key, text);
+    v = parse_size(path, text);
   } else {
-    bad(k.key, text, k.is_size ? "a size such as 65536, \"64k\" or \"8m\"" : "a whole number");
+    bad(path, text, k.is_size ? "a size such as 65536, \"64k\" or \"8m\"" : "a whole number");
   }
-  if (v < k.min || v > k.max) bad(k.key, text, fmt::format("a value from {} to {}", k.min, k.max));
-  k.set(config, v);
+  if (v < k.min || v > k.max) bad(path, text, fmt::format("a value from {} to {}", k.min, k.max));
+  return v;
+}
+
+// A whole number for a key of its own (weight, rise, ...), TOML integers only.
+uint32_t whole_number(const std::string& path, const toml::node& node, uint32_t min, uint32_t max) {
+  auto i = node.value<int64_t>();
+  if (!node.is_integer() || !i || *i < int64_t(min) || *i > int64_t(max))
+    bad(path, node_text(node), fmt::format("a whole number from {} to {}", min, max));
+  return uint32_t(*i);
 }
 
 std::string string_value(const std::string& key, const toml::node& node) {
@@ -120,26 +140,394 @@ void load_listen(const toml::node& node, Config& config) {
   }
 }
 
-// upstream = "tcp://..."  or  [upstream] servers = ["tcp://..."]
-void load_upstream(const toml::node& node, Config& config) {
+// "a, b or c", for the list of what was expected.
+std::string one_of(const std::vector<std::string>& words) {
+  std::string out;
+  for (size_t i = 0; i < words.size(); ++i) {
+    if (i > 0) out += i + 1 == words.size() ? " or " : ", ";
+    out += words[i];
+  }
+  return out;
+}
+
+// Walks a table's keys, each with its full path ("upstream[1].balance"); a
+// key not in `known` is an error that lists the known ones.
+using KeyVisitor = std::function<void(const std::string& key, const toml::node& value, const std::string& path)>;
+void each_key(const toml::table& table, const std::string& where, const std::vector<std::string>& known,
+              const KeyVisitor& visit) {
+  for (const auto& [key_node, value] : table) {
+    std::string key(key_node.str());
+    std::string path = where + "." + key;
+    if (std::find(known.begin(), known.end(), key) == known.end())
+      throw ConfigError(fmt::format("{}: unknown key (expected {})", path, one_of(known)));
+    visit(key, value, path);
+  }
+}
+
+// Names of groups and listeners: they appear in stats, metrics and messages.
+std::string name_value(const std::string& path, const toml::node& node) {
+  std::string name = string_value(path, node);
+  bool ok = !name.empty() && name.size() <= 64;
+  for (char c : name) ok = ok && c > ' ' && c < 127 && c != '"' && c != '\\';
+  if (!ok) bad(path, name, "a name of 1 to 64 printable characters, no spaces or quotes");
+  return name;
+}
+
+Balance balance_value(const std::string& path, const toml::node& node) {
+  std::string text = string_value(path, node);
+  for (Balance b : {Balance::kLeastOutstanding, Balance::kRoundRobin, Balance::kSourceHash})
+    if (text == balance_name(b)) return b;
+  bad(path, text, "least-outstanding, round-robin or source-hash");
+}
+
+// The per-listener limits: the global keys of the same name, same bounds.
+struct ListenerLimit {
+  const char* key;
+  std::function<void(ListenerConfig&, uint64_t)> set;
+  std::function<uint64_t(const ListenerConfig&)> get;
+  std::function<uint64_t(const Config&)> global;
+};
+
+template <typename T>
+ListenerLimit limit(const char* key, T ListenerConfig::*mine, T Config::*global) {
+  return {key, [mine](ListenerConfig& l, uint64_t v) { l.*mine = T(v); },
+          [mine](const ListenerConfig& l) { return uint64_t(l.*mine); },
+          [global](const Config& c) { return uint64_t(c.*global); }};
+}
+
+const std::vector<ListenerLimit>& listener_limits() {
+  static const std::vector<ListenerLimit> limits = {
+      limit("max_clients", &ListenerConfig::max_clients, &Config::max_clients),
+      limit("header_bytes_max", &ListenerConfig::header_bytes_max, &Config::header_bytes_max),
+      limit("header_count_max", &ListenerConfig::header_count_max, &Config::header_count_max),
+      limit("body_bytes_max", &ListenerConfig::body_bytes_max, &Config::body_bytes_max),
+      limit("header_timeout_ms", &ListenerConfig::header_timeout_ms, &Config::header_timeout_ms),
+      limit("body_timeout_ms", &ListenerConfig::body_timeout_ms, &Config::body_timeout_ms),
+      limit("keepalive_timeout_ms", &ListenerConfig::keepalive_timeout_ms, &Config::keepalive_timeout_ms),
+      limit("send_timeout_ms", &ListenerConfig::send_timeout_ms, &Config::send_timeout_ms),
+      limit("queue_timeout_ms", &ListenerConfig::queue_timeout_ms, &Config::queue_timeout_ms),
+      limit("response_timeout_ms", &ListenerConfig::response_timeout_ms, &Config::response_timeout_ms),
+  };
+  return limits;
+}
+
+const ListenerLimit* find_limit(std::string_view key) {
+  for (const auto& l : listener_limits())
+    if (key == l.key) return &l;
+  return nullptr;
+}
+
+bool has_key(const std::vector<std::string>& keys, std::string_view key) {
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+// "servers = [...]": a string, or a table with the address and its settings.
+ServerConfig server_value(const std::string& path, const toml::node& node) {
+  ServerConfig server;
   if (node.is_string()) {
-    config.upstream = parse_upstream("upstream", string_value("upstream", node));
-    return;
+    server.target = parse_upstream(path, *node.value<std::string>());
+    return server;
   }
   const toml::table* table = node.as_table();
-  const toml::array* tables = node.as_array();
-  if (table == nullptr && tables != nullptr && tables->size() == 1) {
-    const toml::node* first = tables->get(0);
-    if (first != nullptr) table = first->as_table();  // [[upstream]]
+  if (table == nullptr)
+    bad(path, node_text(node), "\"tcp://HOST:PORT\", \"unix:PATH\", \"shm:NAME\" or { address = ..., weight = N }");
+  const NumberKey& pool = *find_number_key("max_upstream");
+  each_key(*table, path, {"address", "weight", "max_connections", "persistent"},
+           [&](const std::string& key, const toml::node& value, const std::string& key_path) {
+             if (key == "address") {
+               server.target = parse_upstream(key_path, string_value(key_path, value));
+             } else if (key == "weight") {
+               server.weight = whole_number(key_path, value, 1, kMaxWeight);
+             } else if (key == "max_connections") {
+               server.max_connections = uint32_t(number_value(key_path, pool, value));
+               server.explicit_keys.push_back(key);
+             } else {
+               server.persistent = whole_number(key_path, value, 0, uint32_t(pool.max));
+               server.explicit_keys.push_back(key);
+             }
+           });
+  if (server.target.text.empty())
+    throw ConfigError(fmt::format("{}.address: missing (expected \"tcp://HOST:PORT\", \"unix:PATH\" or \"shm:NAME\")", path));
+  return server;
+}
+
+std::string probe_path(const std::string& path, const toml::node& node) {
+  std::string text = string_value(path, node);
+  bool ok = !text.empty() && text.front() == '/';
+  for (char c : text) ok = ok && c > ' ' && c < 127;
+  if (!ok) bad(path, text, "a path such as /health: '/' first, no spaces");
+  return text;
+}
+
+HealthConfig health_value(const std::string& path, const toml::node& node) {
+  const toml::table* table = node.as_table();
+  if (table == nullptr) bad(path, node_text(node), "a table such as { path = \"/health\", interval_ms = 2000 }");
+  HealthConfig health;
+  health.enabled = true;
+  each_key(*table, path, {"path", "interval_ms", "timeout_ms", "rise", "fall"},
+           [&](const std::string& key, const toml::node& value, const std::string& key_path) {
+             if (key == "path") health.path = probe_path(key_path, value);
+             else if (key == "interval_ms") health.interval_ms = whole_number(key_path, value, 1, kDayMs);
+             else if (key == "timeout_ms") health.timeout_ms = whole_number(key_path, value, 1, kDayMs);
+             else if (key == "rise") health.rise = whole_number(key_path, value, 1, 100);
+             else health.fall = whole_number(key_path, value, 1, 100);
+           });
+  return health;
+}
+
+GroupConfig group_value(const std::string& where, const toml::table& table) {
+  GroupConfig group;
+  group.where = where;
+  each_key(table, where, {"name", "servers", "balance", "max_fails", "fail_timeout_ms", "health"},
+           [&](const std::string& key, const toml::node& value, const std::string& path) {
+             if (key == "name") {
+               group.name = name_value(path, value);
+             } else if (key == "servers") {
+               const toml::array* list = value.as_array();
+               if (list == nullptr) bad(path, node_text(value), "a list of servers, such as [\"tcp://127.0.0.1:8000\"]");
+               for (size_t i = 0; i < list->size(); ++i)
+                 group.servers.push_back(server_value(fmt::format("{}[{}]", path, i), *list->get(i)));
+             } else if (key == "balance") {
+               group.balance = balance_value(path, value);
+             } else if (key == "max_fails") {
+               group.max_fails = whole_number(path, value, 0, 1000);
+             } else if (key == "fail_timeout_ms") {
+               group.fail_timeout_ms = whole_number(path, value, 1, kDayMs);
+             } else {
+               group.health = health_value(path, value);
+             }
+           });
+  return group;
+}
+
+ListenerConfig listener_value(const std::string& where, const toml::table& table) {
+  ListenerConfig listener;
+  listener.where = where;
+  std::vector<std::string> known = {"name", "listen", "port", "proxy", "upstream"};
+  for (const auto& l : listener_limits()) known.push_back(l.key);
+  bool has_listen = false, has_port = false;
+  each_key(table, where, known, [&](const std::string& key, const toml::node& value, const std::string& path) {
+    if (key == "name") {
+      listener.name = name_value(path, value);
+    } else if (key == "listen") {
+      listener.address = parse_socket_address(path, string_value(path, value));
+      has_listen = true;
+    } else if (key == "port") {
+      uint32_t port = whole_number(path, value, 0, 65535);
+      listener.address = parse_socket_address(path, fmt::format("0.0.0.0:{}", port));
+      has_port = true;
+    } else if (key == "proxy") {
+      listener.proxy = string_value(path, value);
+      if (listener.proxy != "http") bad(path, listener.proxy, "http (passthrough is not built yet)");
+    } else if (key == "upstream") {
+      listener.upstream = name_value(path, value);
+    } else {
+      find_limit(key)->set(listener, number_value(path, *find_number_key(key), value));
+      listener.explicit_keys.push_back(key);
+    }
+  });
+  if (has_listen && has_port)
+    throw ConfigError(fmt::format("{}.port: cannot be combined with listen (give listen = \"ADDR:PORT\", or port = N for 0.0.0.0:N)", where));
+  if (!has_listen && !has_port)
+    throw ConfigError(fmt::format("{}.listen: missing (expected listen = \"ADDR:PORT\", or port = N for 0.0.0.0:N)", where));
+  return listener;
+}
+
+// [[upstream]] or [[listener]] tables (a single [upstream] table counts as
+// one): calls `one` with "upstream[0]", "upstream[1]", ...
+void each_table(const std::string& key, const toml::node& node, const std::string& expected,
+                const std::function<void(const std::string&, const toml::table&)>& one) {
+  if (const toml::table* table = node.as_table()) return one(key + "[0]", *table);
+  const toml::array* list = node.as_array();
+  bool ok = list != nullptr && !list->empty();
+  for (size_t i = 0; ok && i < list->size(); ++i) ok = list->get(i)->is_table();
+  if (!ok) bad(key, node_text(node), expected);
+  for (size_t i = 0; i < list->size(); ++i) one(fmt::format("{}[{}]", key, i), *list->get(i)->as_table());
+}
+
+void load_groups(const toml::node& node, Config& config) {
+  config.groups.clear();
+  each_table("upstream", node, "one server \"tcp://HOST:PORT\", or [[upstream]] tables with servers = [...]",
+             [&](const std::string& where, const toml::table& t) { config.groups.push_back(group_value(where, t)); });
+}
+
+void load_listeners(const toml::node& node, Config& config) {
+  config.listeners.clear();
+  each_table("listener", node, "[[listener]] tables with listen = \"ADDR:PORT\"",
+             [&](const std::string& where, const toml::table& t) { config.listeners.push_back(listener_value(where, t)); });
+}
+
+// ---- Validation of the tables: every message names the full key path. ----
+
+// "listener[0]" + "listen" → "listener[0].listen"; a flat one ("listen",
+// "--listen") is named by itself.
+std::string key_of(const std::string& where, const std::string& key) {
+  return !where.empty() && where.back() == ']' ? where + "." + key : where;
+}
+
+std::string server_key(const GroupConfig& group, size_t index) {
+  return key_of(group.where, fmt::format("servers[{}]", index));
+}
+
+bool same_address(const SocketAddress& a, const SocketAddress& b) {
+  return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
+}
+
+uint16_t port_of(const SocketAddress& a) {
+  if (a.family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
+  if (a.family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port);
+  return 0;
+}
+
+bool same_target(const UpstreamTarget& a, const UpstreamTarget& b) {
+  if (a.kind != b.kind) return false;
+  return a.kind == UpstreamTarget::Kind::kShm ? a.shm_name == b.shm_name : same_address(a.address, b.address);
+}
+
+// No tables: the flat form is one group "default" with one server and one
+// listener per address.
+void build_from_flat(Config& config) {
+  if (config.groups.empty()) {
+    if (config.upstream.text.empty()) config.upstream = parse_upstream("upstream", "tcp://127.0.0.1:8000");
+    GroupConfig group;
+    group.servers.push_back(ServerConfig{config.upstream});
+    config.groups.push_back(group);
   }
-  if (table == nullptr) bad("upstream", node_text(node), "\"tcp://H:P\", \"unix:PATH\" or \"shm:NAME\"");
-  for (const auto& [key, value] : *table) {
-    if (key.str() != "servers") throw ConfigError(fmt::format("upstream.{}: unknown key (expected servers)", key.str()));
-    const toml::array* servers = value.as_array();
-    const toml::node* server = servers != nullptr && servers->size() == 1 ? servers->get(0) : nullptr;
-    if (server == nullptr)
-      bad("upstream.servers", node_text(value), "a list of exactly one server (one upstream per agent for now)");
-    config.upstream = parse_upstream("upstream.servers", string_value("upstream.servers", *server));
+  if (config.listeners.empty()) {
+    if (config.listen.empty()) config.listen.push_back(parse_socket_address("listen", "127.0.0.1:8080"));
+    for (const auto& address : config.listen) {
+      ListenerConfig listener;
+      listener.address = address;
+      config.listeners.push_back(listener);
+    }
+  }
+}
+
+// A server's pool follows the globals unless its table set it.
+void fill_server(const Config& config, const GroupConfig& group, size_t index, ServerConfig& server) {
+  std::string path = server_key(group, index);
+  if (server.weight < 1 || server.weight > kMaxWeight)
+    bad(path + ".weight", std::to_string(server.weight), fmt::format("a whole number from 1 to {}", kMaxWeight));
+  if (!has_key(server.explicit_keys, "max_connections")) server.max_connections = config.max_upstream;
+  if (!has_key(server.explicit_keys, "persistent")) server.persistent = std::min(config.persistent, server.max_connections);
+  if (server.persistent > server.max_connections)
+    throw ConfigError(fmt::format("{}.persistent: bad value '{}' (expected at most its max_connections, {})", path,
+                                  server.persistent, server.max_connections));
+}
+
+void validate_servers(const Config& config, GroupConfig& group) {
+  if (group.servers.empty())
+    throw ConfigError(fmt::format("{}: empty (expected at least one server, such as \"tcp://127.0.0.1:8000\")",
+                                  key_of(group.where, "servers")));
+  for (size_t i = 0; i < group.servers.size(); ++i) {
+    ServerConfig& server = group.servers[i];
+    // The bus carries a request as one record up to ring_bytes; tcp and
+    // unix servers take any size. In one group the same request would get
+    // 413 or 200 by the balancer's pick, so the bus stands alone.
+    if (server.target.kind == UpstreamTarget::Kind::kShm && group.servers.size() > 1)
+      bad(server_key(group, i), server.target.text,
+          "a shm: server alone in its group (the bus takes requests up to ring_bytes, other servers any size)");
+    for (size_t j = 0; j < i; ++j)
+      if (same_target(group.servers[j].target, server.target))
+        throw ConfigError(fmt::format("{}: duplicate '{}' (also servers[{}]; give one server a higher weight instead)",
+                                      server_key(group, i), server.target.text, j));
+    fill_server(config, group, i, server);
+  }
+}
+
+void validate_health(const GroupConfig& group) {
+  const HealthConfig& h = group.health;
+  if (!h.enabled) return;
+  std::string where = key_of(group.where, "health");
+  if (h.rise < 1) bad(where + ".rise", std::to_string(h.rise), "a whole number from 1 to 100");
+  if (h.fall < 1) bad(where + ".fall", std::to_string(h.fall), "a whole number from 1 to 100");
+  // A probe still running when the next is due would stack up.
+  if (h.timeout_ms >= h.interval_ms)
+    throw ConfigError(fmt::format("{}.timeout_ms: bad value '{}' (expected less than interval_ms, {})", where,
+                                  h.timeout_ms, h.interval_ms));
+}
+
+void validate_groups(Config& config) {
+  for (size_t i = 0; i < config.groups.size(); ++i) {
+    GroupConfig& group = config.groups[i];
+    for (size_t j = 0; j < i; ++j)
+      if (config.groups[j].name == group.name)
+        throw ConfigError(fmt::format("{}: duplicate '{}' (also {})", key_of(group.where, "name"), group.name,
+                                      config.groups[j].where));
+    validate_servers(config, group);
+    validate_health(group);
+  }
+  // One bus, one group: two groups on the same ring would both create it.
+  for (size_t i = 0; i < config.groups.size(); ++i)
+    for (size_t j = 0; j < i; ++j) {
+      const UpstreamTarget& a = config.groups[i].servers.front().target;
+      const UpstreamTarget& b = config.groups[j].servers.front().target;
+      if (a.kind == UpstreamTarget::Kind::kShm && same_target(a, b))
+        bad(server_key(config.groups[i], 0), a.text, fmt::format("a bus no other group uses ({} has it)", config.groups[j].where));
+    }
+}
+
+std::vector<std::string> group_names(const Config& config) {
+  std::vector<std::string> names;
+  for (const auto& g : config.groups) names.push_back(g.name);
+  return names;
+}
+
+// A listener without `upstream` uses the first group.
+void resolve_group(const Config& config, ListenerConfig& listener) {
+  if (listener.upstream.empty()) listener.upstream = config.groups.front().name;
+  for (size_t i = 0; i < config.groups.size(); ++i)
+    if (config.groups[i].name == listener.upstream) {
+      listener.group = i;
+      return;
+    }
+  std::vector<std::string> names = group_names(config);
+  std::string list = names.front();
+  for (size_t i = 1; i < names.size(); ++i) list += ", " + names[i];
+  bad(key_of(listener.where, "upstream"), listener.upstream, "the name of an [[upstream]] table: " + list);
+}
+
+// Unnamed listeners are called by their address; two on port 0 share one,
+// so the later gets its position too ("127.0.0.1:0#1").
+void name_listener(Config& config, size_t index) {
+  ListenerConfig& listener = config.listeners[index];
+  auto holder = [&](const std::string& name) {
+    for (size_t j = 0; j < index; ++j)
+      if (config.listeners[j].name == name) return j;
+    return index;
+  };
+  if (listener.name.empty()) {
+    listener.name = listener.address.text;
+    if (holder(listener.name) != index) listener.name += fmt::format("#{}", index);
+  } else if (size_t j = holder(listener.name); j != index) {
+    throw ConfigError(fmt::format("{}: duplicate '{}' (also {})", key_of(listener.where, "name"), listener.name,
+                                  config.listeners[j].where));
+  }
+}
+
+// Limits the listener's table did not set follow the globals; one it set
+// may not exceed what the agent allocates for all listeners together.
+void fill_limits(const Config& config, ListenerConfig& listener) {
+  for (const auto& limit : listener_limits())
+    if (!has_key(listener.explicit_keys, limit.key)) limit.set(listener, limit.global(config));
+  if (listener.max_clients > config.max_clients)
+    throw ConfigError(fmt::format("{}: bad value '{}' (expected at most max_clients, {})",
+                                  key_of(listener.where, "max_clients"), listener.max_clients, config.max_clients));
+}
+
+void validate_listeners(Config& config) {
+  for (size_t i = 0; i < config.listeners.size(); ++i) {
+    ListenerConfig& listener = config.listeners[i];
+    if (listener.proxy != "http") bad(key_of(listener.where, "proxy"), listener.proxy, "http (passthrough is not built yet)");
+    // SO_REUSEPORT lets two sockets bind one address and the kernel would
+    // split clients between them, so a duplicate must be caught here.
+    for (size_t j = 0; j < i && port_of(listener.address) != 0; ++j)
+      if (same_address(config.listeners[j].address, listener.address))
+        throw ConfigError(fmt::format("{}: duplicate '{}' (also {})", key_of(listener.where, "listen"),
+                                      listener.address.text, config.listeners[j].where));
+    name_listener(config, i);
+    resolve_group(config, listener);
+    fill_limits(config, listener);
   }
 }
 
@@ -248,11 +636,15 @@ void load_config_file(const std::string& path, Config& config) {
   for (const auto& [key_node, node] : table) {
     std::string key(key_node.str());
     if (const NumberKey* k = find_number_key(key)) {
-      load_number(*k, node, config);
+      k->set(config, number_value(key, *k, node));
     } else if (key == "listen") {
       load_listen(node, config);
+    } else if (key == "upstream" && node.is_string()) {
+      config.upstream = parse_upstream("upstream", string_value(key, node));
     } else if (key == "upstream") {
-      load_upstream(node, config);
+      load_groups(node, config);
+    } else if (key == "listener") {
+      load_listeners(node, config);
     } else if (key == "temp_dir") {
       config.temp_dir = string_value(key, node);
     } else if (key == "admin") {
@@ -279,11 +671,13 @@ void load_config_file(const std::string& path, Config& config) {
       throw ConfigError(fmt::format("{}: unknown key '{}'", path, key));
     }
   }
+  // Flat addresses beside [[listener]] tables: which limits and group would
+  // they get? One form per file.
+  if (table.contains("listen") && table.contains("listener"))
+    throw ConfigError("listen: cannot be combined with [[listener]] tables (give each address its own [[listener]])");
 }
 
 void validate(Config& config) {
-  if (config.listen.empty()) config.listen.push_back(parse_socket_address("listen", "127.0.0.1:8080"));
-  if (config.upstream.text.empty()) config.upstream = parse_upstream("upstream", "tcp://127.0.0.1:8000");
   if (config.persistent > config.max_upstream)
     throw ConfigError(fmt::format("persistent: bad value '{}' (expected at most max_upstream, {})",
                                   config.persistent, config.max_upstream));
@@ -302,6 +696,13 @@ void validate(Config& config) {
   if (config.response_buffer > shard_memory)
     throw ConfigError(fmt::format("response_buffer: bad value '{}' (expected at most buffer_memory_max{}, {})",
                                   config.response_buffer, config.workers > 1 ? " / workers" : "", shard_memory));
+  build_from_flat(config);
+  validate_groups(config);
+  validate_listeners(config);
+  // The flat fields mirror the tables for code that knows one of each.
+  config.listen.clear();
+  for (const auto& l : config.listeners) config.listen.push_back(l.address);
+  config.upstream = config.groups[config.listeners.front().group].servers.front().target;
 }
 
 // Flags share the table: "--max-clients" sets "max_clients".
@@ -320,6 +721,133 @@ std::vector<std::string> number_key_names() {
   std::vector<std::string> names;
   for (const auto& k : number_keys()) names.push_back(k.key);
   return names;
+}
+
+const char* balance_name(Balance balance) {
+  switch (balance) {
+    case Balance::kLeastOutstanding: return "least-outstanding";
+    case Balance::kRoundRobin: return "round-robin";
+    case Balance::kSourceHash: return "source-hash";
+  }
+  return "?";
+}
+
+// A command-line --listen is a quick "serve here instead": it replaces what
+// the file listens on, whichever form the file used.
+void apply_listen_flags(Config& config, const std::vector<std::string>& addresses) {
+  if (addresses.empty()) return;
+  config.listen.clear();
+  config.listeners.clear();
+  for (const auto& text : addresses) {
+    ListenerConfig listener;
+    listener.address = parse_socket_address("--listen", text);
+    listener.where = "--listen";
+    config.listeners.push_back(listener);
+  }
+}
+
+// With several groups, which one's servers --upstream means must be said in
+// the file (name it "default"), never guessed.
+void apply_upstream_flag(Config& config, const std::string& text) {
+  if (text.empty()) return;
+  UpstreamTarget target = parse_upstream("--upstream", text);
+  if (config.groups.empty()) {
+    config.upstream = target;
+    return;
+  }
+  for (auto& group : config.groups)
+    if (group.name == "default") {
+      group.servers = {ServerConfig{target}};  // the rest of the table (balance, health) stays
+      return;
+    }
+  std::string names;
+  for (const auto& group : config.groups) names += (names.empty() ? "" : ", ") + group.name;
+  bad("--upstream", text,
+      fmt::format("an [[upstream]] table named \"default\" whose servers it replaces; the file has {}", names));
+}
+
+namespace {
+
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (uint8_t(c) < 0x20 || c == 0x7f) {
+      out += fmt::format("\\u{:04x}", unsigned(uint8_t(c)));
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string quoted_list(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i > 0 ? ", " : "") + quoted(items[i]);
+  return out + "]";
+}
+
+void format_globals(const Config& config, std::string& out) {
+  out += "# Global settings; a listener's limits follow them unless it sets its own.\n";
+  for (const auto& k : number_keys()) {
+    if (std::string_view(k.key) == "cpu") continue;  // validate() folds it into cpus
+    out += fmt::format("{} = {}\n", k.key, k.get(config));
+  }
+  if (!config.cpus.empty()) {
+    std::string list;
+    for (int cpu : config.cpus) list += (list.empty() ? "" : ", ") + std::to_string(cpu);
+    out += fmt::format("cpus = [{}]\n", list);
+  }
+  out += fmt::format("admin = {}\ntemp_dir = {}\n", quoted(config.admin), quoted(config.temp_dir));
+  out += fmt::format("deny = {}\nallow = {}\n", quoted_list(config.deny), quoted_list(config.allow));
+  if (!config.xdp_iface.empty()) out += fmt::format("xdp_iface = {}\n", quoted(config.xdp_iface));
+  out += fmt::format("xdp_mode = {}\n", quoted(config.xdp_mode));
+}
+
+void format_listener(const ListenerConfig& listener, std::string& out) {
+  out += fmt::format("\n[[listener]]\nname = {}\nlisten = {}\nproxy = {}\nupstream = {}\n", quoted(listener.name),
+                     quoted(listener.address.text), quoted(listener.proxy), quoted(listener.upstream));
+  for (const auto& limit : listener_limits()) {
+    std::string line = fmt::format("{} = {}", limit.key, limit.get(listener));
+    if (!has_key(listener.explicit_keys, limit.key)) line = fmt::format("{:<36}# global", line);
+    out += line + "\n";
+  }
+}
+
+void format_group(const Config& config, const GroupConfig& group, std::string& out) {
+  std::string users;
+  for (const auto& l : config.listeners)
+    if (&config.groups[l.group] == &group) users += (users.empty() ? "" : ", ") + l.name;
+  out += fmt::format("\n[[upstream]]                        # used by {}\n", users.empty() ? "no listener" : users);
+  out += fmt::format("name = {}\nbalance = {}\nmax_fails = {}\nfail_timeout_ms = {}\n", quoted(group.name),
+                     quoted(balance_name(group.balance)), group.max_fails, group.fail_timeout_ms);
+  const HealthConfig& h = group.health;
+  if (h.enabled)
+    out += fmt::format("health = {{ path = {}, interval_ms = {}, timeout_ms = {}, rise = {}, fall = {} }}\n",
+                       quoted(h.path), h.interval_ms, h.timeout_ms, h.rise, h.fall);
+  else
+    out += "# health: off (passive only: max_fails, fail_timeout_ms)\n";
+  out += "servers = [\n";
+  for (const auto& s : group.servers) {
+    std::string inherited;
+    for (const char* key : {"max_connections", "persistent"})
+      if (!has_key(s.explicit_keys, key)) inherited += std::string(inherited.empty() ? "  # global: " : ", ") + key;
+    out += fmt::format("  {{ address = {}, weight = {}, max_connections = {}, persistent = {} }},{}\n",
+                       quoted(s.target.text), s.weight, s.max_connections, s.persistent, inherited);
+  }
+  out += "]\n";
+}
+
+}  // namespace
+
+std::string format_config(const Config& config) {
+  std::string out;
+  format_globals(config, out);
+  for (const auto& listener : config.listeners) format_listener(listener, out);
+  for (const auto& group : config.groups) format_group(config, group, out);
+  return out;
 }
 
 }  // namespace offload

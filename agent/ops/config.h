@@ -33,9 +33,78 @@ struct UpstreamTarget {
   std::string text;       // as written: tcp://127.0.0.1:8000
 };
 
+// How a group picks a server for the next request.
+enum class Balance { kLeastOutstanding, kRoundRobin, kSourceHash };
+const char* balance_name(Balance balance);  // "least-outstanding", as in TOML
+
+// Active health: a GET of `path` every interval; `rise` passes bring a
+// server back, `fall` failures take it out. Off unless `health = {...}` is set.
+struct HealthConfig {
+  bool enabled = false;
+  std::string path = "/health";
+  uint32_t interval_ms = 2000;
+  uint32_t timeout_ms = 1000;  // below interval_ms, so probes never overlap
+  uint32_t rise = 2;
+  uint32_t fall = 3;
+};
+
+// One member of an [[upstream]] group.
+struct ServerConfig {
+  UpstreamTarget target;
+  uint32_t weight = 1;
+  // After validate(): the server's own value if its table set one, else the
+  // global max_upstream / persistent (persistent capped at max_connections).
+  uint32_t max_connections = 0;
+  uint32_t persistent = 0;
+  std::vector<std::string> explicit_keys;  // keys its table set; the rest follow the globals
+};
+
+// [[upstream]]: a named set of servers and how to spread requests over them.
+struct GroupConfig {
+  std::string name = "default";
+  std::vector<ServerConfig> servers;
+  Balance balance = Balance::kLeastOutstanding;
+  uint32_t max_fails = 3;            // consecutive connect failures or resets; 0: never taken out
+  uint32_t fail_timeout_ms = 10000;  // out this long, then probed back in
+  HealthConfig health;
+  std::string where = "upstream";    // how errors name it: "upstream[1]", or "upstream" for the flat form
+};
+
+// [[listener]]: one listening address, the proxy that serves it, its group
+// and its limits. After validate() every limit holds a value: the listener's
+// own if its table set one, else the global value of the same name.
+struct ListenerConfig {
+  std::string name;                  // default: the address as written
+  SocketAddress address;
+  std::string proxy = "http";        // the only kind so far
+  std::string upstream;              // the group's name; empty: the first group
+  size_t group = 0;                  // index into Config::groups, set by validate()
+
+  uint32_t max_clients = 0;
+  uint32_t header_bytes_max = 0;
+  uint32_t header_count_max = 0;
+  uint64_t body_bytes_max = 0;
+  uint32_t header_timeout_ms = 0;
+  uint32_t body_timeout_ms = 0;
+  uint32_t keepalive_timeout_ms = 0;
+  uint32_t send_timeout_ms = 0;
+  uint32_t queue_timeout_ms = 0;
+  uint32_t response_timeout_ms = 0;
+  std::vector<std::string> explicit_keys;  // limits its table set; the rest follow the globals
+  std::string where = "listen";      // how errors name it: "listener[0]", "listen" or "--listen"
+};
+
 struct Config {
+  // The flat form: one listener per address, one group "default" with one
+  // server. After validate() they mirror the tables below (every listener's
+  // address; the first listener's group's first server), so code written
+  // for one listener and one upstream keeps working.
   std::vector<SocketAddress> listen;
   UpstreamTarget upstream;
+  // The table form, [[listener]] and [[upstream]]. validate() fills them
+  // from the flat form when the file has no tables.
+  std::vector<ListenerConfig> listeners;
+  std::vector<GroupConfig> groups;
   int cpu = -1;                       // pin the event loop to this core; -1: no pinning
   // Shards: one thread and one io_uring each. `cpus` pins shard i to cpus[i]
   // and sets their number; `cpu = K` is cpus = [K]. After validate(),
@@ -109,10 +178,23 @@ UpstreamTarget parse_upstream(const std::string& key, const std::string& value);
 // Loads a TOML file into `config`. Unknown keys and bad values throw ConfigError.
 void load_config_file(const std::string& path, Config& config);
 
-// Checks the settings against each other; throws ConfigError. Resolves
-// workers, cpu and cpus (see Config::workers).
+// Checks the settings against each other, builds the listeners and groups
+// from the flat form when the file had no tables, resolves each listener's
+// group and fills every inherited value; resolves workers, cpu and cpus
+// (see Config::workers); throws ConfigError.
 void validate(Config& config);
 
+// Flags on top of the file (before validate()). --listen replaces every
+// listener the file has (flat or [[listener]]); the new ones use the first
+// group. --upstream replaces the flat upstream, or the servers of the
+// [[upstream]] table named "default"; with tables and none named so, an error.
+void apply_listen_flags(Config& config, const std::vector<std::string>& addresses);
+void apply_upstream_flag(Config& config, const std::string& target);
+
+// The whole configuration after validate() as TOML that loads back into
+// the same Config: the globals, every listener with its group and limits,
+// every group with its servers. Inherited values carry a "# global" comment.
+std::string format_config(const Config& config);
 
 }  // namespace offload
 

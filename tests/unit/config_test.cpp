@@ -92,6 +92,7 @@ TEST_CASE("[[upstream]] servers is accepted with one server") {
   std::string path = write_temp("[[upstream]]\nservers = [\"shm:app\"]\n");
   Config c;
   offload::load_config_file(path, c);
+  offload::validate(c);  // the flat `upstream` mirrors the tables once validated
   std::remove(path.c_str());
   CHECK(c.upstream.kind == offload::UpstreamTarget::Kind::kShm);
 }
