@@ -49,6 +49,13 @@ uint32_t spill_files_max(const Config& config) {
   return rl.rlim_cur > taken ? uint32_t(std::min<uint64_t>((rl.rlim_cur - taken) / shards, UINT32_MAX)) : 0;
 }
 
+// The input blocks hold the largest head any listener allows.
+uint32_t largest_head(const Config& config) {
+  uint32_t n = config.header_bytes_max;
+  for (const ListenerConfig& l : config.listeners) n = std::max(n, l.header_bytes_max);
+  return n;
+}
+
 std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
   std::vector<Prefix> out;
   for (const auto& t : texts) out.push_back(parse_prefix(key, t));
@@ -74,7 +81,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
               config.max_clients_per_source, config.max_clients),
       exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); }),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
-      input_pool_((config.header_bytes_max + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
+      input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
       data_pool_(kDataBlockBytes, config.buffer_memory_max, 64) {
   request_limits_.header_bytes_max = config.header_bytes_max;
   request_limits_.header_count_max = config.header_count_max;
@@ -85,8 +92,10 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   spill_budget_.bytes_max = config.spill_total_max;
   spill_budget_.files_max = spill_files_max(config);
   uring_.setup_buffers(kClientGroup, config.recv_buffers, config.recv_buffer_bytes);
-  if (config.upstream.kind != UpstreamTarget::Kind::kShm)
-    uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
+  bool any_tcp = false;
+  for (const GroupConfig& g : config.groups)
+    for (const ServerConfig& s : g.servers) any_tcp = any_tcp || s.target.kind != UpstreamTarget::Kind::kShm;
+  if (any_tcp) uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
 
   free_slots_.reserve(config.max_clients);
   for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
@@ -97,20 +106,11 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
     bind<&Shard::on_client_cancelled>(c->cancelled, this, c);
     bind<&Shard::on_client_timer>(c->timer, this, c);
   }
-  if (config.upstream.kind == UpstreamTarget::Kind::kShm) {
-    for (uint32_t i = 0; i < config.max_upstream; ++i) {
-      upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
-      UpstreamConn* u = upstreams_.back().get();
-      bind<&Shard::on_ring_doorbell>(u->doorbell, this, u);
-      bind<&Shard::on_response_timeout>(u->timer, this, u);
-    }
-  }
   bind<&Shard::housekeeping>(housekeeping_timer_, this);
   bind<&Shard::on_accept_retry_timer>(accept_retry_timer_, this);
   bind<&Shard::ring_tick>(ring_tick_, this);
   bind<&Shard::on_control>(control_read_, this);
   bind<&Shard::on_ring_listen>(ring_listen_, this);
-  if (config.upstream.kind == UpstreamTarget::Kind::kShm) ring_create();
 
   const uint32_t durations[kTimerKinds] = {
       config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
@@ -124,6 +124,15 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   }
   build_listeners(listen_fds);
   build_groups();
+  if (ring_group_ != nullptr) {
+    for (uint32_t i = 0; i < ring_channels_; ++i) {
+      upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
+      UpstreamConn* u = upstreams_.back().get();
+      bind<&Shard::on_ring_doorbell>(u->doorbell, this, u);
+      bind<&Shard::on_response_timeout>(u->timer, this, u);
+    }
+    ring_create();
+  }
 
   control_fd_ = eventfd(0, EFD_CLOEXEC);
 }
@@ -274,19 +283,23 @@ void Shard::start_drain() {
 
 // ------------------------------------------------------------- accepting
 
-// Each listener's clients get its own limits and timeouts (the globals,
-// from the flat keys).
+// Each listener's clients get its own limits and timeouts ([[listener]]
+// values; the globals where its table sets none, and with the flat keys).
 void Shard::build_listeners(const std::vector<int>& fds) {
-  const uint32_t client_durations[kClientTimerKinds] = {
-      config_.header_timeout_ms, config_.body_timeout_ms, config_.keepalive_timeout_ms, config_.send_timeout_ms,
-      config_.queue_timeout_ms,  2000 /* linger */,       config_.response_timeout_ms};
+  OFFLOAD_ASSERT(fds.size() == config_.listeners.size());
   for (int fd : fds) {
+    const ListenerConfig& lc = config_.listeners[listeners_.size()];
+    const uint32_t client_durations[kClientTimerKinds] = {
+        lc.header_timeout_ms, lc.body_timeout_ms, lc.keepalive_timeout_ms, lc.send_timeout_ms,
+        lc.queue_timeout_ms,  2000 /* linger */,  lc.response_timeout_ms};
     auto l = std::make_unique<Listener>();
     l->fd = fd;
     l->stats = topology_->listeners.at(listeners_.size()).get();
-    l->name = l->stats->name;
-    l->limits = request_limits_;
-    l->max_clients = config_.max_clients;
+    l->name = lc.name;
+    l->limits.header_bytes_max = lc.header_bytes_max;
+    l->limits.header_count_max = lc.header_count_max;
+    l->limits.body_bytes_max = lc.body_bytes_max;
+    l->max_clients = lc.max_clients;
     for (int k = 0; k < kClientTimerKinds; ++k) {
       l->timers[k].set_duration(client_durations[k]);
       l->timers[k].set_kind(uint8_t(k));
@@ -531,7 +544,7 @@ void Shard::pause_recv(ClientConn* c) {
 bool Shard::append_body(ClientConn* c, const char* data, size_t len) {
   Exchange* ex = c->ex;
   Spill& sp = ex->body_spill;
-  if (sp.fd < 0 && !sp.refused && !ring_ && ex->body.bytes() + len > config_.body_buffer)
+  if (sp.fd < 0 && !sp.refused && !c->listener->group->ring && ex->body.bytes() + len > config_.body_buffer)
     (void)open_spill(sp, counters_.spilled_bodies);  // refused: the body stays in memory
   if (sp.fd >= 0) return spill_write(sp, data, len);
   return ex->body.append(data_pool_, data, len);
@@ -552,7 +565,7 @@ void Shard::parse_input(ClientConn* c) {
   }
   if (!take_head(c)) return;
   const uint32_t head_bytes = ex->parser.head().head_bytes;
-  if (ring_ && ex->parser.head().body == http::BodyKind::kLength &&
+  if (c->listener->group->ring && ex->parser.head().body == http::BodyKind::kLength &&
       ex->parser.head().content_length + ex->forward_bytes + 64 > ring_->max_request_bytes()) {
     // Over the ring a request is one record: say so now, not after the body.
     reject(c, 413);
@@ -602,7 +615,7 @@ bool Shard::take_head(ClientConn* c) {
   char ip[INET6_ADDRSTRLEN];
   ForwardInfo info;
   info.client_ip = client_ip(c, ip, sizeof ip);
-  info.default_host = config_.upstream.address.text;
+  info.default_host = c->listener->group->default_host;
   size_t n = write_upstream_request_head(h, msg, info, ex->forward->data(), ex->forward->capacity);
   if (n == 0) {
     bump(counters_.parse_errors);

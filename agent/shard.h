@@ -250,6 +250,8 @@ class Shard final : public TcpPool::Host {
   // Ring channels (upstream shm:NAME), served by the ring group.
   std::vector<std::unique_ptr<UpstreamConn>> upstreams_;
   UpstreamGroup* ring_group_ = nullptr;
+  UpstreamTarget ring_target_;
+  uint32_t ring_channels_ = 0;
 
   // The bus (upstream shm:NAME): null for TCP and Unix upstreams.
   std::unique_ptr<ring::RingAgent> ring_;

@@ -70,6 +70,15 @@ Config shard_share(const Config& config, uint32_t shard) {
   c.max_upstream = uint32_t(share(config.max_upstream, n, shard));
   c.persistent = uint32_t(std::min<uint64_t>(share(config.persistent, n, shard), c.max_upstream));
   c.buffer_memory_max = share(config.buffer_memory_max, n, shard);
+  // A server's connections and a listener's clients are agent-wide too; each
+  // shard keeps at least one, or its requests could never be served.
+  for (GroupConfig& g : c.groups)
+    for (ServerConfig& s : g.servers) {
+      const uint32_t whole = s.max_connections;
+      s.max_connections = std::max<uint32_t>(1, uint32_t(share(whole, n, shard)));
+      s.persistent = std::min<uint32_t>(uint32_t(share(s.persistent, n, shard)), s.max_connections);
+    }
+  for (ListenerConfig& l : c.listeners) l.max_clients = std::max<uint32_t>(1, uint32_t(share(l.max_clients, n, shard)));
   c.spill_total_max = share(config.spill_total_max, n, shard);
   c.cpus.clear();
   if (shard < config.cpus.size()) c.cpus.push_back(config.cpus[shard]);

@@ -8,14 +8,18 @@ namespace offload {
 
 std::unique_ptr<TopologyStats> TopologyStats::from(const Config& config) {
   auto t = std::make_unique<TopologyStats>();
-  for (const SocketAddress& a : config.listen) {
+  for (const ListenerConfig& l : config.listeners) {
     t->listeners.push_back(std::make_unique<ListenerCounters>());
-    t->listeners.back()->name = a.text;
+    t->listeners.back()->name = l.name;
   }
-  t->group_offsets.push_back(0);
-  t->servers.push_back(std::make_unique<ServerCounters>());
-  t->servers.back()->group = "default";
-  t->servers.back()->name = config.upstream.text;
+  for (const GroupConfig& g : config.groups) {
+    t->group_offsets.push_back(t->servers.size());
+    for (const ServerConfig& s : g.servers) {
+      t->servers.push_back(std::make_unique<ServerCounters>());
+      t->servers.back()->group = g.name;
+      t->servers.back()->name = s.target.text;
+    }
+  }
   return t;
 }
 

@@ -44,13 +44,13 @@ bool held_behind(const UpstreamConn* u) {
 
 void Shard::ring_create() {
   ring::RingAgentOptions opts;
-  opts.name = config_.upstream.shm_name;
-  opts.channels_max = config_.max_upstream;
+  opts.name = ring_target_.shm_name;
+  opts.channels_max = ring_channels_;
   // A request travels as one record: the ring must hold the largest one.
   opts.ring_bytes = uint32_t(config_.ring_bytes);
   std::string error;
   ring_ = RingAgent::create(opts, &error);
-  if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", config_.upstream.text, error));
+  if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", ring_target_.text, error));
   for (auto& u : upstreams_) {
     u->ring = true;
     u->channel = u->slot;
@@ -104,7 +104,7 @@ void Shard::ring_tick() {
 // poll on the current peer socket (the fd changes from peer to peer).
 void Shard::ring_event(RingAgent::Event e) {
   if (e == RingAgent::Event::kAttached) {
-    fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", config_.upstream.text,
+    fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", ring_target_.text,
                ring_->server_pid(), ring_->channel_count());
     attached_channels_ = ring_->channel_count();
     for (auto& u : upstreams_) {
@@ -117,7 +117,7 @@ void Shard::ring_event(RingAgent::Event e) {
     }
     ring_dispatch();
   } else if (e == RingAgent::Event::kDetached) {
-    fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", config_.upstream.text, ring_->last_error());
+    fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", ring_target_.text, ring_->last_error());
     for (auto& u : upstreams_) {
       if (u->channel < attached_channels_) drop(counters_.upstream_active);
       ring_fail_all(u.get(), 502);

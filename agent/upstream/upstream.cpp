@@ -79,35 +79,79 @@ ClientConn* Shard::take_from(List<ClientConn, &ClientConn::queue_node>& q) {
 
 // ------------------------------------------------------- groups and servers
 
-// The groups, from the flat keys: one group "default" with the one server.
-void Shard::build_groups() {
-  std::vector<ServerSpec> specs(1);
-  specs[0].max_outstanding = config_.max_upstream;
-  HealthSpec health;
-  health.max_fails = 0;  // one server: nowhere else to send its requests, so never taken out
-  auto g = std::make_unique<UpstreamGroup>("default", BalancePolicy::kLeastOutstanding, health, specs);
-  if (config_.upstream.kind == UpstreamTarget::Kind::kShm) {
-    g->ring = true;
-    ring_group_ = g.get();
-  } else {
-    TcpPool::Settings settings;
-    settings.target = config_.upstream;
-    settings.max_connections = config_.max_upstream;
-    settings.persistent = config_.persistent;
-    settings.connect_timeout_ms = config_.connect_timeout_ms;
-    g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *topology_->server(0, 0), *this, *g, 0,
-                                                   settings, response_limits_));
-    for (auto& p : g->servers) p->for_each([this](UpstreamConn* u) {
-      bind<&Shard::on_up_send>(u->sent, this, u);
-      bind<&Shard::on_up_recv>(u->received, this, u);
-      bind<&Shard::on_up_cancelled>(u->cancelled, this, u);
-      bind<&Shard::on_response_timeout>(u->timer, this, u);
-    });
+namespace {
+
+BalancePolicy policy_of(Balance b) {
+  switch (b) {
+    case Balance::kRoundRobin: return BalancePolicy::kRoundRobin;
+    case Balance::kSourceHash: return BalancePolicy::kSourceHash;
+    case Balance::kLeastOutstanding: break;
   }
-  bind<&Shard::on_group_wake>(g->wake, this, g.get());
-  loop_.add_timers(g->wake_list);
-  groups_.push_back(std::move(g));
-  for (auto& l : listeners_) l->group = groups_.front().get();
+  return BalancePolicy::kLeastOutstanding;
+}
+
+uint64_t hash_text(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+// One UpstreamGroup per [[upstream]] table (the flat keys make one,
+// "default"), each server a TcpPool, or the ring channels for a shm: group.
+void Shard::build_groups() {
+  for (size_t gi = 0; gi < config_.groups.size(); ++gi) {
+    const GroupConfig& gc = config_.groups[gi];
+    std::vector<ServerSpec> specs;
+    for (const ServerConfig& sc : gc.servers) {
+      ServerSpec spec;
+      spec.weight = sc.weight;
+      spec.max_outstanding = sc.max_connections;  // one request per connection
+      spec.hash_key = hash_text(sc.target.text);  // reordering servers moves no source
+      specs.push_back(spec);
+    }
+    HealthSpec health;
+    // Like nginx: a group of one server never takes it out on failures
+    // (there is nowhere else to send its requests); the back-off paces it.
+    health.max_fails = gc.servers.size() > 1 ? gc.max_fails : 0;
+    health.fail_timeout_ms = gc.fail_timeout_ms;
+    health.active = gc.health.enabled;
+    health.rise = gc.health.rise;
+    health.fall = gc.health.fall;
+    auto g = std::make_unique<UpstreamGroup>(gc.name, policy_of(gc.balance), health, specs);
+    g->default_host = gc.servers.front().target.address.text;
+    if (gc.servers.front().target.kind == UpstreamTarget::Kind::kShm) {
+      if (ring_group_ != nullptr)
+        throw ConfigError(fmt::format("{}.servers: bad value '{}' (expected one shm: bus per agent; a second is not "
+                                      "supported yet)", gc.where, gc.servers.front().target.text));
+      g->ring = true;
+      ring_group_ = g.get();
+      ring_target_ = gc.servers.front().target;
+      ring_channels_ = gc.servers.front().max_connections;
+    } else {
+      for (size_t si = 0; si < gc.servers.size(); ++si) {
+        const ServerConfig& sc = gc.servers[si];
+        TcpPool::Settings settings;
+        settings.target = sc.target;
+        settings.max_connections = sc.max_connections;
+        settings.persistent = sc.persistent;
+        settings.connect_timeout_ms = config_.connect_timeout_ms;
+        g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *topology_->server(gi, si), *this, *g,
+                                                       uint32_t(si), settings, response_limits_));
+        g->servers.back()->for_each([this](UpstreamConn* u) {
+          bind<&Shard::on_up_send>(u->sent, this, u);
+          bind<&Shard::on_up_recv>(u->received, this, u);
+          bind<&Shard::on_up_cancelled>(u->cancelled, this, u);
+          bind<&Shard::on_response_timeout>(u->timer, this, u);
+        });
+      }
+    }
+    bind<&Shard::on_group_wake>(g->wake, this, g.get());
+    loop_.add_timers(g->wake_list);
+    groups_.push_back(std::move(g));
+  }
+  for (size_t i = 0; i < listeners_.size(); ++i) listeners_[i]->group = groups_.at(config_.listeners.at(i).group).get();
 }
 
 void Shard::dispatch_all() {

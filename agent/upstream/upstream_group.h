@@ -22,6 +22,7 @@ struct UpstreamGroup {
       : name(std::move(group_name)), balancer(policy, health, specs) {}
 
   std::string name;
+  std::string default_host;  // the Host of a request that has none (HTTP/1.0): the first server's address
   Balancer balancer;
   std::vector<std::unique_ptr<TcpPool>> servers;  // empty for the ring bus
   bool ring = false;                              // served by the shard's ring channels
