@@ -61,27 +61,27 @@ int parse_status_line(std::string_view b) {
   static constexpr std::string_view kVersion = "HTTP/1.";
   const size_t n = b.size();
   for (size_t i = 0; i < kVersion.size(); ++i) {
-    if (i >= n) return kNeedMore;
-    if (b[i] != kVersion[i]) return kNotStatusLine;
+    if (i >= n) return kStatusLineIncomplete;
+    if (b[i] != kVersion[i]) return kStatusLineInvalid;
   }
   // "HTTP/1." then a digit, a space and three digits: positions 7 to 11.
   for (size_t i = 7; i <= 11; ++i) {
-    if (i >= n) return kNeedMore;
+    if (i >= n) return kStatusLineIncomplete;
     const bool ok = i == 8 ? b[i] == ' ' : is_digit(b[i]);
-    if (!ok) return kNotStatusLine;
+    if (!ok) return kStatusLineInvalid;
   }
   const int status = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
-  if (status < 100) return kNotStatusLine;
+  if (status < 100) return kStatusLineInvalid;
   size_t i = 12;
-  if (i >= n) return kNeedMore;
+  if (i >= n) return kStatusLineIncomplete;
   if (b[i] == ' ') {
     for (++i; i < n && b[i] != '\r'; ++i)
-      if (b[i] != '\t' && (uint8_t(b[i]) < 0x20 || b[i] == 0x7f)) return kNotStatusLine;
+      if (b[i] != '\t' && (uint8_t(b[i]) < 0x20 || b[i] == 0x7f)) return kStatusLineInvalid;
   }
-  if (i >= n) return kNeedMore;
-  if (b[i] != '\r') return kNotStatusLine;
-  if (i + 1 >= n) return kNeedMore;
-  return b[i + 1] == '\n' ? status : kNotStatusLine;
+  if (i >= n) return kStatusLineIncomplete;
+  if (b[i] != '\r') return kStatusLineInvalid;
+  if (i + 1 >= n) return kStatusLineIncomplete;
+  return b[i + 1] == '\n' ? status : kStatusLineInvalid;
 }
 
 // One server's probe slot. Its Completions and Timer are bound once, to this
@@ -263,8 +263,8 @@ void HealthChecker::on_received(Probe* p, const io_uring_cqe& cqe) {
   p->received += size_t(cqe.res);
   OFFLOAD_ASSERT(p->received <= kStatusLineMax);
   const int status = parse_status_line(std::string_view(p->line, p->received));
-  if (status == kNotStatusLine) return finish(*p, ProbeOutcome::kGarbage);
-  if (status == kNeedMore) {
+  if (status == kStatusLineInvalid) return finish(*p, ProbeOutcome::kGarbage);
+  if (status == kStatusLineIncomplete) {
     if (p->received == kStatusLineMax) return finish(*p, ProbeOutcome::kGarbage);  // too long
     return post_recv(*p);
   }

@@ -92,11 +92,12 @@ struct ProbeCounters {
 const char* health_path_problem(std::string_view path);
 const char* health_host_problem(std::string_view host);
 
-// The status-line parser the probes use, on the bytes received so far:
-// the status (100..999) once "HTTP/1.<d> <ddd>[ <reason>]\r\n" is complete,
-// kNeedMore while what is in is a prefix of one, kNotStatusLine otherwise.
-constexpr int kNeedMore = 0;
-constexpr int kNotStatusLine = -1;
+// The status-line parser the probes use, on the bytes received so far: the
+// status (100..999) once "HTTP/1.<d> <ddd>[ <reason>]\r\n" is complete,
+// kStatusLineIncomplete while what is in is a prefix of one, and
+// kStatusLineInvalid as soon as it cannot be one.
+constexpr int kStatusLineIncomplete = 0;
+constexpr int kStatusLineInvalid = -1;
 int parse_status_line(std::string_view bytes);
 
 class HealthChecker {

@@ -118,7 +118,9 @@ struct Rig {
   ~Rig() {
     if (!checker) return;
     checker->stop();
-    turn_until([&] { return checker->idle(); });
+    // Not turn_until(): a REQUIRE must not throw out of a destructor.
+    for (int i = 0; i < 500 && !checker->idle(); ++i) step();
+    CHECK(checker->idle());
   }
 
   void step() {
@@ -156,8 +158,8 @@ const std::string k200 = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 }  // namespace
 
 TEST_CASE("status line: whole 2xx..5xx lines parse, prefixes need more, anything else is refused") {
-  using offload::kNeedMore;
-  using offload::kNotStatusLine;
+  using offload::kStatusLineIncomplete;
+  using offload::kStatusLineInvalid;
   using offload::parse_status_line;
   CHECK(parse_status_line("HTTP/1.1 200 OK\r\n") == 200);
   CHECK(parse_status_line("HTTP/1.0 302 Found\r\nLocation: /\r\n") == 302);
@@ -166,14 +168,15 @@ TEST_CASE("status line: whole 2xx..5xx lines parse, prefixes need more, anything
   CHECK(parse_status_line("HTTP/1.1 200 Fine\tthanks\r\n") == 200);
   // Every proper prefix of a line is "more, please", never a verdict.
   const std::string line = "HTTP/1.1 200 OK\r\n";
-  for (size_t n = 0; n < line.size(); ++n) CHECK(parse_status_line(line.substr(0, n)) == kNeedMore);
-  for (const char* bad : {"SSH-2.0-OpenSSH\r\n", "http/1.1 200 OK\r\n", "HTTP/2 200\r\n", "HTTP/1.1 20x OK\r\n",
-                          "HTTP/1.1  200 OK\r\n", "HTTP/1.1 2000 OK\r\n", "HTTP/1.1 200 OK\n", "HTTP/1.1 200 O\x01K\r\n",
-                          "HTTP/1.1 200\r\r", "HTTP/1.1 099 Low\r\n", "\r\n"})
-    CHECK_MESSAGE(parse_status_line(bad) == kNotStatusLine, bad);
+  for (size_t n = 0; n < line.size(); ++n) CHECK(parse_status_line(line.substr(0, n)) == kStatusLineIncomplete);
+  for (const char* bad :
+       {"SSH-2.0-OpenSSH\r\n", "http/1.1 200 OK\r\n", "HTTP/2 200\r\n", "HTTP/1.1 20x OK\r\n", "HTTP/1.1  200 OK\r\n",
+        "HTTP/1.1 2000 OK\r\n", "HTTP/1.1 200 OK\n", "HTTP/1.1 200 O\x01K\r\n", "HTTP/1.1 200\r\r",
+        "HTTP/1.1 099 Low\r\n", "\r\n"})
+    CHECK_MESSAGE(parse_status_line(bad) == kStatusLineInvalid, bad);
   // Garbage is refused at its first wrong byte, without waiting for more.
-  CHECK(parse_status_line("S") == kNotStatusLine);
-  CHECK(parse_status_line("HTTP/1.1 2x") == kNotStatusLine);
+  CHECK(parse_status_line("S") == kStatusLineInvalid);
+  CHECK(parse_status_line("HTTP/1.1 2x") == kStatusLineInvalid);
 }
 
 TEST_CASE("health check: the path and host are checked for the request they go into") {
