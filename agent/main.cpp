@@ -323,9 +323,18 @@ int run(const Config& config) {
   fmt::print(stderr, "offload-agent: {}\n", slots.front()->features);
   fmt::print(stderr, "offload-agent: {} shard{}{}\n", config.workers, config.workers == 1 ? "" : "s",
              config.cpus.empty() ? std::string() : fmt::format(" on cpus {}", fmt::join(config.cpus, ",")));
-  fmt::print(stderr, "offload-agent: upstream {} (max {} channels, {} persistent, for all shards)\n",
-             config.upstream.text, config.max_upstream, config.persistent);
-  for (int fd : fds.front()) fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fd));
+  for (const offload::GroupConfig& g : config.groups)
+    for (const offload::ServerConfig& sv : g.servers)
+      fmt::print(stderr, "offload-agent: upstream {} server {} (max {} connections, {} persistent, for all shards)\n",
+                 g.name, sv.target.text, sv.max_connections, sv.persistent);
+  // One line per listener, in the order of the configuration; the address
+  // is the bound one (the real port for :0).
+  for (size_t i = 0; i < fds.front().size(); ++i) {
+    const offload::ListenerConfig& l = config.listeners[i];
+    fmt::print(stderr, "offload-agent: listener {}: proxy {}, upstream {}\n", l.name, l.proxy,
+               config.groups[l.group].name);
+    fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fds.front()[i]));
+  }
   if (admin) {
     admin->start();
     fmt::print(stderr, "offload-agent: admin on {}\n", admin->bound_address());

@@ -165,6 +165,8 @@ void Shard::start() {
   post_control_read();
   if (ring_) ring_start();
   arm_timer(housekeeping_timer_, kTimerHousekeeping);
+  for (auto& g : groups_)
+    if (g->checker) g->checker->start();
   refill_pool();
 }
 
@@ -272,6 +274,8 @@ void Shard::start_drain() {
              config_.drain_timeout_ms);
   // shutdown() ends a multishot accept; the sockets close with the process.
   for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
+  for (auto& g : groups_)
+    if (g->checker) g->checker->stop();
   for (uint32_t i = 0; i < config_.max_clients; ++i) {
     ClientConn* c = &clients_[i];
     if (c->fd < 0 || c->state == ClientState::kClosing) continue;

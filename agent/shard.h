@@ -146,6 +146,8 @@ class Shard final : public TcpPool::Host {
   void give_back(TcpPool& p);          // pending requests go back to the group
   void leave_server(Exchange* ex);     // the exchange is done with its server
   void report_health(TcpPool& p, bool ok);
+  void on_probe(TcpPool& p, bool ok);
+  void note_health(TcpPool& p);
   int queue_timeout_status(const ClientConn* c) const;
   uint64_t source_hash(ClientConn* c);
   void on_connected(TcpPool& pool, UpstreamConn* u) override;

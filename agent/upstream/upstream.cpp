@@ -147,6 +147,21 @@ void Shard::build_groups() {
         });
       }
     }
+    if (gc.health.enabled && !g->ring) {
+      std::vector<ProbeTarget> targets;
+      for (const ServerConfig& sc : gc.servers)
+        targets.push_back({sc.target.address, sc.target.kind == UpstreamTarget::Kind::kUnix
+                                                  ? std::string("localhost")
+                                                  : sc.target.address.text});
+      HealthCheckSettings hs;
+      hs.path = gc.health.path;
+      hs.interval_ms = gc.health.interval_ms;
+      hs.timeout_ms = gc.health.timeout_ms;
+      UpstreamGroup* group = g.get();
+      g->checker = std::make_unique<HealthChecker>(loop_, std::move(targets), hs, [this, group](size_t i, bool ok) {
+        on_probe(*group->servers.at(i), ok);
+      });
+    }
     bind<&Shard::on_group_wake>(g->wake, this, g.get());
     loop_.add_timers(g->wake_list);
     groups_.push_back(std::move(g));
@@ -227,6 +242,20 @@ void Shard::report_health(TcpPool& p, bool ok) {
   const bool back = ok ? b.report_success(p.index(), loop_.now_ms()) : b.report_failure(p.index(), loop_.now_ms());
   if (!ok) add(p.stats().failures);
   if (back) pool_changed_ = true;
+  note_health(p);
+}
+
+// Active health: a probe's result. A server taken out gives its waiting
+// requests back to the group; one brought back dispatches after the batch.
+void Shard::on_probe(TcpPool& p, bool ok) {
+  if (p.group().balancer.report_probe(p.index(), ok, loop_.now_ms())) pool_changed_ = true;
+  note_health(p);
+  if (p.counted_down) give_back(p);
+}
+
+// Keeps the server's "down" gauge (shards that have it out) in step.
+void Shard::note_health(TcpPool& p) {
+  const Balancer& b = p.group().balancer;
   const bool down = b.stats(p.index(), loop_.now_ms()).state != HealthState::kUp;
   if (down != p.counted_down) {
     p.counted_down = down;

@@ -12,6 +12,7 @@
 #include "loop/timer_list.h"
 #include "proxy/connection.h"
 #include "upstream/balancer.h"
+#include "upstream/health_checker.h"
 #include "upstream/tcp_pool.h"
 
 namespace offload {
@@ -32,6 +33,8 @@ struct UpstreamGroup {
   // may be probed again, the queue is tried once more.
   TimerList wake_list;
   Timer wake;
+  // Active health (health = {...}): probes each server, tells the balancer.
+  std::unique_ptr<HealthChecker> checker;
 };
 
 }  // namespace offload
