@@ -25,17 +25,17 @@ constexpr uint32_t kDataBlockBytes = 64 * 1024;
 constexpr uint32_t kSmallInputBytes = 2048;
 
 struct BodySinkCtx {
-  Shard* shard;
-  ClientConn* client;
+  ResponseSink* sink;
+  Exchange* ex;
+  bool may_spill;
   bool failed;
 };
 
 void sink_to_body(void* ctx, const char* data, size_t len) {
   auto* s = static_cast<BodySinkCtx*>(ctx);
-  if (!s->failed && !s->shard->append_body(s->client, data, len)) s->failed = true;
+  if (!s->failed && !s->sink->append_body(s->ex, data, len, s->may_spill)) s->failed = true;
 }
 
-int status_class_index(int status) { return status / 100; }
 
 // Spill files take descriptors too: they get what the open-file limit leaves
 // after every client, every channel and a margin for listeners, the ring and
@@ -54,6 +54,15 @@ uint32_t largest_head(const Config& config) {
   uint32_t n = config.header_bytes_max;
   for (const ListenerConfig& l : config.listeners) n = std::max(n, l.header_bytes_max);
   return n;
+}
+
+ResponseSink::Settings sink_settings(const Config& config) {
+  ResponseSink::Settings s;
+  s.response_buffer = config.response_buffer;
+  s.response_spill_max = config.response_spill_max;
+  s.body_buffer = config.body_buffer;
+  s.temp_dir = config.temp_dir;
+  return s;
 }
 
 std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
@@ -82,7 +91,8 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); }),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
-      data_pool_(kDataBlockBytes, config.buffer_memory_max, 64) {
+      data_pool_(kDataBlockBytes, config.buffer_memory_max, 64),
+      sink_(loop_, data_pool_, spill_budget_, counters_, sink_settings(config)) {
   request_limits_.header_bytes_max = config.header_bytes_max;
   request_limits_.header_count_max = config.header_count_max;
   request_limits_.body_bytes_max = config.body_bytes_max;
@@ -542,18 +552,6 @@ void Shard::pause_recv(ClientConn* c) {
   ++c->inflight;
 }
 
-// Request body bytes: memory up to body_buffer, then a temporary file, so a
-// few large uploads cannot take the memory that small requests need. Over the
-// ring a request is one record in memory anyway: no file there.
-bool Shard::append_body(ClientConn* c, const char* data, size_t len) {
-  Exchange* ex = c->ex;
-  Spill& sp = ex->body_spill;
-  if (sp.fd < 0 && !sp.refused && !c->listener->group->ring && ex->body.bytes() + len > config_.body_buffer)
-    (void)open_spill(sp, counters_.spilled_bodies);  // refused: the body stays in memory
-  if (sp.fd >= 0) return spill_write(sp, data, len);
-  return ex->body.append(data_pool_, data, len);
-}
-
 // Parses the head at the front of the input block; on completion moves on to
 // the body and, when the request is whole, to the queue.
 void Shard::parse_input(ClientConn* c) {
@@ -636,7 +634,7 @@ void Shard::feed_body(ClientConn* c, const char* data, size_t len, bool from_inp
     data = ex->in->data() + ex->in->head;
     len = ex->in->readable();
   }
-  BodySinkCtx sink{this, c, false};
+  BodySinkCtx sink{&sink_, c->ex, !c->listener->group->ring, false};
   http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_body, &sink);
   if (p.error != http::Error::kNone) {
     bump(counters_.parse_errors);
@@ -747,10 +745,7 @@ void Shard::respond_error(ClientConn* c, int status) {
   ex->interim_sent = 0;
   // Sent from static storage: a 503 for exhausted buffer memory needs none.
   ex->canned = error_response(status, ex->close_after);
-  switch (status_class_index(status)) {
-    case 4: bump(counters_.responses_4xx); break;
-    default: bump(counters_.responses_5xx); break;
-  }
+  sink_.count(status);
   ex->response_head_done = ex->response_done = true;
   set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
   leave_server(ex);
@@ -784,20 +779,12 @@ void Shard::post_client_send(ClientConn* c) {
 
 // The client has drained memory: bring the next part of the spill file in.
 void Shard::fill_out_from_spill(ClientConn* c) {
-  Exchange* ex = c->ex;
-  Spill& sp = ex->spill;
-  if (sp.fd < 0 || sp.unread() == 0) return;
-  Block* b = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
-  if (b == nullptr) {  // buffer memory is spent for now: retried when some is given back
-    wait_for_budget(c);
-    return;
+  switch (sink_.refill(c->ex)) {
+    case ResponseSink::Refill::kNoMemory: wait_for_budget(c); break;  // retried when memory is given back
+    case ResponseSink::Refill::kFailed: close_client(c); break;
+    case ResponseSink::Refill::kNothing:
+    case ResponseSink::Refill::kDone: break;
   }
-  long got = spill_read(sp, b->data() + b->tail, b->writable());
-  if (got <= 0) {
-    close_client(c);
-    return;
-  }
-  ex->out.commit(uint32_t(got));
 }
 
 void Shard::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
@@ -834,7 +821,7 @@ void Shard::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
 // The response is all sent: close, or go back for the next request.
 void Shard::finish_exchange(ClientConn* c) {
   Exchange* ex = c->ex;
-  budget_waiters_.remove_if_linked(c);
+  sink_.forget(c);
   if (ex->close_after || c->peer_eof || draining_) {
     linger(c);
     return;
@@ -887,7 +874,7 @@ void Shard::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
   set_state(c, ClientState::kClosing);
   if (c->ex != nullptr) leave_server(c->ex);
-  budget_waiters_.remove_if_linked(c);
+  sink_.forget(c);
   disarm(c->timer);
   // Wakes the in-flight receive and send so their completions come back.
   ::shutdown(c->fd, SHUT_RDWR);

@@ -22,6 +22,7 @@
 #include "loop/list.h"
 #include "proxy/listener.h"
 #include "security/screen.h"
+#include "upstream/response_sink.h"
 #include "upstream/tcp_pool.h"
 #include "upstream/upstream_group.h"
 #include "loop/clock.h"
@@ -66,12 +67,6 @@ class Shard final : public TcpPool::Host {
   void request_drain();
   void request_stop();
 
-  // Response bytes for a client: memory up to response_buffer, then the
-  // spill file. False when neither has room (buffer memory exhausted).
-  bool append_response(ClientConn* c, const char* data, size_t len);
-  // Request body bytes: memory up to body_buffer, then a spill file. False
-  // when neither has room.
-  bool append_body(ClientConn* c, const char* data, size_t len);
 
  private:
   static const Clock& default_clock();
@@ -163,11 +158,7 @@ class Shard final : public TcpPool::Host {
   void post_up_recv(UpstreamConn* u);
   void arm_up_recv(UpstreamConn* u);
   void pause_up_read(UpstreamConn* u);
-  bool read_allowed(const Exchange* ex) const;
-  bool spill_takes(const Exchange* ex) const;
   void wait_if_unwoken(ClientConn* c);
-  bool start_spill(Exchange* ex);
-  bool open_spill(Spill& spill, std::atomic<uint64_t>& opened);
   void wait_for_budget(ClientConn* c);
   void wake_budget_waiters();
   void resume_response(ClientConn* c);
@@ -239,10 +230,9 @@ class Shard final : public TcpPool::Host {
   BlockPool input_pool_;   // request heads (header_bytes_max + slack)
   BlockPool data_pool_;    // bodies and responses (64 KiB blocks)
   SpillBudget spill_budget_;
-  // Responses that cannot move until a shared budget (data blocks, spill
-  // room) gives some back: woken after each batch of completions that did,
-  // each bounded meanwhile by its send timer.
-  List<ClientConn, &ClientConn::wait_node> budget_waiters_;
+  // Where response bytes go (memory, spill, back-pressure); its waiters are
+  // woken after each batch of completions, each bounded by its send timer.
+  ResponseSink sink_;
 
   // Upstream groups (one per [[upstream]], or "default" from the flat keys).
   std::vector<std::unique_ptr<UpstreamGroup>> groups_;

@@ -24,15 +24,6 @@ namespace {
 
 using ring::RingAgent;
 
-void count_ring_response(Counters& counters, uint16_t status) {
-  switch (status / 100) {
-    case 2: bump(counters.responses_2xx); break;
-    case 3: bump(counters.responses_3xx); break;
-    case 4: bump(counters.responses_4xx); break;
-    default: bump(counters.responses_5xx); break;
-  }
-}
-
 // Requests still waiting behind the front of a channel.
 bool held_behind(const UpstreamConn* u) {
   for (uint32_t i = 1; i < u->fifo_count; ++i)
@@ -381,7 +372,7 @@ void Shard::ring_timed_out(UpstreamConn* u) {
 
 bool Shard::ring_read_allowed(UpstreamConn* u) const {
   const ClientConn* c = u->fifo_count > 0 ? u->fifo[u->fifo_head] : nullptr;
-  return c == nullptr || read_allowed(c->ex);
+  return c == nullptr || sink_.read_allowed(c->ex);
 }
 
 // Takes response pieces off a channel until it is empty (which arms its
@@ -471,7 +462,7 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
   const bool head_request = ex->method == http::Method::kHead;
   if (piece.kind == ring::ResponsePiece::Kind::kHead) {
     if (piece.status < 200) return ring_interim(c, piece);
-    count_ring_response(counters_, piece.status);
+    sink_.count(piece.status);
     const bool bodiless = head_request || piece.status == 204 || piece.status == 304;
     const bool length_known = piece.content_length != OFFLOAD_LENGTH_UNKNOWN;
     u->chunked_out = !length_known && !bodiless && !ex->client_http10;
@@ -482,7 +473,7 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
                                         length_known && piece.status != 204 && piece.status != 304,
                                         piece.content_length, u->chunked_out, ex->close_after, ex->client_http10,
                                         scratch_.get(), kScratchBytes);
-    if (n == 0 || !append_response(c, scratch_.get(), n)) return false;
+    if (n == 0 || !sink_.append(c->ex, scratch_.get(), n)) return false;
     ex->response_head_done = true;
     if (bodiless) return true;
   }
@@ -490,22 +481,14 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
     if (u->chunked_out) {
       char line[24];
       auto r = fmt::format_to_n(line, sizeof line, "{:x}\r\n", piece.body.size());
-      if (!append_response(c, line, r.size)) return false;
+      if (!sink_.append(c->ex, line, r.size)) return false;
     }
-    if (!append_response(c, piece.body.data(), piece.body.size())) return false;
-    if (u->chunked_out && !append_response(c, "\r\n", 2)) return false;
+    if (!sink_.append(c->ex, piece.body.data(), piece.body.size())) return false;
+    if (u->chunked_out && !sink_.append(c->ex, "\r\n", 2)) return false;
   }
-  if (piece.end && u->chunked_out && !append_response(c, "0\r\n\r\n", 5)) return false;
+  if (piece.end && u->chunked_out && !sink_.append(c->ex, "0\r\n\r\n", 5)) return false;
   return true;
 }
 
 // Response bytes go to memory up to response_buffer, then to the spill file.
-bool Shard::append_response(ClientConn* c, const char* data, size_t len) {
-  Exchange* ex = c->ex;
-  if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() + len > config_.response_buffer)
-    (void)start_spill(ex);
-  if (!spill_takes(ex)) return ex->out.append(data_pool_, data, len);
-  return spill_write(ex->spill, data, len);
-}
-
 }  // namespace offload

@@ -21,16 +21,6 @@ namespace {
 // can be written in place in front of the body (no copy of the body).
 constexpr uint32_t kHeadroom = 1024;
 
-void count_response(Counters& counters, uint16_t status) {
-  switch (status / 100) {
-    case 1: bump(counters.responses_1xx); break;
-    case 2: bump(counters.responses_2xx); break;
-    case 3: bump(counters.responses_3xx); break;
-    case 4: bump(counters.responses_4xx); break;
-    default: bump(counters.responses_5xx); break;
-  }
-}
-
 }  // namespace
 
 // ------------------------------------------------------------ the queues
@@ -440,25 +430,6 @@ void Shard::arm_up_recv(UpstreamConn* u) {
   u->recv_armed = true;
 }
 
-bool Shard::read_allowed(const Exchange* ex) const {
-  if (ex->spill.fd >= 0) {
-    if (ex->spill.unread() >= config_.response_spill_max) return false;
-    if (spill_budget_.has_room()) return true;
-    // The shared room is spent: a response whose own file is drained goes on
-    // through memory, so it never waits for other clients to read theirs.
-    return ex->spill.unread() == 0 && ex->out.bytes() < config_.response_buffer;
-  }
-  if (config_.response_spill_max == 0 || ex->spill.refused || !spill_budget_.can_open())
-    return ex->out.bytes() < config_.response_buffer;  // memory only
-  return true;
-}
-
-// Where the next response bytes go: the spill file while it has unsent bytes
-// (they must stay in order behind them) or while the shared room lasts.
-bool Shard::spill_takes(const Exchange* ex) const {
-  return ex->spill.fd >= 0 && (ex->spill.unread() > 0 || spill_budget_.has_room());
-}
-
 // A paused read is resumed by the client's next send completion. With no
 // send in flight nothing would resume it: the pause is the shared budget's
 // (spill room), and the client waits for it.
@@ -466,45 +437,15 @@ void Shard::wait_if_unwoken(ClientConn* c) {
   if (!c->send_busy) wait_for_budget(c);
 }
 
-// Goes on in a temporary file; false when this response must stay in memory
-// (spilling off, the budget spent, or temp_dir refusing the file).
-bool Shard::start_spill(Exchange* ex) {
-  if (ex->spill.fd >= 0) return true;
-  if (config_.response_spill_max == 0 || ex->spill.refused) return false;
-  return open_spill(ex->spill, counters_.spilled_responses);
-}
-
-// Opens a spill file within the shared budget, counting it in `opened`, or
-// the refusal (a temp_dir that fails is logged; a spent budget is not news).
-bool Shard::open_spill(Spill& spill, std::atomic<uint64_t>& opened) {
-  if (!spill_open(spill, spill_budget_, config_.temp_dir)) {
-    bump(counters_.spill_refused);
-    if (errno != ENOSPC) log_error("spill file in temp_dir", errno);
-    return false;
-  }
-  bump(opened);
-  return true;
-}
-
 void Shard::wait_for_budget(ClientConn* c) {
-  if (c->wait_node.linked()) return;
-  bump(counters_.budget_waits);
-  budget_waiters_.push_back(c);
-  arm_client_timer(c, kTimerSend);  // a wait that never ends is a stalled client
+  if (sink_.wait(c)) arm_client_timer(c, kTimerSend);  // a wait that never ends is a stalled client
 }
 
-// Wakes every waiter once some budget is back; one that still finds none
-// waits again. Bounded: only the waiters there at the start are woken.
 void Shard::wake_budget_waiters() {
-  if (budget_waiters_.empty()) return;
-  const bool memory = data_pool_.bytes_in_use() + data_pool_.block_bytes() <= data_pool_.budget_bytes();
-  if (!memory && !spill_budget_.has_room()) return;
-  size_t n = budget_waiters_.size();
-  while (n-- > 0) {
-    ClientConn* c = budget_waiters_.pop_front();
+  sink_.wake([this](ClientConn* c) {
     OFFLOAD_ASSERT(c->state != ClientState::kClosing && c->ex != nullptr);
     resume_response(c);
-  }
+  });
 }
 
 // The client drained some of its response, or a budget gave some back:
@@ -546,7 +487,7 @@ void Shard::post_up_recv(UpstreamConn* u) {
     ring_dispatch();
     return;
   }
-  if (u->state != UpstreamState::kBusy || !read_allowed(u->client->ex)) {
+  if (u->state != UpstreamState::kBusy || !sink_.read_allowed(u->client->ex)) {
     u->read_paused = true;
     if (u->state == UpstreamState::kBusy) wait_if_unwoken(u->client);
     return;
@@ -614,12 +555,12 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
     if (ex->spill.fd < 0 && ex->response_head_done && ex->out.bytes() >= config_.response_buffer) {
       // Memory for this response is full: go on in a temporary file, so the
       // channel is still released as soon as the server is done.
-      (void)start_spill(ex);
+      (void)sink_.start_spill(ex);
     }
     uint32_t n = 0;
     if (ex->dechunk) {
       if (!dechunk_bytes(u, c, data, len, n)) return;
-    } else if (spill_takes(ex)) {
+    } else if (sink_.spill_takes(ex)) {
       if (!spill_bytes(u, c, data, len, n)) return;
     } else {
       Block* b = ex->out.writable_tail(data_pool_);
@@ -643,7 +584,7 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
     return;
   }
   post_client_send(c);
-  if (!read_allowed(ex)) {
+  if (!sink_.read_allowed(ex)) {
     pause_up_read(u);
     wait_if_unwoken(c);
   }
@@ -681,7 +622,7 @@ void Shard::forward_interim(ClientConn* c, const http::Head& h, std::string_view
   size_t n = write_interim_head(h, msg, scratch_.get(), kInterimMax - ex->interim.size());
   if (n == 0) return;
   ex->interim.append(scratch_.get(), n);
-  bump(counters_.responses_1xx);
+  sink_.count(h.status);
   post_client_send(c);
 }
 
@@ -713,7 +654,7 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
       u->parser.set_request_method(ex->method);
       continue;
     }
-    count_response(counters_, h.status);
+    sink_.count(h.status);
     add(u->pool->stats().responses);
     report_health(*u->pool, true);
     u->reusable = u->reusable && h.keep_alive && h.body != http::BodyKind::kUntilClose;
@@ -762,20 +703,20 @@ bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
 
 namespace {
 struct DechunkSink {
-  Shard* shard;
-  ClientConn* client;
+  ResponseSink* sink;
+  Exchange* ex;
   bool failed;
 };
 }  // namespace
 
 // An HTTP/1.0 client's chunked response: the chunk data goes on decoded.
 bool Shard::dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
-  DechunkSink sink{this, c, false};
+  DechunkSink sink{&sink_, c->ex, false};
   http::BodyProgress p = u->parser.parse_body(
       std::string_view(data, n),
       [](void* ctx, const char* d, size_t len) {
         auto* s = static_cast<DechunkSink*>(ctx);
-        if (!s->failed && !s->shard->append_response(s->client, d, len)) s->failed = true;
+        if (!s->failed && !s->sink->append(s->ex, d, len)) s->failed = true;
       },
       &sink);
   if (p.error != http::Error::kNone || sink.failed) {
