@@ -49,39 +49,9 @@ else
 fi
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-TMP=$(mktemp -d /tmp/offload-compare.XXXXXX)
-PIDS=()
-forget() {
-  local keep=() pid
-  for pid in "${PIDS[@]}"; do [[ $pid == "$1" ]] || keep+=("$pid"); done
-  PIDS=("${keep[@]}")
-}
-stop_pid() {  # SIGTERM, then SIGKILL after 5 s; reaps and forgets it
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-wait_line() {  # FILE TEXT SECONDS
-  local tries=$(($3 * 10))
-  for _ in $(seq 1 "$tries"); do
-    if grep -q -- "$2" "$1" 2>/dev/null; then grep -m1 -- "$2" "$1"; return 0; fi
-    sleep 0.1
-  done
-  echo "compare.sh: timed out waiting for '$2' in $1:" >&2
-  cat "$1" >&2 || true
-  return 1
-}
-port_of() { sed -n 's/.*:\([0-9][0-9]*\)[^0-9]*$/\1/p' <<<"$1"; }
+BENCH_NAME=compare
+# shellcheck source=bench/proxy/lib.sh
+source "$HERE/lib.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_listening() {  # PORT SECONDS
   local tries=$(($2 * 10))
@@ -91,10 +61,8 @@ wait_listening() {  # PORT SECONDS
   done
   return 1
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cpu_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- backend
 taskset -c "$LOAD_CPU" "${BACKEND[@]}" 2>"$TMP/backend.err" &

@@ -35,41 +35,9 @@ for tool in wrk python3 "$AGENT" "$SERVER"; do
   command -v "$tool" >/dev/null 2>&1 || [[ -x $tool ]] || { echo "shards.sh: missing $tool" >&2; exit 1; }
 done
 
-TMP=$(mktemp -d /tmp/offload-shards.XXXXXX)
-PIDS=()
-forget() {
-  local keep=() pid
-  for pid in "${PIDS[@]}"; do [[ $pid == "$1" ]] || keep+=("$pid"); done
-  PIDS=("${keep[@]}")
-}
-stop_pid() {  # SIGTERM, then SIGKILL after 5 s; reaps and forgets it
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-wait_line() {  # FILE TEXT SECONDS
-  local tries=$(($3 * 10))
-  for _ in $(seq 1 "$tries"); do
-    if grep -q -- "$2" "$1" 2>/dev/null; then grep -m1 -- "$2" "$1"; return 0; fi
-    sleep 0.1
-  done
-  echo "shards.sh: timed out waiting for '$2' in $1:" >&2
-  cat "$1" >&2 || true
-  return 1
-}
-port_of() { sed -n 's/.*:\([0-9][0-9]*\)[^0-9]*$/\1/p' <<<"$1"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-CLK_TCK=$(getconf CLK_TCK)
+BENCH_NAME=shards
+# shellcheck source=bench/proxy/lib.sh
+source "$HERE/lib.sh"
 
 "$SERVER" --listen 127.0.0.1:0 --workers "$BACKEND_WORKERS" 2>"$TMP/backend.err" &
 PIDS+=($!)
