@@ -20,6 +20,7 @@
 #include "ops/topology_stats.h"
 #include "http/http_rewrite.h"
 #include "loop/list.h"
+#include "proxy/http_proxy.h"
 #include "proxy/listener.h"
 #include "security/screen.h"
 #include "upstream/response_sink.h"
@@ -33,13 +34,8 @@
 
 namespace offload {
 
-// Provided-buffer groups: client requests, upstream responses.
-inline constexpr uint16_t kClientGroup = 0;
-inline constexpr uint16_t kUpstreamGroup = 1;
-inline constexpr uint32_t kUpstreamBuffers = 128;
-inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
 
-class Shard final : public TcpPool::Host {
+class Shard final : public TcpPool::Host, public HttpProxy::Upstreams {
  public:
   // Binds nothing: the listening sockets are made by the caller and shared.
   // `topology` (per listener and per server counters, for the whole agent)
@@ -74,59 +70,37 @@ class Shard final : public TcpPool::Host {
   // The loop: each operation's result goes to the handler its Completion
   // was bound to, each expired timer to its own.
   void arm_timer(Timer& t, TimerKind kind) { loop_.arm(t, timers_[kind]); }
-  void on_client_timer(ClientConn* c, Timer& t);
   void on_response_timeout(UpstreamConn* u, Timer& t);
   void on_group_wake(UpstreamGroup* g, Timer& t);
-  void on_accept_retry_timer();
   void on_control(const io_uring_cqe& cqe);
   void start_drain();
   void post_control_read();
   void housekeeping();
   void after_batch();
 
-  // Clients.
+  // Listeners: each names the proxy that serves it (HTTP, for now).
   void build_listeners(const std::vector<int>& fds);
-  void post_accept(Listener* l);
-  void on_accept(Listener* l, const io_uring_cqe& cqe);
-  void arm_client_timer(ClientConn* c, TimerKind kind) { loop_.arm(c->timer, c->listener->timers[kind]); }
+  void arm_client_timer(ClientConn* c, TimerKind kind) { proxy_.arm_client_timer(c, kind); }
   void arm_response_timer(UpstreamConn* u) { loop_.arm(u->timer, u->client->listener->timers[kTimerResponse]); }
-  void post_recv(ClientConn* c);
-  void on_client_recv(ClientConn* c, const io_uring_cqe& cqe);
-  void on_client_cancelled(ClientConn* c, const io_uring_cqe& cqe);
-  void on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh);
-  void pause_recv(ClientConn* c);
-  void parse_input(ClientConn* c);
-  bool take_head(ClientConn* c);
-  void feed_body(ClientConn* c, const char* data, size_t len, bool from_input);
-  void keep_pipelined(ClientConn* c, const char* data, size_t len);
-  size_t append_head_bytes(ClientConn* c, const char* data, size_t len);
-  Block* input_block(ClientConn* c);
-  Block* grow_input(ClientConn* c);
-  void put_input(Block* b);
-  void on_request_complete(ClientConn* c);
-  void reject(ClientConn* c, int status);
-  void respond_error(ClientConn* c, int status);
-  void post_client_send(ClientConn* c);
-  void on_client_send(ClientConn* c, const io_uring_cqe& cqe);
-  void fill_out_from_spill(ClientConn* c);
-  void finish_exchange(ClientConn* c);
-  void linger(ClientConn* c);
-  void close_client(ClientConn* c);
-  void maybe_free_client(ClientConn* c);
-  void client_op_done(ClientConn* c) { --c->inflight; }
-  Exchange* get_exchange(const ClientConn* c);
-  void put_exchange(Exchange* ex);
-  std::string_view client_ip(ClientConn* c, char* buf, size_t cap);
-  void look_up_peer(ClientConn* c);
-  IpAddress peer_of(const ClientConn* c) const;
-  bool screen_out(ClientConn* c);
 
-  // Client states. A client is in a queue (its group's ready queue, or the
-  // pending list of the server it was given to) exactly while its state is
-  // kQueued: enqueue() is the only way in, and every change of state out of
-  // kQueued (set_state, take_from) takes it out, so no ending path can leave
-  // a finished exchange behind in a queue.
-  void set_state(ClientConn* c, ClientState s);
+  // What the HTTP proxy asks of the upstream side.
+  void submit(ClientConn* c) override { enqueue(c, false); }
+  void abandon(ClientConn* c) override;
+  void resume(Exchange* ex) override { resume_up_read(ex); }
+  void leave(Exchange* ex) override { leave_server(ex); }
+  uint64_t request_bytes_max(const ClientConn* c) const override;
+  std::string_view default_host(const ClientConn* c) const override;
+  // The proxy's ways back into an exchange, as the upstream side uses them.
+  void post_client_send(ClientConn* c) { proxy_.post_client_send(c); }
+  void respond_error(ClientConn* c, int status) { proxy_.respond_error(c, status); }
+  void maybe_free_client(ClientConn* c) { proxy_.maybe_free_client(c); }
+  void send_or_finish(ClientConn* c) { proxy_.send_or_finish(c); }
+  void wait_if_unwoken(ClientConn* c) { proxy_.wait_if_unwoken(c); }
+  void resume_response(ClientConn* c) { proxy_.resume_response(c); }
+
+  // The queues: enqueue() is the only way in, set_state() (proxy/http_proxy.h)
+  // and take_from() the ways out.
+  void set_state(ClientConn* c, ClientState s) { offload::set_state(c, s, counters_); }
   void enqueue(ClientConn* c, bool front);
   void queue_on(ClientConn* c, List<ClientConn, &ClientConn::queue_node>& q, bool front);
   // The oldest client waiting in `q`, now kUpstream; or null.
@@ -158,10 +132,7 @@ class Shard final : public TcpPool::Host {
   void post_up_recv(UpstreamConn* u);
   void arm_up_recv(UpstreamConn* u);
   void pause_up_read(UpstreamConn* u);
-  void wait_if_unwoken(ClientConn* c);
-  void wait_for_budget(ClientConn* c);
   void wake_budget_waiters();
-  void resume_response(ClientConn* c);
   void resume_up_read(Exchange* ex);
   void on_up_recv(UpstreamConn* u, const io_uring_cqe& cqe);
   void on_up_eof(UpstreamConn* u, int res);
@@ -174,7 +145,6 @@ class Shard final : public TcpPool::Host {
   void on_response_complete(UpstreamConn* u, ClientConn* c);
   void upstream_failed(UpstreamConn* u, int status, bool nothing_received);
   void fail_exchange(ClientConn* c, int status);
-  void send_or_finish(ClientConn* c);
   void release_upstream(UpstreamConn* u);
   void close_upstream(UpstreamConn* u) { u->pool->close(u); }
   void maybe_free_upstream(UpstreamConn* u) { u->pool->maybe_free(u); }
@@ -213,26 +183,18 @@ class Shard final : public TcpPool::Host {
   Loop loop_;
   Uring& uring_ = loop_.uring();
   std::vector<std::unique_ptr<Listener>> listeners_;
-  http::Limits request_limits_;
   http::Limits response_limits_;
 
-  // Clients: slots made once, handed out LIFO so the same few stay warm.
-  std::unique_ptr<ClientConn[]> clients_;
-  std::vector<uint32_t> free_slots_;
-  Screen screen_;
-  uint32_t active_clients_ = 0;
-  Slab<Exchange> exchanges_;  // one per client at most, made on first use
   uint64_t released_bytes_ = 0;
   Timer housekeeping_timer_;
-  Timer accept_retry_timer_;
 
-  BlockPool small_input_pool_;  // request heads while they are small
-  BlockPool input_pool_;   // request heads (header_bytes_max + slack)
   BlockPool data_pool_;    // bodies and responses (64 KiB blocks)
   SpillBudget spill_budget_;
   // Where response bytes go (memory, spill, back-pressure); its waiters are
   // woken after each batch of completions, each bounded by its send timer.
   ResponseSink sink_;
+  // The client side of every exchange.
+  HttpProxy proxy_;
 
   // Upstream groups (one per [[upstream]], or "default" from the flat keys).
   std::vector<std::unique_ptr<UpstreamGroup>> groups_;

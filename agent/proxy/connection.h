@@ -19,6 +19,12 @@
 
 namespace offload {
 
+// Provided-buffer groups: client requests, upstream responses.
+inline constexpr uint16_t kClientGroup = 0;
+inline constexpr uint16_t kUpstreamGroup = 1;
+inline constexpr uint32_t kUpstreamBuffers = 128;
+inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
+
 struct UpstreamConn;
 struct UpstreamGroup;
 struct Listener;
@@ -94,7 +100,6 @@ enum TimerKind : uint8_t {
   kClientTimerKinds,
   kTimerRingTick = kClientTimerKinds,
   kTimerHousekeeping,
-  kTimerAcceptRetry,
   kTimerKinds,
 };
 

@@ -13,6 +13,7 @@ namespace offload {
 
 struct UpstreamGroup;
 struct ListenerCounters;
+class HttpProxy;
 
 // One listening socket of a shard and what its clients get: the group their
 // requests go to, and the limits and timeouts of its listener table.
@@ -20,6 +21,7 @@ struct Listener {
   int fd = -1;
   std::string name;
   ListenerCounters* stats = nullptr;  // the whole agent's counters for this listener
+  HttpProxy* proxy = nullptr;        // who serves its connections
   UpstreamGroup* group = nullptr;
   http::Limits limits;           // for each request's head and body
   uint32_t max_clients = 0;      // of this listener's clients at once

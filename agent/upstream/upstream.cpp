@@ -25,18 +25,6 @@ constexpr uint32_t kHeadroom = 1024;
 
 // ------------------------------------------------------------ the queues
 
-void Shard::set_state(ClientConn* c, ClientState s) {
-  OFFLOAD_ASSERT(s != ClientState::kQueued);  // enqueue() is the way in
-  if (c->state == ClientState::kQueued) {
-    OFFLOAD_ASSERT(c->queue != nullptr);
-    c->queue->remove(c);  // asserts that it was there
-    c->queue = nullptr;
-    drop(counters_.queue_length);
-  }
-  OFFLOAD_ASSERT(!c->queue_node.linked() && c->queue == nullptr);
-  c->state = s;
-}
-
 void Shard::queue_on(ClientConn* c, List<ClientConn, &ClientConn::queue_node>& q, bool front) {
   OFFLOAD_ASSERT(c->state != ClientState::kQueued && !c->queue_node.linked());
   OFFLOAD_ASSERT(c->fd >= 0 && c->ex != nullptr && c->ex->up == nullptr);
@@ -217,6 +205,25 @@ void Shard::give_back(TcpPool& p) {
   }
 }
 
+// The client is going while its exchange is on an upstream: a ring channel
+// carries on (this answer will be dropped); a TCP connection mid-exchange
+// cannot be reused.
+void Shard::abandon(ClientConn* c) {
+  UpstreamConn* u = c->ex->up;
+  if (u->ring) {
+    ring_abandon(u, c);
+  } else {
+    u->reusable = false;
+    close_upstream(u);
+  }
+}
+
+uint64_t Shard::request_bytes_max(const ClientConn* c) const {
+  return c->listener->group->ring && ring_ ? ring_->max_request_bytes() : UINT64_MAX;
+}
+
+std::string_view Shard::default_host(const ClientConn* c) const { return c->listener->group->default_host; }
+
 // The one place an exchange stops counting against its server.
 void Shard::leave_server(Exchange* ex) {
   TcpPool* p = ex->server;
@@ -267,7 +274,7 @@ int Shard::queue_timeout_status(const ClientConn* c) const {
 
 uint64_t Shard::source_hash(ClientConn* c) {
   if (c->listener->group->balancer.policy() != BalancePolicy::kSourceHash) return 0;
-  if (c->peer_family == 0) look_up_peer(c);
+  if (c->peer_family == 0) proxy_.look_up_peer(c);
   uint64_t h = 1469598103934665603ull;  // FNV-1a over the address bytes
   const size_t n = c->peer_family == AF_INET6 ? 16 : 4;
   for (size_t i = 0; i < n; ++i) h = (h ^ c->peer_addr[i]) * 1099511628211ull;
@@ -430,32 +437,11 @@ void Shard::arm_up_recv(UpstreamConn* u) {
   u->recv_armed = true;
 }
 
-// A paused read is resumed by the client's next send completion. With no
-// send in flight nothing would resume it: the pause is the shared budget's
-// (spill room), and the client waits for it.
-void Shard::wait_if_unwoken(ClientConn* c) {
-  if (!c->send_busy) wait_for_budget(c);
-}
-
-void Shard::wait_for_budget(ClientConn* c) {
-  if (sink_.wait(c)) arm_client_timer(c, kTimerSend);  // a wait that never ends is a stalled client
-}
-
 void Shard::wake_budget_waiters() {
   sink_.wake([this](ClientConn* c) {
     OFFLOAD_ASSERT(c->state != ClientState::kClosing && c->ex != nullptr);
     resume_response(c);
   });
-}
-
-// The client drained some of its response, or a budget gave some back:
-// refill from the spill file, send, and let a paused upstream read on.
-void Shard::resume_response(ClientConn* c) {
-  Exchange* ex = c->ex;
-  disarm(c->timer);  // the wait's bound; sending arms its own
-  post_client_send(c);
-  if (c->state == ClientState::kClosing || c->ex != ex) return;
-  resume_up_read(ex);
 }
 
 // A read paused for this exchange's buffers tries again (and pauses again if
@@ -822,13 +808,6 @@ void Shard::fail_exchange(ClientConn* c, int status) {
   ex->close_after = true;
   ex->response_done = true;
   send_or_finish(c);
-}
-
-// More of the response is ready: send it, or end the exchange if all is sent.
-void Shard::send_or_finish(ClientConn* c) {
-  Exchange* ex = c->ex;
-  post_client_send(c);
-  if (!c->send_busy && !ex->unsent()) finish_exchange(c);
 }
 
 }  // namespace offload

@@ -1,0 +1,780 @@
+#include "proxy/http_proxy.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "http/http_rewrite.h"
+#include "ops/topology_stats.h"
+
+namespace offload {
+namespace {
+
+// Most request heads fit 2 KiB; a connection that trickles a head (slowloris)
+// holds only this much until its head really grows.
+constexpr uint32_t kSmallInputBytes = 2048;
+
+struct BodySinkCtx {
+  ResponseSink* sink;
+  Exchange* ex;
+  bool may_spill;
+  bool failed;
+};
+
+void sink_to_body(void* ctx, const char* data, size_t len) {
+  auto* s = static_cast<BodySinkCtx*>(ctx);
+  if (!s->failed && !s->sink->append_body(s->ex, data, len, s->may_spill)) s->failed = true;
+}
+
+// The input blocks hold the largest head any listener allows.
+uint32_t largest_head(const Config& config) {
+  uint32_t n = config.header_bytes_max;
+  for (const ListenerConfig& l : config.listeners) n = std::max(n, l.header_bytes_max);
+  return n;
+}
+
+std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
+  std::vector<Prefix> out;
+  for (const auto& t : texts) out.push_back(parse_prefix(key, t));
+  return out;
+}
+
+}  // namespace
+
+void set_state(ClientConn* c, ClientState s, Counters& counters) {
+  OFFLOAD_ASSERT(s != ClientState::kQueued);  // the upstream side's enqueue is the way in
+  if (c->state == ClientState::kQueued) {
+    OFFLOAD_ASSERT(c->queue != nullptr);
+    c->queue->remove(c);  // asserts that it was there
+    c->queue = nullptr;
+    drop(counters.queue_length);
+  }
+  OFFLOAD_ASSERT(!c->queue_node.linked() && c->queue == nullptr);
+  c->state = s;
+}
+
+HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink,
+                     Upstreams& upstreams)
+    : loop_(loop),
+      uring_(loop.uring()),
+      config_(config),
+      counters_(counters),
+      data_pool_(data_pool),
+      sink_(sink),
+      up_(upstreams),
+      clients_(new ClientConn[config.max_clients]),
+      screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
+              config.max_clients_per_source, config.max_clients),
+      small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
+      input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
+      exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); }) {
+  request_limits_.header_bytes_max = config.header_bytes_max;
+  request_limits_.header_count_max = config.header_count_max;
+  request_limits_.body_bytes_max = config.body_bytes_max;
+  free_slots_.reserve(config.max_clients);
+  for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
+  for (uint32_t i = 0; i < config.max_clients; ++i) {
+    ClientConn* c = &clients_[i];
+    bind<&HttpProxy::on_client_recv>(c->received, this, c);
+    bind<&HttpProxy::on_client_send>(c->sent, this, c);
+    bind<&HttpProxy::on_client_cancelled>(c->cancelled, this, c);
+    bind<&HttpProxy::on_client_timer>(c->timer, this, c);
+  }
+  bind<&HttpProxy::on_accept_retry>(accept_retry_timer_, this);
+  loop_.add_timers(accept_retry_list_);
+}
+
+HttpProxy::~HttpProxy() {
+  for (uint32_t i = 0; i < config_.max_clients; ++i) {
+    if (clients_[i].fd >= 0) ::close(clients_[i].fd);
+    if (clients_[i].ex != nullptr) put_exchange(clients_[i].ex);
+  }
+}
+
+void HttpProxy::serve(Listener* l) {
+  l->proxy = this;
+  bind<&HttpProxy::on_accept>(l->accepted, this, l);
+  listeners_.push_back(l);
+}
+
+void HttpProxy::on_accept_retry() {
+  for (Listener* l : listeners_)
+    if (!l->armed) post_accept(l);
+}
+
+uint64_t HttpProxy::take_released_bytes() {
+  return small_input_pool_.take_released_bytes() + input_pool_.take_released_bytes();
+}
+
+void HttpProxy::drain() {
+  draining_ = true;
+  for (uint32_t i = 0; i < config_.max_clients; ++i) {
+    ClientConn* c = &clients_[i];
+    if (c->fd < 0 || c->state == ClientState::kClosing) continue;
+    bool has_bytes = c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0;
+    if (c->state == ClientState::kIdle || (c->state == ClientState::kHead && !has_bytes)) close_client(c);
+    else if (c->ex != nullptr) c->ex->close_after = true;
+  }
+}
+
+void HttpProxy::on_client_timer(ClientConn* c, Timer& t) {
+  switch (TimerKind(t.list->kind())) {
+    case kTimerHeader:
+      bump(counters_.timeouts_header);
+      // A connection that never sent a byte just closes; a partial head gets 408.
+      if (c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0) reject(c, 408);
+      else close_client(c);
+      break;
+    case kTimerBody: bump(counters_.timeouts_body); reject(c, 408); break;
+    case kTimerKeepalive: bump(counters_.timeouts_keepalive); close_client(c); break;
+    case kTimerSend: bump(counters_.timeouts_send); close_client(c); break;
+    case kTimerQueue:
+      bump(counters_.timeouts_queue);
+      // Busy channels: 503. No connection could be opened: the gateway's error.
+      respond_error(c, up_.queue_timeout_status(c));  // leaves the queue
+      break;
+    case kTimerLinger: close_client(c); break;
+    default: break;
+  }
+}
+
+void HttpProxy::post_accept(Listener* l) {
+  if (draining_) return;
+  OFFLOAD_ASSERT(!l->armed);
+  l->armed = true;
+  io_uring_prep_multishot_accept(loop_.sqe(l->accepted), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
+}
+
+void HttpProxy::on_accept(Listener* l, const io_uring_cqe& e) {
+  const io_uring_cqe* cqe = &e;
+  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+    l->armed = false;
+    // Out of descriptors or memory: accepting again at once would fail at
+    // once, forever. Pause (the backlog keeps the clients), like nginx.
+    const bool starved = cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM || cqe->res == -ENOBUFS;
+    if (starved) {
+      bump(counters_.accept_pauses);
+      if (!accept_retry_timer_.armed()) loop_.arm(accept_retry_timer_, accept_retry_list_);
+    } else if (!draining_) {
+      post_accept(l);
+    }
+  }
+  if (cqe->res < 0) return;
+  int fd = cqe->res;
+  if (draining_) {
+    ::close(fd);
+    return;
+  }
+  if (free_slots_.empty() || l->active >= l->max_clients) {
+    ::close(fd);
+    bump(counters_.rejected_over_limit);
+    add(l->stats->rejected);
+    return;
+  }
+  ClientConn* c = &clients_[free_slots_.back()];
+  c->slot = free_slots_.back();
+  free_slots_.pop_back();
+  c->fd = fd;
+  c->listener = l;
+  set_state(c, ClientState::kHead);
+  c->peer_family = 0;
+  c->peer_eof = c->recv_paused = c->send_busy = false;
+  if (screen_.active() && screen_out(c)) return;
+  ++active_clients_;
+  ++l->active;
+  add(l->stats->accepted);
+  add(l->stats->active);
+  bump(counters_.accepted);
+  bump(counters_.active_clients);
+  arm_client_timer(c, kTimerHeader);
+  post_recv(c);
+}
+
+void HttpProxy::post_recv(ClientConn* c) {
+  OFFLOAD_ASSERT(!c->recv_armed);
+  io_uring_sqe* s = loop_.sqe(c->received);
+  io_uring_prep_recv_multishot(s, c->fd, nullptr, 0, 0);
+  s->flags |= IOSQE_BUFFER_SELECT;
+  s->buf_group = kClientGroup;
+  c->recv_armed = true;
+  ++c->inflight;
+}
+
+void HttpProxy::on_client_cancelled(ClientConn* c, const io_uring_cqe&) {
+  client_op_done(c);
+  maybe_free_client(c);
+}
+
+void HttpProxy::on_client_recv(ClientConn* c, const io_uring_cqe& e) {
+  const io_uring_cqe* cqe = &e;
+  const bool more = cqe->flags & IORING_CQE_F_MORE;
+  if (!more) {
+    c->recv_armed = false;
+    client_op_done(c);
+  }
+  if (cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+    uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    if (c->state != ClientState::kClosing) on_client_bytes(c, uring_.buffer(kClientGroup, bid), size_t(cqe->res), true);
+    uring_.recycle_buffer(kClientGroup, bid);
+  } else if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS && cqe->res != -ECANCELED)) {
+    c->peer_eof = true;
+    const bool answering = c->state == ClientState::kQueued || c->state == ClientState::kUpstream;
+    if (cqe->res == 0 && answering) {
+      // A half-close after a complete request: the response is still
+      // delivered (a dead client shows up as a failed send), then we close.
+    } else if (c->state != ClientState::kClosing) {
+      if (answering) bump(counters_.client_aborts);
+      close_client(c);
+    }
+  }
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  // Out of provided buffers ends a multishot receive: back-pressure, re-arm.
+  if (!c->recv_armed && !c->peer_eof && !c->recv_paused) {
+    uring_.publish_buffers();
+    post_recv(c);
+  }
+}
+
+void HttpProxy::on_client_bytes(ClientConn* c, const char* data, size_t len, bool fresh) {
+  if (fresh) bump(counters_.bytes_in, len);
+  if (c->state == ClientState::kLingering) return;  // discarded on purpose
+  if (c->ex != nullptr && c->ex->discard_input) return;  // after an error of ours: closing
+  if (c->ex == nullptr) {
+    c->ex = get_exchange(c);
+    if (c->ex == nullptr) {
+      bump(counters_.buffer_exhausted);
+      respond_error(c, 503);
+      return;
+    }
+  }
+  switch (c->state) {
+    case ClientState::kIdle:
+      set_state(c, ClientState::kHead);
+      arm_client_timer(c, kTimerHeader);
+      [[fallthrough]];
+    case ClientState::kHead: {
+      size_t n = append_head_bytes(c, data, len);
+      if (c->state != ClientState::kHead) break;
+      parse_input(c);
+      if (n == len || c->state == ClientState::kClosing || c->state == ClientState::kLingering) break;
+      if (c->state == ClientState::kHead) {
+        // The input block is full and the head is still not complete.
+        bump(counters_.parse_errors);
+        reject(c, 431);
+        break;
+      }
+      on_client_bytes(c, data + n, len - n, false);  // body or pipelined bytes
+      break;
+    }
+    case ClientState::kBody:
+      arm_client_timer(c, kTimerBody);
+      feed_body(c, data, len, false);
+      break;
+    default:
+      // A pipelined request behind the one in progress: kept for later.
+      keep_pipelined(c, data, len);
+      break;
+  }
+}
+
+// Copies as much of a head as fits into the input block; returns how much.
+size_t HttpProxy::append_head_bytes(ClientConn* c, const char* data, size_t len) {
+  Block* in = input_block(c);
+  if (in != nullptr && in->writable() < len) in = grow_input(c);
+  if (in == nullptr) return 0;
+  size_t n = std::min<size_t>(len, in->writable());
+  std::memcpy(in->data() + in->tail, data, n);
+  in->tail += uint32_t(n);
+  return n;
+}
+
+// The connection's input block, with its unread bytes slid to the front.
+Block* HttpProxy::input_block(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (ex->in == nullptr) {
+    ex->in = small_input_pool_.get();
+    if (ex->in == nullptr) {
+      bump(counters_.buffer_exhausted);
+      respond_error(c, 503);
+      return nullptr;
+    }
+  }
+  Block* in = ex->in;
+  if (in->head > 0) {
+    std::memmove(in->data(), in->data() + in->head, in->readable());
+    in->tail -= in->head;
+    in->head = 0;
+  }
+  return in;
+}
+
+// Moves the input from a small block to a full-size one (once per request at
+// most); returns the block to write into, or null after answering 503.
+Block* HttpProxy::grow_input(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (ex->in->capacity == input_pool_.block_bytes()) return ex->in;
+  Block* big = input_pool_.get();
+  if (big == nullptr) {
+    bump(counters_.buffer_exhausted);
+    respond_error(c, 503);
+    return nullptr;
+  }
+  std::memcpy(big->data(), ex->in->data() + ex->in->head, ex->in->readable());
+  big->tail = ex->in->readable();
+  put_input(ex->in);
+  ex->in = big;
+  return big;
+}
+
+void HttpProxy::put_input(Block* b) {
+  (b->capacity == small_input_pool_.block_bytes() ? small_input_pool_ : input_pool_).put(b);
+}
+
+// Keeps bytes that arrive behind the request in progress (pipelining): in
+// the input block, then in the overflow chain with receiving paused.
+void HttpProxy::keep_pipelined(ClientConn* c, const char* data, size_t len) {
+  Exchange* ex = c->ex;
+  Block* in = ex->overflow.empty() ? input_block(c) : ex->in;
+  if (in != nullptr && ex->overflow.empty() && in->writable() < len) in = grow_input(c);
+  if (in == nullptr) return;
+  if (len > in->writable() || !ex->overflow.empty()) {
+    // More pipelined input than one block: park it and stop receiving until
+    // the request in progress is answered (bounded input per connection).
+    if (!ex->overflow.append(data_pool_, data, len)) {
+      bump(counters_.buffer_exhausted);
+      reject(c, 503);
+      return;
+    }
+    pause_recv(c);
+    return;
+  }
+  std::memcpy(in->data() + in->tail, data, len);
+  in->tail += uint32_t(len);
+}
+
+void HttpProxy::pause_recv(ClientConn* c) {
+  if (c->recv_paused) return;
+  c->recv_paused = true;
+  if (!c->recv_armed) return;
+  // Both completions (the cancelled receive and the cancel's own) come back.
+  loop_.cancel(c->received, &c->cancelled);
+  ++c->inflight;
+}
+
+// Parses the head at the front of the input block; on completion moves on to
+// the body and, when the request is whole, to the queue.
+void HttpProxy::parse_input(ClientConn* c) {
+  Exchange* ex = c->ex;
+  Block* in = ex->in;
+  std::string_view msg(in->data() + in->head, in->readable());
+  http::Result r = ex->parser.parse_head(msg);
+  if (r == http::Result::kIncomplete) return;
+  if (r == http::Result::kError) {
+    bump(counters_.parse_errors);
+    reject(c, http::status_for(ex->parser.error()));
+    return;
+  }
+  if (!take_head(c)) return;
+  const uint32_t head_bytes = ex->parser.head().head_bytes;
+  if (ex->parser.head().body == http::BodyKind::kLength &&
+      ex->parser.head().content_length + ex->forward_bytes + 64 > up_.request_bytes_max(c)) {
+    // Over the ring a request is one record: say so now, not after the body.
+    reject(c, 413);
+    return;
+  }
+  in->head += head_bytes;
+  // Ask the parser, not the body kind: `Content-Length: 0` is a body that is
+  // already complete, and no further byte will come to say so.
+  if (ex->parser.body_done()) {
+    on_request_complete(c);
+    return;
+  }
+  set_state(c, ClientState::kBody);
+  arm_client_timer(c, kTimerBody);
+  if (ex->parser.head().expect_continue && in->readable() == 0) {
+    static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    // Tiny and first on the socket: a direct non-blocking send cannot block.
+    (void)::send(c->fd, kContinue, sizeof kContinue - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  if (in->readable() > 0) {
+    // Body bytes that came with the head are fed from the input block; what
+    // follows the body stays there as the next (pipelined) request.
+    feed_body(c, nullptr, 0, true);
+  }
+}
+
+// Builds the upstream head while the client's head is at the front of `in`.
+bool HttpProxy::take_head(ClientConn* c) {
+  Exchange* ex = c->ex;
+  const http::Head& h = ex->parser.head();
+  std::string_view msg(ex->in->data() + ex->in->head, h.head_bytes);
+  ex->method = h.method;
+  ex->client_http10 = h.version_minor == 0;
+  ex->close_after = !h.keep_alive || draining_;
+  if (h.method == http::Method::kConnect || h.upgrade) {
+    // Tunnels and protocol switches belong to the pass-through proxy.
+    bump(counters_.parse_errors);
+    reject(c, 501);
+    return false;
+  }
+  ex->forward = input_pool_.get();
+  if (ex->forward == nullptr) {
+    bump(counters_.buffer_exhausted);
+    respond_error(c, 503);
+    return false;
+  }
+  char ip[INET6_ADDRSTRLEN];
+  ForwardInfo info;
+  info.client_ip = client_ip(c, ip, sizeof ip);
+  info.default_host = up_.default_host(c);
+  size_t n = write_upstream_request_head(h, msg, info, ex->forward->data(), ex->forward->capacity);
+  if (n == 0) {
+    bump(counters_.parse_errors);
+    reject(c, 431);
+    return false;
+  }
+  ex->forward_bytes = uint32_t(n);
+  return true;
+}
+
+void HttpProxy::feed_body(ClientConn* c, const char* data, size_t len, bool from_input) {
+  Exchange* ex = c->ex;
+  if (from_input) {
+    data = ex->in->data() + ex->in->head;
+    len = ex->in->readable();
+  }
+  // A group that carries a request as one record has it all in memory.
+  BodySinkCtx sink{&sink_, c->ex, up_.request_bytes_max(c) == UINT64_MAX, false};
+  http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_body, &sink);
+  if (p.error != http::Error::kNone) {
+    bump(counters_.parse_errors);
+    reject(c, http::status_for(p.error));
+    return;
+  }
+  if (sink.failed) {
+    bump(counters_.buffer_exhausted);
+    reject(c, 503);
+    return;
+  }
+  if (from_input) ex->in->head += uint32_t(p.consumed);
+  if (!p.done) return;
+  if (!from_input && p.consumed < len) keep_pipelined(c, data + p.consumed, len - p.consumed);
+  if (c->state == ClientState::kClosing) return;
+  on_request_complete(c);
+}
+
+void HttpProxy::on_request_complete(ClientConn* c) {
+  Exchange* ex = c->ex;
+  bump(counters_.requests);
+  add(c->listener->stats->requests);
+  disarm(c->timer);
+  // The body is forwarded de-chunked: now its length is known.
+  size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
+                                          ex->parser.head().body != http::BodyKind::kNone, ex->body_bytes());
+  if (n == 0) {
+    reject(c, 431);
+    return;
+  }
+  ex->forward_bytes = uint32_t(n);
+  up_.submit(c);
+}
+
+// The multishot accept gives no addresses: the peer is looked up once, when
+// first needed (the screen at accept, or X-Forwarded-For), and kept.
+void HttpProxy::look_up_peer(ClientConn* c) {
+  if (c->peer_family != 0) return;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+  if (ss.ss_family == AF_INET) {
+    c->peer_family = AF_INET;
+    std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, 4);
+  } else if (ss.ss_family == AF_INET6) {
+    c->peer_family = AF_INET6;
+    std::memcpy(c->peer_addr, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
+  }
+}
+
+IpAddress HttpProxy::peer_of(const ClientConn* c) const {
+  return c->peer_family == AF_INET ? IpAddress::from_v4(c->peer_addr) : IpAddress::from_v6(c->peer_addr);
+}
+
+// True when the connection was refused (closed and counted, slot returned).
+bool HttpProxy::screen_out(ClientConn* c) {
+  look_up_peer(c);
+  Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c));
+  if (v == Verdict::kAccept) return false;
+  bump(v == Verdict::kOverSourceLimit ? counters_.rejected_per_source : counters_.rejected_screened);
+  ::close(c->fd);
+  c->fd = -1;
+  c->peer_family = 0;
+  free_slots_.push_back(c->slot);
+  return true;
+}
+
+std::string_view HttpProxy::client_ip(ClientConn* c, char* buf, size_t cap) {
+  look_up_peer(c);
+  if (c->peer_family == 0 || inet_ntop(c->peer_family, c->peer_addr, buf, socklen_t(cap)) == nullptr)
+    return "unknown";
+  return buf;
+}
+
+// An error the agent makes for a request it will not forward; the rest of
+// the connection's input is not trusted any more, so it closes afterwards.
+void HttpProxy::reject(ClientConn* c, int status) {
+  if (c->state == ClientState::kClosing || c->state == ClientState::kLingering) return;
+  if (c->ex == nullptr) {
+    close_client(c);
+    return;
+  }
+  respond_error(c, status);
+}
+
+// Replaces whatever response was pending with the agent's own error response.
+void HttpProxy::respond_error(ClientConn* c, int status) {
+  Exchange* ex = c->ex;
+  if (ex == nullptr || ex->sent_to_client || c->send_busy || ex->up != nullptr) {
+    // Part of a response already went out, or one is on its way from the
+    // server into this exchange: the only honest end is a close.
+    close_client(c);
+    return;
+  }
+  bump(counters_.agent_errors);
+  ex->out.clear(data_pool_);
+  spill_close(ex->spill);
+  ex->body.clear(data_pool_);  // never forwarded now: give its memory back
+  spill_close(ex->body_spill);
+  // Like HAProxy's own error pages: the agent's errors end the connection, so
+  // a client never pipelines into a connection whose state is in doubt; what
+  // it sends from now on is read and dropped.
+  ex->close_after = true;
+  ex->discard_input = true;
+  ex->interim.clear();  // none of it went out (else this would be a close)
+  ex->interim_sent = 0;
+  // Sent from static storage: a 503 for exhausted buffer memory needs none.
+  ex->canned = error_response(status, ex->close_after);
+  sink_.count(status);
+  ex->response_head_done = ex->response_done = true;
+  set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
+  up_.leave(ex);
+  disarm(c->timer);
+  post_client_send(c);
+}
+
+void HttpProxy::post_client_send(ClientConn* c) {
+  Exchange* ex = c->ex;
+  if (c->send_busy || ex == nullptr) return;
+  int n = 1;
+  if (!ex->canned.empty()) {
+    ex->send_iov[0].iov_base = const_cast<char*>(ex->canned.data());
+    ex->send_iov[0].iov_len = ex->canned.size();
+  } else if (ex->interim_pending()) {  // 103 Early Hints go out while the server works
+    ex->send_iov[0].iov_base = ex->interim.data() + ex->interim_sent;
+    ex->send_iov[0].iov_len = ex->interim.size() - ex->interim_sent;
+  } else {
+    // Nothing of a response leaves before its head is whole and rewritten: a
+    // head split across reads is still being parsed where it lies.
+    if (!ex->response_head_done) return;
+    if (ex->out.empty()) fill_out_from_spill(c);
+    if (ex->out.empty()) return;
+    n = ex->out.fill_iovec(ex->send_iov, 8);
+  }
+  prep_send_iov(loop_.sqe(c->sent), c->fd, ex->send_msg, ex->send_iov, n);
+  ++c->inflight;
+  c->send_busy = true;
+  arm_client_timer(c, kTimerSend);
+}
+
+// The client has drained memory: bring the next part of the spill file in.
+void HttpProxy::fill_out_from_spill(ClientConn* c) {
+  switch (sink_.refill(c->ex)) {
+    case ResponseSink::Refill::kNoMemory: wait_for_budget(c); break;  // retried when memory is given back
+    case ResponseSink::Refill::kFailed: close_client(c); break;
+    case ResponseSink::Refill::kNothing:
+    case ResponseSink::Refill::kDone: break;
+  }
+}
+
+void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
+  int res = cqe.res;
+  client_op_done(c);
+  c->send_busy = false;
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  if (!c->wait_node.linked()) disarm(c->timer);  // a budget wait keeps its bound
+  if (res <= 0) {
+    if (res != -EAGAIN) {
+      bump(counters_.client_aborts);
+      close_client(c);
+      return;
+    }
+    res = 0;
+  }
+  Exchange* ex = c->ex;
+  bump(counters_.bytes_out, uint64_t(res));
+  if (res > 0) ex->sent_to_client = true;
+  if (!ex->canned.empty()) ex->canned.remove_prefix(size_t(res));
+  else if (ex->interim_pending()) ex->interim_sent += size_t(res);
+  else ex->out.consume(data_pool_, uint64_t(res));
+  up_.resume(ex);  // it may have paused because our buffers were full
+  if (ex->unsent()) {
+    post_client_send(c);
+    return;
+  }
+  if (ex->response_done) finish_exchange(c);
+}
+
+// The response is all sent: close, or go back for the next request.
+void HttpProxy::finish_exchange(ClientConn* c) {
+  Exchange* ex = c->ex;
+  sink_.forget(c);
+  if (ex->close_after || c->peer_eof || draining_) {
+    linger(c);
+    return;
+  }
+  Block* in = ex->in;
+  ex->in = nullptr;
+  BlockChain overflow;
+  overflow.swap(ex->overflow);
+  put_exchange(ex);
+  c->ex = nullptr;
+  if (in == nullptr || in->readable() == 0) {
+    if (in != nullptr) put_input(in);
+    set_state(c, ClientState::kIdle);
+    arm_client_timer(c, kTimerKeepalive);
+  } else {
+    c->ex = get_exchange(c);
+    c->ex->in = in;
+    set_state(c, ClientState::kHead);
+    arm_client_timer(c, kTimerHeader);
+    parse_input(c);
+  }
+  // Input parked while the last request was served goes through the normal
+  // path now, as if it had just arrived.
+  while (Block* b = overflow.front()) {
+    const uint32_t n = b->readable();
+    if (c->state != ClientState::kClosing && c->state != ClientState::kLingering)
+      on_client_bytes(c, b->data() + b->head, n, false);
+    overflow.consume(data_pool_, n);  // frees the drained block: the loop ends
+  }
+  if (c->recv_paused && c->state != ClientState::kClosing && (c->ex == nullptr || c->ex->overflow.empty())) {
+    c->recv_paused = false;
+    if (!c->recv_armed) post_recv(c);
+  }
+}
+
+// Shut the write side so the response is delivered before any reset, read
+// and discard what the client still sends for a moment, then close.
+void HttpProxy::linger(ClientConn* c) {
+  ::shutdown(c->fd, SHUT_WR);
+  if (c->peer_eof) {
+    close_client(c);
+    return;
+  }
+  set_state(c, ClientState::kLingering);
+  arm_client_timer(c, kTimerLinger);
+  if (!c->recv_armed && !c->recv_paused) post_recv(c);
+}
+
+void HttpProxy::close_client(ClientConn* c) {
+  if (c->state == ClientState::kClosing) return;
+  set_state(c, ClientState::kClosing);
+  if (c->ex != nullptr) up_.leave(c->ex);
+  sink_.forget(c);
+  disarm(c->timer);
+  // Wakes the in-flight receive and send so their completions come back.
+  ::shutdown(c->fd, SHUT_RDWR);
+  if (c->ex != nullptr && c->ex->up != nullptr) up_.abandon(c);
+  maybe_free_client(c);
+}
+
+void HttpProxy::maybe_free_client(ClientConn* c) {
+  if (c->state != ClientState::kClosing || c->inflight > 0 || c->fd < 0) return;
+  if (c->ex != nullptr && c->ex->up != nullptr) return;  // freed when the upstream lets go
+  OFFLOAD_ASSERT(!c->queue_node.linked() && !c->wait_node.linked());
+  ::close(c->fd);
+  c->fd = -1;
+  if (screen_.active() && c->peer_family != 0) screen_.release(peer_of(c));
+  c->peer_family = 0;
+  if (c->ex != nullptr) {
+    put_exchange(c->ex);
+    c->ex = nullptr;
+  }
+  c->recv_armed = c->recv_paused = c->send_busy = false;
+  free_slots_.push_back(c->slot);
+  --active_clients_;
+  --c->listener->active;
+  sub(c->listener->stats->active);
+  drop(counters_.active_clients);
+}
+
+// Never null: a client holds at most one exchange and there is one per client.
+Exchange* HttpProxy::get_exchange(const ClientConn* c) {
+  Exchange* ex = exchanges_.get();
+  OFFLOAD_ASSERT(ex != nullptr);
+  ex->parser.set_limits(c->listener->limits);
+  return ex;
+}
+
+void HttpProxy::put_exchange(Exchange* ex) {
+  up_.leave(ex);
+  if (ex->in != nullptr) put_input(ex->in);
+  if (ex->forward != nullptr) input_pool_.put(ex->forward);
+  ex->body.clear(data_pool_);
+  spill_close(ex->body_spill);
+  if (ex->bounce != nullptr) data_pool_.put(std::exchange(ex->bounce, nullptr));
+  ex->out.clear(data_pool_);
+  ex->overflow.clear(data_pool_);
+  spill_close(ex->spill);
+  ex->in = ex->forward = nullptr;
+  ex->forward_bytes = 0;
+  ex->up = nullptr;
+  ex->parser.reset();
+  ex->response_bytes = 0;
+  ex->response_head_done = ex->response_done = false;
+  ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
+  ex->discard_input = false;
+  ex->canned = {};
+  ex->interim.clear();
+  ex->interim_sent = 0;
+  exchanges_.put(ex);
+}
+
+// More of the response is ready: send it, or end the exchange if all is sent.
+void HttpProxy::send_or_finish(ClientConn* c) {
+  Exchange* ex = c->ex;
+  post_client_send(c);
+  if (!c->send_busy && !ex->unsent()) finish_exchange(c);
+}
+
+void HttpProxy::wait_for_budget(ClientConn* c) {
+  if (sink_.wait(c)) arm_client_timer(c, kTimerSend);  // a wait that never ends is a stalled client
+}
+
+// A paused read is resumed by the client's next send completion. With no
+// send in flight nothing would resume it: the pause is the shared budget's
+// (spill room), and the client waits for it.
+void HttpProxy::wait_if_unwoken(ClientConn* c) {
+  if (!c->send_busy) wait_for_budget(c);
+}
+
+// The client drained some of its response, or a budget gave some back:
+// refill from the spill file, send, and let a paused upstream read on.
+void HttpProxy::resume_response(ClientConn* c) {
+  Exchange* ex = c->ex;
+  disarm(c->timer);  // the wait's bound; sending arms its own
+  post_client_send(c);
+  if (c->state == ClientState::kClosing || c->ex != ex) return;
+  up_.resume(ex);
+}
+
+}  // namespace offload
