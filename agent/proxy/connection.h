@@ -117,10 +117,15 @@ struct ClientConn {
   uint32_t slot = 0;
   ClientState state = ClientState::kIdle;
   uint8_t inflight = 0;         // io_uring operations still to complete
-  bool recv_armed = false;      // the multishot receive is running
-  bool recv_paused = false;     // input is full: receiving stopped on purpose
-  bool send_busy = false;
-  bool peer_eof = false;
+  // Each direction's state: what comes in from the client, what goes out.
+  struct {
+    bool armed = false;         // the multishot receive is running
+    bool paused = false;        // input is full: receiving stopped on purpose
+    bool eof = false;           // the client's end of file (or error) came in
+  } in;
+  struct {
+    bool busy = false;          // a send is in flight
+  } out;
   uint8_t peer_family = 0;      // 0: not looked up yet
   uint8_t peer_addr[16] = {};
 };

@@ -182,7 +182,7 @@ void HttpProxy::on_accept(Listener* l, const io_uring_cqe& e) {
   c->listener = l;
   set_state(c, ClientState::kHead);
   c->peer_family = 0;
-  c->peer_eof = c->recv_paused = c->send_busy = false;
+  c->in.eof = c->in.paused = c->out.busy = false;
   if (screen_.active() && screen_out(c)) return;
   ++active_clients_;
   ++l->active;
@@ -195,12 +195,12 @@ void HttpProxy::on_accept(Listener* l, const io_uring_cqe& e) {
 }
 
 void HttpProxy::post_recv(ClientConn* c) {
-  OFFLOAD_ASSERT(!c->recv_armed);
+  OFFLOAD_ASSERT(!c->in.armed);
   io_uring_sqe* s = loop_.sqe(c->received);
   io_uring_prep_recv_multishot(s, c->fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kClientGroup;
-  c->recv_armed = true;
+  c->in.armed = true;
   ++c->inflight;
 }
 
@@ -213,7 +213,7 @@ void HttpProxy::on_client_recv(ClientConn* c, const io_uring_cqe& e) {
   const io_uring_cqe* cqe = &e;
   const bool more = cqe->flags & IORING_CQE_F_MORE;
   if (!more) {
-    c->recv_armed = false;
+    c->in.armed = false;
     client_op_done(c);
   }
   if (cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
@@ -221,7 +221,7 @@ void HttpProxy::on_client_recv(ClientConn* c, const io_uring_cqe& e) {
     if (c->state != ClientState::kClosing) on_client_bytes(c, uring_.buffer(kClientGroup, bid), size_t(cqe->res), true);
     uring_.recycle_buffer(kClientGroup, bid);
   } else if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS && cqe->res != -ECANCELED)) {
-    c->peer_eof = true;
+    c->in.eof = true;
     const bool answering = c->state == ClientState::kQueued || c->state == ClientState::kUpstream;
     if (cqe->res == 0 && answering) {
       // A half-close after a complete request: the response is still
@@ -236,7 +236,7 @@ void HttpProxy::on_client_recv(ClientConn* c, const io_uring_cqe& e) {
     return;
   }
   // Out of provided buffers ends a multishot receive: back-pressure, re-arm.
-  if (!c->recv_armed && !c->peer_eof && !c->recv_paused) {
+  if (!c->in.armed && !c->in.eof && !c->in.paused) {
     uring_.publish_buffers();
     post_recv(c);
   }
@@ -360,9 +360,9 @@ void HttpProxy::keep_pipelined(ClientConn* c, const char* data, size_t len) {
 }
 
 void HttpProxy::pause_recv(ClientConn* c) {
-  if (c->recv_paused) return;
-  c->recv_paused = true;
-  if (!c->recv_armed) return;
+  if (c->in.paused) return;
+  c->in.paused = true;
+  if (!c->in.armed) return;
   // Both completions (the cancelled receive and the cancel's own) come back.
   loop_.cancel(c->received, &c->cancelled);
   ++c->inflight;
@@ -540,7 +540,7 @@ void HttpProxy::reject(ClientConn* c, int status) {
 // Replaces whatever response was pending with the agent's own error response.
 void HttpProxy::respond_error(ClientConn* c, int status) {
   Exchange* ex = c->ex;
-  if (ex == nullptr || ex->sent_to_client || c->send_busy || ex->up != nullptr) {
+  if (ex == nullptr || ex->sent_to_client || c->out.busy || ex->up != nullptr) {
     // Part of a response already went out, or one is on its way from the
     // server into this exchange: the only honest end is a close.
     close_client(c);
@@ -570,7 +570,7 @@ void HttpProxy::respond_error(ClientConn* c, int status) {
 
 void HttpProxy::post_client_send(ClientConn* c) {
   Exchange* ex = c->ex;
-  if (c->send_busy || ex == nullptr) return;
+  if (c->out.busy || ex == nullptr) return;
   int n = 1;
   if (!ex->canned.empty()) {
     ex->send_iov[0].iov_base = const_cast<char*>(ex->canned.data());
@@ -588,7 +588,7 @@ void HttpProxy::post_client_send(ClientConn* c) {
   }
   prep_send_iov(loop_.sqe(c->sent), c->fd, ex->send_msg, ex->send_iov, n);
   ++c->inflight;
-  c->send_busy = true;
+  c->out.busy = true;
   arm_client_timer(c, kTimerSend);
 }
 
@@ -605,7 +605,7 @@ void HttpProxy::fill_out_from_spill(ClientConn* c) {
 void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
   int res = cqe.res;
   client_op_done(c);
-  c->send_busy = false;
+  c->out.busy = false;
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
     return;
@@ -637,7 +637,7 @@ void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
 void HttpProxy::finish_exchange(ClientConn* c) {
   Exchange* ex = c->ex;
   sink_.forget(c);
-  if (ex->close_after || c->peer_eof || draining_) {
+  if (ex->close_after || c->in.eof || draining_) {
     linger(c);
     return;
   }
@@ -666,9 +666,9 @@ void HttpProxy::finish_exchange(ClientConn* c) {
       on_client_bytes(c, b->data() + b->head, n, false);
     overflow.consume(data_pool_, n);  // frees the drained block: the loop ends
   }
-  if (c->recv_paused && c->state != ClientState::kClosing && (c->ex == nullptr || c->ex->overflow.empty())) {
-    c->recv_paused = false;
-    if (!c->recv_armed) post_recv(c);
+  if (c->in.paused && c->state != ClientState::kClosing && (c->ex == nullptr || c->ex->overflow.empty())) {
+    c->in.paused = false;
+    if (!c->in.armed) post_recv(c);
   }
 }
 
@@ -676,13 +676,13 @@ void HttpProxy::finish_exchange(ClientConn* c) {
 // and discard what the client still sends for a moment, then close.
 void HttpProxy::linger(ClientConn* c) {
   ::shutdown(c->fd, SHUT_WR);
-  if (c->peer_eof) {
+  if (c->in.eof) {
     close_client(c);
     return;
   }
   set_state(c, ClientState::kLingering);
   arm_client_timer(c, kTimerLinger);
-  if (!c->recv_armed && !c->recv_paused) post_recv(c);
+  if (!c->in.armed && !c->in.paused) post_recv(c);
 }
 
 void HttpProxy::close_client(ClientConn* c) {
@@ -709,7 +709,7 @@ void HttpProxy::maybe_free_client(ClientConn* c) {
     put_exchange(c->ex);
     c->ex = nullptr;
   }
-  c->recv_armed = c->recv_paused = c->send_busy = false;
+  c->in.armed = c->in.paused = c->out.busy = false;
   free_slots_.push_back(c->slot);
   --active_clients_;
   --c->listener->active;
@@ -753,7 +753,7 @@ void HttpProxy::put_exchange(Exchange* ex) {
 void HttpProxy::send_or_finish(ClientConn* c) {
   Exchange* ex = c->ex;
   post_client_send(c);
-  if (!c->send_busy && !ex->unsent()) finish_exchange(c);
+  if (!c->out.busy && !ex->unsent()) finish_exchange(c);
 }
 
 void HttpProxy::wait_for_budget(ClientConn* c) {
@@ -764,7 +764,7 @@ void HttpProxy::wait_for_budget(ClientConn* c) {
 // send in flight nothing would resume it: the pause is the shared budget's
 // (spill room), and the client waits for it.
 void HttpProxy::wait_if_unwoken(ClientConn* c) {
-  if (!c->send_busy) wait_for_budget(c);
+  if (!c->out.busy) wait_for_budget(c);
 }
 
 // The client drained some of its response, or a budget gave some back:
