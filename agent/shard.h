@@ -1,11 +1,25 @@
-// A shard: one thread, one io_uring, its own connections, buffers, upstream
-// channels and counters. Shards share nothing but the listening sockets
-// (SO_REUSEPORT) and the read-only configuration.
+// A shard: one thread, one Loop, its listeners, the HTTP proxy that serves
+// them, the upstream groups and their servers' pools, and its counters.
+// Shards share the read-only configuration and the per-listener and
+// per-server stats (atomic adds), and each has its own listening sockets
+// (SO_REUSEPORT) for the same ports.
 //
-// The flow of DESIGN.md: accept → receive until the request is complete →
-// ready queue → a free upstream channel → forward in one send → read the
-// whole response into the client's output queue (memory, then a temporary
-// file) → release the channel → drip the response to the client.
+// One request, as one walk through the parts (DESIGN.md's flow):
+//   Listener       the socket a client came in on: its limits, timeouts, group
+//   HttpProxy      accept (screen, slot) → receive → parse until complete
+//                  (proxy/http_proxy.cpp), then submit() to the upstream side
+//   UpstreamGroup  the group's queue → its Balancer picks a server with room
+//                  (dispatch, upstream/upstream.cpp)
+//   TcpPool        that server's pending list → one of its connections
+//                  (most recently used idle first, or a new one)
+//   exchange I/O   the request in one send; the response read on the
+//                  connection's multishot receive (upstream/upstream.cpp)
+//   ResponseSink   memory → spill file → back-pressure; counts the response
+//   TcpPool        the connection goes back idle as soon as the response is
+//                  read, however slowly the client takes it
+//   HttpProxy      sends the response as the client reads; keep-alive or
+//                  close (finish_exchange / close_client: the only two ends)
+// The ring bus (shm:) is the other kind of group: ring_upstream.cpp.
 #pragma once
 
 #include <atomic>
