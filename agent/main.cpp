@@ -325,8 +325,9 @@ int run(const Config& config) {
              config.cpus.empty() ? std::string() : fmt::format(" on cpus {}", fmt::join(config.cpus, ",")));
   for (const offload::GroupConfig& g : config.groups)
     for (const offload::ServerConfig& sv : g.servers)
-      fmt::print(stderr, "offload-agent: upstream {} server {} (max {} connections, {} persistent, for all shards)\n",
-                 g.name, sv.target.text, sv.max_connections, sv.persistent);
+      fmt::print(stderr, "offload-agent: upstream {} server {} (max {} connections{}, {} persistent, for all shards)\n",
+                 g.name, sv.target.text, sv.max_connections, config.max_upstream_auto ? ", adaptive" : "",
+                 sv.persistent);
   // One line per listener, in the order of the configuration; the address
   // is the bound one (the real port for :0).
   for (size_t i = 0; i < fds.front().size(); ++i) {

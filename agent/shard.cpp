@@ -162,6 +162,10 @@ void Shard::on_response_timeout(UpstreamConn* u, Timer&) {
 // Once a second: memory freed after a burst goes back to the system, so the
 // resident size follows the connections actually open.
 void Shard::housekeeping() {
+  // Requests stranded on connections the server does not serve go back to
+  // the queue; one waiting for a proven channel that turned out slow gets a
+  // connection of its own.
+  check_unanswered();
   released_bytes_ += proxy_.take_released_bytes() + data_pool_.take_released_bytes();
   if (released_bytes_ >= (1u << 20)) {
     malloc_trim(0);

@@ -126,6 +126,18 @@ class Shard final : public TcpPool::Host, public HttpProxy::Upstreams {
   void dispatch(UpstreamGroup& g);
   void dispatch_all();
   void serve_pending(TcpPool& p);
+  bool wants_new_upstream(TcpPool& p);
+  struct PoolCensus {
+    uint32_t proven = 0;            // open channels the server has answered on
+    uint32_t proven_busy_soon = 0;  // of those, busy and likely to free up soon
+    uint32_t unanswered = 0;        // connecting, or carrying their first request
+  };
+  PoolCensus census(TcpPool& p);
+  void check_unanswered();
+  void fit_pool(TcpPool& p);
+  static constexpr int64_t kSoonMinMs = 10;        // "about to free up": busy no longer than this, at least
+  static constexpr uint64_t kUnansweredMs = 1000;  // a first request unanswered this long...
+  static constexpr uint64_t kAnsweredElsewhere = 8;  // ... while this many were answered on others: unserved
   void give_back(TcpPool& p);          // pending requests go back to the group
   void leave_server(Exchange* ex);     // the exchange is done with its server
   void report_health(TcpPool& p, bool ok);

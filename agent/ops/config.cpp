@@ -55,7 +55,13 @@ const std::vector<NumberKey>& number_keys() {
       number("cpu", 0, 4095, false, &Config::cpu),
       number("workers", 1, 256, false, &Config::workers),
       number("max_clients", 1, 1000000, false, &Config::max_clients),
-      number("max_upstream", 1, 4096, false, &Config::max_upstream),
+      // A number: a fixed ceiling for the adaptive limit; "auto" (set_auto): 64.
+      {"max_upstream", 1, 4096, false,
+       [](Config& c, uint64_t v) {
+         c.max_upstream = uint32_t(v);
+         c.max_upstream_auto = false;
+       },
+       [](const Config& c) { return int64_t(c.max_upstream); }},
       number("persistent", 0, 4096, false, &Config::persistent),
       number("header_bytes_max", 256, 1 << 20, true, &Config::header_bytes_max),
       number("header_count_max", 1, 10000, false, &Config::header_count_max),
@@ -97,6 +103,15 @@ std::string node_text(const toml::node& node) {
   return out.str();
 }
 
+// max_upstream = "auto": the adaptive limit, up to kAutoMaxUpstream.
+constexpr uint32_t kAutoMaxUpstream = 64;
+bool set_auto(Config& config, std::string_view key, std::string_view text) {
+  if (key != "max_upstream" || text != "auto") return false;
+  config.max_upstream = kAutoMaxUpstream;
+  config.max_upstream_auto = true;
+  return true;
+}
+
 // A number from TOML under `path` ("max_clients", "listener[0].max_clients"),
 // within the bounds of the global key of the same name.
 uint64_t number_value(const std::string& path, const NumberKey& k, const toml::node& node) {
@@ -109,7 +124,9 @@ uint64_t number_value(const std::string& path, const NumberKey& k, const toml::n
   } else if (node.is_string() && k.is_size) {
     v = parse_size(path, text);
   } else {
-    bad(path, text, k.is_size ? "a size such as 65536, \"64k\" or \"8m\"" : "a whole number");
+    bad(path, text, k.is_size                                  ? "a size such as 65536, \"64k\" or \"8m\""
+                    : std::string_view(k.key) == "max_upstream" ? "a whole number or \"auto\""
+                                                                : "a whole number");
   }
   if (v < k.min || v > k.max) bad(path, text, fmt::format("a value from {} to {}", k.min, k.max));
   return v;
@@ -636,6 +653,7 @@ void load_config_file(const std::string& path, Config& config) {
   for (const auto& [key_node, node] : table) {
     std::string key(key_node.str());
     if (const NumberKey* k = find_number_key(key)) {
+      if (node.is_string() && set_auto(config, key, node_text(node))) continue;
       k->set(config, number_value(key, *k, node));
     } else if (key == "listen") {
       load_listen(node, config);
@@ -709,6 +727,7 @@ void validate(Config& config) {
 bool set_number_from_flag(Config& config, const std::string& key, const std::string& value) {
   const NumberKey* k = find_number_key(key);
   if (k == nullptr) return false;
+  if (set_auto(config, key, value)) return true;
   std::string flag = "--" + key;
   for (auto& c : flag) if (c == '_') c = '-';
   uint64_t v = k->is_size ? parse_size(flag, value) : parse_uint(flag, value, k->min, k->max);
@@ -793,6 +812,10 @@ void format_globals(const Config& config, std::string& out) {
   out += "# Global settings; a listener's limits follow them unless it sets its own.\n";
   for (const auto& k : number_keys()) {
     if (std::string_view(k.key) == "cpu") continue;  // validate() folds it into cpus
+    if (std::string_view(k.key) == "max_upstream" && config.max_upstream_auto) {
+      out += "max_upstream = \"auto\"\n";
+      continue;
+    }
     out += fmt::format("{} = {}\n", k.key, k.get(config));
   }
   if (!config.cpus.empty()) {

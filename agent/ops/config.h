@@ -114,8 +114,12 @@ struct Config {
 
   // The whole agent's limits; each shard gets its share (ops/shard_limits.h).
   uint32_t max_clients = 10000;
-  uint32_t max_upstream = 8;          // bus connections, far fewer than clients
-  uint32_t persistent = 4;            // opened at start-up and kept
+  // Bus connections, far fewer than clients. "auto" (the default): an
+  // adaptive limit up to max_upstream that grows while the server keeps
+  // pace and shrinks when it closes or stalls connections.
+  uint32_t max_upstream = 64;
+  bool max_upstream_auto = true;
+  uint32_t persistent = 4;            // the limit "auto" starts at; TCP connections open on demand
 
   // Request limits.
   uint32_t header_bytes_max = 16 * 1024;

@@ -34,6 +34,9 @@ namespace offload {
   X(upstream_connect_errors, "upstream connections that failed to open")                      \
   X(upstream_active, "upstream connections open now (gauge)")                                 \
   X(upstream_reuses, "requests sent on a kept-alive upstream connection")                      \
+  X(upstream_limit, "upstream connections the pool may open now (gauge; adapts with max_upstream auto)") \
+  X(upstream_rejections, "upstream connections the server closed while a newer one waited unserved") \
+  X(upstream_stalls, "new upstream connections whose first request went unanswered for 1 s") \
   X(upstream_retries, "GET/HEAD retried on a fresh connection")                               \
   X(timeouts_header, "timeouts, by kind")                                                     \
   X(timeouts_body, "")                                                                        \

@@ -153,6 +153,8 @@ struct UpstreamConn {
   msghdr send_msg{};
   iovec send_iov[16]{};
   uint64_t send_off = 0;        // request bytes sent so far
+  uint64_t busy_since_ms = 0;   // when its current request was assigned
+  uint64_t responses_before = 0; // its pool's responses read by then
   int fd = -1;
   uint32_t slot;
   uint32_t generation = 0;      // bumped at each open: a completion can tell its connection
@@ -161,6 +163,8 @@ struct UpstreamConn {
   bool recv_armed = false;      // the multishot receive is running
   bool send_busy = false;
   bool used = false;            // has carried a request (for reuse counting)
+  bool proven = false;          // has carried a response: the server serves it
+  bool stall_noted = false;     // its first request went unanswered too long (counted once)
   bool reusable = true;         // may carry another request after this one
   bool read_paused = false;     // the client's buffers are full: receive cancelled
   // Ring channels (shm:NAME) are channels without a socket.

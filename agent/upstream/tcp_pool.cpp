@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -13,7 +14,14 @@ namespace offload {
 
 TcpPool::TcpPool(Loop& loop, Counters& counters, ServerCounters& stats, Host& host, UpstreamGroup& group,
                  uint32_t index, Settings settings, const http::Limits& response_limits)
-    : loop_(loop), counters_(counters), stats_(stats), host_(host), group_(group), index_(index), settings_(std::move(settings)) {
+    : loop_(loop),
+      counters_(counters),
+      stats_(stats),
+      host_(host),
+      group_(group),
+      index_(index),
+      settings_(std::move(settings)),
+      limit_(ConcurrencyLimit::Settings{settings_.initial_limit, 1, settings_.max_connections}) {
   for (uint32_t i = 0; i < settings_.max_connections; ++i) {
     conns_.push_back(std::make_unique<UpstreamConn>(i, response_limits));
     UpstreamConn* u = conns_.back().get();
@@ -25,6 +33,14 @@ TcpPool::TcpPool(Loop& loop, Counters& counters, ServerCounters& stats, Host& ho
   connect_timeout_.tv_nsec = (settings_.connect_timeout_ms % 1000) * 1000000ll;
   bind<&TcpPool::on_reconnect_timer>(reconnect_timer_, this);
   loop_.add_timers(reconnect_list_);
+  limit_changed();
+}
+
+void TcpPool::limit_changed() {
+  const uint32_t now = limit_.limit();
+  if (now >= reported_limit_) bump(counters_.upstream_limit, now - reported_limit_);
+  else drop(counters_.upstream_limit, reported_limit_ - now);
+  reported_limit_ = now;
 }
 
 TcpPool::~TcpPool() {
@@ -44,9 +60,14 @@ void TcpPool::make_idle(UpstreamConn* u) {
   idle_.push_front(u);  // LIFO: the warmest connection serves next, surplus ones age out
 }
 
+// One connection is kept open ahead of demand (with persistent > 0), so a
+// request always finds one even when clients have taken every descriptor;
+// the rest open on demand. Many opened ahead of any request would be taken
+// by the workers of a blocking server, each then waiting for its first
+// request (for ever, for some servers), while requests sent on the others
+// sat unread in its accept queue; one is the first to be used.
 void TcpPool::refill() {
-  while (open_ < settings_.persistent && !backing_off())
-    if (!open()) break;
+  if (settings_.persistent > 0 && open_ == 0 && !backing_off()) open();
 }
 
 // A failed open or connect: no new connection is tried until the reconnect
@@ -93,6 +114,8 @@ bool TcpPool::open() {
   u->fd = fd;
   u->state = UpstreamState::kConnecting;
   u->used = false;
+  u->proven = false;
+  u->stall_noted = false;
   u->reusable = true;
   u->client = nullptr;
   ++u->generation;

@@ -13,6 +13,7 @@
 #include "ops/counters.h"
 #include "ops/topology_stats.h"
 #include "proxy/connection.h"
+#include "upstream/concurrency_limit.h"
 
 namespace offload {
 
@@ -39,6 +40,7 @@ class TcpPool {
     UpstreamTarget target;
     uint32_t max_connections = 8;
     uint32_t persistent = 4;
+    uint32_t initial_limit = 4;  // where the adaptive limit starts (1..max_connections)
     uint32_t connect_timeout_ms = 5000;
   };
 
@@ -56,13 +58,24 @@ class TcpPool {
 
   // The most recently used idle connection (the warmest), or null.
   UpstreamConn* take_idle();
+  // The least recently used idle connection (the coldest), or null.
+  UpstreamConn* coldest_idle() const { return idle_.back(); }
   bool has_idle() const { return !idle_.empty(); }
   void make_idle(UpstreamConn* u);
-  // Below max_connections and not backing off.
-  bool may_open() const { return open_ < settings_.max_connections && !backing_off(); }
+  // Below the limit and not backing off.
+  bool may_open() const { return open_ < limit_.limit() && !backing_off(); }
+  // How many connections the server is given: adapts from `persistent` up
+  // to max_connections (concurrency_limit.h). After changing it, call
+  // limit_changed() (the upstream_limit gauge).
+  ConcurrencyLimit& limit() { return limit_; }
+  void limit_changed();
+  // How long a connection is busy with one response, smoothed; responses
+  // read in all.
+  int64_t response_ms_avg = 0;
+  uint64_t responses = 0;
   // Starts a connect; false when none could be started (then backing off).
   bool open();
-  // Opens up to `persistent` connections.
+  // Keeps one connection open ahead of demand (see tcp_pool.cpp).
   void refill();
   // Takes a connection out of service; its slot is freed when its last
   // operation is in.
@@ -101,6 +114,8 @@ class TcpPool {
   Settings settings_;
   std::vector<std::unique_ptr<UpstreamConn>> conns_;
   List<UpstreamConn, &UpstreamConn::idle_node> idle_;
+  ConcurrencyLimit limit_;
+  uint32_t reported_limit_ = 0;  // this pool's part of the upstream_limit gauge
   uint32_t open_ = 0;        // connecting, idle or busy
   uint32_t connecting_ = 0;
   __kernel_timespec connect_timeout_{};

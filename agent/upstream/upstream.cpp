@@ -1,13 +1,15 @@
 // The upstream side of a shard: the ready queue, the pool of bus connections
-// (at most max_upstream, `persistent` of them opened at start-up and kept),
-// and reading responses into the client's output queue.
+// (an adaptive limit up to max_upstream, starting at `persistent`, opened on
+// demand), and reading responses into the client's output queue.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -107,6 +109,7 @@ void Shard::build_groups() {
       ring_group_ = g.get();
       ring_target_ = gc.servers.front().target;
       ring_channels_ = gc.servers.front().max_connections;
+      if (config_.max_upstream_auto) ring_channels_ = std::min<uint32_t>(ring_channels_, 8);  // "auto" adapts TCP pools only
     } else {
       for (size_t si = 0; si < gc.servers.size(); ++si) {
         const ServerConfig& sc = gc.servers[si];
@@ -114,6 +117,12 @@ void Shard::build_groups() {
         settings.target = sc.target;
         settings.max_connections = sc.max_connections;
         settings.persistent = sc.persistent;
+        // A number the user gave is trusted until the server refuses or
+        // stalls a connection; "auto" starts at persistent and grows.
+        const bool given = !config_.max_upstream_auto ||
+                           std::find(sc.explicit_keys.begin(), sc.explicit_keys.end(), "max_connections") !=
+                               sc.explicit_keys.end();
+        settings.initial_limit = given ? sc.max_connections : std::max<uint32_t>(sc.persistent, 1);
         settings.connect_timeout_ms = config_.connect_timeout_ms;
         g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *topology_->server(gi, si), *this, *g,
                                                        uint32_t(si), settings, response_limits_));
@@ -181,16 +190,92 @@ void Shard::dispatch(UpstreamGroup& g) {
   }
 }
 
-// A server's pending requests take its idle connections; for the rest, one
-// new connection each, up to max_connections. A failed open ends the loop.
+// A server's pending requests take its idle connections (all proven, see
+// on_connected; the most recently used first, so a surplus ages out at the
+// cold end); for the rest, new connections as wants_new_upstream allows. A
+// failed open ends the loop.
 void Shard::serve_pending(TcpPool& p) {
   while (!p.pending.empty()) {
     UpstreamConn* u = p.take_idle();
     if (u == nullptr) break;
     assign(u, take_from(p.pending));
   }
-  while (p.pending.size() > p.connecting() && p.may_open() && !draining_)
+  while (!draining_ && wants_new_upstream(p))
     if (!p.open()) break;
+}
+
+// A new connection is opened for a waiting request only when no channel
+// will take it soon, within the pool's limit. A proven channel (the server
+// has answered on it) that is busy frees up within about one response time;
+// a new connection may sit unread in the accept queue of a server whose
+// workers are all taken. So, once the server has answered at all:
+//  - requests wait for proven busy channels as long as there are no more
+//    waiting than those (the bounded wait; a channel busy for much longer
+//    than responses take, a slow response, is not counted);
+//  - once the server has refused or stalled a connection (the limit is
+//    constrained), one new connection at a time: none while another is
+//    still unanswered, so a server with no worker for it strands one
+//    request, not many (and check_unanswered takes that one back).
+bool Shard::wants_new_upstream(TcpPool& p) {
+  const size_t waiting = p.pending.size();
+  if (waiting <= p.connecting() || !p.may_open()) return false;
+  const PoolCensus n = census(p);
+  if (n.proven == 0) return true;  // nothing known yet, nothing to wait for
+  if (n.unanswered > 0 && p.limit().constrained()) return false;
+  return waiting > n.proven_busy_soon + p.connecting();
+}
+
+Shard::PoolCensus Shard::census(TcpPool& p) {
+  const uint64_t now = loop_.now_ms();
+  const uint64_t soon_ms = uint64_t(std::max<int64_t>(kSoonMinMs, 4 * p.response_ms_avg));
+  PoolCensus n;
+  p.for_each([&](const UpstreamConn* u) {
+    if (u->state == UpstreamState::kConnecting || (u->state == UpstreamState::kBusy && !u->proven)) ++n.unanswered;
+    if ((u->state != UpstreamState::kIdle && u->state != UpstreamState::kBusy) || !u->proven) return;
+    ++n.proven;
+    if (u->state == UpstreamState::kBusy && now - u->busy_since_ms <= soon_ms) ++n.proven_busy_soon;
+  });
+  return n;
+}
+
+// Once a second (housekeeping): a new connection whose first request has had
+// no answer for a second (and for 20 typical responses), while the server
+// kept answering on its other connections, sits where no worker serves it
+// (the accept queue of a server whose workers keep their connections). Its
+// request goes back to the queue when it may be sent again (a GET or HEAD
+// with nothing received), the connection closes, and the pool's limit comes
+// down to the connections the server does serve. Without this the request
+// would wait for the whole response timeout. A server that answers nothing
+// at all is left to the response timeout: it is slow, not full.
+void Shard::check_unanswered() {
+  const uint64_t now = loop_.now_ms();
+  for (auto& g : groups_)
+    for (auto& p : g->servers) {
+      const uint64_t after_ms = std::max<uint64_t>(kUnansweredMs, uint64_t(20 * p->response_ms_avg));
+      std::vector<UpstreamConn*> stranded;
+      p->for_each([&](UpstreamConn* u) {
+        if (u->state == UpstreamState::kBusy && !u->proven && !u->stall_noted && now - u->busy_since_ms >= after_ms &&
+            p->responses - u->responses_before >= kAnsweredElsewhere)
+          stranded.push_back(u);
+      });
+      for (UpstreamConn* u : stranded) {
+        u->stall_noted = true;
+        bump(counters_.upstream_stalls);
+        p->limit().on_stall(census(*p).proven);
+        Exchange* ex = u->client->ex;
+        if (ex->response_bytes == 0 && ex->may_retry()) upstream_failed(u, 502, true);
+      }
+      fit_pool(*p);
+      serve_pending(*p);
+    }
+}
+
+// After the limit changed: idle channels beyond it close, coldest first.
+void Shard::fit_pool(TcpPool& p) {
+  while (p.open_count() > p.limit().limit())
+    if (UpstreamConn* u = p.coldest_idle()) close_upstream(u);
+    else break;
+  p.limit_changed();
 }
 
 void Shard::on_group_wake(UpstreamGroup* g, Timer&) { dispatch(*g); }
@@ -286,9 +371,15 @@ void Shard::on_connected(TcpPool& pool, UpstreamConn* u) {
   arm_up_recv(u);
   if (ClientConn* c = take_from(pool.pending)) {
     assign(u, c);
-  } else {
-    pool.make_idle(u);
+  } else if (pool.open_count() == 1) {
+    pool.make_idle(u);  // the one kept ahead of demand: the next request's
     pool_changed_ = true;  // the group's queue may be waiting for any server
+  } else {
+    // Otherwise never idle before it is proven: a blocking server's worker
+    // that took it would wait for its first request, unavailable to the
+    // others.
+    u->reusable = false;
+    close_upstream(u);
   }
 }
 
@@ -328,6 +419,8 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   u->send_off = 0;
   u->read_paused = false;
   ex->up = u;
+  u->busy_since_ms = loop_.now_ms();
+  u->responses_before = u->pool->responses;
   if (u->used) bump(counters_.upstream_reuses);
   add(u->pool->stats().requests);
   u->used = true;
@@ -751,10 +844,30 @@ void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
 // The response is read: the channel serves the next waiting request at once,
 // while this client is still receiving its response.
 void Shard::release_upstream(UpstreamConn* u) {
+  TcpPool& p = *u->pool;
   u->client = nullptr;
   disarm(u->timer);
   u->read_paused = false;
+  ++p.responses;
+  if (!u->proven) p.limit().on_new_answered();
+  u->proven = true;
+  const int64_t took_ms = int64_t(loop_.now_ms() - u->busy_since_ms);
+  p.response_ms_avg += (took_ms - p.response_ms_avg) / 8;  // smoothed over about 8 responses
   if (!u->reusable || draining_ || u->send_busy) {
+    // The server ended a connection it had served. While a newer one waits
+    // unanswered, it has no worker for that one and makes room (a yield).
+    if (!u->parser.head().keep_alive) {
+      const bool newer_waiting = census(p).unanswered > 0;
+      if (newer_waiting) bump(counters_.upstream_rejections);
+      p.limit().on_server_close(newer_waiting);
+    }
+    close_upstream(u);
+    fit_pool(p);
+    return;
+  }
+  p.limit().on_response(!p.pending.empty() && p.open_count() >= p.limit().limit());
+  p.limit_changed();
+  if (p.open_count() > p.limit().limit()) {  // a surplus after the limit shrank
     close_upstream(u);
     return;
   }
@@ -776,6 +889,10 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
   if (status == 502 || status == 504) report_health(*u->pool, false);  // a reset, a bad answer, a timeout
   leave_server(ex);
   close_upstream(u);
+  if (status == 504) {  // the response timeout: the server holds the connection unserved
+    u->pool->limit().on_stall(census(*u->pool).proven);
+    fit_pool(*u->pool);
+  }
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
     return;

@@ -136,6 +136,7 @@ TEST_CASE("the documented example configuration is valid and states the defaults
   offload::validate(c);
   CHECK(c.max_clients == defaults.max_clients);
   CHECK(c.max_upstream == defaults.max_upstream);
+  CHECK(c.max_upstream_auto == defaults.max_upstream_auto);
   CHECK(c.persistent == defaults.persistent);
   CHECK(c.header_bytes_max == defaults.header_bytes_max);
   CHECK(c.body_bytes_max == defaults.body_bytes_max);
@@ -157,4 +158,26 @@ TEST_CASE("the documented example configuration is valid and states the defaults
   CHECK(c.recv_buffer_bytes == defaults.recv_buffer_bytes);
   CHECK(c.admin == defaults.admin);
   CHECK(c.temp_dir == defaults.temp_dir);
+}
+
+TEST_CASE("max_upstream takes a number (a fixed limit) or \"auto\" (the adaptive one, the default)") {
+  Config defaults;
+  CHECK(defaults.max_upstream_auto);
+  Config c;
+  CHECK(offload::set_number_from_flag(c, "max_upstream", "16"));
+  CHECK(c.max_upstream == 16);
+  CHECK_FALSE(c.max_upstream_auto);
+  CHECK(offload::set_number_from_flag(c, "max_upstream", "auto"));
+  CHECK(c.max_upstream_auto);
+  CHECK(c.max_upstream == defaults.max_upstream);
+  std::string path = write_temp("max_upstream = 12\n");
+  Config f;
+  offload::load_config_file(path, f);
+  std::remove(path.c_str());
+  CHECK(f.max_upstream == 12);
+  CHECK_FALSE(f.max_upstream_auto);
+  std::string e = error_of("max_upstream = \"lots\"\n");
+  CHECK(e.find("max_upstream") != std::string::npos);
+  CHECK(e.find("lots") != std::string::npos);
+  CHECK(e.find("\"auto\"") != std::string::npos);
 }
