@@ -87,9 +87,10 @@ TEST_CASE("persistent 16, max-upstream 64 before a 4-worker server: every reques
   if (!p.is_agent()) return;
   CHECK(p.stat("timeouts_response") == 0);
   CHECK(p.stat("responses_5xx") == 0);
-  // Opened: the start-up burst (the limit starts at persistent, 16) and at
-  // most one probe per 128 responses after it; a pool that opened one per
-  // waiting request, or churned, would open hundreds.
+  // Opened: the start-up burst (one per waiting client: the limit starts at
+  // the given 64) and, once the server stalled the surplus, at most one
+  // probe per 128 responses; a pool that went on opening one per waiting
+  // request, or churned, would open hundreds.
   const int64_t connects = p.stat("upstream_connects");
   CHECK(connects >= 4);
   CHECK(connects <= 16 + kClients * kPerClient / 128);
