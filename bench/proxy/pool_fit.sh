@@ -44,27 +44,9 @@ for tool in wrk g++ python3 taskset curl "$NGINX" "$AGENT"; do
   command -v "$tool" >/dev/null 2>&1 || [[ -x $tool ]] || { echo "pool_fit.sh: missing $tool" >&2; exit 1; }
 done
 
-TMP=$(mktemp -d /tmp/offload-poolfit.XXXXXX)
-PIDS=()
-forget() {
-  local keep=() pid
-  for pid in "${PIDS[@]}"; do [[ $pid == "$1" ]] || keep+=("$pid"); done
-  PIDS=("${keep[@]}")
-}
-stop_pid() {  # SIGTERM, then SIGKILL after 5 s; reaps and forgets it
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+BENCH_NAME=pool_fit
+# shellcheck source=bench/proxy/lib.sh
+source "$HERE/lib.sh"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_listening() {  # PORT SECONDS
@@ -76,6 +58,12 @@ wait_listening() {  # PORT SECONDS
   return 1
 }
 
+# The model server is the shared anchor benchmark's (not in this repository).
+if [[ ! -f $BACKEND_SRC ]]; then
+  echo "pool_fit.sh: needs the anchor benchmark's model backend at BACKEND_SRC=$BACKEND_SRC (a server with a" \
+    "fixed number of blocking workers and a SIGUSR1 snapshot of its accepts and CPU)" >&2
+  exit 2
+fi
 g++ -O2 -pthread -o "$TMP/backend" "$BACKEND_SRC"
 
 # ---------------------------------------------------------------- backend
