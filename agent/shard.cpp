@@ -103,6 +103,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
 }
 
 Shard::~Shard() {
+  proxy_.release_all();  // exchanges leave their servers while the groups exist
   groups_.clear();  // closes the servers' connections
   for (auto& u : upstreams_)  // ring channels
     if (u->fd >= 0) ::close(u->fd);

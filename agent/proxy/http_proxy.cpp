@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -88,10 +89,13 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
   loop_.add_timers(accept_retry_list_);
 }
 
-HttpProxy::~HttpProxy() {
+HttpProxy::~HttpProxy() { release_all(); }
+
+void HttpProxy::release_all() {
   for (uint32_t i = 0; i < config_.max_clients; ++i) {
-    if (clients_[i].fd >= 0) ::close(clients_[i].fd);
-    if (clients_[i].ex != nullptr) put_exchange(clients_[i].ex);
+    ClientConn* c = &clients_[i];
+    if (c->fd >= 0) ::close(std::exchange(c->fd, -1));
+    if (c->ex != nullptr) put_exchange(std::exchange(c->ex, nullptr));
   }
 }
 

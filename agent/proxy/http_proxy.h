@@ -70,6 +70,9 @@ class HttpProxy {
   void drain();
   uint32_t active() const { return active_clients_; }
   uint64_t take_released_bytes();
+  // At teardown, while the upstream side still exists: every client's
+  // socket closed and exchange given back (their servers told).
+  void release_all();
 
   // The upstream side's ways back into an exchange.
   void post_client_send(ClientConn* c);
