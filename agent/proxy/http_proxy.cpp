@@ -18,6 +18,9 @@ namespace {
 // Most request heads fit 2 KiB; a connection that trickles a head (slowloris)
 // holds only this much until its head really grows.
 constexpr uint32_t kSmallInputBytes = 2048;
+// Free exchanges kept made for the next requests; the rest of a burst's are
+// given back (each holds its parser's header table, a few KiB).
+constexpr uint32_t kExchangesKeptFree = 32;
 
 struct BodySinkCtx {
   ResponseSink* sink;
@@ -72,7 +75,8 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
               config.max_clients_per_source, config.max_clients),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
-      exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); }) {
+      exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); },
+                 kExchangesKeptFree) {
   request_limits_.header_bytes_max = config.header_bytes_max;
   request_limits_.header_count_max = config.header_count_max;
   request_limits_.body_bytes_max = config.body_bytes_max;

@@ -52,15 +52,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 BENCH_NAME=compare
 # shellcheck source=bench/proxy/lib.sh
 source "$HERE/lib.sh"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listening() {  # PORT SECONDS
-  local tries=$(($2 * 10))
-  for _ in $(seq 1 "$tries"); do
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 cpu_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -79,49 +70,6 @@ start_agent() {
   PROXY_PORT=$(port_of "$(wait_line "$TMP/agent.err" "offload-agent: listening on" 10)")
 }
 
-start_nginx() {
-  local d="$TMP/nginx"
-  mkdir -p "$d"
-  PROXY_PORT=$(free_port)
-  cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-error_log $d/error.log warn;
-pid $d/nginx.pid;
-worker_rlimit_nofile 20000;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  client_body_temp_path $d/body;
-  proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi;
-  uwsgi_temp_path $d/uwsgi;
-  scgi_temp_path $d/scgi;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  client_header_timeout 60s;
-  upstream backend {
-    server 127.0.0.1:$BPORT;
-    keepalive 16;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$PROXY_PORT;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering on;
-    }
-  }
-}
-EOF
-  taskset -c "$PROXY_CPU" "$NGINX" -p "$d" -c "$d/nginx.conf" 2>"$TMP/nginx.err" &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-  wait_listening "$PROXY_PORT" 10 || { echo "compare.sh: nginx did not start:" >&2; cat "$TMP/nginx.err" "$d/error.log" >&2; exit 1; }
-}
 
 run_wrk() {  # PORT SECONDS OUT
   taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"$2s" --timeout 2s "http://127.0.0.1:$1/size/100" >"$3" 2>&1 || true

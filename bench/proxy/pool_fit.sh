@@ -48,15 +48,6 @@ BENCH_NAME=pool_fit
 # shellcheck source=bench/proxy/lib.sh
 source "$HERE/lib.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listening() {  # PORT SECONDS
-  local tries=$(($2 * 10))
-  for _ in $(seq 1 "$tries"); do
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # The model server is the shared anchor benchmark's (not in this repository).
 if [[ ! -f $BACKEND_SRC ]]; then
@@ -95,48 +86,6 @@ snapshot() {
 # ---------------------------------------------------------------- proxies
 start_direct() { PROXY_PID=""; PROXY_PORT=$BPORT; }
 
-start_nginx() {
-  local d="$TMP/nginx"
-  rm -rf "$d"; mkdir -p "$d"
-  PROXY_PORT=$(free_port)
-  cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-error_log $d/error.log warn;
-pid $d/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $d/body;
-  proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi;
-  uwsgi_temp_path $d/uwsgi;
-  scgi_temp_path $d/scgi;
-  keepalive_timeout 75s;
-  keepalive_requests 1000000;
-  upstream backend {
-    server 127.0.0.1:$BPORT;
-    keepalive 16;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-  }
-  server {
-    listen 127.0.0.1:$PROXY_PORT;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering on;
-    }
-  }
-}
-EOF
-  taskset -c "$PROXY_CPU" "$NGINX" -p "$d" -c "$d/nginx.conf" 2>"$TMP/nginx.err" &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-  wait_listening "$PROXY_PORT" 10 || { echo "pool_fit.sh: nginx did not start:" >&2; cat "$TMP/nginx.err" >&2; exit 1; }
-}
 
 start_agent() {  # BINARY EXTRA-FLAGS
   PROXY_PORT=$(free_port)

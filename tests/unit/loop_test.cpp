@@ -141,12 +141,12 @@ TEST_CASE("slab: objects are made on first use only, reused, and bounded by the 
   Slab<Thing> slab(3, [&made](void* at) {
     ++made;
     return new (at) Thing();
-  });
+  }, 3);
   Thing* a = slab.get();
   Thing* b = slab.get();
   CHECK(made == 2);
   slab.put(a);
-  CHECK(slab.get() == a);  // the one just given back
+  CHECK(slab.get() == a);  // the free one lowest in the storage
   CHECK(made == 2);
   Thing* c = slab.get();
   CHECK(made == 3);
@@ -157,4 +157,33 @@ TEST_CASE("slab: objects are made on first use only, reused, and bounded by the 
   slab.put(a);
   CHECK(slab.in_use() == 0);
   CHECK(slab.made() == 3);
+}
+
+namespace {
+struct Big {
+  static int alive;
+  char bytes[1000];
+  Big() { ++alive; }
+  ~Big() { --alive; }
+};
+int Big::alive = 0;
+}  // namespace
+
+TEST_CASE("slab: past keep_free, freed objects are destroyed and made again when needed") {
+  {
+    Slab<Big> slab(100, [](void* at) { return new (at) Big(); }, 2);
+    std::vector<Big*> all;
+    for (int i = 0; i < 100; ++i) all.push_back(slab.get());
+    CHECK(slab.get() == nullptr);
+    CHECK(Big::alive == 100);
+    for (Big* b : all) slab.put(b);
+    CHECK(slab.in_use() == 0);
+    CHECK(Big::alive == 2);  // two kept for reuse, the rest destroyed
+    CHECK(slab.constructed() == 2);
+    CHECK(slab.made() == 100);  // the high-water mark stays
+    for (int i = 0; i < 100; ++i) REQUIRE(slab.get() != nullptr);  // all 100 again, within the same storage
+    CHECK(Big::alive == 100);
+    CHECK(slab.get() == nullptr);
+  }
+  CHECK(Big::alive == 0);  // the slab's end destroys what is constructed
 }
