@@ -111,7 +111,7 @@ struct ClientConn {
   ListNode queue_node;          // in a group's ready queue or a server's pending list while kQueued
   List<ClientConn, &ClientConn::queue_node>* queue = nullptr;  // which of them
   Listener* listener = nullptr;  // the socket it came in on: its limits, timeouts and group
-  ListNode wait_node;           // in budget_waiters_: its response waits for memory or spill room
+  ListNode wait_node;           // among the ResponseSink's waiters: its response waits for memory or spill room
   Exchange* ex = nullptr;
   int fd = -1;
   uint32_t slot = 0;

@@ -5,10 +5,11 @@
 // records queue in the ring and the server answers them in order), so a
 // server worker takes a batch of requests per wake-up instead of one: that
 // is where the bus saves the server its per-request sleep and wake. The
-// ready queue, the timeouts and the response buffering are shared with TCP. The agent end of the bus (offload::ring::
-// RingAgent) is driven from this loop: polls on its listening socket, the
-// attached server's socket and one doorbell eventfd per channel, plus a
-// 250 ms tick for heartbeats.
+// requests wait in the ring group's queue; the listener's timeouts and the
+// ResponseSink are the same as for TCP. The agent end of the bus
+// (offload::ring::RingAgent) is driven from this loop: polls on its
+// listening socket, the attached server's socket and one doorbell eventfd
+// per channel, plus a 250 ms tick for heartbeats.
 #include <poll.h>
 #include <unistd.h>
 

@@ -1,6 +1,9 @@
-// The upstream side of a shard: the ready queue, the pool of bus connections
-// (an adaptive limit up to max_upstream, starting at `persistent`, opened on
-// demand), and reading responses into the client's output queue.
+// The upstream side of a shard for TCP and Unix servers: each group's queue
+// and its balancer's picks, each server's pending requests and its pool's
+// fit to the server (an adaptive limit up to max_upstream, starting at
+// `persistent`, connections opened on demand), and one exchange over a
+// connection: the request out in one send, the response read into the
+// ResponseSink.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
