@@ -73,9 +73,11 @@ BalancePolicy policy_of(Balance b) {
   return BalancePolicy::kLeastOutstanding;
 }
 
-uint64_t hash_text(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+// FNV-1a: the servers' identities and the clients' addresses for source-hash.
+uint64_t fnv1a(const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
   return h;
 }
 
@@ -91,7 +93,7 @@ void Shard::build_groups() {
       ServerSpec spec;
       spec.weight = sc.weight;
       spec.max_outstanding = sc.max_connections;  // one request per connection
-      spec.hash_key = hash_text(sc.target.text);  // reordering servers moves no source
+      spec.hash_key = fnv1a(sc.target.text.data(), sc.target.text.size());  // reordering servers moves no source
       specs.push_back(spec);
     }
     HealthSpec health;
@@ -363,10 +365,7 @@ int Shard::queue_timeout_status(const ClientConn* c) const {
 uint64_t Shard::source_hash(ClientConn* c) {
   if (c->listener->group->balancer.policy() != BalancePolicy::kSourceHash) return 0;
   if (c->peer_family == 0) proxy_.look_up_peer(c);
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the address bytes
-  const size_t n = c->peer_family == AF_INET6 ? 16 : 4;
-  for (size_t i = 0; i < n; ++i) h = (h ^ c->peer_addr[i]) * 1099511628211ull;
-  return h;
+  return fnv1a(c->peer_addr, c->peer_family == AF_INET6 ? 16 : 4);
 }
 
 void Shard::on_connected(TcpPool& pool, UpstreamConn* u) {
