@@ -195,6 +195,7 @@ TEST_CASE("out of descriptors for upstream sockets: the agent backs off and serv
     c.close();
   }
   CHECK(ok == int(clients.size()));
+  if (ok != int(clients.size())) MESSAGE("agent's stderr:\n" << p.child().stderr_text());
   // Whether the last descriptor went to a client (then socket() failed) or
   // to a channel (then accept did) depends on the order of events.
   WARN(p.stat("upstream_connect_errors") >= 1);
