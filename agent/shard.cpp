@@ -1,7 +1,4 @@
-// The shard: one thread's loop, its listeners, the HTTP proxy that serves
-// them (proxy/http_proxy.cpp), and the upstream side (the groups, the
-// servers' pools and the responses: upstream/upstream.cpp, the ring:
-// upstream/ring_upstream.cpp).
+// The shard: one thread's loop and the parts it builds (see shard.h).
 #include "shard.h"
 
 #include <arpa/inet.h>
@@ -60,53 +57,21 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       loop_(clock, 1024, 8192),
       data_pool_(kDataBlockBytes, config.buffer_memory_max, 64),
       sink_(loop_, data_pool_, spill_budget_, counters_, sink_settings(config)),
-      proxy_(loop_, config, counters_, data_pool_, sink_, *this) {
-  response_limits_.header_bytes_max = kDataBlockBytes / 2;
-  response_limits_.header_count_max = 1000;
-  response_limits_.body_bytes_max = 0;  // unlimited: responses stream through
+      proxy_(loop_, config, counters_, data_pool_, sink_),
+      tcp_({loop_, config, counters_, *topology_, data_pool_, sink_, proxy_}) {
   spill_budget_.bytes_max = config.spill_total_max;
   spill_budget_.files_max = spill_files_max(config);
-  uring_.setup_buffers(kClientGroup, config.recv_buffers, config.recv_buffer_bytes);
-  bool any_tcp = false;
   for (const GroupConfig& g : config.groups)
-    for (const ServerConfig& s : g.servers) any_tcp = any_tcp || s.target.kind != UpstreamTarget::Kind::kShm;
-  if (any_tcp) uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
-
-  bind<&Shard::housekeeping>(housekeeping_timer_, this);
-  bind<&Shard::ring_tick>(ring_tick_, this);
-  bind<&Shard::on_control>(control_read_, this);
-  bind<&Shard::on_ring_listen>(ring_listen_, this);
-
-  const uint32_t durations[kTimerKinds] = {
-      config.header_timeout_ms, config.body_timeout_ms, config.keepalive_timeout_ms,
-      config.send_timeout_ms,   config.queue_timeout_ms, 2000 /* linger */,
-      config.response_timeout_ms, 250 /* ring heartbeat tick */,
-      1000 /* housekeeping */};
-  for (int k = 0; k < kTimerKinds; ++k) {
-    timers_[k].set_duration(durations[k]);
-    timers_[k].set_kind(uint8_t(k));
-    loop_.add_timers(timers_[k]);
-  }
+    if (g.is_bus()) bus_ = std::make_unique<RingBus>(RingBus::Parts{loop_, config, counters_, sink_, proxy_}, g);
   build_listeners(listen_fds);
-  build_groups();
-  if (ring_group_ != nullptr) {
-    for (uint32_t i = 0; i < ring_channels_; ++i) {
-      upstreams_.push_back(std::make_unique<UpstreamConn>(i, response_limits_));
-      UpstreamConn* u = upstreams_.back().get();
-      bind<&Shard::on_ring_doorbell>(u->doorbell, this, u);
-      bind<&Shard::on_response_timeout>(u->timer, this, u);
-    }
-    ring_create();
-  }
-
+  bind<&Shard::housekeeping>(housekeeping_timer_, this);
+  loop_.add_timers(housekeeping_list_);
+  bind<&Shard::on_control>(control_read_, this);
   control_fd_ = eventfd(0, EFD_CLOEXEC);
 }
 
 Shard::~Shard() {
-  proxy_.release_all();  // exchanges leave their servers while the groups exist
-  groups_.clear();  // closes the servers' connections
-  for (auto& u : upstreams_)  // ring channels
-    if (u->fd >= 0) ::close(u->fd);
+  proxy_.release_all();  // exchanges leave their servers while the upstreams exist
   if (control_fd_ >= 0) ::close(control_fd_);
 }
 
@@ -125,11 +90,9 @@ void Shard::start() {
   loop_.refresh_clock();
   for (auto& l : listeners_) l->proxy->post_accept(l.get());
   post_control_read();
-  if (ring_) ring_start();
-  arm_timer(housekeeping_timer_, kTimerHousekeeping);
-  for (auto& g : groups_)
-    if (g->checker) g->checker->start();
-  refill_pool();
+  if (bus_) bus_->start();
+  loop_.arm(housekeeping_timer_, housekeeping_list_);
+  tcp_.start();
 }
 
 bool Shard::turn(uint64_t max_wait_ms) {
@@ -143,36 +106,21 @@ bool Shard::turn(uint64_t max_wait_ms) {
 // refilled and used only after the batch, never inside the handler of the
 // slot that freed it, and budget given back wakes the responses waiting on it.
 void Shard::after_batch() {
-  if (pool_changed_) {
-    pool_changed_ = false;
-    refill_pool();
-    dispatch_all();
-  }
-  wake_budget_waiters();
+  tcp_.after_batch();
+  proxy_.wake_budget_waiters();
 }
 
-void Shard::on_response_timeout(UpstreamConn* u, Timer&) {
-  bump(counters_.timeouts_response);
-  if (u->ring) {
-    ring_timed_out(u);
-  } else {
-    upstream_failed(u, 504, false);
-  }
-}
-
-// Once a second: memory freed after a burst goes back to the system, so the
-// resident size follows the connections actually open.
+// Once a second: requests stranded on connections the server does not serve
+// go back to the queue, and memory freed after a burst goes back to the
+// system, so the resident size follows the connections actually open.
 void Shard::housekeeping() {
-  // Requests stranded on connections the server does not serve go back to
-  // the queue; one waiting for a proven channel that turned out slow gets a
-  // connection of its own.
-  check_unanswered();
+  tcp_.housekeeping();
   released_bytes_ += proxy_.take_released_bytes() + data_pool_.take_released_bytes();
   if (released_bytes_ >= (1u << 20)) {
     malloc_trim(0);
     released_bytes_ = 0;
   }
-  arm_timer(housekeeping_timer_, kTimerHousekeeping);
+  loop_.arm(housekeeping_timer_, housekeeping_list_);
 }
 
 void Shard::request_drain() {
@@ -213,8 +161,7 @@ void Shard::start_drain() {
              config_.drain_timeout_ms);
   // shutdown() ends a multishot accept; the sockets close with the process.
   for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
-  for (auto& g : groups_)
-    if (g->checker) g->checker->stop();
+  tcp_.drain();
   proxy_.drain();
 }
 
@@ -242,13 +189,15 @@ void Shard::build_listeners(const std::vector<int>& fds) {
       l->timers[k].set_kind(uint8_t(k));
       loop_.add_timers(l->timers[k]);
     }
+    if (config_.groups.at(lc.group).is_bus()) {
+      l->upstream = bus_.get();
+    } else {
+      l->group = tcp_.group(lc.group);
+      l->upstream = &tcp_;
+    }
     proxy_.serve(l.get());
     listeners_.push_back(std::move(l));
   }
 }
-
-// -------------------------------------------------------------- receiving
-
-// --------------------------------------------------------------- answering
 
 }  // namespace offload

@@ -474,13 +474,17 @@ void validate_groups(Config& config) {
     validate_servers(config, group);
     validate_health(group);
   }
-  // One bus, one group: two groups on the same ring would both create it.
+  // One bus, one group: two groups on the same ring would both create it;
+  // and one bus per agent for now (a shard serves one RingBus).
   for (size_t i = 0; i < config.groups.size(); ++i)
     for (size_t j = 0; j < i; ++j) {
+      if (!config.groups[i].is_bus() || !config.groups[j].is_bus()) continue;
       const UpstreamTarget& a = config.groups[i].servers.front().target;
       const UpstreamTarget& b = config.groups[j].servers.front().target;
-      if (a.kind == UpstreamTarget::Kind::kShm && same_target(a, b))
+      if (same_target(a, b))
         bad(server_key(config.groups[i], 0), a.text, fmt::format("a bus no other group uses ({} has it)", config.groups[j].where));
+      bad(server_key(config.groups[i], 0), a.text,
+          fmt::format("one shm: bus per agent ({} has one; a second is not supported yet)", config.groups[j].where));
     }
 }
 

@@ -68,6 +68,8 @@ struct GroupConfig {
   uint32_t fail_timeout_ms = 10000;  // out this long, then probed back in
   HealthConfig health;
   std::string where = "upstream";    // how errors name it: "upstream[1]", or "upstream" for the flat form
+  // The shared-memory bus (its one server is shm:NAME; validate() keeps it alone in its group).
+  bool is_bus() const { return !servers.empty() && servers.front().target.kind == UpstreamTarget::Kind::kShm; }
 };
 
 // [[listener]]: one listening address, the proxy that serves it, its group

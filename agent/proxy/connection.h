@@ -25,7 +25,7 @@ inline constexpr uint16_t kUpstreamGroup = 1;
 inline constexpr uint32_t kUpstreamBuffers = 128;
 inline constexpr uint32_t kUpstreamBufferBytes = 16 * 1024;
 
-struct UpstreamConn;
+struct Channel;
 struct UpstreamGroup;
 struct Listener;
 class TcpPool;
@@ -47,7 +47,7 @@ struct Exchange {
   Block* bounce = nullptr;     // a piece of body_spill on its way upstream
   BlockChain out;              // the response waiting for the client
   Spill spill;
-  UpstreamConn* up = nullptr;  // the channel serving it, while it does
+  Channel* up = nullptr;       // the upstream's ticket: the channel serving it, while one does
   TcpPool* server = nullptr;   // the server the balancer gave it to, until it is done there
 
   msghdr send_msg{};           // the client send in flight
@@ -86,9 +86,8 @@ enum class ClientState : uint8_t {
   kClosing,     // waiting for in-flight operations before the slot is freed
 };
 
-// The kinds of timeout. The first ones are a client's (and its response's):
-// each listener has its own list of each, so its timeouts can differ; the
-// rest are the shard's own.
+// A client's kinds of timeout (and its response's): each listener has its
+// own list of each, so its timeouts can differ.
 enum TimerKind : uint8_t {
   kTimerHeader,
   kTimerBody,
@@ -98,9 +97,6 @@ enum TimerKind : uint8_t {
   kTimerLinger,
   kTimerResponse,
   kClientTimerKinds,
-  kTimerRingTick = kClientTimerKinds,
-  kTimerHousekeeping,
-  kTimerKinds,
 };
 
 struct ClientConn {
@@ -132,21 +128,24 @@ struct ClientConn {
 
 enum class UpstreamState : uint8_t { kFree, kConnecting, kIdle, kBusy, kClosing };
 
-// Requests one ring channel may carry at once (ring_depth is capped here).
-inline constexpr uint32_t kRingDepthMax = 64;
+// What an exchange is on while an upstream serves it (Exchange::up): a TCP or
+// Unix connection (UpstreamConn) or a ring channel (RingChannel, in
+// upstream/ring_bus.h). The proxy only asks whether there is one; each
+// Upstream knows its own kind.
+struct Channel {};
 
-struct UpstreamConn {
+// A connection to a TCP or Unix server, one of its TcpPool's slots.
+struct UpstreamConn : Channel {
   UpstreamConn(uint32_t index, const http::Limits& limits)
       : parser(http::Parser::Kind::kResponse, limits), slot(index) {}
 
   Timer timer;
-  TcpPool* pool = nullptr;      // the server it connects to (null: a ring channel)
+  TcpPool* pool = nullptr;      // the server it connects to
   Completion connected;         // the connect...
   Completion connect_timed_out; // ... and its linked timeout
   Completion sent;
   Completion received;          // the multishot receive
   Completion cancelled;         // a cancel of the receive
-  Completion doorbell;          // ring channels: the server rang
   ListNode idle_node;
   http::Parser parser;
   ClientConn* client = nullptr;
@@ -167,19 +166,6 @@ struct UpstreamConn {
   bool stall_noted = false;     // its first request went unanswered too long (counted once)
   bool reusable = true;         // may carry another request after this one
   bool read_paused = false;     // the client's buffers are full: receive cancelled
-  // Ring channels (shm:NAME) are channels without a socket.
-  bool ring = false;
-  bool send_pending = false;    // the ring was full: resend when it rings
-  bool chunked_out = false;     // the client gets the body chunked (length unknown)
-  bool ring_failed = false;     // the channel is corrupt until the next attach
-  bool ring_draining = false;   // timed out: late answers go by before new requests
-  bool ring_slow_front = false; // the front response paused for its client: nothing joins until it ends
-  // The requests on a ring channel, oldest first; null: its client left (or
-  // it failed) and its answer is dropped when it comes.
-  ClientConn* fifo[kRingDepthMax] = {};
-  uint32_t fifo_head = 0;
-  uint32_t fifo_count = 0;
-  uint32_t channel = 0;
 };
 
 }  // namespace offload

@@ -49,27 +49,13 @@ std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::strin
 
 }  // namespace
 
-void set_state(ClientConn* c, ClientState s, Counters& counters) {
-  OFFLOAD_ASSERT(s != ClientState::kQueued);  // the upstream side's enqueue is the way in
-  if (c->state == ClientState::kQueued) {
-    OFFLOAD_ASSERT(c->queue != nullptr);
-    c->queue->remove(c);  // asserts that it was there
-    c->queue = nullptr;
-    drop(counters.queue_length);
-  }
-  OFFLOAD_ASSERT(!c->queue_node.linked() && c->queue == nullptr);
-  c->state = s;
-}
-
-HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink,
-                     Upstreams& upstreams)
+HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink)
     : loop_(loop),
       uring_(loop.uring()),
       config_(config),
       counters_(counters),
       data_pool_(data_pool),
       sink_(sink),
-      up_(upstreams),
       clients_(new ClientConn[config.max_clients]),
       screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
               config.max_clients_per_source, config.max_clients),
@@ -80,6 +66,8 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
   request_limits_.header_bytes_max = config.header_bytes_max;
   request_limits_.header_count_max = config.header_count_max;
   request_limits_.body_bytes_max = config.body_bytes_max;
+  // Requests land in provided buffers, one group for every client.
+  uring_.setup_buffers(kClientGroup, config.recv_buffers, config.recv_buffer_bytes);
   free_slots_.reserve(config.max_clients);
   for (uint32_t i = config.max_clients; i > 0; --i) free_slots_.push_back(i - 1);
   for (uint32_t i = 0; i < config.max_clients; ++i) {
@@ -99,7 +87,7 @@ void HttpProxy::release_all() {
   for (uint32_t i = 0; i < config_.max_clients; ++i) {
     ClientConn* c = &clients_[i];
     if (c->fd >= 0) ::close(std::exchange(c->fd, -1));
-    if (c->ex != nullptr) put_exchange(std::exchange(c->ex, nullptr));
+    if (c->ex != nullptr) put_exchange(c);
   }
 }
 
@@ -143,7 +131,7 @@ void HttpProxy::on_client_timer(ClientConn* c, Timer& t) {
     case kTimerQueue:
       bump(counters_.timeouts_queue);
       // Busy channels: 503. No connection could be opened: the gateway's error.
-      respond_error(c, up_.queue_timeout_status(c));  // leaves the queue
+      respond_error(c, upstream_of(c).queue_timeout_status(c));  // leaves the queue
       break;
     case kTimerLinger: close_client(c); break;
     default: break;
@@ -392,7 +380,7 @@ void HttpProxy::parse_input(ClientConn* c) {
   if (!take_head(c)) return;
   const uint32_t head_bytes = ex->parser.head().head_bytes;
   if (ex->parser.head().body == http::BodyKind::kLength &&
-      ex->parser.head().content_length + ex->forward_bytes + 64 > up_.request_bytes_max(c)) {
+      ex->parser.head().content_length + ex->forward_bytes + 64 > upstream_of(c).request_bytes_max(c)) {
     // Over the ring a request is one record: say so now, not after the body.
     reject(c, 413);
     return;
@@ -441,7 +429,7 @@ bool HttpProxy::take_head(ClientConn* c) {
   char ip[INET6_ADDRSTRLEN];
   ForwardInfo info;
   info.client_ip = client_ip(c, ip, sizeof ip);
-  info.default_host = up_.default_host(c);
+  info.default_host = upstream_of(c).default_host(c);
   size_t n = write_upstream_request_head(h, msg, info, ex->forward->data(), ex->forward->capacity);
   if (n == 0) {
     bump(counters_.parse_errors);
@@ -459,7 +447,7 @@ void HttpProxy::feed_body(ClientConn* c, const char* data, size_t len, bool from
     len = ex->in->readable();
   }
   // A group that carries a request as one record has it all in memory.
-  BodySinkCtx sink{&sink_, c->ex, up_.request_bytes_max(c) == UINT64_MAX, false};
+  BodySinkCtx sink{&sink_, c->ex, upstream_of(c).request_bytes_max(c) == UINT64_MAX, false};
   http::BodyProgress p = ex->parser.parse_body(std::string_view(data, len), sink_to_body, &sink);
   if (p.error != http::Error::kNone) {
     bump(counters_.parse_errors);
@@ -491,7 +479,7 @@ void HttpProxy::on_request_complete(ClientConn* c) {
     return;
   }
   ex->forward_bytes = uint32_t(n);
-  up_.submit(c);
+  upstream_of(c).submit(c);
 }
 
 // The multishot accept gives no addresses: the peer is looked up once, when
@@ -545,6 +533,32 @@ void HttpProxy::reject(ClientConn* c, int status) {
   respond_error(c, status);
 }
 
+void HttpProxy::on_response_done(ClientConn* c) {
+  c->ex->response_done = true;
+  c->ex->up = nullptr;
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  send_or_finish(c);
+}
+
+void HttpProxy::fail_exchange(ClientConn* c, int status) {
+  Exchange* ex = c->ex;
+  ex->up = nullptr;
+  if (c->state == ClientState::kClosing) {
+    maybe_free_client(c);
+    return;
+  }
+  if (!ex->response_head_done) {
+    respond_error(c, status);
+    return;
+  }
+  ex->close_after = true;
+  ex->response_done = true;
+  send_or_finish(c);
+}
+
 // Replaces whatever response was pending with the agent's own error response.
 void HttpProxy::respond_error(ClientConn* c, int status) {
   Exchange* ex = c->ex;
@@ -571,7 +585,7 @@ void HttpProxy::respond_error(ClientConn* c, int status) {
   sink_.count(status);
   ex->response_head_done = ex->response_done = true;
   set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
-  up_.leave(ex);
+  upstream_of(c).leave(ex);
   disarm(c->timer);
   post_client_send(c);
 }
@@ -633,7 +647,7 @@ void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
   if (!ex->canned.empty()) ex->canned.remove_prefix(size_t(res));
   else if (ex->interim_pending()) ex->interim_sent += size_t(res);
   else ex->out.consume(data_pool_, uint64_t(res));
-  up_.resume(ex);  // it may have paused because our buffers were full
+  upstream_of(c).resume(ex);  // it may have paused because our buffers were full
   if (ex->unsent()) {
     post_client_send(c);
     return;
@@ -653,8 +667,7 @@ void HttpProxy::finish_exchange(ClientConn* c) {
   ex->in = nullptr;
   BlockChain overflow;
   overflow.swap(ex->overflow);
-  put_exchange(ex);
-  c->ex = nullptr;
+  put_exchange(c);
   if (in == nullptr || in->readable() == 0) {
     if (in != nullptr) put_input(in);
     set_state(c, ClientState::kIdle);
@@ -696,12 +709,12 @@ void HttpProxy::linger(ClientConn* c) {
 void HttpProxy::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
   set_state(c, ClientState::kClosing);
-  if (c->ex != nullptr) up_.leave(c->ex);
+  if (c->ex != nullptr) upstream_of(c).leave(c->ex);
   sink_.forget(c);
   disarm(c->timer);
   // Wakes the in-flight receive and send so their completions come back.
   ::shutdown(c->fd, SHUT_RDWR);
-  if (c->ex != nullptr && c->ex->up != nullptr) up_.abandon(c);
+  if (c->ex != nullptr && c->ex->up != nullptr) upstream_of(c).abandon(c);
   maybe_free_client(c);
 }
 
@@ -713,10 +726,7 @@ void HttpProxy::maybe_free_client(ClientConn* c) {
   c->fd = -1;
   if (screen_.active() && c->peer_family != 0) screen_.release(peer_of(c));
   c->peer_family = 0;
-  if (c->ex != nullptr) {
-    put_exchange(c->ex);
-    c->ex = nullptr;
-  }
+  if (c->ex != nullptr) put_exchange(c);
   c->in.armed = c->in.paused = c->out.busy = false;
   free_slots_.push_back(c->slot);
   --active_clients_;
@@ -733,8 +743,10 @@ Exchange* HttpProxy::get_exchange(const ClientConn* c) {
   return ex;
 }
 
-void HttpProxy::put_exchange(Exchange* ex) {
-  up_.leave(ex);
+// Takes the client's exchange back, done with its server.
+void HttpProxy::put_exchange(ClientConn* c) {
+  Exchange* ex = std::exchange(c->ex, nullptr);
+  upstream_of(c).leave(ex);
   if (ex->in != nullptr) put_input(ex->in);
   if (ex->forward != nullptr) input_pool_.put(ex->forward);
   ex->body.clear(data_pool_);
@@ -775,6 +787,18 @@ void HttpProxy::wait_if_unwoken(ClientConn* c) {
   if (!c->out.busy) wait_for_budget(c);
 }
 
+void HttpProxy::wait_in_queue(ClientConn* c) {
+  bump(counters_.queue_waits);
+  arm_client_timer(c, kTimerQueue);
+}
+
+void HttpProxy::wake_budget_waiters() {
+  sink_.wake([this](ClientConn* c) {
+    OFFLOAD_ASSERT(c->state != ClientState::kClosing && c->ex != nullptr);
+    resume_response(c);
+  });
+}
+
 // The client drained some of its response, or a budget gave some back:
 // refill from the spill file, send, and let a paused upstream read on.
 void HttpProxy::resume_response(ClientConn* c) {
@@ -782,7 +806,7 @@ void HttpProxy::resume_response(ClientConn* c) {
   disarm(c->timer);  // the wait's bound; sending arms its own
   post_client_send(c);
   if (c->state == ClientState::kClosing || c->ex != ex) return;
-  up_.resume(ex);
+  upstream_of(c).resume(ex);
 }
 
 }  // namespace offload

@@ -23,42 +23,16 @@
 #include "proxy/buffers.h"
 #include "proxy/connection.h"
 #include "proxy/listener.h"
+#include "proxy/request_queue.h"
 #include "security/screen.h"
 #include "upstream/response_sink.h"
+#include "upstream/upstream.h"
 
 namespace offload {
 
-// Sets a client's state. A client is in a queue (its group's, or the pending
-// list of the server it was given to) exactly while it is kQueued; every
-// change out of kQueued takes it out here, so no ending path can leave a
-// finished exchange behind in a queue.
-void set_state(ClientConn* c, ClientState s, Counters& counters);
-
 class HttpProxy {
  public:
-  // What the proxy asks of the upstream side.
-  class Upstreams {
-   public:
-    virtual ~Upstreams() = default;
-    // A complete request: to its listener's group.
-    virtual void submit(ClientConn* c) = 0;
-    // The client is going while its exchange is on an upstream (ex->up).
-    virtual void abandon(ClientConn* c) = 0;
-    // The client drained some of its response: a paused upstream read may go on.
-    virtual void resume(Exchange* ex) = 0;
-    // The exchange is done with its server (answered, failed or gone).
-    virtual void leave(Exchange* ex) = 0;
-    // What a request that waited in vain is answered (503, 502, 504).
-    virtual int queue_timeout_status(const ClientConn* c) const = 0;
-    // The largest request the client's group can carry: UINT64_MAX when it
-    // streams (TCP, Unix), else the ring's record size.
-    virtual uint64_t request_bytes_max(const ClientConn* c) const = 0;
-    // The Host of a request that has none (HTTP/1.0).
-    virtual std::string_view default_host(const ClientConn* c) const = 0;
-  };
-
-  HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink,
-            Upstreams& upstreams);
+  HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink);
   ~HttpProxy();
   HttpProxy(const HttpProxy&) = delete;
   HttpProxy& operator=(const HttpProxy&) = delete;
@@ -75,11 +49,20 @@ class HttpProxy {
   void release_all();
 
   // The upstream side's ways back into an exchange.
+  void on_response_done(ClientConn* c);  // the whole response is in: send the rest, then end
+  // The upstream let this exchange down: an error response if nothing went
+  // to the client yet, else a close once what did arrive has gone out.
+  void fail_exchange(ClientConn* c, int status);
   void post_client_send(ClientConn* c);
   void send_or_finish(ClientConn* c);  // more is ready: send it, or end the exchange
   void respond_error(ClientConn* c, int status);
   void maybe_free_client(ClientConn* c);
   void resume_response(ClientConn* c);
+  // A request no channel took at once waits, bounded by its queue timer.
+  void wait_in_queue(ClientConn* c);
+  // After each batch of completions: the responses waiting for a shared
+  // budget (memory, spill room) that was given back go on.
+  void wake_budget_waiters();
   void wait_for_budget(ClientConn* c);
   void wait_if_unwoken(ClientConn* c);
   void look_up_peer(ClientConn* c);
@@ -111,11 +94,12 @@ class HttpProxy {
   void close_client(ClientConn* c);
   void client_op_done(ClientConn* c) { --c->inflight; }
   Exchange* get_exchange(const ClientConn* c);
-  void put_exchange(Exchange* ex);
+  void put_exchange(ClientConn* c);
   std::string_view client_ip(ClientConn* c, char* buf, size_t cap);
   IpAddress peer_of(const ClientConn* c) const;
   bool screen_out(ClientConn* c);
   void set_state(ClientConn* c, ClientState s) { offload::set_state(c, s, counters_); }
+  static Upstream& upstream_of(const ClientConn* c) { return *c->listener->upstream; }
 
   Loop& loop_;
   Uring& uring_;
@@ -123,7 +107,6 @@ class HttpProxy {
   Counters& counters_;
   BlockPool& data_pool_;
   ResponseSink& sink_;
-  Upstreams& up_;
   http::Limits request_limits_;
   bool draining_ = false;
 

@@ -12,6 +12,7 @@
 namespace offload {
 
 struct UpstreamGroup;
+class Upstream;
 struct ListenerCounters;
 class HttpProxy;
 
@@ -22,7 +23,8 @@ struct Listener {
   std::string name;
   ListenerCounters* stats = nullptr;  // the whole agent's counters for this listener
   HttpProxy* proxy = nullptr;        // who serves its connections
-  UpstreamGroup* group = nullptr;
+  Upstream* upstream = nullptr;      // who serves its requests
+  UpstreamGroup* group = nullptr;    // for a TcpUpstream: which of its groups
   http::Limits limits;           // for each request's head and body
   uint32_t max_clients = 0;      // of this listener's clients at once
   uint32_t active = 0;

@@ -1,6 +1,6 @@
 // One server's connections (TCP or Unix): opened, kept idle, closed, and the
 // back-off while the server cannot be reached. What travels on a connection
-// (an exchange: the request out, the response in) is the shard's; the pool
+// (an exchange: the request out, the response in) is TcpUpstream's; the pool
 // owns only the connections' lifecycle, and the requests that were given to
 // this server and wait for one of its connections (`pending`).
 #pragma once

@@ -1,8 +1,8 @@
-// An upstream group: its servers, the balancer that picks one per request,
-// and the requests waiting for a server. Listeners name a group; the shard
-// moves each complete request from the group's queue to the server the
-// balancer picks (that server's `pending` list), and from there onto one of
-// its connections.
+// An upstream group of TCP and Unix servers: its servers, the balancer that
+// picks one per request, and the requests waiting for a server. Listeners
+// name a group; TcpUpstream moves each complete request from the group's
+// queue to the server the balancer picks (that server's `pending` list), and
+// from there onto one of its connections.
 #pragma once
 
 #include <memory>
@@ -25,8 +25,7 @@ struct UpstreamGroup {
   std::string name;
   std::string default_host;  // the Host of a request that has none (HTTP/1.0): the first server's address
   Balancer balancer;
-  std::vector<std::unique_ptr<TcpPool>> servers;  // empty for the ring bus
-  bool ring = false;                              // served by the shard's ring channels
+  std::vector<std::unique_ptr<TcpPool>> servers;
   // Complete requests that no server has taken yet, oldest first.
   List<ClientConn, &ClientConn::queue_node> ready;
   // Armed while requests wait and every server is down: when the first one

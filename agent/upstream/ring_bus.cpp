@@ -1,119 +1,152 @@
-// Ring channels: the upstream pool over the shared-memory bus (shm:NAME).
-//
-// Each ring channel is an UpstreamConn without a socket. Unlike an HTTP/1.1
-// connection, a channel carries up to ring_depth requests at once (the
-// records queue in the ring and the server answers them in order), so a
-// server worker takes a batch of requests per wake-up instead of one: that
-// is where the bus saves the server its per-request sleep and wake. The
-// requests wait in the ring group's queue; the listener's timeouts and the
-// ResponseSink are the same as for TCP. The agent end of the bus
-// (offload::ring::RingAgent) is driven from this loop: polls on its
-// listening socket, the attached server's socket and one doorbell eventfd
-// per channel, plus a 250 ms tick for heartbeats.
+// The Upstream of the shared-memory bus (see ring_bus.h).
+#include "upstream/ring_bus.h"
+
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
 
-#include "http/http_rewrite.h"
-#include "shard.h"
-
 namespace offload {
-namespace {
 
 using ring::RingAgent;
 
-// Requests still waiting behind the front of a channel.
-bool held_behind(const UpstreamConn* u) {
-  for (uint32_t i = 1; i < u->fifo_count; ++i)
-    if (u->fifo[(u->fifo_head + i) % kRingDepthMax] != nullptr) return true;
+bool RingChannel::held_behind() const {
+  for (uint32_t i = 1; i < fifo_count; ++i)
+    if (fifo[(fifo_head + i) % kRingDepthMax] != nullptr) return true;
   return false;
 }
 
-}  // namespace
-
-void Shard::ring_create() {
+RingBus::RingBus(const Parts& parts, const GroupConfig& group)
+    : loop_(parts.loop),
+      config_(parts.config),
+      counters_(parts.counters),
+      sink_(parts.sink),
+      proxy_(parts.proxy),
+      target_(group.servers.front().target),
+      default_host_(target_.address.text),
+      response_timers_(parts.config.response_timeout_ms) {
+  uint32_t channels = group.servers.front().max_connections;
+  if (config_.max_upstream_auto) channels = std::min<uint32_t>(channels, 8);  // "auto" adapts TCP pools only
   ring::RingAgentOptions opts;
-  opts.name = ring_target_.shm_name;
-  opts.channels_max = ring_channels_;
+  opts.name = target_.shm_name;
+  opts.channels_max = channels;
   // A request travels as one record: the ring must hold the largest one.
   opts.ring_bytes = uint32_t(config_.ring_bytes);
   std::string error;
   ring_ = RingAgent::create(opts, &error);
-  if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", ring_target_.text, error));
-  for (auto& u : upstreams_) {
-    u->ring = true;
-    u->channel = u->slot;
+  if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", target_.text, error));
+  for (uint32_t i = 0; i < channels; ++i) {
+    channels_.push_back(std::make_unique<RingChannel>(i));
+    RingChannel* u = channels_.back().get();
+    bind<&RingBus::on_doorbell>(u->doorbell, this, u);
+    bind<&RingBus::on_response_timeout>(u->timer, this, u);
   }
-  ring_fields_.reserve(config_.header_count_max + 8);
-  ring_depth_ = std::min<uint32_t>(config_.ring_depth, kRingDepthMax);
-  ring_views_.reserve(256);
+  bind<&RingBus::on_tick>(tick_, this);
+  bind<&RingBus::on_listen>(listen_, this);
+  loop_.add_timers(response_timers_);
+  loop_.add_timers(tick_list_);
+  fields_.reserve(config_.header_count_max + 8);
+  depth_ = std::min<uint32_t>(config_.ring_depth, kRingDepthMax);
+  views_.reserve(256);
 }
 
-void Shard::ring_start() {
-  post_ring_listen();
-  for (auto& u : upstreams_) post_doorbell(u.get());
-  arm_timer(ring_tick_, kTimerRingTick);
+RingBus::~RingBus() = default;
+
+void RingBus::start() {
+  post_listen();
+  for (auto& u : channels_) post_doorbell(u.get());
+  loop_.arm(tick_, tick_list_);
 }
 
-void Shard::post_ring_listen() {
-  io_uring_prep_poll_multishot(loop_.sqe(ring_listen_), ring_->listen_fd(), POLLIN);
+// A complete request waits in the bus's queue until a channel has room.
+void RingBus::enqueue(ClientConn* c, bool front) {
+  queue_on(c, ready_, front, counters_);
+  dispatch();
+  if (c->state == ClientState::kQueued) proxy_.wait_in_queue(c);
 }
 
-void Shard::post_doorbell(UpstreamConn* u) {
+void RingBus::abandon(ClientConn* c) {
+  auto* u = static_cast<RingChannel*>(c->ex->up);
+  for (uint32_t i = 0; i < u->fifo_count; ++i)
+    if (u->at(i) == c) u->at(i) = nullptr;
+  c->ex->up = nullptr;
+  // Its slot stays, so the answer, when it comes, is recognised and dropped;
+  // a pause for its buffers ends with it.
+  if (u->read_paused && u->fifo_count > 0 && u->front() == nullptr) {
+    u->read_paused = false;
+    drain(u);
+    dispatch();
+  }
+}
+
+// The front client drained some of its response: read on.
+void RingBus::resume(Exchange* ex) {
+  auto* u = static_cast<RingChannel*>(ex->up);
+  if (u == nullptr || !u->read_paused) return;
+  u->read_paused = false;
+  drain(u);
+  dispatch();
+}
+
+void RingBus::post_listen() {
+  io_uring_prep_poll_multishot(loop_.sqe(listen_), ring_->listen_fd(), POLLIN);
+}
+
+void RingBus::post_doorbell(RingChannel* u) {
   io_uring_prep_poll_multishot(loop_.sqe(u->doorbell), ring_->doorbell_fd(u->channel), POLLIN);
 }
 
-void Shard::on_ring_listen(const io_uring_cqe& cqe) {
-  if (!(cqe.flags & IORING_CQE_F_MORE)) post_ring_listen();
-  ring_event(ring_->on_listen_ready(loop_.now_ms()));
+void RingBus::on_listen(const io_uring_cqe& cqe) {
+  if (!(cqe.flags & IORING_CQE_F_MORE)) post_listen();
+  on_event(ring_->on_listen_ready(loop_.now_ms()));
 }
 
-void Shard::on_ring_peer(PeerPoll* p, const io_uring_cqe&) {
+void RingBus::on_peer(PeerPoll* p, const io_uring_cqe&) {
   p->in_flight = false;
   if (p != peer_poll_ || p->generation != peer_poll_gen_) return;  // a poll for an earlier peer
   peer_poll_ = nullptr;
   peer_poll_fd_ = -1;
-  ring_event(ring_->on_peer_ready(loop_.now_ms()));
+  on_event(ring_->on_peer_ready(loop_.now_ms()));
 }
 
-void Shard::on_ring_doorbell(UpstreamConn* u, const io_uring_cqe& cqe) {
+void RingBus::on_doorbell(RingChannel* u, const io_uring_cqe& cqe) {
   if (!(cqe.flags & IORING_CQE_F_MORE)) post_doorbell(u);
   ring_->on_doorbell(u->channel);
-  if (u->send_pending && u->state == UpstreamState::kIdle) ring_send_back(u);
-  ring_drain(u);
-  ring_dispatch();
+  if (u->send_pending && u->state == UpstreamState::kIdle) send_back(u);
+  drain(u);
+  dispatch();
 }
 
-void Shard::ring_tick() {
-  ring_event(ring_->tick(loop_.now_ms()));
-  arm_timer(ring_tick_, kTimerRingTick);
+void RingBus::on_tick() {
+  on_event(ring_->tick(loop_.now_ms()));
+  loop_.arm(tick_, tick_list_);
 }
 
 // After every call into the ring agent: act on attach/detach and keep one
 // poll on the current peer socket (the fd changes from peer to peer).
-void Shard::ring_event(RingAgent::Event e) {
+void RingBus::on_event(RingAgent::Event e) {
   if (e == RingAgent::Event::kAttached) {
-    fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", ring_target_.text,
+    fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", target_.text,
                ring_->server_pid(), ring_->channel_count());
     attached_channels_ = ring_->channel_count();
-    for (auto& u : upstreams_) {
-      ring_reset_channel(u.get());
+    for (auto& u : channels_) {
+      reset_channel(u.get());
       if (u->channel < ring_->channel_count()) {
         bump(counters_.upstream_connects);
         bump(counters_.upstream_active);
         u->state = UpstreamState::kIdle;
       }
     }
-    ring_dispatch();
+    dispatch();
   } else if (e == RingAgent::Event::kDetached) {
-    fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", ring_target_.text, ring_->last_error());
-    for (auto& u : upstreams_) {
+    fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", target_.text, ring_->last_error());
+    for (auto& u : channels_) {
       if (u->channel < attached_channels_) drop(counters_.upstream_active);
-      ring_fail_all(u.get(), 502);
-      ring_reset_channel(u.get());
+      fail_all(u.get(), 502);
+      reset_channel(u.get());
     }
     attached_channels_ = 0;
   }
@@ -133,7 +166,7 @@ void Shard::ring_event(RingAgent::Event e) {
   if (p == nullptr) {
     peer_polls_.push_back(std::make_unique<PeerPoll>());
     p = peer_polls_.back().get();
-    bind<&Shard::on_ring_peer>(p->done, this, p);
+    bind<&RingBus::on_peer>(p->done, this, p);
   }
   p->generation = peer_poll_gen_;
   p->in_flight = true;
@@ -141,13 +174,12 @@ void Shard::ring_event(RingAgent::Event e) {
   io_uring_prep_poll_add(loop_.sqe(p->done), fd, POLLIN | POLLRDHUP);
 }
 
-void Shard::ring_reset_channel(UpstreamConn* u) {
+void RingBus::reset_channel(RingChannel* u) {
   u->state = UpstreamState::kFree;
-  u->client = nullptr;
   u->send_pending = false;
-  u->ring_failed = false;
-  u->ring_draining = false;
-  u->ring_slow_front = false;
+  u->failed = false;
+  u->draining = false;
+  u->slow_front = false;
   u->read_paused = false;
   u->fifo_head = u->fifo_count = 0;
   disarm(u->timer);
@@ -155,14 +187,14 @@ void Shard::ring_reset_channel(UpstreamConn* u) {
 
 // The channel that takes the next request: the least loaded one with room
 // (spreading keeps workers busy in parallel; a loaded channel still batches).
-UpstreamConn* Shard::ring_pick() {
-  UpstreamConn* best = nullptr;
-  for (auto& u : upstreams_) {
-    if (u->state != UpstreamState::kIdle || u->ring_failed || u->ring_draining || u->send_pending) continue;
+RingChannel* RingBus::pick() {
+  RingChannel* best = nullptr;
+  for (auto& u : channels_) {
+    if (u->state != UpstreamState::kIdle || u->failed || u->draining || u->send_pending) continue;
     // Nothing behind a response whose client has been too slow for the
     // buffers moves until that client reads: do not add to the wait.
-    if (u->ring_slow_front) continue;
-    if (u->fifo_count >= ring_depth_) continue;
+    if (u->slow_front) continue;
+    if (u->fifo_count >= depth_) continue;
     if (best == nullptr || u->fifo_count < best->fifo_count) best = u.get();
   }
   return best;
@@ -171,36 +203,36 @@ UpstreamConn* Shard::ring_pick() {
 // Hands waiting requests to channels with room. A channel that took one is
 // polled afterwards (a poll that finds nothing arms its doorbell), which may
 // free room again: iterate until nothing moves.
-void Shard::ring_dispatch() {
+void RingBus::dispatch() {
   bool moved = true;
-  while (moved && !ring_group_->ready.empty()) {
+  while (moved && !ready_.empty()) {
     moved = false;
     uint64_t touched = 0;
-    while (!ring_group_->ready.empty()) {
-      UpstreamConn* u = ring_pick();
+    while (!ready_.empty()) {
+      RingChannel* u = pick();
       if (u == nullptr) break;
-      ring_assign(u, take_from(ring_group_->ready));
+      assign(u, take_from(ready_, counters_));
       touched |= uint64_t(1) << (u->channel % 64);
       moved = true;
     }
-    for (auto& u : upstreams_)
-      if (touched & (uint64_t(1) << (u->channel % 64))) ring_drain(u.get());
+    for (auto& u : channels_)
+      if (touched & (uint64_t(1) << (u->channel % 64))) drain(u.get());
   }
 }
 
-void Shard::ring_assign(UpstreamConn* u, ClientConn* c) {
+void RingBus::assign(RingChannel* u, ClientConn* c) {
   disarm(c->timer);
   c->ex->up = u;
-  u->fifo[(u->fifo_head + u->fifo_count) % kRingDepthMax] = c;
+  u->at(u->fifo_count) = c;
   ++u->fifo_count;
-  if (u->fifo_count == 1) arm_timer(u->timer, kTimerResponse);
-  ring_send_back(u);
+  if (u->fifo_count == 1) arm_response_timer(u);
+  send_back(u);
 }
 
 // Sends the newest request of the channel; a full ring keeps it pending
 // (the channel takes nothing else) until the server's doorbell says room.
-void Shard::ring_send_back(UpstreamConn* u) {
-  ClientConn* c = u->fifo[(u->fifo_head + u->fifo_count - 1) % kRingDepthMax];
+void RingBus::send_back(RingChannel* u) {
+  ClientConn* c = u->at(u->fifo_count - 1);
   if (c == nullptr) {  // its client left while it waited for room
     --u->fifo_count;
     u->send_pending = false;
@@ -210,27 +242,24 @@ void Shard::ring_send_back(UpstreamConn* u) {
   std::string_view head(ex->forward->data(), ex->forward_bytes);
   // The server reads the index instead of parsing: it is made from the head
   // exactly as forwarded (hop-by-hop fields already gone).
-  ring_head_parser_.reset();
-  if (ring_head_parser_.parse_head(head) != http::Result::kComplete) {
-    --u->fifo_count;
-    if (u->fifo_count == 0) disarm(u->timer);
-    c->ex->up = nullptr;
-    respond_error(c, 502);
+  head_parser_.reset();
+  if (head_parser_.parse_head(head) != http::Result::kComplete) {
+    unsend_back(u, c, 502);
     return;
   }
-  const http::Head& h = ring_head_parser_.head();
-  ring_fields_.clear();
-  for (const auto& f : h.headers) ring_fields_.push_back({{f.name.off, f.name.len}, {f.value.off, f.value.len}});
+  const http::Head& h = head_parser_.head();
+  fields_.clear();
+  for (const auto& f : h.headers) fields_.push_back({{f.name.off, f.name.len}, {f.value.off, f.value.len}});
   std::string_view body;
   if (ex->body.front() != nullptr && ex->body.front()->next == nullptr) {
     body = std::string_view(ex->body.front()->data() + ex->body.front()->head, ex->body.bytes());
   } else if (!ex->body.empty()) {
-    ring_body_.clear();  // a record is contiguous: gather a multi-block body
-    for (Block* b = ex->body.front(); b != nullptr; b = b->next) ring_body_.append(b->data() + b->head, b->readable());
-    body = ring_body_;
+    body_.clear();  // a record is contiguous: gather a multi-block body
+    for (Block* b = ex->body.front(); b != nullptr; b = b->next) body_.append(b->data() + b->head, b->readable());
+    body = body_;
   }
   ring::RequestOut req;
-  req.id = ++ring_request_ids_;
+  req.id = ++request_ids_;
   req.head = head;
   req.body = body;
   req.method = uint8_t(ex->method);
@@ -238,70 +267,59 @@ void Shard::ring_send_back(UpstreamConn* u) {
   req.flags = ex->close_after ? 0 : OFFLOAD_REQ_F_KEEP_ALIVE;
   req.method_text = {h.method_text.off, h.method_text.len};
   req.target = {h.target.off, h.target.len};
-  req.fields = ring_fields_;
+  req.fields = fields_;
   switch (ring_->try_send_request(u->channel, req)) {
     case RingAgent::Send::kOk:
       u->send_pending = false;
       if (u->fifo_count > 1) bump(counters_.upstream_reuses);  // pipelined behind another
       return;
     case RingAgent::Send::kFull: u->send_pending = true; return;
-    case RingAgent::Send::kTooLarge:
-      --u->fifo_count;
-      u->send_pending = false;
-      if (u->fifo_count == 0) disarm(u->timer);
-      c->ex->up = nullptr;
-      respond_error(c, 413);
-      return;
-    default: ring_fail_all(u, 502); return;
+    case RingAgent::Send::kTooLarge: unsend_back(u, c, 413); return;
+    default: fail_all(u, 502); return;
   }
+}
+
+// The newest request cannot go out on the channel: it leaves it, answered
+// with `status`.
+void RingBus::unsend_back(RingChannel* u, ClientConn* c, int status) {
+  --u->fifo_count;
+  u->send_pending = false;
+  if (u->fifo_count == 0) disarm(u->timer);
+  c->ex->up = nullptr;
+  proxy_.respond_error(c, status);
 }
 
 // Every request on the channel gets `status` (or a close, when its response
 // had begun); their late answers are dropped. A channel that timed out takes
 // no new request until those have gone by.
-void Shard::ring_fail_all(UpstreamConn* u, int status) {
+void RingBus::fail_all(RingChannel* u, int status) {
   for (uint32_t i = 0; i < u->fifo_count; ++i) {
-    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+    ClientConn*& slot = u->at(i);
     if (slot == nullptr) continue;
     ClientConn* c = slot;
     slot = nullptr;
     c->ex->up = nullptr;
-    fail_exchange(c, status);
+    proxy_.fail_exchange(c, status);
   }
   if (u->send_pending) {  // the newest one never went out: nothing will answer it
     --u->fifo_count;
     u->send_pending = false;
   }
-  if (u->fifo_count > 0) u->ring_draining = true;
+  if (u->fifo_count > 0) u->draining = true;
   u->read_paused = false;
-  u->ring_slow_front = false;
+  u->slow_front = false;
   disarm(u->timer);
 }
 
-// A client leaves while its request is on the channel: its slot stays, so
-// the answer, when it comes, is recognised and dropped.
-void Shard::ring_abandon(UpstreamConn* u, ClientConn* c) {
-  for (uint32_t i = 0; i < u->fifo_count; ++i) {
-    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
-    if (slot == c) slot = nullptr;
-  }
-  c->ex->up = nullptr;
-  if (u->read_paused && u->fifo_count > 0 && u->fifo[u->fifo_head] == nullptr) {
-    u->read_paused = false;
-    ring_drain(u);
-    ring_dispatch();
-  }
-}
-
-void Shard::ring_pop_front(UpstreamConn* u) {
-  u->ring_slow_front = false;  // a new front: not known to be slow
+void RingBus::pop_front(RingChannel* u) {
+  u->slow_front = false;  // a new front: not known to be slow
   u->fifo_head = (u->fifo_head + 1) % kRingDepthMax;
   --u->fifo_count;
   if (u->fifo_count == 0) {
-    u->ring_draining = false;
+    u->draining = false;
     disarm(u->timer);
-  } else if (!u->ring_draining) {
-    arm_timer(u->timer, kTimerResponse);
+  } else if (!u->draining) {
+    arm_response_timer(u);
   }
 }
 
@@ -311,16 +329,16 @@ void Shard::ring_pop_front(UpstreamConn* u) {
 // sent again (not in the ring yet, or a GET/HEAD not moved before) go back
 // to the front of the ready queue, with its timeout, for another channel
 // (their answers here will be dropped); the others keep the response
-// timeout, which then fails them, not the paused front (ring_timed_out).
-void Shard::ring_paused(UpstreamConn* u) {
+// timeout, which then fails them, not the paused front (on_response_timeout).
+void RingBus::paused(RingChannel* u) {
   u->read_paused = true;
   // Sticky until the front response ends: the pause comes and goes as that
   // client's socket drains, and a request put behind it in between would
   // wait on it again.
-  u->ring_slow_front = true;
+  u->slow_front = true;
   bool held = false;
   for (uint32_t i = u->fifo_count; i-- > 1;) {  // newest first: push_front keeps the order
-    ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+    ClientConn*& slot = u->at(i);
     ClientConn* c = slot;
     if (c == nullptr) continue;
     const bool unsent = u->send_pending && i == u->fifo_count - 1;
@@ -341,51 +359,52 @@ void Shard::ring_paused(UpstreamConn* u) {
     enqueue(c, true);  // its queue timer runs; another channel may take it at once
   }
   if (!held) disarm(u->timer);
-  else if (!u->timer.armed()) arm_timer(u->timer, kTimerResponse);
+  else if (!u->timer.armed()) arm_response_timer(u);
 }
 
 // The response timeout of a channel. Behind a slow front only the held
 // requests time out (counted from the front's last progress before it
 // paused: a client trickling its reads must not stretch their wait); the
 // front itself waits for its own client, whose send timeout covers it.
-void Shard::ring_timed_out(UpstreamConn* u) {
-  const bool front_live = u->fifo_count > 0 && u->fifo[u->fifo_head] != nullptr;
-  if (u->ring_slow_front && front_live && held_behind(u)) {
+void RingBus::on_response_timeout(RingChannel* u, Timer&) {
+  bump(counters_.timeouts_response);
+  const bool front_live = u->front() != nullptr;
+  if (u->slow_front && front_live && u->held_behind()) {
     for (uint32_t i = 1; i < u->fifo_count; ++i) {
-      ClientConn*& slot = u->fifo[(u->fifo_head + i) % kRingDepthMax];
+      ClientConn*& slot = u->at(i);
       if (slot == nullptr) continue;
       ClientConn* c = slot;
       slot = nullptr;
       c->ex->up = nullptr;
-      fail_exchange(c, 504);
+      proxy_.fail_exchange(c, 504);
     }
     if (u->send_pending) {  // never went out: nothing will answer it
       --u->fifo_count;
       u->send_pending = false;
     }
-    if (!u->read_paused) arm_timer(u->timer, kTimerResponse);  // the flowing front's own inactivity bound
+    if (!u->read_paused) arm_response_timer(u);  // the flowing front's own inactivity bound
     return;
   }
   if (u->read_paused && front_live) return;  // the front waits for its client, bounded by its send timer
-  ring_fail_all(u, 504);
-  ring_dispatch();
+  fail_all(u, 504);
+  dispatch();
 }
 
-bool Shard::ring_read_allowed(UpstreamConn* u) const {
-  const ClientConn* c = u->fifo_count > 0 ? u->fifo[u->fifo_head] : nullptr;
+bool RingBus::read_allowed(const RingChannel* u) const {
+  const ClientConn* c = u->front();
   return c == nullptr || sink_.read_allowed(c->ex);
 }
 
 // Takes response pieces off a channel until it is empty (which arms its
 // doorbell) or the front client's buffers are full (resumed by its next
 // send). Each response goes to the oldest request still on the channel.
-// Room it frees is filled by the caller's ring_dispatch().
-void Shard::ring_drain(UpstreamConn* u) {
-  if (u->ring_failed || u->state == UpstreamState::kFree) return;
+// Room it frees is filled by the caller's dispatch().
+void RingBus::drain(RingChannel* u) {
+  if (u->failed || u->state == UpstreamState::kFree) return;
   for (;;) {
-    if (!ring_read_allowed(u)) {
-      if (!u->read_paused) ring_paused(u);
-      wait_if_unwoken(u->fifo[u->fifo_head]);  // a pause for the shared budget has no send to end it
+    if (!read_allowed(u)) {
+      if (!u->read_paused) paused(u);
+      proxy_.wait_if_unwoken(u->front());  // a pause for the shared budget has no send to end it
       return;
     }
     u->read_paused = false;
@@ -395,33 +414,28 @@ void Shard::ring_drain(UpstreamConn* u) {
     if (r < 0) {
       fmt::print(stderr, "offload-agent: bus channel {}: {}\n", u->channel, ring_->channel_error(u->channel));
       bump(counters_.upstream_bad_responses);
-      ring_fail_all(u, 502);
-      u->ring_failed = true;  // said once; unusable until the server attaches again
+      fail_all(u, 502);
+      u->failed = true;  // said once; unusable until the server attaches again
       return;
     }
     const bool last = piece.end || piece.kind == ring::ResponsePiece::Kind::kAbort;
-    ClientConn* c = u->fifo_count > 0 ? u->fifo[u->fifo_head] : nullptr;
+    ClientConn* c = u->front();
     bool ok = true;
     if (c != nullptr) {
-      ok = piece.kind != ring::ResponsePiece::Kind::kAbort && ring_piece(u, c, piece);
-      if (!ok) u->fifo[u->fifo_head] = nullptr;
+      ok = piece.kind != ring::ResponsePiece::Kind::kAbort && take_piece(u, c, piece);
+      if (!ok) u->at(0) = nullptr;
     }
     ring_->release_response(u->channel);
     if (c != nullptr && !ok) {
       c->ex->up = nullptr;
-      fail_exchange(c, 502);
+      proxy_.fail_exchange(c, 502);
     }
     if (!last) {
-      if (c != nullptr && ok) post_client_send(c);
+      if (c != nullptr && ok) proxy_.post_client_send(c);
       continue;
     }
-    if (u->fifo_count > 0) ring_pop_front(u);
-    if (c != nullptr && ok) {
-      c->ex->response_done = true;
-      c->ex->up = nullptr;
-      if (c->state == ClientState::kClosing) maybe_free_client(c);
-      else send_or_finish(c);
-    }
+    if (u->fifo_count > 0) pop_front(u);
+    if (c != nullptr && ok) proxy_.on_response_done(c);
   }
 }
 
@@ -429,7 +443,7 @@ void Shard::ring_drain(UpstreamConn* u) {
 // client ahead of the final one (RFC 9110 15.2: never to HTTP/1.0). 100 is
 // the agent's own business (the request is complete before it is sent) and
 // is dropped. A 1xx that claims to end the response, or 101, fails it.
-bool Shard::ring_interim(ClientConn* c, const ring::ResponsePiece& piece) {
+bool RingBus::take_interim(ClientConn* c, const ring::ResponsePiece& piece) {
   Exchange* ex = c->ex;
   if (piece.end || piece.status == 101) {
     bump(counters_.upstream_bad_responses);
@@ -450,27 +464,27 @@ bool Shard::ring_interim(ClientConn* c, const ring::ResponsePiece& piece) {
   n += 2;
   bump(counters_.responses_1xx);
   ex->interim.append(scratch_.get(), n);
-  post_client_send(c);  // ahead of the final response, while the server works
+  proxy_.post_client_send(c);  // ahead of the final response, while the server works
   return true;
 }
 
 // Copies one piece into the client's output; false to fail the exchange.
-bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece& piece) {
+bool RingBus::take_piece(RingChannel* u, ClientConn* c, const ring::ResponsePiece& piece) {
   Exchange* ex = c->ex;
   // Progress of a slow front does not extend the wait of those held behind it.
-  if (!u->ring_draining && !(u->ring_slow_front && held_behind(u))) arm_timer(u->timer, kTimerResponse);
+  if (!u->draining && !(u->slow_front && u->held_behind())) arm_response_timer(u);
   ex->response_bytes += piece.body.size() + 1;
   const bool head_request = ex->method == http::Method::kHead;
   if (piece.kind == ring::ResponsePiece::Kind::kHead) {
-    if (piece.status < 200) return ring_interim(c, piece);
+    if (piece.status < 200) return take_interim(c, piece);
     sink_.count(piece.status);
     const bool bodiless = head_request || piece.status == 204 || piece.status == 304;
     const bool length_known = piece.content_length != OFFLOAD_LENGTH_UNKNOWN;
     u->chunked_out = !length_known && !bodiless && !ex->client_http10;
     if (!length_known && !bodiless && ex->client_http10) ex->close_after = true;
-    ring_views_.clear();
-    for (const auto& f : piece.fields) ring_views_.push_back({f.name, f.value});
-    size_t n = write_ring_response_head(piece.status, ring_views_.data(), ring_views_.size(),
+    views_.clear();
+    for (const auto& f : piece.fields) views_.push_back({f.name, f.value});
+    size_t n = write_ring_response_head(piece.status, views_.data(), views_.size(),
                                         length_known && piece.status != 204 && piece.status != 304,
                                         piece.content_length, u->chunked_out, ex->close_after, ex->client_http10,
                                         scratch_.get(), kScratchBytes);
@@ -491,5 +505,4 @@ bool Shard::ring_piece(UpstreamConn* u, ClientConn* c, const ring::ResponsePiece
   return true;
 }
 
-// Response bytes go to memory up to response_buffer, then to the spill file.
 }  // namespace offload

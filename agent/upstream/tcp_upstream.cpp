@@ -1,9 +1,7 @@
-// The upstream side of a shard for TCP and Unix servers: each group's queue
-// and its balancer's picks, each server's pending requests and its pool's
-// fit to the server (an adaptive limit up to max_upstream, starting at
-// `persistent`, connections opened on demand), and one exchange over a
-// connection: the request out in one send, the response read into the
-// ResponseSink.
+// The Upstream of TCP and Unix servers (see tcp_upstream.h for the walk of
+// one request through it).
+#include "upstream/tcp_upstream.h"
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -17,7 +15,7 @@
 #include <fmt/format.h>
 
 #include "http/http_rewrite.h"
-#include "shard.h"
+#include "upstream/hash.h"
 
 namespace offload {
 namespace {
@@ -27,38 +25,6 @@ namespace {
 constexpr uint32_t kHeadroom = 1024;
 
 }  // namespace
-
-// ------------------------------------------------------------ the queues
-
-void Shard::queue_on(ClientConn* c, List<ClientConn, &ClientConn::queue_node>& q, bool front) {
-  OFFLOAD_ASSERT(c->state != ClientState::kQueued && !c->queue_node.linked());
-  OFFLOAD_ASSERT(c->fd >= 0 && c->ex != nullptr && c->ex->up == nullptr);
-  c->state = ClientState::kQueued;
-  c->queue = &q;
-  if (front) q.push_front(c);
-  else q.push_back(c);
-  bump(counters_.queue_length);
-}
-
-// A complete request waits in its group's queue until the balancer gives it
-// a server and that server a connection; most of the time both happen here.
-void Shard::enqueue(ClientConn* c, bool front) {
-  OFFLOAD_ASSERT(c->listener->group != nullptr && c->ex->server == nullptr);
-  queue_on(c, c->listener->group->ready, front);
-  dispatch(*c->listener->group);
-  if (c->state == ClientState::kQueued) {
-    bump(counters_.queue_waits);
-    arm_client_timer(c, kTimerQueue);
-  }
-}
-
-ClientConn* Shard::take_from(List<ClientConn, &ClientConn::queue_node>& q) {
-  ClientConn* c = q.front();
-  if (c == nullptr) return nullptr;
-  OFFLOAD_ASSERT(c->state == ClientState::kQueued && c->queue == &q && c->fd >= 0 && c->ex != nullptr);
-  set_state(c, ClientState::kUpstream);
-  return c;
-}
 
 // ------------------------------------------------------- groups and servers
 
@@ -73,95 +39,128 @@ BalancePolicy policy_of(Balance b) {
   return BalancePolicy::kLeastOutstanding;
 }
 
-// FNV-1a: the servers' identities and the clients' addresses for source-hash.
-uint64_t fnv1a(const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 }  // namespace
 
-// One UpstreamGroup per [[upstream]] table (the flat keys make one,
-// "default"), each server a TcpPool, or the ring channels for a shm: group.
-void Shard::build_groups() {
-  for (size_t gi = 0; gi < config_.groups.size(); ++gi) {
-    const GroupConfig& gc = config_.groups[gi];
-    std::vector<ServerSpec> specs;
-    for (const ServerConfig& sc : gc.servers) {
-      ServerSpec spec;
-      spec.weight = sc.weight;
-      spec.max_outstanding = sc.max_connections;  // one request per connection
-      spec.hash_key = fnv1a(sc.target.text.data(), sc.target.text.size());  // reordering servers moves no source
-      specs.push_back(spec);
-    }
-    HealthSpec health;
-    // Like nginx: a group of one server never takes it out on failures
-    // (there is nowhere else to send its requests); the back-off paces it.
-    health.max_fails = gc.servers.size() > 1 ? gc.max_fails : 0;
-    health.fail_timeout_ms = gc.fail_timeout_ms;
-    health.active = gc.health.enabled;
-    health.rise = gc.health.rise;
-    health.fall = gc.health.fall;
-    auto g = std::make_unique<UpstreamGroup>(gc.name, policy_of(gc.balance), health, specs);
-    g->default_host = gc.servers.front().target.address.text;
-    if (gc.servers.front().target.kind == UpstreamTarget::Kind::kShm) {
-      if (ring_group_ != nullptr)
-        throw ConfigError(fmt::format("{}.servers: bad value '{}' (expected one shm: bus per agent; a second is not "
-                                      "supported yet)", gc.where, gc.servers.front().target.text));
-      g->ring = true;
-      ring_group_ = g.get();
-      ring_target_ = gc.servers.front().target;
-      ring_channels_ = gc.servers.front().max_connections;
-      if (config_.max_upstream_auto) ring_channels_ = std::min<uint32_t>(ring_channels_, 8);  // "auto" adapts TCP pools only
-    } else {
-      for (size_t si = 0; si < gc.servers.size(); ++si) {
-        const ServerConfig& sc = gc.servers[si];
-        TcpPool::Settings settings;
-        settings.target = sc.target;
-        settings.max_connections = sc.max_connections;
-        settings.persistent = sc.persistent;
-        // A number the user gave is trusted until the server refuses or
-        // stalls a connection; "auto" starts at persistent and grows.
-        const bool given = !config_.max_upstream_auto ||
-                           std::find(sc.explicit_keys.begin(), sc.explicit_keys.end(), "max_connections") !=
-                               sc.explicit_keys.end();
-        settings.initial_limit = given ? sc.max_connections : std::max<uint32_t>(sc.persistent, 1);
-        settings.connect_timeout_ms = config_.connect_timeout_ms;
-        g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *topology_->server(gi, si), *this, *g,
-                                                       uint32_t(si), settings, response_limits_));
-        g->servers.back()->for_each([this](UpstreamConn* u) {
-          bind<&Shard::on_up_send>(u->sent, this, u);
-          bind<&Shard::on_up_recv>(u->received, this, u);
-          bind<&Shard::on_up_cancelled>(u->cancelled, this, u);
-          bind<&Shard::on_response_timeout>(u->timer, this, u);
-        });
-      }
-    }
-    if (gc.health.enabled && !g->ring) {
-      std::vector<ProbeTarget> targets;
-      for (const ServerConfig& sc : gc.servers)
-        targets.push_back({sc.target.address, sc.target.kind == UpstreamTarget::Kind::kUnix
-                                                  ? std::string("localhost")
-                                                  : sc.target.address.text});
-      HealthCheckSettings hs;
-      hs.path = gc.health.path;
-      hs.interval_ms = gc.health.interval_ms;
-      hs.timeout_ms = gc.health.timeout_ms;
-      UpstreamGroup* group = g.get();
-      g->checker = std::make_unique<HealthChecker>(loop_, std::move(targets), hs, [this, group](size_t i, bool ok) {
-        on_probe(*group->servers.at(i), ok);
-      });
-    }
-    bind<&Shard::on_group_wake>(g->wake, this, g.get());
-    loop_.add_timers(g->wake_list);
-    groups_.push_back(std::move(g));
-  }
-  for (size_t i = 0; i < listeners_.size(); ++i) listeners_[i]->group = groups_.at(config_.listeners.at(i).group).get();
+TcpUpstream::TcpUpstream(const Parts& parts)
+    : loop_(parts.loop),
+      uring_(parts.loop.uring()),
+      config_(parts.config),
+      counters_(parts.counters),
+      topology_(parts.topology),
+      data_pool_(parts.data_pool),
+      sink_(parts.sink),
+      proxy_(parts.proxy) {
+  // The head is rewritten in place in the first block, in front of the body.
+  response_limits_.header_bytes_max = uint32_t(data_pool_.block_bytes() / 2);
+  response_limits_.header_count_max = 1000;
+  response_limits_.body_bytes_max = 0;  // unlimited: responses stream through
+  by_config_.assign(config_.groups.size(), nullptr);
+  for (size_t i = 0; i < config_.groups.size(); ++i)
+    if (!config_.groups[i].is_bus()) build_group(i);
+  // Responses land in provided buffers, one group for every connection.
+  if (!groups_.empty()) uring_.setup_buffers(kUpstreamGroup, kUpstreamBuffers, kUpstreamBufferBytes);
 }
 
-void Shard::dispatch_all() {
+TcpUpstream::~TcpUpstream() = default;  // the pools close their connections
+
+// A group of TCP or Unix servers, each a TcpPool.
+void TcpUpstream::build_group(size_t gi) {
+  const GroupConfig& gc = config_.groups[gi];
+  std::vector<ServerSpec> specs;
+  for (const ServerConfig& sc : gc.servers) {
+    ServerSpec spec;
+    spec.weight = sc.weight;
+    spec.max_outstanding = sc.max_connections;  // one request per connection
+    spec.hash_key = fnv1a(sc.target.text.data(), sc.target.text.size());  // reordering servers moves no source
+    specs.push_back(spec);
+  }
+  HealthSpec health;
+  // Like nginx: a group of one server never takes it out on failures
+  // (there is nowhere else to send its requests); the back-off paces it.
+  health.max_fails = gc.servers.size() > 1 ? gc.max_fails : 0;
+  health.fail_timeout_ms = gc.fail_timeout_ms;
+  health.active = gc.health.enabled;
+  health.rise = gc.health.rise;
+  health.fall = gc.health.fall;
+  auto g = std::make_unique<UpstreamGroup>(gc.name, policy_of(gc.balance), health, specs);
+  g->default_host = gc.servers.front().target.address.text;
+  for (size_t si = 0; si < gc.servers.size(); ++si) {
+    const ServerConfig& sc = gc.servers[si];
+    TcpPool::Settings settings;
+    settings.target = sc.target;
+    settings.max_connections = sc.max_connections;
+    settings.persistent = sc.persistent;
+    // A number the user gave is trusted until the server refuses or
+    // stalls a connection; "auto" starts at persistent and grows.
+    const bool given = !config_.max_upstream_auto ||
+                       std::find(sc.explicit_keys.begin(), sc.explicit_keys.end(), "max_connections") !=
+                           sc.explicit_keys.end();
+    settings.initial_limit = given ? sc.max_connections : std::max<uint32_t>(sc.persistent, 1);
+    settings.connect_timeout_ms = config_.connect_timeout_ms;
+    g->servers.push_back(std::make_unique<TcpPool>(loop_, counters_, *topology_.server(gi, si), *this, *g,
+                                                   uint32_t(si), settings, response_limits_));
+    g->servers.back()->for_each([this](UpstreamConn* u) {
+      bind<&TcpUpstream::on_up_send>(u->sent, this, u);
+      bind<&TcpUpstream::on_up_recv>(u->received, this, u);
+      bind<&TcpUpstream::on_up_cancelled>(u->cancelled, this, u);
+      bind<&TcpUpstream::on_response_timeout>(u->timer, this, u);
+    });
+  }
+  if (gc.health.enabled) {
+    std::vector<ProbeTarget> targets;
+    for (const ServerConfig& sc : gc.servers)
+      targets.push_back({sc.target.address, sc.target.kind == UpstreamTarget::Kind::kUnix
+                                                ? std::string("localhost")
+                                                : sc.target.address.text});
+    HealthCheckSettings hs;
+    hs.path = gc.health.path;
+    hs.interval_ms = gc.health.interval_ms;
+    hs.timeout_ms = gc.health.timeout_ms;
+    UpstreamGroup* group = g.get();
+    g->checker = std::make_unique<HealthChecker>(loop_, std::move(targets), hs, [this, group](size_t i, bool ok) {
+      on_probe(*group->servers.at(i), ok);
+    });
+  }
+  bind<&TcpUpstream::on_group_wake>(g->wake, this, g.get());
+  loop_.add_timers(g->wake_list);
+  by_config_[gi] = g.get();
+  groups_.push_back(std::move(g));
+}
+
+void TcpUpstream::start() {
+  for (auto& g : groups_)
+    if (g->checker) g->checker->start();
+  refill_pools();
+}
+
+void TcpUpstream::drain() {
+  draining_ = true;
+  for (auto& g : groups_)
+    if (g->checker) g->checker->stop();
+}
+
+void TcpUpstream::after_batch() {
+  if (!pool_changed_) return;
+  pool_changed_ = false;
+  refill_pools();
+  dispatch_all();
+}
+
+// A complete request waits in its group's queue until the balancer gives it
+// a server and that server a connection; most of the time both happen here.
+void TcpUpstream::enqueue(ClientConn* c, bool front) {
+  OFFLOAD_ASSERT(c->listener->group != nullptr && c->ex->server == nullptr);
+  queue_on(c, c->listener->group->ready, front, counters_);
+  dispatch(*c->listener->group);
+  if (c->state == ClientState::kQueued) proxy_.wait_in_queue(c);
+}
+
+void TcpUpstream::on_response_timeout(UpstreamConn* u, Timer&) {
+  bump(counters_.timeouts_response);
+  upstream_failed(u, 504, false);
+}
+
+void TcpUpstream::dispatch_all() {
   for (auto& g : groups_) dispatch(*g);
 }
 
@@ -170,11 +169,7 @@ void Shard::dispatch_all() {
 // server can take one (all down or full) the rest wait: a server coming back
 // or a request ending there dispatches again, and while every server is down
 // the wake timer tries again when the first may be probed.
-void Shard::dispatch(UpstreamGroup& g) {
-  if (g.ring) {  // ring channels carry several requests each: ring_upstream.cpp
-    ring_dispatch();
-    return;
-  }
+void TcpUpstream::dispatch(UpstreamGroup& g) {
   for (auto& p : g.servers) serve_pending(*p);
   while (ClientConn* c = g.ready.front()) {
     const int i = g.balancer.pick(loop_.now_ms(), source_hash(c));
@@ -190,7 +185,7 @@ void Shard::dispatch(UpstreamGroup& g) {
     g.balancer.started(size_t(i));
     set_state(c, ClientState::kUpstream);  // out of the group's queue...
     c->ex->server = &p;
-    queue_on(c, p.pending, false);  // ... into the server's, still kQueued
+    queue_on(c, p.pending, false, counters_);  // ... into the server's, still kQueued
     serve_pending(p);
   }
 }
@@ -199,11 +194,11 @@ void Shard::dispatch(UpstreamGroup& g) {
 // on_connected; the most recently used first, so a surplus ages out at the
 // cold end); for the rest, new connections as wants_new_upstream allows. A
 // failed open ends the loop.
-void Shard::serve_pending(TcpPool& p) {
+void TcpUpstream::serve_pending(TcpPool& p) {
   while (!p.pending.empty()) {
     UpstreamConn* u = p.take_idle();
     if (u == nullptr) break;
-    assign(u, take_from(p.pending));
+    assign(u, take_from(p.pending, counters_));
   }
   while (!draining_ && wants_new_upstream(p))
     if (!p.open()) break;
@@ -221,7 +216,7 @@ void Shard::serve_pending(TcpPool& p) {
 //    constrained), one new connection at a time: none while another is
 //    still unanswered, so a server with no worker for it strands one
 //    request, not many (and check_unanswered takes that one back).
-bool Shard::wants_new_upstream(TcpPool& p) {
+bool TcpUpstream::wants_new_upstream(TcpPool& p) {
   const size_t waiting = p.pending.size();
   if (waiting <= p.connecting() || !p.may_open()) return false;
   const PoolCensus n = census(p);
@@ -230,7 +225,7 @@ bool Shard::wants_new_upstream(TcpPool& p) {
   return waiting > n.proven_busy_soon + p.connecting();
 }
 
-Shard::PoolCensus Shard::census(TcpPool& p) {
+TcpUpstream::PoolCensus TcpUpstream::census(TcpPool& p) {
   const uint64_t now = loop_.now_ms();
   const uint64_t soon_ms = uint64_t(std::max<int64_t>(kSoonMinMs, 4 * p.response_ms_avg));
   PoolCensus n;
@@ -252,7 +247,7 @@ Shard::PoolCensus Shard::census(TcpPool& p) {
 // down to the connections the server does serve. Without this the request
 // would wait for the whole response timeout. A server that answers nothing
 // at all is left to the response timeout: it is slow, not full.
-void Shard::check_unanswered() {
+void TcpUpstream::check_unanswered() {
   const uint64_t now = loop_.now_ms();
   for (auto& g : groups_)
     for (auto& p : g->servers) {
@@ -276,46 +271,37 @@ void Shard::check_unanswered() {
 }
 
 // After the limit changed: idle channels beyond it close, coldest first.
-void Shard::fit_pool(TcpPool& p) {
+void TcpUpstream::fit_pool(TcpPool& p) {
   while (p.open_count() > p.limit().limit())
     if (UpstreamConn* u = p.coldest_idle()) close_upstream(u);
     else break;
   p.limit_changed();
 }
 
-void Shard::on_group_wake(UpstreamGroup* g, Timer&) { dispatch(*g); }
+void TcpUpstream::on_group_wake(UpstreamGroup* g, Timer&) { dispatch(*g); }
 
 // The server is down: what waits for it goes back to the front of the
 // group's queue (oldest first), where another server may take it.
-void Shard::give_back(TcpPool& p) {
+void TcpUpstream::give_back(TcpPool& p) {
   while (ClientConn* c = p.pending.back()) {
     set_state(c, ClientState::kUpstream);
     leave_server(c->ex);
-    queue_on(c, p.group().ready, true);
+    queue_on(c, p.group().ready, true, counters_);
   }
 }
 
-// The client is going while its exchange is on an upstream: a ring channel
-// carries on (this answer will be dropped); a TCP connection mid-exchange
-// cannot be reused.
-void Shard::abandon(ClientConn* c) {
-  UpstreamConn* u = c->ex->up;
-  if (u->ring) {
-    ring_abandon(u, c);
-  } else {
-    u->reusable = false;
-    close_upstream(u);
-  }
+// The client is going while its exchange is on a connection: mid-exchange,
+// the connection cannot be reused.
+void TcpUpstream::abandon(ClientConn* c) {
+  auto* u = static_cast<UpstreamConn*>(c->ex->up);
+  u->reusable = false;
+  close_upstream(u);
 }
 
-uint64_t Shard::request_bytes_max(const ClientConn* c) const {
-  return c->listener->group->ring && ring_ ? ring_->max_request_bytes() : UINT64_MAX;
-}
-
-std::string_view Shard::default_host(const ClientConn* c) const { return c->listener->group->default_host; }
+std::string_view TcpUpstream::default_host(const ClientConn* c) const { return c->listener->group->default_host; }
 
 // The one place an exchange stops counting against its server.
-void Shard::leave_server(Exchange* ex) {
+void TcpUpstream::leave_server(Exchange* ex) {
   TcpPool* p = ex->server;
   if (p == nullptr) return;
   ex->server = nullptr;
@@ -324,7 +310,7 @@ void Shard::leave_server(Exchange* ex) {
 }
 
 // Passive health: connects, resets and responses tell the balancer.
-void Shard::report_health(TcpPool& p, bool ok) {
+void TcpUpstream::report_health(TcpPool& p, bool ok) {
   Balancer& b = p.group().balancer;
   const bool back = ok ? b.report_success(p.index(), loop_.now_ms()) : b.report_failure(p.index(), loop_.now_ms());
   if (!ok) add(p.stats().failures);
@@ -334,14 +320,14 @@ void Shard::report_health(TcpPool& p, bool ok) {
 
 // Active health: a probe's result. A server taken out gives its waiting
 // requests back to the group; one brought back dispatches after the batch.
-void Shard::on_probe(TcpPool& p, bool ok) {
+void TcpUpstream::on_probe(TcpPool& p, bool ok) {
   if (p.group().balancer.report_probe(p.index(), ok, loop_.now_ms())) pool_changed_ = true;
   note_health(p);
   if (p.counted_down) give_back(p);
 }
 
 // Keeps the server's "down" gauge (shards that have it out) in step.
-void Shard::note_health(TcpPool& p) {
+void TcpUpstream::note_health(TcpPool& p) {
   const Balancer& b = p.group().balancer;
   const bool down = b.stats(p.index(), loop_.now_ms()).state != HealthState::kUp;
   if (down != p.counted_down) {
@@ -353,7 +339,7 @@ void Shard::note_health(TcpPool& p) {
 
 // A request that waited in vain: 503 when the servers were busy, the
 // gateway's error (502, 504) when its server could not be reached.
-int Shard::queue_timeout_status(const ClientConn* c) const {
+int TcpUpstream::queue_timeout_status(const ClientConn* c) const {
   if (c->ex != nullptr && c->ex->server != nullptr)
     return c->ex->server->unreachable() ? c->ex->server->unreachable_status() : 503;
   if (c->listener->group == nullptr || c->listener->group->servers.empty()) return 503;
@@ -362,16 +348,16 @@ int Shard::queue_timeout_status(const ClientConn* c) const {
   return c->listener->group->servers.front()->unreachable_status();
 }
 
-uint64_t Shard::source_hash(ClientConn* c) {
+uint64_t TcpUpstream::source_hash(ClientConn* c) {
   if (c->listener->group->balancer.policy() != BalancePolicy::kSourceHash) return 0;
   if (c->peer_family == 0) proxy_.look_up_peer(c);
   return fnv1a(c->peer_addr, c->peer_family == AF_INET6 ? 16 : 4);
 }
 
-void Shard::on_connected(TcpPool& pool, UpstreamConn* u) {
+void TcpUpstream::on_connected(TcpPool& pool, UpstreamConn* u) {
   report_health(pool, true);
   arm_up_recv(u);
-  if (ClientConn* c = take_from(pool.pending)) {
+  if (ClientConn* c = take_from(pool.pending, counters_)) {
     assign(u, c);
   } else if (pool.open_count() == 1) {
     pool.make_idle(u);  // the one kept ahead of demand: the next request's
@@ -385,34 +371,34 @@ void Shard::on_connected(TcpPool& pool, UpstreamConn* u) {
   }
 }
 
-void Shard::on_connect_failed(TcpPool& pool, int) {
+void TcpUpstream::on_connect_failed(TcpPool& pool, int) {
   report_health(pool, false);
   // Its requests stay while the server may come back (a restart costs them
   // latency, not errors); once it is taken out, they go to the others.
   if (pool.group().balancer.stats(pool.index(), loop_.now_ms()).state == HealthState::kDown) give_back(pool);
 }
 
-void Shard::on_freed(TcpPool&, UpstreamConn* u) {
+void TcpUpstream::on_freed(TcpPool&, UpstreamConn* u) {
   if (ClientConn* c = u->client) {
     u->client = nullptr;
     if (c->ex != nullptr) c->ex->up = nullptr;
-    maybe_free_client(c);
+    proxy_.maybe_free_client(c);
   }
   // The pool is refilled after this batch of completions, not here: the
   // handler that freed the slot may still be running for it.
   pool_changed_ = true;
 }
 
-void Shard::on_retry(TcpPool&) { pool_changed_ = true; }
+void TcpUpstream::on_retry(TcpPool&) { pool_changed_ = true; }
 
-void Shard::assign(UpstreamConn* u, ClientConn* c) {
+void TcpUpstream::assign(UpstreamConn* u, ClientConn* c) {
   Exchange* ex = c->ex;
   disarm(c->timer);
   Block* first = ex->out.writable_tail(data_pool_, data_pool_.block_bytes());
   if (first == nullptr) {
     bump(counters_.buffer_exhausted);
     u->pool->make_idle(u);
-    respond_error(c, 503);
+    proxy_.respond_error(c, 503);
     return;
   }
   first->head = first->tail = kHeadroom;
@@ -432,13 +418,13 @@ void Shard::assign(UpstreamConn* u, ClientConn* c) {
   arm_response_timer(u);
 }
 
-void Shard::refill_pool() {
+void TcpUpstream::refill_pools() {
   if (draining_) return;
   for (auto& g : groups_)
     for (auto& p : g->servers) p->refill();
 }
 
-void Shard::log_error(const char* what, int err) {
+void TcpUpstream::log_error(const char* what, int err) {
   if (last_log_ms_ != 0 && loop_.now_ms() - last_log_ms_ < 5000) return;  // a failing disk is loud enough
   fmt::print(stderr, "offload-agent: {}: {}\n", what, std::strerror(err));
   last_log_ms_ = loop_.now_ms();
@@ -446,7 +432,7 @@ void Shard::log_error(const char* what, int err) {
 
 // ------------------------------------------------------ sending the request
 
-void Shard::post_up_send(UpstreamConn* u) {
+void TcpUpstream::post_up_send(UpstreamConn* u) {
   Exchange* ex = u->client->ex;
   // The iovecs skip what was sent already; the request itself stays intact
   // until the exchange ends, so a retry can send it again.
@@ -478,7 +464,7 @@ void Shard::post_up_send(UpstreamConn* u) {
 
 // Reads the next piece of a spilled request body, from `offset` in its file,
 // into the exchange's bounce block (pread: a retry reads it again from 0).
-bool Shard::load_body_piece(UpstreamConn* u, uint64_t offset) {
+bool TcpUpstream::load_body_piece(UpstreamConn* u, uint64_t offset) {
   Exchange* ex = u->client->ex;
   OFFLOAD_ASSERT(ex->body_spill.fd >= 0 && offset < ex->body_spill.write_off);
   if (ex->bounce == nullptr) ex->bounce = data_pool_.get();
@@ -499,7 +485,7 @@ bool Shard::load_body_piece(UpstreamConn* u, uint64_t offset) {
   return true;
 }
 
-void Shard::on_up_send(UpstreamConn* u, const io_uring_cqe& cqe) {
+void TcpUpstream::on_up_send(UpstreamConn* u, const io_uring_cqe& cqe) {
   const int res = cqe.res;
   --u->inflight;
   u->send_busy = false;
@@ -522,7 +508,7 @@ void Shard::on_up_send(UpstreamConn* u, const io_uring_cqe& cqe) {
 // kept for its lifetime (like a socket registered once with epoll): no
 // per-request poll arming. Bytes land in provided buffers and are copied
 // into the client's output blocks.
-void Shard::arm_up_recv(UpstreamConn* u) {
+void TcpUpstream::arm_up_recv(UpstreamConn* u) {
   OFFLOAD_ASSERT(!u->recv_armed && u->fd >= 0);  // one receive per connection
   io_uring_sqe* s = loop_.sqe(u->received);
   io_uring_prep_recv_multishot(s, u->fd, nullptr, 0, 0);
@@ -532,28 +518,22 @@ void Shard::arm_up_recv(UpstreamConn* u) {
   u->recv_armed = true;
 }
 
-void Shard::wake_budget_waiters() {
-  sink_.wake([this](ClientConn* c) {
-    OFFLOAD_ASSERT(c->state != ClientState::kClosing && c->ex != nullptr);
-    resume_response(c);
-  });
-}
-
 // A read paused for this exchange's buffers tries again (and pauses again if
 // there is still no room).
-void Shard::resume_up_read(Exchange* ex) {
-  if (ex->up == nullptr || !ex->up->read_paused) return;
-  ex->up->read_paused = false;
-  post_up_recv(ex->up);
+void TcpUpstream::resume(Exchange* ex) {
+  auto* u = static_cast<UpstreamConn*>(ex->up);
+  if (u == nullptr || !u->read_paused) return;
+  u->read_paused = false;
+  post_up_recv(u);
 }
 
-void Shard::on_up_cancelled(UpstreamConn* u, const io_uring_cqe&) {
+void TcpUpstream::on_up_cancelled(UpstreamConn* u, const io_uring_cqe&) {
   --u->inflight;
   maybe_free_upstream(u);
 }
 
 // Back-pressure: the client's buffers (memory and spill file) are full.
-void Shard::pause_up_read(UpstreamConn* u) {
+void TcpUpstream::pause_up_read(UpstreamConn* u) {
   u->read_paused = true;
   disarm(u->timer);
   if (!u->recv_armed) return;
@@ -562,22 +542,17 @@ void Shard::pause_up_read(UpstreamConn* u) {
 }
 
 // The client drained some of its response: read on if there is room.
-void Shard::post_up_recv(UpstreamConn* u) {
-  if (u->ring) {
-    ring_drain(u);
-    ring_dispatch();
-    return;
-  }
+void TcpUpstream::post_up_recv(UpstreamConn* u) {
   if (u->state != UpstreamState::kBusy || !sink_.read_allowed(u->client->ex)) {
     u->read_paused = true;
-    if (u->state == UpstreamState::kBusy) wait_if_unwoken(u->client);
+    if (u->state == UpstreamState::kBusy) proxy_.wait_if_unwoken(u->client);
     return;
   }
   arm_response_timer(u);
   if (!u->recv_armed) arm_up_recv(u);
 }
 
-void Shard::on_up_recv(UpstreamConn* u, const io_uring_cqe& e) {
+void TcpUpstream::on_up_recv(UpstreamConn* u, const io_uring_cqe& e) {
   const io_uring_cqe* cqe = &e;
   const uint32_t generation = u->generation;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
@@ -614,7 +589,7 @@ void Shard::on_up_recv(UpstreamConn* u, const io_uring_cqe& e) {
   }
 }
 
-void Shard::on_up_eof(UpstreamConn* u, int res) {
+void TcpUpstream::on_up_eof(UpstreamConn* u, int res) {
   ClientConn* c = u->client;
   Exchange* ex = c->ex;
   if (res == 0 && ex->response_head_done && u->parser.finish_at_eof()) {
@@ -627,7 +602,7 @@ void Shard::on_up_eof(UpstreamConn* u, int res) {
 
 // Copies received bytes into the client's output (memory, then the spill
 // file) and frames them. Ends the exchange when the response is complete.
-void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len) {
+void TcpUpstream::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len) {
   ClientConn* c = u->client;
   Exchange* ex = c->ex;
   ex->response_bytes += len;
@@ -664,15 +639,15 @@ void Shard::take_response_bytes(UpstreamConn* u, const char* data, uint32_t len)
     on_response_complete(u, c);
     return;
   }
-  post_client_send(c);
+  proxy_.post_client_send(c);
   if (!sink_.read_allowed(ex)) {
     pause_up_read(u);
-    wait_if_unwoken(c);
+    proxy_.wait_if_unwoken(c);
   }
 }
 
 // Takes n new bytes; false when the exchange ended in an error.
-bool Shard::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
+bool TcpUpstream::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
   Exchange* ex = c->ex;
   ex->out.commit(n);
   Block* b = ex->out.back();
@@ -696,7 +671,7 @@ bool Shard::on_response_bytes(UpstreamConn* u, ClientConn* c, uint32_t n) {
 // A proxy forwards the 1xx responses it did not ask for (RFC 9110 15.2), to
 // HTTP/1.1 clients only. A 100 is not forwarded: the agent answered the
 // client's Expect itself and took it off the request.
-void Shard::forward_interim(ClientConn* c, const http::Head& h, std::string_view msg) {
+void TcpUpstream::forward_interim(ClientConn* c, const http::Head& h, std::string_view msg) {
   Exchange* ex = c->ex;
   constexpr size_t kInterimMax = 16 * 1024;  // hints are optional: more is dropped
   if (h.status == 100 || ex->client_http10 || ex->interim.size() >= kInterimMax) return;
@@ -704,12 +679,12 @@ void Shard::forward_interim(ClientConn* c, const http::Head& h, std::string_view
   if (n == 0) return;
   ex->interim.append(scratch_.get(), n);
   sink_.count(h.status);
-  post_client_send(c);
+  proxy_.post_client_send(c);
 }
 
 // The head is parsed in the first block, rewritten in place right in front
 // of the body, and what body came with it is framed.
-bool Shard::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
+bool TcpUpstream::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
   Exchange* ex = c->ex;
   for (;;) {
     std::string_view msg(b->data() + b->head, b->readable());
@@ -791,7 +766,7 @@ struct DechunkSink {
 }  // namespace
 
 // An HTTP/1.0 client's chunked response: the chunk data goes on decoded.
-bool Shard::dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
+bool TcpUpstream::dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
   DechunkSink sink{&sink_, c->ex, false};
   http::BodyProgress p = u->parser.parse_body(
       std::string_view(data, n),
@@ -812,7 +787,7 @@ bool Shard::dechunk_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint
 
 // Spilling: the bytes go on to the file as they are framed. `taken` is set
 // to the bytes that belong to this response.
-bool Shard::spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
+bool TcpUpstream::spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32_t n, uint32_t& taken) {
   Exchange* ex = c->ex;
   http::BodyProgress p = u->parser.parse_body(std::string_view(data, n), nullptr, nullptr);
   if (p.error != http::Error::kNone) {
@@ -830,22 +805,16 @@ bool Shard::spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, uint32
   return true;
 }
 
-void Shard::on_response_complete(UpstreamConn* u, ClientConn* c) {
-  Exchange* ex = c->ex;
-  ex->response_done = true;
-  ex->up = nullptr;
-  leave_server(ex);
+void TcpUpstream::on_response_complete(UpstreamConn* u, ClientConn* c) {
+  c->ex->up = nullptr;
+  leave_server(c->ex);
   release_upstream(u);
-  if (c->state == ClientState::kClosing) {
-    maybe_free_client(c);
-    return;
-  }
-  send_or_finish(c);
+  proxy_.on_response_done(c);
 }
 
 // The response is read: the channel serves the next waiting request at once,
 // while this client is still receiving its response.
-void Shard::release_upstream(UpstreamConn* u) {
+void TcpUpstream::release_upstream(UpstreamConn* u) {
   TcpPool& p = *u->pool;
   u->client = nullptr;
   disarm(u->timer);
@@ -875,14 +844,14 @@ void Shard::release_upstream(UpstreamConn* u) {
   }
   // A receive that ran out of provided buffers (or was paused) serves on.
   if (!u->recv_armed) arm_up_recv(u);
-  if (ClientConn* next = take_from(u->pool->pending)) {
+  if (ClientConn* next = take_from(u->pool->pending, counters_)) {
     assign(u, next);
   } else {
     u->pool->make_idle(u);
   }
 }
 
-void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) {
+void TcpUpstream::upstream_failed(UpstreamConn* u, int status, bool nothing_received) {
   ClientConn* c = u->client;
   Exchange* ex = c->ex;
   u->reusable = false;
@@ -896,7 +865,7 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
     fit_pool(*u->pool);
   }
   if (c->state == ClientState::kClosing) {
-    maybe_free_client(c);
+    proxy_.maybe_free_client(c);
     return;
   }
   if (nothing_received && status == 502 && ex->may_retry()) {
@@ -909,24 +878,7 @@ void Shard::upstream_failed(UpstreamConn* u, int status, bool nothing_received) 
     enqueue(c, true);
     return;
   }
-  fail_exchange(c, status);
-}
-
-// The upstream side let this exchange down: an error response if nothing
-// went to the client yet, else a close once what did arrive has gone out.
-void Shard::fail_exchange(ClientConn* c, int status) {
-  Exchange* ex = c->ex;
-  if (c->state == ClientState::kClosing) {
-    maybe_free_client(c);
-    return;
-  }
-  if (!ex->response_head_done) {
-    respond_error(c, status);
-    return;
-  }
-  ex->close_after = true;
-  ex->response_done = true;
-  send_or_finish(c);
+  proxy_.fail_exchange(c, status);
 }
 
 }  // namespace offload
