@@ -57,12 +57,13 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       loop_(clock, 1024, 8192),
       data_pool_(kDataBlockBytes, config.buffer_memory_max, 64),
       sink_(loop_, data_pool_, spill_budget_, counters_, sink_settings(config)),
-      proxy_(loop_, config, counters_, data_pool_, sink_),
-      tcp_({loop_, config, counters_, *topology_, data_pool_, sink_, proxy_}) {
+      http_(loop_, config, counters_, data_pool_, sink_),
+      proxies_{&http_},
+      tcp_({loop_, config, counters_, *topology_, data_pool_, sink_, http_}) {
   spill_budget_.bytes_max = config.spill_total_max;
   spill_budget_.files_max = spill_files_max(config);
   for (const GroupConfig& g : config.groups)
-    if (g.is_bus()) bus_ = std::make_unique<RingBus>(RingBus::Parts{loop_, config, counters_, sink_, proxy_}, g);
+    if (g.is_bus()) bus_ = std::make_unique<RingBus>(RingBus::Parts{loop_, config, counters_, sink_, http_}, g);
   build_listeners(listen_fds);
   bind<&Shard::housekeeping>(housekeeping_timer_, this);
   loop_.add_timers(housekeeping_list_);
@@ -71,7 +72,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
 }
 
 Shard::~Shard() {
-  proxy_.release_all();  // exchanges leave their servers while the upstreams exist
+  for (Proxy* p : proxies_) p->release_all();  // exchanges leave their servers while the upstreams exist
   if (control_fd_ >= 0) ::close(control_fd_);
 }
 
@@ -81,14 +82,14 @@ int Shard::run() {
   start();
   while (turn()) {
   }
-  if (draining_ && proxy_.active() > 0)
-    fmt::print(stderr, "offload-agent: drain deadline passed with {} connections open\n", proxy_.active());
+  if (draining_ && active() > 0)
+    fmt::print(stderr, "offload-agent: drain deadline passed with {} connections open\n", active());
   return 0;
 }
 
 void Shard::start() {
   loop_.refresh_clock();
-  for (auto& l : listeners_) l->proxy->post_accept(l.get());
+  for (Proxy* p : proxies_) p->start();
   post_control_read();
   if (bus_) bus_->start();
   loop_.arm(housekeeping_timer_, housekeeping_list_);
@@ -99,7 +100,7 @@ bool Shard::turn(uint64_t max_wait_ms) {
   if (stop_now_) return false;
   loop_.turn(draining_ ? drain_deadline_ms_ : UINT64_MAX, max_wait_ms);
   after_batch();
-  return !(stop_now_ || (draining_ && (proxy_.active() == 0 || loop_.now_ms() >= drain_deadline_ms_)));
+  return !(stop_now_ || (draining_ && (active() == 0 || loop_.now_ms() >= drain_deadline_ms_)));
 }
 
 // Work that waits for a whole batch of completions: a freed channel is
@@ -107,7 +108,7 @@ bool Shard::turn(uint64_t max_wait_ms) {
 // slot that freed it, and budget given back wakes the responses waiting on it.
 void Shard::after_batch() {
   tcp_.after_batch();
-  proxy_.wake_budget_waiters();
+  for (Proxy* p : proxies_) p->after_batch();
 }
 
 // Once a second: requests stranded on connections the server does not serve
@@ -115,7 +116,8 @@ void Shard::after_batch() {
 // system, so the resident size follows the connections actually open.
 void Shard::housekeeping() {
   tcp_.housekeeping();
-  released_bytes_ += proxy_.take_released_bytes() + data_pool_.take_released_bytes();
+  released_bytes_ += data_pool_.take_released_bytes();
+  for (Proxy* p : proxies_) released_bytes_ += p->take_released_bytes();
   if (released_bytes_ >= (1u << 20)) {
     malloc_trim(0);
     released_bytes_ = 0;
@@ -157,12 +159,12 @@ void Shard::start_drain() {
   if (draining_) return;
   draining_ = true;
   drain_deadline_ms_ = loop_.now_ms() + config_.drain_timeout_ms;
-  fmt::print(stderr, "offload-agent: draining {} connections (deadline {} ms)\n", proxy_.active(),
+  fmt::print(stderr, "offload-agent: draining {} connections (deadline {} ms)\n", active(),
              config_.drain_timeout_ms);
   // shutdown() ends a multishot accept; the sockets close with the process.
   for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
   tcp_.drain();
-  proxy_.drain();
+  for (Proxy* p : proxies_) p->drain();
 }
 
 // ------------------------------------------------------------- accepting
@@ -195,9 +197,21 @@ void Shard::build_listeners(const std::vector<int>& fds) {
       l->group = tcp_.group(lc.group);
       l->upstream = &tcp_;
     }
-    proxy_.serve(l.get());
+    proxy_for(lc).serve(l.get());
     listeners_.push_back(std::move(l));
   }
+}
+
+// The proxy of a listener's kind (validate() admits only the kinds built).
+Proxy& Shard::proxy_for(const ListenerConfig& lc) {
+  OFFLOAD_ASSERT(lc.proxy == "http");
+  return http_;
+}
+
+uint32_t Shard::active() const {
+  uint32_t n = 0;
+  for (const Proxy* p : proxies_) n += p->active();
+  return n;
 }
 
 }  // namespace offload

@@ -70,6 +70,8 @@ class Shard final {
   static const Clock& default_clock();
 
   void build_listeners(const std::vector<int>& fds);
+  Proxy& proxy_for(const ListenerConfig& lc);
+  uint32_t active() const;
   void after_batch();
   void housekeeping();
   void on_control(const io_uring_cqe& cqe);
@@ -88,8 +90,10 @@ class Shard final {
   // Where response bytes go (memory, spill, back-pressure); its waiters are
   // woken after each batch of completions, each bounded by its send timer.
   ResponseSink sink_;
-  // The client side of every exchange.
-  HttpProxy proxy_;
+  // The application proxies, by kind: for now the HTTP proxy, the client
+  // side of every exchange.
+  HttpProxy http_;
+  std::vector<Proxy*> proxies_;
   // The upstream side: TCP and Unix groups, and the bus if one is configured.
   TcpUpstream tcp_;
   std::unique_ptr<RingBus> bus_;

@@ -97,6 +97,10 @@ void HttpProxy::serve(Listener* l) {
   listeners_.push_back(l);
 }
 
+void HttpProxy::start() {
+  for (Listener* l : listeners_) post_accept(l);
+}
+
 void HttpProxy::on_accept_retry() {
   for (Listener* l : listeners_)
     if (!l->armed) post_accept(l);

@@ -23,6 +23,7 @@
 #include "proxy/buffers.h"
 #include "proxy/connection.h"
 #include "proxy/listener.h"
+#include "proxy/proxy.h"
 #include "proxy/request_queue.h"
 #include "security/screen.h"
 #include "upstream/response_sink.h"
@@ -30,23 +31,20 @@
 
 namespace offload {
 
-class HttpProxy {
+class HttpProxy final : public Proxy {
  public:
   HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink);
-  ~HttpProxy();
+  ~HttpProxy() override;
   HttpProxy(const HttpProxy&) = delete;
   HttpProxy& operator=(const HttpProxy&) = delete;
 
-  // Accepting on a listener (it names this proxy); again after a pause.
-  void serve(Listener* l);
-  void post_accept(Listener* l);
-  // SIGTERM: idle connections close, the others close after their response.
-  void drain();
-  uint32_t active() const { return active_clients_; }
-  uint64_t take_released_bytes();
-  // At teardown, while the upstream side still exists: every client's
-  // socket closed and exchange given back (their servers told).
-  void release_all();
+  void serve(Listener* l) override;
+  void start() override;
+  void drain() override;
+  uint32_t active() const override { return active_clients_; }
+  void after_batch() override { wake_budget_waiters(); }
+  uint64_t take_released_bytes() override;
+  void release_all() override;
 
   // The upstream side's ways back into an exchange.
   void on_response_done(ClientConn* c);  // the whole response is in: send the rest, then end
@@ -60,16 +58,19 @@ class HttpProxy {
   void resume_response(ClientConn* c);
   // A request no channel took at once waits, bounded by its queue timer.
   void wait_in_queue(ClientConn* c);
-  // After each batch of completions: the responses waiting for a shared
-  // budget (memory, spill room) that was given back go on.
-  void wake_budget_waiters();
+
   void wait_for_budget(ClientConn* c);
   void wait_if_unwoken(ClientConn* c);
   void look_up_peer(ClientConn* c);
   void arm_client_timer(ClientConn* c, TimerKind kind) { loop_.arm(c->timer, c->listener->timers[kind]); }
 
  private:
+  // Accepting on a listener; again after a pause.
+  void post_accept(Listener* l);
   void on_accept(Listener* l, const io_uring_cqe& cqe);
+  // The responses waiting for a shared budget (memory, spill room) that was
+  // given back go on.
+  void wake_budget_waiters();
   void on_accept_retry();
   void on_client_timer(ClientConn* c, Timer& t);
   void post_recv(ClientConn* c);

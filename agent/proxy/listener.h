@@ -14,7 +14,7 @@ namespace offload {
 struct UpstreamGroup;
 class Upstream;
 struct ListenerCounters;
-class HttpProxy;
+class Proxy;
 
 // One listening socket of a shard and what its clients get: the group their
 // requests go to, and the limits and timeouts of its listener table.
@@ -22,7 +22,7 @@ struct Listener {
   int fd = -1;
   std::string name;
   ListenerCounters* stats = nullptr;  // the whole agent's counters for this listener
-  HttpProxy* proxy = nullptr;        // who serves its connections
+  Proxy* proxy = nullptr;            // who serves its connections
   Upstream* upstream = nullptr;      // who serves its requests
   UpstreamGroup* group = nullptr;    // for a TcpUpstream: which of its groups
   http::Limits limits;           // for each request's head and body
