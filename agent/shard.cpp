@@ -116,8 +116,8 @@ void Shard::after_batch() {
 // system, so the resident size follows the connections actually open.
 void Shard::housekeeping() {
   tcp_.housekeeping();
-  released_bytes_ += data_pool_.take_released_bytes();
-  for (Proxy* p : proxies_) released_bytes_ += p->take_released_bytes();
+  released_bytes_ += data_pool_.release_idle();
+  for (Proxy* p : proxies_) released_bytes_ += p->release_idle();
   if (released_bytes_ >= (1u << 20)) {
     malloc_trim(0);
     released_bytes_ = 0;

@@ -1,5 +1,6 @@
 #include "proxy/buffers.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -23,6 +24,7 @@ Block* BlockPool::get() {
   if (b != nullptr) {
     free_ = b->next;
     --free_count_;
+    free_low_ = std::min(free_low_, free_count_);
   } else {
     if (uint64_t(allocated_ + 1) * block_bytes_ > budget_bytes_) return nullptr;
     void* mem = std::aligned_alloc(64, (sizeof(Block) + block_bytes_ + 63) / 64 * 64);
@@ -41,15 +43,31 @@ void BlockPool::put(Block* b) {
   OFFLOAD_ASSERT(b != nullptr && in_use_ > 0);
   --in_use_;
   if (free_count_ >= free_max_) {
-    b->~Block();
-    std::free(b);
-    --allocated_;
-    released_bytes_ += block_bytes_;
+    release(b);
     return;
   }
   b->next = free_;
   free_ = b;
   ++free_count_;
+}
+
+void BlockPool::release(Block* b) {
+  b->~Block();
+  std::free(b);
+  --allocated_;
+  released_bytes_ += block_bytes_;
+}
+
+uint64_t BlockPool::release_idle() {
+  for (uint32_t n = free_low_; n > 0; --n) {
+    Block* b = free_;
+    OFFLOAD_ASSERT(b != nullptr);
+    free_ = b->next;
+    --free_count_;
+    release(b);
+  }
+  free_low_ = free_count_;
+  return std::exchange(released_bytes_, 0);
 }
 
 Block* BlockChain::writable_tail(BlockPool& pool, uint32_t min_free) {

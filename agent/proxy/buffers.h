@@ -47,16 +47,23 @@ class BlockPool {
   uint32_t block_bytes() const { return block_bytes_; }
   uint64_t bytes_in_use() const { return uint64_t(in_use_) * block_bytes_; }
   uint64_t budget_bytes() const { return budget_bytes_; }
-  // Bytes handed back to malloc since the last call (for malloc_trim).
-  uint64_t take_released_bytes() { return std::exchange(released_bytes_, 0); }
+  // Once per housekeeping period: the free blocks no get() needed since the
+  // last call (the free list's low-water mark) go back to malloc, so what is
+  // kept after a burst decays to what the traffic since uses. Returns the
+  // bytes handed back to malloc since the last call (for malloc_trim).
+  uint64_t release_idle();
+  uint32_t free_count() const { return free_count_; }
 
  private:
+  void release(Block* b);
+
   uint32_t block_bytes_;
   uint64_t budget_bytes_;
   uint32_t free_max_;
   uint32_t allocated_ = 0;
   uint32_t in_use_ = 0;
   uint32_t free_count_ = 0;
+  uint32_t free_low_ = 0;  // the fewest free blocks since the last release_idle()
   uint64_t released_bytes_ = 0;
   Block* free_ = nullptr;
 };

@@ -106,8 +106,8 @@ void HttpProxy::on_accept_retry() {
     if (!l->armed) post_accept(l);
 }
 
-uint64_t HttpProxy::take_released_bytes() {
-  return small_input_pool_.take_released_bytes() + input_pool_.take_released_bytes();
+uint64_t HttpProxy::release_idle() {
+  return small_input_pool_.release_idle() + input_pool_.release_idle();
 }
 
 void HttpProxy::drain() {

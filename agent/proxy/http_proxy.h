@@ -43,7 +43,7 @@ class HttpProxy final : public Proxy {
   void drain() override;
   uint32_t active() const override { return active_clients_; }
   void after_batch() override { wake_budget_waiters(); }
-  uint64_t take_released_bytes() override;
+  uint64_t release_idle() override;
   void release_all() override;
 
   // The upstream side's ways back into an exchange.

@@ -21,8 +21,9 @@ class Proxy {
   virtual uint32_t active() const = 0;
   // After each batch of completions.
   virtual void after_batch() = 0;
-  // Memory given back since the last call (the shard trims the heap).
-  virtual uint64_t take_released_bytes() = 0;
+  // Once a second: memory kept for reuse that nothing used since the last
+  // call goes back; returns the bytes given back (the shard trims the heap).
+  virtual uint64_t release_idle() = 0;
   // At teardown, while the upstreams still exist: every connection closed.
   virtual void release_all() = 0;
 };

@@ -16,7 +16,7 @@
 # proxy_buffering on, its configuration generated into a temporary directory.
 #
 # Knobs (environment): WRK_SECONDS=8 IDLE=5000 SLOW=2000 PROXY_CPU=0 LOAD_CPU=1
-#   NGINX=/usr/sbin/nginx BACKEND_WORKERS=64
+#   NGINX=/usr/sbin/nginx BACKEND_WORKERS=64 SETTLE_SECONDS=3.5
 # Needs: wrk, nginx, python3, taskset (ci/deps.sh installs them).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +31,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-$((NCPU > 1 ? 1 : 0))}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 BACKEND_WORKERS=${BACKEND_WORKERS:-64}
+SETTLE_SECONDS=${SETTLE_SECONDS:-3.5}
 AGENT="$BUILD_DIR/agent/offload-agent"
 
 for tool in wrk python3 taskset "$NGINX" "$AGENT"; do
@@ -95,8 +96,10 @@ measure() {
   eval "R_usr_$name=$(awk -v u=$((u1 - u0)) -v n="$requests" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", n ? u / hz / n * 1e6 : 0}')"
   eval "R_sys_$name=$(awk -v s=$((s1 - s0)) -v n="$requests" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", n ? s / hz / n * 1e6 : 0}')"
 
-  # 2. Memory per idle keep-alive connection.
-  sleep 0.5
+  # 2. Memory per idle keep-alive connection, each reading taken once the
+  # proxy has settled: the agent gives memory kept for reuse back once a
+  # second when nothing used it (a burst's blocks are back within 2 to 3 s).
+  sleep "$SETTLE_SECONDS"
   local rss0 rss1 ready
   rss0=$(rss_kb "$PROXY_PID")
   taskset -c "$LOAD_CPU" python3 "$HERE/idle_clients.py" --port "$PROXY_PORT" --connections "$IDLE" \
@@ -104,7 +107,7 @@ measure() {
   local idle_pid=$!
   PIDS+=("$idle_pid")
   ready=$(wait_line "$TMP/$name.idle" "idle: " 90 | sed -n 's/idle: \([0-9]*\) ready.*/\1/p')
-  sleep 0.5
+  sleep "$SETTLE_SECONDS"
   rss1=$(rss_kb "$PROXY_PID")
   stop_pid "$idle_pid"
   eval "R_idle_$name=${ready:-0}"

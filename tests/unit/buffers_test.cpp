@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "proxy/buffers.h"
 
@@ -31,6 +32,39 @@ TEST_CASE("block pool: bounded by its budget, reuses freed blocks first") {
   pool.put(b);
   pool.put(c);
   CHECK(pool.bytes_in_use() == 0);
+}
+
+TEST_CASE("block pool: free blocks nothing used for a period go back, the ones in use stay") {
+  BlockPool pool(1024, 64 * 1024, 64);
+  std::vector<Block*> burst;
+  for (int i = 0; i < 10; ++i) burst.push_back(pool.get());
+  for (Block* b : burst) pool.put(b);
+  CHECK(pool.free_count() == 10);
+  // The first period ends with the burst's blocks free; the period's
+  // low-water mark was 0 (they were all taken), so none goes yet.
+  CHECK(pool.release_idle() == 0);
+  CHECK(pool.free_count() == 10);
+  // Steady traffic of 3 blocks at a time: the 7 never needed go back.
+  for (int round = 0; round < 5; ++round) {
+    Block* x = pool.get();
+    Block* y = pool.get();
+    Block* z = pool.get();
+    pool.put(x);
+    pool.put(y);
+    pool.put(z);
+  }
+  CHECK(pool.release_idle() == 7 * 1024);
+  CHECK(pool.free_count() == 3);
+  // Quieter periods: the rest go too; a block in use is never touched.
+  Block* held = pool.get();
+  pool.put(pool.get());  // 1 free at the lowest point, 2 at the end
+  CHECK(pool.release_idle() == 1 * 1024);
+  CHECK(pool.free_count() == 1);
+  CHECK(pool.release_idle() == 1 * 1024);
+  CHECK(pool.free_count() == 0);
+  CHECK(pool.bytes_in_use() == 1024);
+  held->tail = 1;  // still valid memory
+  pool.put(held);
 }
 
 TEST_CASE("block chain: appends across blocks and consumes from the front") {
