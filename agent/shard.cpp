@@ -58,8 +58,9 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       data_pool_(kDataBlockBytes, config.buffer_memory_max, 64),
       sink_(loop_, data_pool_, spill_budget_, counters_, sink_settings(config)),
       http_(loop_, config, counters_, data_pool_, sink_),
-      proxies_{&http_},
-      tcp_({loop_, config, counters_, *topology_, data_pool_, sink_, http_}) {
+      tcp_({loop_, config, counters_, *topology_, data_pool_, sink_, http_}),
+      passthrough_(loop_, config, counters_, data_pool_, http_.screen(), tcp_),
+      proxies_{&http_, &passthrough_} {
   spill_budget_.bytes_max = config.spill_total_max;
   spill_budget_.files_max = spill_files_max(config);
   for (const GroupConfig& g : config.groups)
@@ -204,6 +205,7 @@ void Shard::build_listeners(const std::vector<int>& fds) {
 
 // The proxy of a listener's kind (validate() admits only the kinds built).
 Proxy& Shard::proxy_for(const ListenerConfig& lc) {
+  if (lc.proxy == "passthrough") return passthrough_;
   OFFLOAD_ASSERT(lc.proxy == "http");
   return http_;
 }

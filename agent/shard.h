@@ -32,6 +32,7 @@
 #include "proxy/buffers.h"
 #include "proxy/http_proxy.h"
 #include "proxy/listener.h"
+#include "proxy/passthrough_proxy.h"
 #include "upstream/response_sink.h"
 #include "upstream/ring_bus.h"
 #include "upstream/tcp_upstream.h"
@@ -90,13 +91,14 @@ class Shard final {
   // Where response bytes go (memory, spill, back-pressure); its waiters are
   // woken after each batch of completions, each bounded by its send timer.
   ResponseSink sink_;
-  // The application proxies, by kind: for now the HTTP proxy, the client
-  // side of every exchange.
-  HttpProxy http_;
-  std::vector<Proxy*> proxies_;
   // The upstream side: TCP and Unix groups, and the bus if one is configured.
+  // The application proxies, by kind: the HTTP proxy (the client side of
+  // every exchange) and the pass-through proxy (tunnels to a group's servers).
+  HttpProxy http_;
   TcpUpstream tcp_;
   std::unique_ptr<RingBus> bus_;
+  PassthroughProxy passthrough_;
+  std::vector<Proxy*> proxies_;
 
   // Once a second: stranded requests, and memory back to the system.
   TimerList housekeeping_list_{1000};

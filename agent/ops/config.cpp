@@ -79,6 +79,8 @@ const std::vector<NumberKey>& number_keys() {
       number("response_timeout_ms", 1, kDayMs, false, &Config::response_timeout_ms),
       number("queue_timeout_ms", 1, kDayMs, false, &Config::queue_timeout_ms),
       number("drain_timeout_ms", 0, kDayMs, false, &Config::drain_timeout_ms),
+      number("tunnel_timeout_ms", 1, kDayMs, false, &Config::tunnel_timeout_ms),
+      number("half_close_timeout_ms", 1, kDayMs, false, &Config::half_close_timeout_ms),
       number("recv_buffers", 16, 32768, false, &Config::recv_buffers),
       number("recv_buffer_bytes", 512, 1 << 20, true, &Config::recv_buffer_bytes),
       number("ring_depth", 1, 64, false, &Config::ring_depth),
@@ -335,7 +337,7 @@ ListenerConfig listener_value(const std::string& where, const toml::table& table
       has_port = true;
     } else if (key == "proxy") {
       listener.proxy = string_value(path, value);
-      if (listener.proxy != "http") bad(path, listener.proxy, "http (passthrough is not built yet)");
+      if (listener.proxy != "http" && listener.proxy != "passthrough") bad(path, listener.proxy, "http or passthrough");
     } else if (key == "upstream") {
       listener.upstream = name_value(path, value);
     } else {
@@ -539,7 +541,8 @@ void fill_limits(const Config& config, ListenerConfig& listener) {
 void validate_listeners(Config& config) {
   for (size_t i = 0; i < config.listeners.size(); ++i) {
     ListenerConfig& listener = config.listeners[i];
-    if (listener.proxy != "http") bad(key_of(listener.where, "proxy"), listener.proxy, "http (passthrough is not built yet)");
+    if (listener.proxy != "http" && listener.proxy != "passthrough")
+      bad(key_of(listener.where, "proxy"), listener.proxy, "http or passthrough");
     // SO_REUSEPORT lets two sockets bind one address and the kernel would
     // split clients between them, so a duplicate must be caught here.
     for (size_t j = 0; j < i && port_of(listener.address) != 0; ++j)
@@ -548,6 +551,9 @@ void validate_listeners(Config& config) {
                                       listener.address.text, config.listeners[j].where));
     name_listener(config, i);
     resolve_group(config, listener);
+    // The bus carries HTTP requests as records; a byte stream has no place on it.
+    if (listener.proxy == "passthrough" && config.groups[listener.group].is_bus())
+      bad(key_of(listener.where, "upstream"), listener.upstream, "a group of tcp or unix servers for a passthrough listener");
     fill_limits(config, listener);
   }
 }

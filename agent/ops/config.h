@@ -78,7 +78,7 @@ struct GroupConfig {
 struct ListenerConfig {
   std::string name;                  // default: the address as written
   SocketAddress address;
-  std::string proxy = "http";        // the only kind so far
+  std::string proxy = "http";        // "http" or "passthrough"
   std::string upstream;              // the group's name; empty: the first group
   size_t group = 0;                  // index into Config::groups, set by validate()
 
@@ -146,6 +146,8 @@ struct Config {
   uint32_t response_timeout_ms = 60000;   // between two reads from upstream
   uint32_t queue_timeout_ms = 30000;      // waiting for a free upstream channel
   uint32_t drain_timeout_ms = 10000;      // SIGTERM: finish in-flight requests
+  uint32_t tunnel_timeout_ms = 3600000;   // pass-through: nothing moving either way
+  uint32_t half_close_timeout_ms = 60000; // pass-through: one side ended, nothing moving the other way
 
   // The ring bus (shm:NAME): bytes of each ring. A request travels as one
   // record, so a request larger than this gets 413 over the ring.

@@ -53,6 +53,14 @@ namespace offload {
   X(buffer_exhausted, "requests refused because buffer memory was exhausted")                 \
   X(bytes_in, "bytes received from clients")                                                  \
   X(bytes_out, "bytes sent to clients")                                                      \
+  X(tunnels_accepted, "pass-through connections accepted (user-space mode)")                  \
+  X(tunnels_active, "pass-through connections open now (gauge)")                              \
+  X(tunnel_bytes_up, "pass-through bytes moved client to server")                              \
+  X(tunnel_bytes_down, "pass-through bytes moved server to client")                            \
+  X(tunnel_half_closes, "pass-through ends (FIN) passed on as a shutdown of the peer's writes") \
+  X(tunnel_resets, "pass-through connections ended by a reset, passed on as a reset")          \
+  X(tunnel_connect_failures, "pass-through connections closed: no server up, or its connect failed") \
+  X(timeouts_tunnel, "pass-through connections closed idle (tunnel or half-close timeout)")    \
   X(admin_timeouts, "admin connections closed at their 5 s deadline (admin thread)")          \
   X(admin_evicted, "admin connections closed, oldest first, to make room over 64")
 

@@ -63,6 +63,8 @@ class HttpProxy final : public Proxy {
   void wait_if_unwoken(ClientConn* c);
   void look_up_peer(ClientConn* c);
   void arm_client_timer(ClientConn* c, TimerKind kind) { loop_.arm(c->timer, c->listener->timers[kind]); }
+  // The shard's one screen: the pass-through proxy admits through it too.
+  Screen& screen() { return screen_; }
 
  private:
   // Accepting on a listener; again after a pause.

@@ -63,6 +63,12 @@ TcpUpstream::TcpUpstream(const Parts& parts)
 
 TcpUpstream::~TcpUpstream() = default;  // the pools close their connections
 
+bool TcpUpstream::serves_http(size_t gi) const {
+  for (const ListenerConfig& l : config_.listeners)
+    if (l.group == gi && l.proxy == "http") return true;
+  return false;
+}
+
 // A group of TCP or Unix servers, each a TcpPool.
 void TcpUpstream::build_group(size_t gi) {
   const GroupConfig& gc = config_.groups[gi];
@@ -89,7 +95,9 @@ void TcpUpstream::build_group(size_t gi) {
     TcpPool::Settings settings;
     settings.target = sc.target;
     settings.max_connections = sc.max_connections;
-    settings.persistent = sc.persistent;
+    // A group only pass-through listeners use keeps no connections ahead of
+    // demand: an SSH or database server would see them as idle clients.
+    settings.persistent = serves_http(gi) ? sc.persistent : 0;
     // A number the user gave is trusted until the server refuses or
     // stalls a connection; "auto" starts at persistent and grows.
     const bool given = !config_.max_upstream_auto ||
@@ -125,6 +133,13 @@ void TcpUpstream::build_group(size_t gi) {
   loop_.add_timers(g->wake_list);
   by_config_[gi] = g.get();
   groups_.push_back(std::move(g));
+}
+
+TcpPool* TcpUpstream::pick_tunnel_server(UpstreamGroup& g, uint64_t source_hash) {
+  // Tunnels are not counted as outstanding (they last as long as their
+  // clients like); a server at its request cap still takes them.
+  const int i = g.balancer.pick(loop_.now_ms(), source_hash);
+  return i < 0 ? nullptr : g.servers[size_t(i)].get();
 }
 
 void TcpUpstream::start() {

@@ -69,6 +69,12 @@ class TcpUpstream final : public Upstream, public TcpPool::Host {
   // serve go back to the queue (check_unanswered).
   void housekeeping() { check_unanswered(); }
 
+  // Pass-through: the server a tunnel of group `g` connects to, by the
+  // group's policy and health (its own connection, not one of the pool's);
+  // null when none is up. The connect's outcome is its passive health.
+  TcpPool* pick_tunnel_server(UpstreamGroup& g, uint64_t source_hash);
+  void tunnel_connected(TcpPool& p, bool ok) { report_health(p, ok); }
+
   void submit(ClientConn* c) override { enqueue(c, false); }
   void abandon(ClientConn* c) override;
   void resume(Exchange* ex) override;
@@ -81,6 +87,7 @@ class TcpUpstream final : public Upstream, public TcpPool::Host {
   // Groups and servers: the balancer gives each waiting request a server,
   // the server's pool a connection.
   void build_group(size_t index);
+  bool serves_http(size_t index) const;
   void enqueue(ClientConn* c, bool front);
   void dispatch(UpstreamGroup& g);
   void dispatch_all();

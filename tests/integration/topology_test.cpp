@@ -11,68 +11,14 @@
 
 #include <unistd.h>
 
+#include "config_agent.h"
 #include "rig.h"
 
 using rig::Backend;
 using rig::Client;
+using rig::ConfigAgent;
 
 namespace {
-
-// The agent run with a config file; its listeners' ports in config order.
-class Agent {
- public:
-  ~Agent() {
-    child_.stop();
-    if (!file_.empty()) ::unlink(file_.c_str());
-  }
-  void start(const std::string& toml, size_t listeners) {
-    char path[] = "/tmp/offload-topology-XXXXXX";
-    int fd = ::mkstemp(path);
-    REQUIRE(fd >= 0);
-    ::close(fd);
-    file_ = path;
-    std::ofstream(file_) << toml;
-    REQUIRE(child_.start(rig::agent_path(), {"run", "-c", file_, "--admin", "127.0.0.1:0"}));
-    // The admin line comes after every listener's line.
-    auto admin = child_.wait_for_line("offload-agent: admin on ", 15000);
-    REQUIRE_MESSAGE(admin, child_.stderr_text());
-    admin_ = port_of(*admin);
-    for (const std::string& line : child_.stderr_lines())
-      if (line.find("offload-agent: listening on ") != std::string::npos) ports_.push_back(port_of(line));
-    REQUIRE(ports_.size() == listeners);
-  }
-  uint16_t port(size_t i) const { return ports_.at(i); }
-  // /stats?format=json, parsed.
-  rig::Json stats() {
-    Client c;
-    REQUIRE(c.connect(admin_));
-    REQUIRE(c.send_all("GET /stats?format=json HTTP/1.1\r\nHost: a\r\n\r\n"));
-    rig::ReadResult r = c.read_response(5000);
-    REQUIRE_MESSAGE(r, r.error);
-    auto doc = rig::Json::parse(r.response->body);
-    REQUIRE(doc);
-    return *doc;
-  }
-  // The "state" of server `name` in the stats ("up" or "down").
-  std::string server_state(const std::string& name) {
-    rig::Json doc = stats();
-    const rig::Json* servers = doc.get("servers");
-    REQUIRE(servers != nullptr);
-    for (const rig::Json& s : servers->array)
-      if (s.str_or("server", "") == name) return s.str_or("state", "?");
-    return "?";
-  }
-  rig::Child& child() { return child_; }
-
- private:
-  static uint16_t port_of(const std::string& line) {
-    return uint16_t(std::stoi(line.substr(line.rfind(':') + 1)));
-  }
-  rig::Child child_;
-  std::string file_;
-  std::vector<uint16_t> ports_;
-  uint16_t admin_ = 0;
-};
 
 std::string server(const Backend& b) { return "tcp://127.0.0.1:" + std::to_string(b.port()); }
 
@@ -107,7 +53,7 @@ TEST_CASE("two listeners with different upstream groups: each listener's request
   Backend app, api;
   REQUIRE_MESSAGE(app.start(8), app.error());
   REQUIRE_MESSAGE(api.start(8), api.error());
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nname = \"app\"\nservers = [\"" + server(app) + "\"]\n"
           "[[upstream]]\nname = \"api\"\nservers = [\"" + server(api) + "\"]\n"
           "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n"
@@ -131,7 +77,7 @@ TEST_CASE("two listeners with different upstream groups: each listener's request
 TEST_CASE("a listener's own timeouts apply to its clients only") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nservers = [\"" + server(b) + "\"]\n"
           "[[listener]]\nname = \"strict\"\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 300\n"
           "[[listener]]\nname = \"lax\"\nlisten = \"127.0.0.1:0\"\n",
@@ -155,7 +101,7 @@ TEST_CASE("a listener's own timeouts apply to its clients only") {
 TEST_CASE("round-robin with weights spreads requests exactly by weight") {
   Backend s1, s2, s3;
   for (Backend* b : {&s1, &s2, &s3}) REQUIRE_MESSAGE(b->start(8), b->error());
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(s1) + "\", { address = \"" + server(s2) +
               "\", weight = 2 }, \"" + server(s3) + "\"]\n"
               "[[listener]]\nlisten = \"127.0.0.1:0\"\n",
@@ -170,7 +116,7 @@ TEST_CASE("least-outstanding sends new requests past a server that is busy with 
   Backend slow, fast;
   REQUIRE_MESSAGE(slow.start(8), slow.error());
   REQUIRE_MESSAGE(fast.start(8), fast.error());
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nbalance = \"least-outstanding\"\nservers = [\"" + server(slow) + "\", \"" + server(fast) +
               "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
           1);
@@ -195,7 +141,7 @@ TEST_CASE("a server that fails is taken out, its requests go to the others, and 
   const uint16_t bad_port = bad.port();
   const std::string bad_name = server(bad);
   bad.stop();  // refuses connections from now on
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nbalance = \"round-robin\"\nmax_fails = 2\nfail_timeout_ms = 1000\nservers = [\"" +
               server(good) + "\", \"" + bad_name + "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
           1);
@@ -220,7 +166,7 @@ TEST_CASE("active health checks take a dead server out before any client meets i
   REQUIRE_MESSAGE(two.start(8), two.error());
   const uint16_t two_port = two.port();
   const std::string two_name = server(two);
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" + two_name +
               "\"]\nhealth = { path = \"/ok\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }\n"
               "[[listener]]\nlisten = \"127.0.0.1:0\"\n",
@@ -246,7 +192,7 @@ TEST_CASE("every server down: complete requests wait in the queue and are served
   const uint16_t port1 = s1.port();
   s1.stop();
   s2.stop();
-  Agent a;
+  ConfigAgent a;
   a.start("[[upstream]]\nmax_fails = 1\nfail_timeout_ms = 200\nservers = [\"tcp://127.0.0.1:" +
               std::to_string(port1) + "\", \"" + server(s2) + "\"]\n"
               "[[listener]]\nlisten = \"127.0.0.1:0\"\nqueue_timeout_ms = 20000\n",

@@ -1,0 +1,56 @@
+#include "proxy/acceptor.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "loop/check.h"
+
+namespace offload {
+
+Acceptor::Acceptor(Loop& loop, Counters& counters, void* owner, OnAccepted on_accepted)
+    : loop_(loop), counters_(counters), owner_(owner), on_accepted_(on_accepted) {
+  bind<&Acceptor::on_retry>(retry_timer_, this);
+  loop_.add_timers(retry_list_);
+}
+
+void Acceptor::serve(Listener* l) {
+  bind<&Acceptor::on_accept>(l->accepted, this, l);
+  listeners_.push_back(l);
+}
+
+void Acceptor::start() {
+  for (Listener* l : listeners_) post(l);
+}
+
+void Acceptor::post(Listener* l) {
+  if (stopped_) return;
+  OFFLOAD_ASSERT(!l->armed);
+  l->armed = true;
+  io_uring_prep_multishot_accept(loop_.sqe(l->accepted), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
+}
+
+void Acceptor::on_accept(Listener* l, const io_uring_cqe& cqe) {
+  if (!(cqe.flags & IORING_CQE_F_MORE)) {
+    l->armed = false;
+    const int res = cqe.res;
+    if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+      bump(counters_.accept_pauses);
+      if (!retry_timer_.armed()) loop_.arm(retry_timer_, retry_list_);
+    } else {
+      post(l);
+    }
+  }
+  if (cqe.res < 0) return;
+  if (stopped_) {
+    ::close(cqe.res);
+    return;
+  }
+  on_accepted_(owner_, l, cqe.res);
+}
+
+void Acceptor::on_retry() {
+  for (Listener* l : listeners_)
+    if (!l->armed) post(l);
+}
+
+}  // namespace offload
