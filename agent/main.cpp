@@ -332,8 +332,10 @@ int run(const Config& config) {
   // is the bound one (the real port for :0).
   for (size_t i = 0; i < fds.front().size(); ++i) {
     const offload::ListenerConfig& l = config.listeners[i];
-    fmt::print(stderr, "offload-agent: listener {}: proxy {}, upstream {}\n", l.name, l.proxy,
-               config.groups[l.group].name);
+    // The pass-through mode is said once here: the kernel splice is not built
+    // yet, so bytes move through the agent (user space).
+    fmt::print(stderr, "offload-agent: listener {}: proxy {}{}, upstream {}\n", l.name, l.proxy,
+               l.proxy == "passthrough" ? " (user space)" : "", config.groups[l.group].name);
     fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fds.front()[i]));
   }
   if (admin) {

@@ -192,6 +192,10 @@ void Shard::build_listeners(const std::vector<int>& fds) {
       l->timers[k].set_kind(uint8_t(k));
       loop_.add_timers(l->timers[k]);
     }
+    l->tunnel_idle.set_duration(lc.tunnel_timeout_ms);
+    l->tunnel_half_close.set_duration(lc.half_close_timeout_ms);
+    loop_.add_timers(l->tunnel_idle);
+    loop_.add_timers(l->tunnel_half_close);
     if (config_.groups.at(lc.group).is_bus()) {
       l->upstream = bus_.get();
     } else {

@@ -226,6 +226,8 @@ const std::vector<ListenerLimit>& listener_limits() {
       limit("send_timeout_ms", &ListenerConfig::send_timeout_ms, &Config::send_timeout_ms),
       limit("queue_timeout_ms", &ListenerConfig::queue_timeout_ms, &Config::queue_timeout_ms),
       limit("response_timeout_ms", &ListenerConfig::response_timeout_ms, &Config::response_timeout_ms),
+      limit("tunnel_timeout_ms", &ListenerConfig::tunnel_timeout_ms, &Config::tunnel_timeout_ms),
+      limit("half_close_timeout_ms", &ListenerConfig::half_close_timeout_ms, &Config::half_close_timeout_ms),
   };
   return limits;
 }

@@ -92,6 +92,8 @@ struct ListenerConfig {
   uint32_t send_timeout_ms = 0;
   uint32_t queue_timeout_ms = 0;
   uint32_t response_timeout_ms = 0;
+  uint32_t tunnel_timeout_ms = 0;      // passthrough listeners
+  uint32_t half_close_timeout_ms = 0;
   std::vector<std::string> explicit_keys;  // limits its table set; the rest follow the globals
   std::string where = "listen";      // how errors name it: "listener[0]", "listen" or "--listen"
 };

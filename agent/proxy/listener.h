@@ -31,6 +31,8 @@ struct Listener {
   bool armed = false;            // the multishot accept is running
   Completion accepted;
   TimerList timers[kClientTimerKinds];  // its clients' timeouts, one list per kind
+  TimerList tunnel_idle;         // passthrough: a tunnel with nothing moving...
+  TimerList tunnel_half_close;   // ... and one with a side ended
 };
 
 // Binds and listens; throws ConfigError naming the address on failure.

@@ -68,12 +68,7 @@ PassthroughProxy::PassthroughProxy(Loop& loop, const Config& config, Counters& c
                  bind<&PassthroughProxy::on_timer>(t->timer, this, t);
                  return t;
                },
-               kTunnelsKeptFree),
-      idle_timers_(config.tunnel_timeout_ms),
-      half_close_timers_(config.half_close_timeout_ms) {
-  loop_.add_timers(idle_timers_);
-  loop_.add_timers(half_close_timers_);
-}
+               kTunnelsKeptFree) {}
 
 PassthroughProxy::~PassthroughProxy() { release_all(); }
 
@@ -201,7 +196,8 @@ void PassthroughProxy::on_connected(Tunnel* t, const io_uring_cqe& cqe) {
 // Nothing moving: the tunnel's own bound, or the shorter half-close one
 // once either side has ended.
 void PassthroughProxy::arm_idle(Tunnel* t) {
-  loop_.arm(t->timer, t->up.eof || t->down.eof ? half_close_timers_ : idle_timers_);
+  Listener* l = t->listener;
+  loop_.arm(t->timer, t->up.eof || t->down.eof ? l->tunnel_half_close : l->tunnel_idle);
 }
 
 void PassthroughProxy::on_timer(Tunnel* t, Timer&) {

@@ -10,7 +10,8 @@
 // passed on as a shutdown of the peer's write side, the other direction still
 // flowing; a reset is passed on as a reset. Every waiting state has a timer:
 // the connect (connect_timeout_ms), a tunnel with nothing moving
-// (tunnel_timeout_ms) and a half-closed one (half_close_timeout_ms).
+// (tunnel_timeout_ms) and a half-closed one (half_close_timeout_ms), the
+// last two per listener.
 #pragma once
 
 #include <cstdint>
@@ -136,8 +137,6 @@ class PassthroughProxy final : public Proxy {
   uint32_t active_ = 0;
   bool draining_ = false;
   std::vector<Tunnel*> live_;  // for release_all at teardown
-  TimerList idle_timers_;
-  TimerList half_close_timers_;
 };
 
 }  // namespace offload

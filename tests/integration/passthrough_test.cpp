@@ -450,6 +450,28 @@ TEST_CASE("passthrough: a slow receiver holds the agent's memory bounded, and ge
   CHECK(got == want);
 }
 
+TEST_CASE("passthrough: a tunnel with nothing moving is closed at its listener's tunnel_timeout_ms") {
+  std::atomic<bool> server_saw_end{false};
+  TcpServer server([&](int fd) {
+    char buf[16];
+    server_saw_end = ::recv(fd, buf, sizeof buf, 0) == 0;  // the agent's FIN, after the timeout
+    ::close(fd);
+  });
+  ConfigAgent a;
+  std::string toml = config(server.url());
+  toml += "tunnel_timeout_ms = 300\n";  // in the listener table, the last one
+  a.start(toml, 1);
+  int fd = connect_loopback(a.port(0));
+  REQUIRE(fd >= 0);
+  set_timeouts(fd, 10000);
+  std::string got;
+  CHECK(read_to_eof(fd, got) == 0);  // closed by the agent, not by the 10 s bound here
+  ::close(fd);
+  CHECK(stat(a, "timeouts_tunnel") == 1);
+  for (int i = 0; i < 500 && !server_saw_end; ++i) rig::sleep_ms(10);
+  CHECK(server_saw_end);
+}
+
 TEST_CASE("passthrough: no server up: the client is closed and the failure counted, the agent serves on") {
   uint16_t dead_port = 0;
   int dead = listen_loopback(dead_port);

@@ -469,8 +469,15 @@ TEST_CASE("bad listeners name listener[i].key") {
         "listen: duplicate '127.0.0.1:8080' (also listen)");
   CHECK(error_of("[[listener]]\nname = \"web\"\nport = 1\n[[listener]]\nname = \"web\"\nport = 2\n") ==
         "listener[1].name: duplicate 'web' (also listener[0])");
-  CHECK(error_of("[[listener]]\nport = 1\nproxy = \"passthrough\"\n") ==
-        "listener[0].proxy: bad value 'passthrough' (expected http (passthrough is not built yet))");
+  CHECK(error_of("[[listener]]\nport = 1\nproxy = \"tcp\"\n") ==
+        "listener[0].proxy: bad value 'tcp' (expected http or passthrough)");
+  CHECK(error_of("[[upstream]]\nname = \"bus\"\nservers = [\"shm:app\"]\n[[listener]]\nport = 1\n"
+                 "proxy = \"passthrough\"\n") ==
+        "listener[0].upstream: bad value 'bus' (expected a group of tcp or unix servers for a passthrough listener)");
+  CHECK(load("[[upstream]]\nname = \"db\"\nservers = [\"tcp://127.0.0.1:5432\"]\n[[listener]]\nport = 1\n"
+             "proxy = \"passthrough\"\ntunnel_timeout_ms = 1000\n")
+            .listeners.front()
+            .proxy == "passthrough");
   CHECK(error_of("[[listener]]\nport = 1\nlisten = \"127.0.0.1:1\"\n") ==
         "listener[0].port: cannot be combined with listen (give listen = \"ADDR:PORT\", or port = N for 0.0.0.0:N)");
   CHECK(error_of("[[listener]]\nname = \"web\"\n") ==
@@ -488,7 +495,8 @@ TEST_CASE("bad listeners name listener[i].key") {
   CHECK(error_of("[[listener]]\nport = 1\nconnect_timeout_ms = 5\n") ==
         "listener[0].connect_timeout_ms: unknown key (expected name, listen, port, proxy, upstream, max_clients, "
         "header_bytes_max, header_count_max, body_bytes_max, header_timeout_ms, body_timeout_ms, "
-        "keepalive_timeout_ms, send_timeout_ms, queue_timeout_ms or response_timeout_ms)");
+        "keepalive_timeout_ms, send_timeout_ms, queue_timeout_ms, response_timeout_ms, tunnel_timeout_ms or "
+        "half_close_timeout_ms)");
   CHECK(error_of("listener = 5\n") == "listener: bad value '5' (expected [[listener]] tables with listen = \"ADDR:PORT\")");
   CHECK(error_of("listen = \"127.0.0.1:1\"\n[[listener]]\nport = 2\n") ==
         "listen: cannot be combined with [[listener]] tables (give each address its own [[listener]])");
