@@ -61,6 +61,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
       tcp_({loop_, config, counters_, *topology_, data_pool_, sink_, http_}),
       passthrough_(loop_, config, counters_, data_pool_, http_.screen(), tcp_),
       proxies_{&http_, &passthrough_} {
+  http_.set_tunnels(&passthrough_);
   spill_budget_.bytes_max = config.spill_total_max;
   spill_budget_.files_max = spill_files_max(config);
   for (const GroupConfig& g : config.groups)

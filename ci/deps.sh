@@ -9,6 +9,7 @@ packages=(
   libbpf-dev bpftool libelf-dev zlib1g-dev
   liburing-dev libcli11-dev doctest-dev libtomlplusplus-dev libfmt-dev libbenchmark-dev
   iproute2 ethtool procps python3 curl
+  python3-websockets                     # a real WebSocket client and server (tests)
   wrk nginx-light haproxy                # side-by-side benchmarks
 )
 

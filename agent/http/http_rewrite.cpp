@@ -73,7 +73,9 @@ size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
     std::string_view name = f.name.in(msg);
     const bool is_host = iequals(name, "host");
     // Host is end-to-end whatever a Connection header says about it.
-    if ((f.hop_by_hop && !is_host) || (is_host && !authority.empty())) continue;
+    // An upgrade is asked of the next hop: the one hop-by-hop field that goes on.
+    const bool upgrade_field = info.upgrade && iequals(name, "upgrade");
+    if ((f.hop_by_hop && !is_host && !upgrade_field) || (is_host && !authority.empty())) continue;
     if (iequals(name, "content-length") || iequals(name, "expect")) continue;
     if (iequals(name, "x-forwarded-for")) {
       xff = f.value.in(msg);  // the last one wins; ours is appended below
@@ -87,6 +89,7 @@ size_t write_upstream_request_head(const http::Head& head, std::string_view msg,
     w << name << ": " << f.value.in(msg) << "\r\n";
   }
   if (!have_host && !info.default_host.empty()) w << "Host: " << info.default_host << "\r\n";
+  if (info.upgrade) w << "Connection: upgrade\r\n";
   w << "X-Forwarded-For: ";
   if (!xff.empty()) w << xff << ", ";
   w << info.client_ip << "\r\n";

@@ -13,6 +13,7 @@ namespace offload {
 struct ForwardInfo {
   std::string_view client_ip;     // for X-Forwarded-For / Forwarded
   std::string_view default_host;  // Host for an HTTP/1.0 request without one
+  bool upgrade = false;           // an Upgrade request: its Upgrade field and "Connection: upgrade" go on
 };
 
 // Writes the upstream request head into out[0, cap): the request line in

@@ -61,6 +61,8 @@ namespace offload {
   X(tunnel_resets, "pass-through connections ended by a reset, passed on as a reset")          \
   X(tunnel_connect_failures, "pass-through connections closed: no server up, or its connect failed") \
   X(timeouts_tunnel, "pass-through connections closed idle (tunnel or half-close timeout)")    \
+  X(upgrades, "HTTP requests with Upgrade (WebSocket...) that went on as a tunnel")             \
+  X(upgrades_switched, "of those, answered 101 Switching Protocols by the server")             \
   X(admin_timeouts, "admin connections closed at their 5 s deadline (admin thread)")          \
   X(admin_evicted, "admin connections closed, oldest first, to make room over 64")
 

@@ -63,6 +63,7 @@ struct Exchange {
   bool client_http10 = false;
   bool dechunk = false;        // a chunked response decoded for an HTTP/1.0 client
   bool discard_input = false;  // answered with an error of ours: the rest of the input is dropped
+  bool upgrade = false;        // an Upgrade request: the connection goes to the pass-through proxy
   std::string_view canned;     // the unsent part of that error (static text)
   std::string interim;         // interim (1xx) heads for the client, sent ahead of the response
   size_t interim_sent = 0;
@@ -122,6 +123,7 @@ struct ClientConn {
   struct {
     bool busy = false;          // a send is in flight
   } out;
+  bool handed_over = false;     // its socket went on as a tunnel (an upgrade): close without a shutdown
   uint8_t peer_family = 0;      // 0: not looked up yet
   uint8_t peer_addr[16] = {};
 };

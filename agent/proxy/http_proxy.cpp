@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include "http/http_rewrite.h"
 #include "ops/topology_stats.h"
+#include "proxy/passthrough_proxy.h"
 
 namespace offload {
 namespace {
@@ -183,6 +185,7 @@ void HttpProxy::on_accept(Listener* l, const io_uring_cqe& e) {
   set_state(c, ClientState::kHead);
   c->peer_family = 0;
   c->in.eof = c->in.paused = c->out.busy = false;
+  c->handed_over = false;
   if (screen_.active() && screen_out(c)) return;
   ++active_clients_;
   ++l->active;
@@ -418,12 +421,16 @@ bool HttpProxy::take_head(ClientConn* c) {
   ex->method = h.method;
   ex->client_http10 = h.version_minor == 0;
   ex->close_after = !h.keep_alive || draining_;
-  if (h.method == http::Method::kConnect || h.upgrade) {
-    // Tunnels and protocol switches belong to the pass-through proxy.
+  // A protocol switch (WebSocket and others) goes on as a tunnel to a server
+  // of the listener's group, over a connection of its own. CONNECT, and an
+  // upgrade where there is no tunnel to be had (the bus), are not served.
+  const bool can_tunnel = tunnels_ != nullptr && c->listener->group != nullptr;
+  if (h.method == http::Method::kConnect || (h.upgrade && !can_tunnel)) {
     bump(counters_.parse_errors);
     reject(c, 501);
     return false;
   }
+  ex->upgrade = h.upgrade;
   ex->forward = input_pool_.get();
   if (ex->forward == nullptr) {
     bump(counters_.buffer_exhausted);
@@ -434,6 +441,7 @@ bool HttpProxy::take_head(ClientConn* c) {
   ForwardInfo info;
   info.client_ip = client_ip(c, ip, sizeof ip);
   info.default_host = upstream_of(c).default_host(c);
+  info.upgrade = ex->upgrade;
   size_t n = write_upstream_request_head(h, msg, info, ex->forward->data(), ex->forward->capacity);
   if (n == 0) {
     bump(counters_.parse_errors);
@@ -483,7 +491,34 @@ void HttpProxy::on_request_complete(ClientConn* c) {
     return;
   }
   ex->forward_bytes = uint32_t(n);
+  if (ex->upgrade) {
+    hand_over(c);
+    return;
+  }
   upstream_of(c).submit(c);
+}
+
+// The upgrade request and what followed it go to the pass-through proxy,
+// which connects, sends them and then moves bytes both ways: the server's
+// answer (101, or a refusal) and everything after it. A client sends nothing
+// more before the answer (RFC 6455 4.1), and the receive here is cancelled
+// before an answer can come back, so no client byte is read here after this.
+void HttpProxy::hand_over(ClientConn* c) {
+  Exchange* ex = c->ex;
+  std::string first(ex->forward->data(), ex->forward_bytes);
+  for (Block* b = ex->body.front(); b != nullptr; b = b->next) first.append(b->data() + b->head, b->readable());
+  if (ex->in != nullptr) first.append(ex->in->data() + ex->in->head, ex->in->readable());
+  const int fd = ::fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0 || ex->body_spill.fd >= 0 || ex->overflow.bytes() > 0) {
+    if (fd >= 0) ::close(fd);
+    respond_error(c, 503);
+    return;
+  }
+  look_up_peer(c);
+  tunnels_->adopt(c->listener, fd, c->peer_family == 0 ? IpAddress{} : peer_of(c), std::move(first));
+  bump(counters_.upgrades);
+  c->handed_over = true;
+  close_client(c);
 }
 
 // The multishot accept gives no addresses: the peer is looked up once, when
@@ -716,8 +751,14 @@ void HttpProxy::close_client(ClientConn* c) {
   if (c->ex != nullptr) upstream_of(c).leave(c->ex);
   sink_.forget(c);
   disarm(c->timer);
-  // Wakes the in-flight receive and send so their completions come back.
-  ::shutdown(c->fd, SHUT_RDWR);
+  // Wakes the in-flight receive and send so their completions come back; a
+  // socket handed over lives on in its tunnel: only the receive is cancelled.
+  if (!c->handed_over) {
+    ::shutdown(c->fd, SHUT_RDWR);
+  } else if (c->in.armed) {
+    loop_.cancel(c->received, &c->cancelled);
+    ++c->inflight;
+  }
   if (c->ex != nullptr && c->ex->up != nullptr) upstream_of(c).abandon(c);
   maybe_free_client(c);
 }
@@ -766,7 +807,7 @@ void HttpProxy::put_exchange(ClientConn* c) {
   ex->response_bytes = 0;
   ex->response_head_done = ex->response_done = false;
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
-  ex->discard_input = false;
+  ex->discard_input = ex->upgrade = false;
   ex->canned = {};
   ex->interim.clear();
   ex->interim_sent = 0;

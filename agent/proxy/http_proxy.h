@@ -31,6 +31,8 @@
 
 namespace offload {
 
+class PassthroughProxy;
+
 class HttpProxy final : public Proxy {
  public:
   HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink);
@@ -65,6 +67,8 @@ class HttpProxy final : public Proxy {
   void arm_client_timer(ClientConn* c, TimerKind kind) { loop_.arm(c->timer, c->listener->timers[kind]); }
   // The shard's one screen: the pass-through proxy admits through it too.
   Screen& screen() { return screen_; }
+  // Where upgraded connections go on (none: an upgrade gets 501).
+  void set_tunnels(PassthroughProxy* tunnels) { tunnels_ = tunnels; }
 
  private:
   // Accepting on a listener; again after a pause.
@@ -89,6 +93,7 @@ class HttpProxy final : public Proxy {
   Block* grow_input(ClientConn* c);
   void put_input(Block* b);
   void on_request_complete(ClientConn* c);
+  void hand_over(ClientConn* c);
   void reject(ClientConn* c, int status);
   void on_client_send(ClientConn* c, const io_uring_cqe& cqe);
   void fill_out_from_spill(ClientConn* c);
@@ -112,6 +117,7 @@ class HttpProxy final : public Proxy {
   ResponseSink& sink_;
   http::Limits request_limits_;
   bool draining_ = false;
+  PassthroughProxy* tunnels_ = nullptr;
 
   // Clients: slots made once, handed out LIFO so the same few stay warm.
   std::unique_ptr<ClientConn[]> clients_;

@@ -95,13 +95,15 @@ void PassthroughProxy::on_accepted(void* self, Listener* l, int fd) {
   static_cast<PassthroughProxy*>(self)->accept(l, fd);
 }
 
-void PassthroughProxy::accept(Listener* l, int fd) {
-  Tunnel* t = draining_ || l->active >= l->max_clients ? nullptr : tunnels_.get();
+// A tunnel for client `fd` on `l`, counted as open; null (fd closed, the
+// refusal counted) when the listener or the proxy is full.
+Tunnel* PassthroughProxy::open_slot(Listener* l, int fd) {
+  Tunnel* t = l->active >= l->max_clients ? nullptr : tunnels_.get();
   if (t == nullptr) {
     ::close(fd);
     bump(counters_.rejected_over_limit);
     add(l->stats->rejected);
-    return;
+    return nullptr;
   }
   t->client_fd = fd;
   t->listener = l;
@@ -109,15 +111,37 @@ void PassthroughProxy::accept(Listener* l, int fd) {
   live_.push_back(t);
   ++active_;
   ++l->active;
-  add(l->stats->accepted);
   add(l->stats->active);
+  bump(counters_.tunnels_active);
+  return t;
+}
+
+void PassthroughProxy::accept(Listener* l, int fd) {
+  if (draining_) {
+    ::close(fd);
+    return;
+  }
+  Tunnel* t = open_slot(l, fd);
+  if (t == nullptr) return;
+  add(l->stats->accepted);
   bump(counters_.accepted);
   bump(counters_.tunnels_accepted);
-  bump(counters_.tunnels_active);
   if (screen_out(t)) {
     end(t, false);
     return;
   }
+  if (!connect(t)) {
+    bump(counters_.tunnel_connect_failures);
+    end(t, false);
+  }
+}
+
+void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, std::string first) {
+  Tunnel* t = open_slot(l, fd);
+  if (t == nullptr) return;
+  t->source = source;
+  t->upgrade = true;
+  t->first = std::move(first);
   if (!connect(t)) {
     bump(counters_.tunnel_connect_failures);
     end(t, false);
@@ -188,7 +212,9 @@ void PassthroughProxy::on_connected(Tunnel* t, const io_uring_cqe& cqe) {
   t->open = true;
   // Whatever either side sent already waits in its socket: the first
   // receives take it, whoever speaks first (an SSH or SMTP server does).
-  post_recv(t, t->up);
+  // An upgrade's request goes out before anything else of the client's.
+  if (t->upgrade && !send_first(t)) return;
+  if (!t->upgrade) post_recv(t, t->up);
   post_recv(t, t->down);
   arm_idle(t);
 }
@@ -222,6 +248,21 @@ void PassthroughProxy::post_send(Tunnel* t, Tunnel::Flow& f) {
   ++t->inflight;
 }
 
+bool PassthroughProxy::send_first(Tunnel* t) {
+  if (t->first.size() > t->up.buf->capacity) {  // larger than any head the HTTP proxy takes
+    end(t, false);
+    return false;
+  }
+  std::memcpy(t->up.buf->data(), t->first.data(), t->first.size());
+  t->up.buf->head = 0;
+  t->up.buf->tail = uint32_t(t->first.size());
+  t->up.sent_off = 0;
+  t->first.clear();
+  t->first.shrink_to_fit();
+  post_send(t, t->up);
+  return true;
+}
+
 void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe) {
   op_done(t);
   f.recv_busy = false;
@@ -238,6 +279,11 @@ void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     return;
   }
   f.buf->tail = uint32_t(cqe.res);
+  if (t->upgrade && &f == &t->down && f.bytes == 0) {
+    static constexpr std::string_view k101 = "HTTP/1.1 101";
+    if (std::string_view(f.buf->data(), std::min<size_t>(f.buf->tail, k101.size())) == k101)
+      bump(counters_.upgrades_switched);
+  }
   f.bytes += uint64_t(cqe.res);
   bump(&f == &t->up ? counters_.tunnel_bytes_up : counters_.tunnel_bytes_down, uint64_t(cqe.res));
   arm_idle(t);

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "loop/loop.h"
@@ -64,6 +65,8 @@ struct Tunnel {
   Flow down;                   // server → client
   uint8_t inflight = 0;
   bool open = false;           // connected, bytes moving
+  bool upgrade = false;        // an HTTP upgrade: `first` goes out first, the answer is looked at
+  std::string first;
   bool ending = false;         // closing: waiting for its operations to come back
   bool reset = false;          // end with a reset on both sockets
   IpAddress source;
@@ -79,7 +82,9 @@ struct Tunnel {
     up.clear();
     down.clear();
     inflight = 0;
-    open = ending = reset = screened = false;
+    open = ending = reset = screened = upgrade = false;
+    first.clear();
+    first.shrink_to_fit();
     source = IpAddress{};
     live_index = 0;
   }
@@ -101,11 +106,19 @@ class PassthroughProxy final : public Proxy {
   uint64_t release_idle() override { return 0; }
   void release_all() override;
 
+  // An HTTP connection that asked for an upgrade goes on as a tunnel of
+  // `l` (already screened and counted by the HTTP proxy): `first` (the
+  // rewritten request and what followed it) is sent to the server before
+  // the bytes move both ways. Takes `fd`.
+  void adopt(Listener* l, int fd, const IpAddress& source, std::string first);
+
  private:
   static void on_accepted(void* self, Listener* l, int fd);
   void accept(Listener* l, int fd);
+  Tunnel* open_slot(Listener* l, int fd);
   bool screen_out(Tunnel* t);
   bool connect(Tunnel* t);
+  bool send_first(Tunnel* t);
   void on_connected(Tunnel* t, const io_uring_cqe& cqe);
   void on_connect_timeout(Tunnel* t, const io_uring_cqe& cqe);
   void on_timer(Tunnel* t, Timer& timer);

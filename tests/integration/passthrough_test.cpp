@@ -513,3 +513,50 @@ TEST_CASE("passthrough and http listeners side by side in one agent, each doing 
   REQUIRE(rec);
   CHECK(rec->count("/ok?web") == 1);
 }
+
+TEST_CASE("upgrade: an HTTP listener passes an Upgrade request on, then moves the bytes of the new protocol") {
+  std::string head_seen;
+  std::atomic<bool> served{false};
+  TcpServer server([&](int fd) {
+    std::string in;
+    char buf[4096];
+    while (in.find("\r\n\r\n") == std::string::npos) {
+      ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+      if (r <= 0) break;
+      in.append(buf, size_t(r));
+    }
+    head_seen = in;
+    served = true;
+    const std::string ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n";
+    send_all(fd, ok.data(), ok.size());
+    echo()(fd);  // then the new protocol: an echo
+  });
+  ConfigAgent a;
+  a.start("[[upstream]]\nservers = [\"" + server.url() + "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n", 1);
+  int fd = connect_loopback(a.port(0));
+  REQUIRE(fd >= 0);
+  set_timeouts(fd, 10000);
+  const std::string req = "GET /room HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: chat\r\n\r\n";
+  REQUIRE(send_all(fd, req.data(), req.size()));
+  std::string got;
+  while (got.find("\r\n\r\n") == std::string::npos) {
+    char buf[4096];
+    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    REQUIRE(r > 0);
+    got.append(buf, size_t(r));
+  }
+  CHECK(got.rfind("HTTP/1.1 101 ", 0) == 0);
+  REQUIRE(send_all(fd, "raw bytes, not HTTP", 19));
+  ::shutdown(fd, SHUT_WR);
+  std::string rest = got.substr(got.find("\r\n\r\n") + 4);
+  CHECK(read_to_eof(fd, rest) == 0);
+  CHECK(rest == "raw bytes, not HTTP");
+  ::close(fd);
+  REQUIRE(served);
+  // The upgrade was asked of the server, with the agent's forwarding fields.
+  CHECK(head_seen.find("Upgrade: chat\r\n") != std::string::npos);
+  CHECK(head_seen.find("Connection: upgrade\r\n") != std::string::npos);
+  CHECK(head_seen.find("X-Forwarded-For: 127.0.0.1\r\n") != std::string::npos);
+  CHECK(stat(a, "upgrades") == 1);
+  CHECK(stat(a, "upgrades_switched") == 1);
+}
