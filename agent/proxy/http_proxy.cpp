@@ -58,6 +58,7 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
       counters_(counters),
       data_pool_(data_pool),
       sink_(sink),
+      acceptor_(loop, counters, this, &HttpProxy::on_accepted),
       clients_(new ClientConn[config.max_clients]),
       screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
               config.max_clients_per_source, config.max_clients),
@@ -79,8 +80,6 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
     bind<&HttpProxy::on_client_cancelled>(c->cancelled, this, c);
     bind<&HttpProxy::on_client_timer>(c->timer, this, c);
   }
-  bind<&HttpProxy::on_accept_retry>(accept_retry_timer_, this);
-  loop_.add_timers(accept_retry_list_);
 }
 
 HttpProxy::~HttpProxy() { release_all(); }
@@ -95,17 +94,11 @@ void HttpProxy::release_all() {
 
 void HttpProxy::serve(Listener* l) {
   l->proxy = this;
-  bind<&HttpProxy::on_accept>(l->accepted, this, l);
-  listeners_.push_back(l);
+  acceptor_.serve(l);
 }
 
 void HttpProxy::start() {
-  for (Listener* l : listeners_) post_accept(l);
-}
-
-void HttpProxy::on_accept_retry() {
-  for (Listener* l : listeners_)
-    if (!l->armed) post_accept(l);
+  acceptor_.start();
 }
 
 uint64_t HttpProxy::release_idle() {
@@ -114,6 +107,7 @@ uint64_t HttpProxy::release_idle() {
 
 void HttpProxy::drain() {
   draining_ = true;
+  acceptor_.stop();
   for (uint32_t i = 0; i < config_.max_clients; ++i) {
     ClientConn* c = &clients_[i];
     if (c->fd < 0 || c->state == ClientState::kClosing) continue;
@@ -144,33 +138,9 @@ void HttpProxy::on_client_timer(ClientConn* c, Timer& t) {
   }
 }
 
-void HttpProxy::post_accept(Listener* l) {
-  if (draining_) return;
-  OFFLOAD_ASSERT(!l->armed);
-  l->armed = true;
-  io_uring_prep_multishot_accept(loop_.sqe(l->accepted), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
-}
+void HttpProxy::on_accepted(void* self, Listener* l, int fd) { static_cast<HttpProxy*>(self)->accept(l, fd); }
 
-void HttpProxy::on_accept(Listener* l, const io_uring_cqe& e) {
-  const io_uring_cqe* cqe = &e;
-  if (!(cqe->flags & IORING_CQE_F_MORE)) {
-    l->armed = false;
-    // Out of descriptors or memory: accepting again at once would fail at
-    // once, forever. Pause (the backlog keeps the clients), like nginx.
-    const bool starved = cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM || cqe->res == -ENOBUFS;
-    if (starved) {
-      bump(counters_.accept_pauses);
-      if (!accept_retry_timer_.armed()) loop_.arm(accept_retry_timer_, accept_retry_list_);
-    } else if (!draining_) {
-      post_accept(l);
-    }
-  }
-  if (cqe->res < 0) return;
-  int fd = cqe->res;
-  if (draining_) {
-    ::close(fd);
-    return;
-  }
+void HttpProxy::accept(Listener* l, int fd) {
   if (free_slots_.empty() || l->active >= l->max_clients) {
     ::close(fd);
     bump(counters_.rejected_over_limit);

@@ -20,6 +20,7 @@
 #include "loop/slab.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "proxy/acceptor.h"
 #include "proxy/buffers.h"
 #include "proxy/connection.h"
 #include "proxy/listener.h"
@@ -71,13 +72,11 @@ class HttpProxy final : public Proxy {
   void set_tunnels(PassthroughProxy* tunnels) { tunnels_ = tunnels; }
 
  private:
-  // Accepting on a listener; again after a pause.
-  void post_accept(Listener* l);
-  void on_accept(Listener* l, const io_uring_cqe& cqe);
+  static void on_accepted(void* self, Listener* l, int fd);
+  void accept(Listener* l, int fd);
   // The responses waiting for a shared budget (memory, spill room) that was
   // given back go on.
   void wake_budget_waiters();
-  void on_accept_retry();
   void on_client_timer(ClientConn* c, Timer& t);
   void post_recv(ClientConn* c);
   void on_client_recv(ClientConn* c, const io_uring_cqe& cqe);
@@ -115,6 +114,7 @@ class HttpProxy final : public Proxy {
   Counters& counters_;
   BlockPool& data_pool_;
   ResponseSink& sink_;
+  Acceptor acceptor_;
   http::Limits request_limits_;
   bool draining_ = false;
   PassthroughProxy* tunnels_ = nullptr;
@@ -127,10 +127,6 @@ class HttpProxy final : public Proxy {
   BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;        // request heads (header_bytes_max + slack)
   Slab<Exchange> exchanges_;    // one per client at most, made on first use
-  std::vector<Listener*> listeners_;  // the ones it serves
-  // Accepting paused after EMFILE/ENFILE/ENOMEM: tried again when it fires.
-  TimerList accept_retry_list_{100};
-  Timer accept_retry_timer_;
 };
 
 }  // namespace offload
