@@ -314,8 +314,8 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
 // to the peer while the other direction still flows.
 void PassthroughProxy::on_eof(Tunnel* t, Tunnel::Flow& f) {
   f.eof = true;
+  bump(counters_.tunnel_half_closes);  // counted before the peer can see it
   ::shutdown(to_fd(t, f), SHUT_WR);
-  bump(counters_.tunnel_half_closes);
   Tunnel::Flow& other = &f == &t->up ? t->down : t->up;
   if (other.eof) {
     end(t, false);  // both sides done: a clean close
