@@ -26,6 +26,7 @@
 #include "ops/admin.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/service_notify.h"
 #include "ops/shard_limits.h"
 #include "ops/version.h"
 #include "proxy/listener.h"
@@ -303,7 +304,10 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
     if (fds[0].revents != 0) {
       uint64_t n = 0;
       if (::read(done_fd, &n, sizeof n) == sizeof n) done += n;
-      if (done < slots.size()) tell_shards(slots, false);
+      if (done < slots.size()) {
+        offload::notify_stopping();
+        tell_shards(slots, false);
+      }
     }
     signalfd_siginfo info{};
     if (signal_fd >= 0 && fds[1].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
@@ -311,6 +315,7 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
         fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
         tell_shards(slots, true);
       } else {
+        offload::notify_stopping();
         tell_shards(slots, false);
       }
     }
@@ -393,6 +398,9 @@ int run(const Config& config) {
     fmt::print(stderr, "offload-agent: admin on {}\n", admin->bound_address());
   }
   std::fflush(stderr);
+  // Every shard is made and its sockets listen (the kernel queues
+  // connections from here on): a service manager may count the agent up.
+  offload::notify_ready();
   relay_signals(slots, done_fd, mask);
   int code = 0;
   for (auto& slot : slots) {
