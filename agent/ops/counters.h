@@ -27,7 +27,7 @@ namespace offload {
   X(accept_pauses, "accept_pauses_total", "", "Times accepting paused for 100 ms: out of descriptors or memory.") \
   X(active_clients, "connections_active", "", "Client connections open now.")                                \
   X(requests, "requests_total", "", "Complete requests received.")                                           \
-  X(responses_1xx, "responses_total", "code=\"1xx\"", "Responses sent to clients, by status class.")         \
+  X(responses_1xx, "responses_total", "code=\"1xx\"", "Responses to clients (the server's and the agent's own), by status class.")         \
   X(responses_2xx, "responses_total", "code=\"2xx\"", "")                                                     \
   X(responses_3xx, "responses_total", "code=\"3xx\"", "")                                                     \
   X(responses_4xx, "responses_total", "code=\"4xx\"", "")                                                     \

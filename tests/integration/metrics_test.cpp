@@ -36,7 +36,7 @@ std::map<std::string, double> samples(const std::string& text) {
 }
 
 // The family a sample belongs to: its name without labels, and without the
-// _bucket/_sum/_count of a histogram when `histograms` names it.
+// _bucket/_sum/_count of a family `types` says is a histogram.
 std::string family_of(const std::string& sample, const std::map<std::string, std::string>& types) {
   std::string name = sample.substr(0, sample.find('{'));
   if (types.count(name)) return name;
