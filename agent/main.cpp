@@ -26,7 +26,9 @@
 #include "ops/admin.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/service_notify.h"
 #include "ops/shard_limits.h"
+#include "ops/version.h"
 #include "proxy/listener.h"
 #include "shard.h"
 
@@ -56,8 +58,53 @@ struct RunFlags {
   std::map<std::string, std::string> numbers;  // TOML key → flag text
 };
 
+// What each numeric setting does, its unit and its default (the same as
+// docs/offload.toml; the CLI test checks each default against the built-in
+// configuration). A key missing here gets no help, which that test catches.
+const std::map<std::string, std::string>& number_help() {
+  static const std::map<std::string, std::string> help = {
+      {"cpu", "run one shard pinned to this CPU number (the same as --cpus K); default none: not pinned"},
+      {"workers", "number of shards (threads, each with its own io_uring); default 1 (or one per --cpus entry)"},
+      {"max_clients", "client connections open at once, agent-wide; more are closed at once; default 10000"},
+      {"max_upstream",
+       "connections to each server, agent-wide: a number is a fixed ceiling, auto an adaptive limit up to 64; "
+       "default auto"},
+      {"persistent", "upstream connections the pool's limit starts from (opened on demand); default 4"},
+      {"header_bytes_max", "bytes of request line + header fields (431 beyond); k/m/g suffixes; default 16k"},
+      {"header_count_max", "header fields in a request (431 beyond); default 100"},
+      {"body_bytes_max", "bytes of a decoded request body (413 beyond); k/m/g suffixes; default 16m"},
+      {"response_buffer", "bytes of a response kept in memory before spilling to a file; k/m/g; default 256k"},
+      {"response_spill_max", "bytes of a response in its temporary file, then back-pressure; k/m/g; default 1g"},
+      {"body_buffer", "bytes of a request body kept in memory, the rest in temp_dir; k/m/g; default 64k"},
+      {"spill_total_max", "bytes of all temporary files together, agent-wide; k/m/g; default 4g"},
+      {"buffer_memory_max", "bytes of all request and response buffers together, agent-wide; k/m/g; default 512m"},
+      {"header_timeout_ms", "milliseconds to receive a whole request head (408); default 10000"},
+      {"body_timeout_ms", "milliseconds between two reads of a request body (408); default 30000"},
+      {"keepalive_timeout_ms", "milliseconds a client may idle between requests (then closed); default 75000"},
+      {"send_timeout_ms", "milliseconds a send to a client may make no progress (then closed); default 60000"},
+      {"connect_timeout_ms", "milliseconds to open an upstream connection (504); default 5000"},
+      {"response_timeout_ms", "milliseconds between two reads from upstream (504); default 60000"},
+      {"queue_timeout_ms", "milliseconds a complete request may wait for an upstream channel (503); default 30000"},
+      {"drain_timeout_ms", "milliseconds SIGTERM lets requests in flight finish before exiting; default 10000"},
+      {"tunnel_timeout_ms",
+       "milliseconds a pass-through connection may move nothing either way (then closed); default 3600000"},
+      {"half_close_timeout_ms",
+       "milliseconds a pass-through connection with one side ended may move nothing (then closed); default 60000"},
+      {"recv_buffers", "provided receive buffers shared by all clients (a power of two); default 256"},
+      {"recv_buffer_bytes", "bytes of each provided receive buffer; k/m/g; default 4096"},
+      {"ring_depth", "shm upstream: requests one ring channel carries at once; default 16"},
+      {"ring_bytes", "shm upstream: bytes of each ring (a request must fit, 413 beyond); k/m/g; default 2m"},
+      {"max_clients_per_source", "client connections per source address, per shard; 0: no limit; default 0"},
+      {"xdp_syn_rate", "XDP guard: SYNs per second per source; 0: no limit; default 0"},
+      {"xdp_syn_burst", "XDP guard: SYNs a source may send at once (its bucket); 0: the rate; default 0"},
+  };
+  return help;
+}
+
 void add_config_flags(CLI::App* cmd, RunFlags& f) {
-  cmd->add_option("-c,--config", f.config_file, "TOML configuration file");
+  cmd->add_option("-c,--config", f.config_file,
+                  "TOML configuration file (every key, with its default: docs/offload.toml); a flag wins over the "
+                  "file; default none: the built-in defaults");
   cmd->add_option("--listen", f.listen,
                   "ADDR:PORT to accept clients on (repeatable; default 127.0.0.1:8080); replaces the file's "
                   "listeners, served by its first [[upstream]]");
@@ -65,17 +112,25 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
                   "tcp://HOST:PORT, unix:PATH or shm:NAME (default tcp://127.0.0.1:8000); with [[upstream]] "
                   "tables, replaces the servers of the one named \"default\"");
   cmd->add_option("--admin", f.admin, "ADDR:PORT of the stats endpoint, or off (default 127.0.0.1:9901)");
-  cmd->add_option("--temp-dir", f.temp_dir, "where large responses spill (default /tmp)");
-  cmd->add_option("--deny", f.deny, "refuse clients from this CIDR prefix at accept (repeatable)");
-  cmd->add_option("--allow", f.allow, "accept clients only from these CIDR prefixes (repeatable)");
-  cmd->add_option("--xdp-iface", f.xdp_iface, "attach the XDP guard to this interface while running");
-  cmd->add_option("--xdp-mode", f.xdp_mode, "auto, native or generic (default auto)");
-  cmd->add_option("--cpus", f.cpus, "one shard per CPU, pinned: a list such as 1,2");
+  cmd->add_option("--temp-dir", f.temp_dir,
+                  "directory for the unlinked files large responses and bodies spill to; default /tmp");
+  cmd->add_option("--deny", f.deny, "refuse clients from this CIDR prefix at accept (repeatable); default none");
+  cmd->add_option("--allow", f.allow,
+                  "accept clients only from these CIDR prefixes (repeatable); default none: every source");
+  cmd->add_option("--xdp-iface", f.xdp_iface,
+                  "attach the XDP guard to this network interface while running; default none: no guard");
+  cmd->add_option("--xdp-mode", f.xdp_mode, "how the XDP guard attaches: auto, native or generic; default auto");
+  cmd->add_option("--cpus", f.cpus,
+                  "one shard per CPU listed, each pinned to its CPU: a list such as 1,2 (sets --workers); "
+                  "default none: not pinned");
   for (const std::string& key : offload::number_key_names()) {
     std::string flag = "--" + key;
     for (auto& ch : flag)
       if (ch == '_') ch = '-';
-    cmd->add_option(flag, f.numbers[key], "see README: configuration");
+    auto it = number_help().find(key);
+    const std::string help = it == number_help().end() ? "" : it->second;
+    const char* type = key.ends_with("_ms") ? "MS" : help.find("k/m/g") != std::string::npos ? "SIZE" : "N";
+    cmd->add_option(flag, f.numbers[key], help)->type_name(type);
   }
 }
 
@@ -253,7 +308,10 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
     if (fds[0].revents != 0) {
       uint64_t n = 0;
       if (::read(done_fd, &n, sizeof n) == sizeof n) done += n;
-      if (done < slots.size()) tell_shards(slots, false);
+      if (done < slots.size()) {
+        offload::notify_stopping();
+        tell_shards(slots, false);
+      }
     }
     signalfd_siginfo info{};
     if (signal_fd >= 0 && fds[1].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
@@ -261,6 +319,7 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
         fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
         tell_shards(slots, true);
       } else {
+        offload::notify_stopping();
         tell_shards(slots, false);
       }
     }
@@ -343,6 +402,9 @@ int run(const Config& config) {
     fmt::print(stderr, "offload-agent: admin on {}\n", admin->bound_address());
   }
   std::fflush(stderr);
+  // Every shard is made and its sockets listen (the kernel queues
+  // connections from here on): a service manager may count the agent up.
+  offload::notify_ready();
   relay_signals(slots, done_fd, mask);
   int code = 0;
   for (auto& slot : slots) {
@@ -406,6 +468,8 @@ int stats(const std::string& admin, bool json) {
 int main(int argc, char** argv) {
   CLI::App app{"offload-agent: a connection-offload proxy (io_uring + eBPF)"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("offload-agent ") + offload::kVersion,
+                       "print the version and exit");
   int exit_code = 0;
 
   RunFlags run_flags;
@@ -416,13 +480,14 @@ int main(int argc, char** argv) {
   bool check_show = false;
   CLI::App* check_cmd = app.add_subcommand("check", "validate a configuration and exit");
   add_config_flags(check_cmd, check_flags);
-  check_cmd->add_flag("--show", check_show, "print the effective configuration (TOML: globals, listeners, groups)");
+  check_cmd->add_flag("--show", check_show,
+                      "also print the effective configuration as TOML (globals, listeners, groups); default off");
 
   std::string stats_admin = "127.0.0.1:9901";
   bool stats_json = false;
   CLI::App* stats_cmd = app.add_subcommand("stats", "print the running agent's counters (and the XDP guard's)");
   stats_cmd->add_option("--admin", stats_admin, "the agent's admin endpoint (default 127.0.0.1:9901)");
-  stats_cmd->add_flag("--json", stats_json, "one JSON object");
+  stats_cmd->add_flag("--json", stats_json, "print one JSON object instead of the table; default off");
 
 #ifdef OFFLOAD_HAVE_XDP
   offload::xdp::add_xdp_commands(app, exit_code);
@@ -441,6 +506,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "offload-agent: {}\n", e.what());

@@ -11,6 +11,9 @@ packages=(
   iproute2 ethtool procps python3 curl
   python3-websockets                     # a real WebSocket client and server (tests)
   wrk nginx-light haproxy                # side-by-side benchmarks
+  prometheus                             # promtool: the /metrics test runs `promtool check metrics`
+  libsystemd-dev                         # sd_notify for the Type=notify unit (optional at build time)
+  systemd                                # systemd-analyze verify for packaging/systemd/offload-agent.service
 )
 
 missing=()

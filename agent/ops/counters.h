@@ -10,66 +10,99 @@
 #include <string>
 #include <vector>
 
+#include "ops/histogram.h"
+
 namespace offload {
 
-#define OFFLOAD_COUNTERS(X)                                                                    \
-  X(accepted, "client connections accepted")                                                  \
-  X(rejected_over_limit, "client connections closed at once: over max_clients")               \
-  X(accept_pauses, "accepting paused for 100 ms: out of descriptors or memory")              \
-  X(active_clients, "client connections open now (gauge)")                                     \
-  X(rejected_screened, "client connections refused by the deny/allow lists")                  \
-  X(rejected_per_source, "client connections over max_clients_per_source")                    \
-  X(requests, "complete requests received")                                                   \
-  X(responses_1xx, "responses sent, by class")                                                \
-  X(responses_2xx, "")                                                                        \
-  X(responses_3xx, "")                                                                        \
-  X(responses_4xx, "")                                                                        \
-  X(responses_5xx, "")                                                                        \
-  X(agent_errors, "error responses made by the agent itself (400..505)")                      \
-  X(parse_errors, "requests rejected by the parser")                                          \
-  X(upstream_bad_responses, "responses from upstream rejected by the parser (502)")           \
-  X(queue_waits, "requests that waited for a free upstream channel")                          \
-  X(queue_length, "requests waiting now (gauge)")                                             \
-  X(upstream_connects, "upstream connections opened")                                         \
-  X(upstream_connect_errors, "upstream connections that failed to open")                      \
-  X(upstream_active, "upstream connections open now (gauge)")                                 \
-  X(upstream_reuses, "requests sent on a kept-alive upstream connection")                      \
-  X(upstream_limit, "upstream connections the pool may open now (gauge; adapts with max_upstream auto)") \
-  X(upstream_rejections, "upstream connections the server closed while a newer one waited unserved") \
-  X(upstream_stalls, "new upstream connections whose first request went unanswered for 1 s") \
-  X(upstream_retries, "GET/HEAD retried on a fresh connection")                               \
-  X(timeouts_header, "timeouts, by kind")                                                     \
-  X(timeouts_body, "")                                                                        \
-  X(timeouts_keepalive, "")                                                                   \
-  X(timeouts_send, "")                                                                        \
-  X(timeouts_connect, "")                                                                     \
-  X(timeouts_response, "")                                                                    \
-  X(timeouts_queue, "")                                                                       \
-  X(client_aborts, "clients gone before their response was sent")                             \
-  X(spilled_responses, "responses that spilled to a temporary file")                          \
-  X(spilled_bodies, "request bodies that went on in a temporary file")                        \
-  X(spill_refused, "responses kept in memory: spill budget spent or temp_dir not writable")    \
-  X(budget_waits, "responses that waited for buffer memory or spill room")                   \
-  X(buffer_exhausted, "requests refused because buffer memory was exhausted")                 \
-  X(bytes_in, "bytes received from clients")                                                  \
-  X(bytes_out, "bytes sent to clients")                                                      \
-  X(tunnels_accepted, "pass-through connections accepted (user-space mode)")                  \
-  X(tunnels_active, "pass-through connections open now (gauge)")                              \
-  X(tunnel_bytes_up, "pass-through bytes moved client to server")                              \
-  X(tunnel_bytes_down, "pass-through bytes moved server to client")                            \
-  X(tunnel_half_closes, "pass-through ends (FIN) passed on as a shutdown of the peer's writes") \
-  X(tunnel_resets, "pass-through connections ended by a reset, passed on as a reset")          \
-  X(tunnel_connect_failures, "pass-through connections closed: no server up, or its connect failed") \
-  X(timeouts_tunnel, "pass-through connections closed idle (tunnel or half-close timeout)")    \
-  X(upgrades, "HTTP requests with Upgrade (WebSocket...) that went on as a tunnel")             \
-  X(upgrades_switched, "of those, answered 101 Switching Protocols by the server")             \
-  X(admin_timeouts, "admin connections closed at their 5 s deadline (admin thread)")          \
-  X(admin_evicted, "admin connections closed, oldest first, to make room over 64")
+// Each counter: its name in /stats (and `stats`), its Prometheus family
+// (after the offload_ prefix; a family ending in _total is a counter, any
+// other a gauge), the label that tells it from the others of its family
+// ("" for none), and the family's help (on its first member only).
+#define OFFLOAD_COUNTERS(X)                                                                                   \
+  X(accepted, "connections_accepted_total", "", "Client connections accepted.")                              \
+  X(rejected_over_limit, "connections_rejected_total", "reason=\"over_max_clients\"",                          \
+    "Client connections closed at once, by reason.")                                                          \
+  X(rejected_screened, "connections_rejected_total", "reason=\"screened\"", "")                               \
+  X(rejected_per_source, "connections_rejected_total", "reason=\"over_max_clients_per_source\"", "")          \
+  X(accept_pauses, "accept_pauses_total", "", "Times accepting paused for 100 ms: out of descriptors or memory.") \
+  X(active_clients, "connections_active", "", "Client connections open now.")                                \
+  X(requests, "requests_total", "", "Complete requests received.")                                           \
+  X(responses_1xx, "responses_total", "code=\"1xx\"", "Responses to clients (the server's and the agent's own), by status class.")         \
+  X(responses_2xx, "responses_total", "code=\"2xx\"", "")                                                     \
+  X(responses_3xx, "responses_total", "code=\"3xx\"", "")                                                     \
+  X(responses_4xx, "responses_total", "code=\"4xx\"", "")                                                     \
+  X(responses_5xx, "responses_total", "code=\"5xx\"", "")                                                     \
+  X(agent_errors, "agent_error_responses_total", "", "Error responses made by the agent itself (400..505).")  \
+  X(parse_errors, "parse_errors_total", "", "Requests rejected by the HTTP parser.")                          \
+  X(upstream_bad_responses, "upstream_bad_responses_total", "",                                               \
+    "Responses from upstream rejected by the parser (answered 502).")                                         \
+  X(queue_waits, "queue_waits_total", "", "Requests that waited for a free upstream channel.")                \
+  X(queue_length, "queue_length", "", "Requests waiting for an upstream channel now.")                        \
+  X(upstream_connects, "upstream_connects_total", "", "Upstream connections opened.")                         \
+  X(upstream_connect_errors, "upstream_connect_errors_total", "", "Upstream connections that failed to open.") \
+  X(upstream_active, "upstream_connections", "", "Upstream connections open now.")                            \
+  X(upstream_reuses, "upstream_reuses_total", "", "Requests sent on a kept-alive upstream connection.")       \
+  X(upstream_limit, "upstream_connection_limit", "",                                                          \
+    "Upstream connections the pools may open now (adapts with max_upstream = auto).")                         \
+  X(upstream_rejections, "upstream_rejections_total", "",                                                     \
+    "Upstream connections the server closed while a newer one waited unserved.")                             \
+  X(upstream_stalls, "upstream_stalls_total", "",                                                             \
+    "New upstream connections whose first request went unanswered for 1 s.")                                 \
+  X(upstream_retries, "upstream_retries_total", "", "GET/HEAD requests retried on a fresh connection.")       \
+  X(timeouts_header, "timeouts_total", "kind=\"header\"", "Timeouts, by kind (tunnel: pass-through idle or half-closed too long).") \
+  X(timeouts_body, "timeouts_total", "kind=\"body\"", "")                                                     \
+  X(timeouts_keepalive, "timeouts_total", "kind=\"keepalive\"", "")                                           \
+  X(timeouts_send, "timeouts_total", "kind=\"send\"", "")                                                     \
+  X(timeouts_connect, "timeouts_total", "kind=\"connect\"", "")                                               \
+  X(timeouts_response, "timeouts_total", "kind=\"response\"", "")                                             \
+  X(timeouts_queue, "timeouts_total", "kind=\"queue\"", "")                                                   \
+  X(timeouts_tunnel, "timeouts_total", "kind=\"tunnel\"", "")                                                 \
+  X(client_aborts, "client_aborts_total", "", "Clients gone before their response was sent.")                 \
+  X(spilled_responses, "spilled_responses_total", "", "Responses that spilled to a temporary file.")          \
+  X(spilled_bodies, "spilled_bodies_total", "", "Request bodies that went on in a temporary file.")           \
+  X(spill_refused, "spill_refused_total", "",                                                                 \
+    "Responses kept in memory: spill budget spent or temp_dir not writable.")                                 \
+  X(budget_waits, "budget_waits_total", "", "Responses that waited for buffer memory or spill room.")         \
+  X(buffer_exhausted, "buffer_exhausted_total", "", "Requests refused because buffer memory was exhausted.")  \
+  X(bytes_in, "client_received_bytes_total", "", "Bytes received from clients.")                              \
+  X(bytes_out, "client_sent_bytes_total", "", "Bytes sent to clients.")                                       \
+  X(tunnels_accepted, "tunnels_accepted_total", "", "Pass-through connections accepted (user-space mode).")   \
+  X(tunnels_active, "tunnels_active", "", "Pass-through connections open now.")                              \
+  X(tunnel_bytes_up, "tunnel_bytes_total", "direction=\"up\"",                                               \
+    "Pass-through bytes moved, by direction (up: client to server, down: server to client).")               \
+  X(tunnel_bytes_down, "tunnel_bytes_total", "direction=\"down\"", "")                                        \
+  X(tunnel_half_closes, "tunnel_half_closes_total", "",                                                       \
+    "Pass-through ends (FIN) passed on as a shutdown of the peer's writes.")                                  \
+  X(tunnel_resets, "tunnel_resets_total", "", "Pass-through connections ended by a reset, passed on as a reset.") \
+  X(tunnel_connect_failures, "tunnel_connect_failures_total", "",                                             \
+    "Pass-through connections closed: no server up, or its connect failed.")                                  \
+  X(upgrades, "upgrades_total", "", "HTTP requests with Upgrade (WebSocket...) that went on as a tunnel.")     \
+  X(upgrades_switched, "upgrades_switched_total", "",                                                         \
+    "Upgrade requests answered 101 Switching Protocols by the server.")                                       \
+  X(admin_timeouts, "admin_closed_total", "reason=\"deadline\"",                                               \
+    "Admin connections closed by the agent, by reason (5 s deadline, or oldest evicted over 64).")            \
+  X(admin_evicted, "admin_closed_total", "reason=\"evicted\"", "")
+
+// The latency histograms: member, Prometheus family (offload_ and _seconds
+// added), help. Each is observed at one point of an exchange's walk.
+#define OFFLOAD_HISTOGRAMS(X)                                                                                 \
+  X(request_duration, "request_duration",                                                                     \
+    "From a request's first byte to the last byte of its response sent to the client (requests answered in "  \
+    "full; whole milliseconds of the loop clock).")                                                           \
+  X(queue_wait, "queue_wait",                                                                                 \
+    "From a complete request's queueing to its assignment to a TCP or Unix upstream connection (whole "       \
+    "milliseconds of the loop clock; the ring bus is not measured).")                                         \
+  X(upstream_response, "upstream_response",                                                                   \
+    "From a request's assignment to a TCP or Unix upstream connection to the end of the response read from "  \
+    "it (whole milliseconds of the loop clock).")
 
 struct Counters {
-#define OFFLOAD_DECLARE(name, help) std::atomic<uint64_t> name{0};
+#define OFFLOAD_DECLARE(name, family, label, help) std::atomic<uint64_t> name{0};
   OFFLOAD_COUNTERS(OFFLOAD_DECLARE)
 #undef OFFLOAD_DECLARE
+#define OFFLOAD_DECLARE_HISTOGRAM(name, family, help) Histogram name;
+  OFFLOAD_HISTOGRAMS(OFFLOAD_DECLARE_HISTOGRAM)
+#undef OFFLOAD_DECLARE_HISTOGRAM
 };
 
 inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {

@@ -54,6 +54,8 @@ struct Exchange {
   iovec send_iov[8]{};
 
   uint64_t response_bytes = 0; // raw bytes received from upstream
+  uint64_t started_ms = 0;     // loop time of the request's first byte (request_duration)
+  uint64_t queued_ms = 0;      // loop time it joined its group's queue (queue_wait)
   http::Method method = http::Method::kGet;
   bool response_head_done = false;
   bool response_done = false;  // the whole response is in `out` / the spill

@@ -667,6 +667,7 @@ void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
 // The response is all sent: close, or go back for the next request.
 void HttpProxy::finish_exchange(ClientConn* c) {
   Exchange* ex = c->ex;
+  counters_.request_duration.observe(loop_.now_ms() - ex->started_ms);
   sink_.forget(c);
   if (ex->close_after || c->in.eof || draining_) {
     linger(c);
@@ -755,6 +756,7 @@ Exchange* HttpProxy::get_exchange(const ClientConn* c) {
   Exchange* ex = exchanges_.get();
   OFFLOAD_ASSERT(ex != nullptr);
   ex->parser.set_limits(c->listener->limits);
+  ex->started_ms = loop_.now_ms();  // made at the request's first byte
   return ex;
 }
 

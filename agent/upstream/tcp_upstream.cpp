@@ -165,6 +165,7 @@ void TcpUpstream::after_batch() {
 // a server and that server a connection; most of the time both happen here.
 void TcpUpstream::enqueue(ClientConn* c, bool front) {
   OFFLOAD_ASSERT(c->listener->group != nullptr && c->ex->server == nullptr);
+  c->ex->queued_ms = loop_.now_ms();
   queue_on(c, c->listener->group->ready, front, counters_);
   dispatch(*c->listener->group);
   if (c->state == ClientState::kQueued) proxy_.wait_in_queue(c);
@@ -423,6 +424,7 @@ void TcpUpstream::assign(UpstreamConn* u, ClientConn* c) {
   u->read_paused = false;
   ex->up = u;
   u->busy_since_ms = loop_.now_ms();
+  counters_.queue_wait.observe(u->busy_since_ms - ex->queued_ms);
   u->responses_before = u->pool->responses;
   if (u->used) bump(counters_.upstream_reuses);
   add(u->pool->stats().requests);
@@ -838,6 +840,7 @@ void TcpUpstream::release_upstream(UpstreamConn* u) {
   if (!u->proven) p.limit().on_new_answered();
   u->proven = true;
   const int64_t took_ms = int64_t(loop_.now_ms() - u->busy_since_ms);
+  counters_.upstream_response.observe(uint64_t(took_ms));
   p.response_ms_avg += (took_ms - p.response_ms_avg) / 8;  // smoothed over about 8 responses
   if (!u->reusable || draining_ || u->send_busy) {
     // The server ended a connection it had served. While a newer one waits

@@ -1,0 +1,101 @@
+// The agent under a service manager: systemd's Type=notify protocol seen
+// from the manager's side, a Unix datagram socket named in NOTIFY_SOCKET.
+#include <doctest/doctest.h>
+
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "rig.h"
+
+namespace {
+
+// The manager's end: a datagram socket bound to a fresh path.
+class NotifySocket {
+ public:
+  NotifySocket() {
+    char dir[] = "/tmp/offload-notify-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/notify";
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    REQUIRE(path_.size() < sizeof addr.sun_path);
+    std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  }
+  ~NotifySocket() {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  const std::string& path() const { return path_; }
+  // The next message, or "" when none comes within `timeout_ms`.
+  std::string next(int timeout_ms) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, timeout_ms) != 1) return "";
+    char buf[4096];
+    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, size_t(n)) : "";
+  }
+
+ private:
+  std::string dir_, path_;
+  int fd_ = -1;
+};
+
+bool has_line(const std::string& message, const std::string& line) {
+  return ("\n" + message + "\n").find("\n" + line + "\n") != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("systemd: READY=1 once the agent listens, STOPPING=1 when SIGTERM starts the drain") {
+#ifndef OFFLOAD_HAVE_SYSTEMD
+#ifdef OFFLOAD_REQUIRE_ALL_TESTS
+  FAIL("built without libsystemd (Debian libsystemd-dev; ci/deps.sh installs it)");
+#else
+  MESSAGE("SKIP: built without libsystemd (Debian libsystemd-dev; ci/deps.sh installs it)");
+#endif
+  return;
+#endif
+  rig::Backend b;
+  REQUIRE_MESSAGE(b.start(4), b.error());
+  NotifySocket manager;
+  const uint16_t port = rig::unused_port();
+  rig::Child agent;
+  // The child inherits the variable; the rest of the suite runs without it.
+  ::setenv("NOTIFY_SOCKET", manager.path().c_str(), 1);
+  const bool started =
+      agent.start(rig::agent_path(), {"run", "--listen", "127.0.0.1:" + std::to_string(port), "--upstream",
+                                      "tcp://127.0.0.1:" + std::to_string(b.port()), "--admin", "127.0.0.1:0"});
+  ::unsetenv("NOTIFY_SOCKET");
+  REQUIRE_MESSAGE(started, agent.error());
+
+  const std::string ready = manager.next(15000);
+  CAPTURE(agent.stderr_text());
+  REQUIRE_MESSAGE(has_line(ready, "READY=1"), "got: '", ready, "'");
+  // Ready means serving: the port takes a request at once, and the agent
+  // has said where it listens.
+  rig::Client c;
+  REQUIRE(c.connect(port, 3000));
+  REQUIRE(c.send_all(rig::get_request("/ok?ready")));
+  auto r = c.read_response(5000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 200);
+  CHECK(agent.wait_for_line("offload-agent: listening on 127.0.0.1:" + std::to_string(port), 0));
+  CHECK(manager.next(0).empty());  // nothing else yet
+
+  agent.signal(SIGTERM);
+  const std::string stopping = manager.next(10000);
+  CHECK_MESSAGE(has_line(stopping, "STOPPING=1"), "got: '", stopping, "'");
+  CHECK(agent.wait_exit(15000) == 0);
+}
