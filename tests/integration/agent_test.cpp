@@ -1017,6 +1017,7 @@ TEST_CASE("max-clients: connections over the limit are closed at once and counte
   over.send_all(rig::get_request("/ok?over"), 500);
   std::string got;
   CHECK(over.wait_closed(2000, &got));
+  INFO("the connection over the limit got: " << got);
   CHECK(got.find("HTTP/1.1 200") == std::string::npos);
   CHECK_STAT_AT_LEAST(p, "rejected_over_limit", 1);
   held[0].close();
