@@ -218,9 +218,11 @@ std::string_view error_response(int status, bool close) {
     const char* reason;
   };
   static constexpr Entry kEntries[] = {
-      {400, "Bad Request"},        {408, "Request Timeout"},
+      {400, "Bad Request"},        {401, "Unauthorized"},
+      {403, "Forbidden"},          {405, "Method Not Allowed"},
+      {408, "Request Timeout"},
       {413, "Content Too Large"},  {414, "URI Too Long"},
-      {431, "Request Header Fields Too Large"},
+      {429, "Too Many Requests"},  {431, "Request Header Fields Too Large"},
       {500, "Internal Server Error"}, {501, "Not Implemented"},
       {502, "Bad Gateway"},        {503, "Service Unavailable"},
       {504, "Gateway Timeout"},    {505, "HTTP Version Not Supported"},
@@ -239,7 +241,13 @@ std::string_view error_response(int status, bool close) {
   }();
   for (size_t i = 0; i < std::size(kEntries); ++i)
     if (kEntries[i].status == status) return kTable[i][close ? 1 : 0];
-  return kTable[5][1];  // 500
+  return error_response(500, true);
+}
+
+std::string error_response_with(int status, std::string_view fields, bool close) {
+  std::string body = fmt::format("{} {}\n", status, reason_phrase(status));
+  return fmt::format("HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}{}\r\n{}", status,
+                     reason_phrase(status), body.size(), fields, close ? "Connection: close\r\n" : "", body);
 }
 
 }  // namespace offload

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "http/http_parser.h"
@@ -69,5 +70,9 @@ size_t write_ring_response_head(int status, const FieldView* fields, size_t fiel
 // A complete error response made by the agent (status 400..505), with a short
 // text body. `close` adds "Connection: close".
 std::string_view error_response(int status, bool close);
+
+// The same with header fields of its own before the body ("Retry-After:
+// 1\r\n", "Allow: GET, HEAD\r\n"), each ended by CRLF: made per use.
+std::string error_response_with(int status, std::string_view fields, bool close);
 
 }  // namespace offload

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <functional>
 #include <cctype>
+#include <cerrno>
+#include <fstream>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -86,6 +88,11 @@ const std::vector<NumberKey>& number_keys() {
       number("ring_depth", 1, 64, false, &Config::ring_depth),
       number("ring_bytes", 64 * 1024, 1ull << 30, true, &Config::ring_bytes),
       number("max_clients_per_source", 0, 1000000, false, &Config::max_clients_per_source),
+      number("rate_limit", 0, 1000000, false, &Config::rate_limit),
+      number("rate_burst", 0, 10000000, false, &Config::rate_burst),
+      number("source_table_size", 16, 1 << 24, false, &Config::source_table_size),
+      number("source_ipv4_prefix", 1, 32, false, &Config::source_ipv4_prefix),
+      number("source_ipv6_prefix", 1, 128, false, &Config::source_ipv6_prefix),
       number("xdp_syn_rate", 0, 100000000, false, &Config::xdp_syn_rate),
       number("xdp_syn_burst", 0, 100000000, false, &Config::xdp_syn_burst),
   };
@@ -321,11 +328,106 @@ GroupConfig group_value(const std::string& where, const toml::table& table) {
   return group;
 }
 
+// allow / deny: a list of CIDR prefixes, each checked where it is written.
+void prefix_list(const std::string& path, const toml::node& node, std::vector<std::string>& out) {
+  auto* list = node.as_array();
+  if (list == nullptr) bad(path, node_text(node), "a list of CIDR prefixes, such as [\"203.0.113.0/24\"]");
+  out.clear();
+  for (size_t i = 0; i < list->size(); ++i) {
+    std::string item_path = fmt::format("{}[{}]", path, i);
+    out.push_back(string_value(item_path, *list->get(i)));
+    parse_prefix(item_path, out.back());
+  }
+}
+
+// [security]: the source rules under their short names; each one is the
+// top-level key on the right, which an older file may still use.
+const std::vector<std::pair<const char*, const char*>>& security_keys() {
+  static const std::vector<std::pair<const char*, const char*>> keys = {
+      {"rate", "rate_limit"},
+      {"burst", "rate_burst"},
+      {"source_table_size", "source_table_size"},
+      {"ipv4_prefix", "source_ipv4_prefix"},
+      {"ipv6_prefix", "source_ipv6_prefix"},
+      {"max_clients_per_source", "max_clients_per_source"},
+      {"allow", "allow"},
+      {"deny", "deny"},
+  };
+  return keys;
+}
+
+void load_security(const toml::table& top, const toml::node& node, Config& config) {
+  const toml::table* table = node.as_table();
+  if (table == nullptr) bad("security", node_text(node), "a [security] table");
+  std::vector<std::string> known;
+  for (const auto& [short_key, flat] : security_keys()) known.push_back(short_key);
+  each_key(*table, "security", known, [&](const std::string& key, const toml::node& value, const std::string& path) {
+    const char* flat = nullptr;
+    for (const auto& [short_key, flat_key] : security_keys())
+      if (key == short_key) flat = flat_key;
+    // Two places for one setting: which one is meant cannot be guessed.
+    if (top.contains(flat)) throw ConfigError(fmt::format("{}: also set as top-level {} (keep one)", path, flat));
+    if (key == "allow") return prefix_list(path, value, config.allow);
+    if (key == "deny") return prefix_list(path, value, config.deny);
+    const NumberKey* k = find_number_key(flat);
+    k->set(config, number_value(path, *k, value));
+  });
+}
+
+ListenerSecurity::Auth auth_value(const std::string& path, const toml::node& node) {
+  std::string text = string_value(path, node);
+  for (auto a : {ListenerSecurity::Auth::kNone, ListenerSecurity::Auth::kBearer, ListenerSecurity::Auth::kApiKey})
+    if (text == auth_name(a)) return a;
+  bad(path, text, "none, bearer or api-key");
+}
+
+// A field name: a token (RFC 9110 5.6.2).
+std::string field_name_value(const std::string& path, const toml::node& node) {
+  std::string text = string_value(path, node);
+  bool ok = !text.empty() && text.size() <= 64;
+  for (char c : text) ok = ok && (std::isalnum(uint8_t(c)) || std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
+  if (!ok) bad(path, text, "a header field name such as X-API-Key");
+  return text;
+}
+
+std::vector<std::string> methods_value(const std::string& path, const toml::node& node) {
+  auto* list = node.as_array();
+  if (list == nullptr || list->empty()) bad(path, node_text(node), "a list of methods, such as [\"GET\", \"HEAD\"]");
+  std::vector<std::string> out;
+  for (size_t i = 0; i < list->size(); ++i) {
+    std::string item_path = fmt::format("{}[{}]", path, i);
+    std::string m = string_value(item_path, *list->get(i));
+    bool ok = !m.empty() && m.size() <= 32;
+    for (char c : m) ok = ok && c >= 'A' && c <= 'Z';
+    if (!ok) bad(item_path, m, "a method in upper case, such as GET");
+    if (m == "CONNECT") bad(item_path, m, "a method the http proxy serves (CONNECT belongs to a pass-through listener)");
+    out.push_back(m);
+  }
+  return out;
+}
+
+ListenerSecurity security_value(const std::string& path, const toml::node& node) {
+  const toml::table* table = node.as_table();
+  if (table == nullptr)
+    bad(path, node_text(node), "a table such as { auth = \"bearer\", token_file = \"/etc/offload/tokens\" }");
+  ListenerSecurity sec;
+  each_key(*table, path, {"auth", "header", "token_file", "methods", "target_bytes_max"},
+           [&](const std::string& key, const toml::node& value, const std::string& key_path) {
+             if (key == "auth") sec.auth = auth_value(key_path, value);
+             else if (key == "header") sec.header = field_name_value(key_path, value);
+             else if (key == "token_file") sec.token_file = string_value(key_path, value);
+             else if (key == "methods") sec.methods = methods_value(key_path, value);
+             else sec.target_bytes_max = whole_number(key_path, value, 1, 1 << 20);
+           });
+  return sec;
+}
+
 ListenerConfig listener_value(const std::string& where, const toml::table& table) {
   ListenerConfig listener;
   listener.where = where;
   std::vector<std::string> known = {"name", "listen", "port", "proxy", "upstream"};
   for (const auto& l : listener_limits()) known.push_back(l.key);
+  known.push_back("security");
   bool has_listen = false, has_port = false;
   each_key(table, where, known, [&](const std::string& key, const toml::node& value, const std::string& path) {
     if (key == "name") {
@@ -342,6 +444,8 @@ ListenerConfig listener_value(const std::string& where, const toml::table& table
       if (listener.proxy != "http" && listener.proxy != "passthrough") bad(path, listener.proxy, "http or passthrough");
     } else if (key == "upstream") {
       listener.upstream = name_value(path, value);
+    } else if (key == "security") {
+      listener.security = security_value(path, value);
     } else {
       find_limit(key)->set(listener, number_value(path, *find_number_key(key), value));
       listener.explicit_keys.push_back(key);
@@ -540,6 +644,43 @@ void fill_limits(const Config& config, ListenerConfig& listener) {
                                   key_of(listener.where, "max_clients"), listener.max_clients, config.max_clients));
 }
 
+// Tokens: one a line, surrounding blanks ignored, '#' lines comments.
+std::vector<std::string> read_tokens(const std::string& path, const std::string& file) {
+  std::ifstream in(file);
+  if (!in) bad(path, file, fmt::format("a readable file of tokens, one per line ({})", std::strerror(errno)));
+  std::vector<std::string> tokens;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t b = line.find_first_not_of(" \t\r"), e = line.find_last_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    std::string token = line.substr(b, e - b + 1);
+    bool ok = token.size() <= 4096;
+    for (char c : token) ok = ok && c > ' ' && c < 127;
+    if (!ok)
+      throw ConfigError(fmt::format("{}: bad token on line {} of '{}' (expected printable characters, no spaces, "
+                                    "at most 4096)", path, tokens.size() + 1, file));
+    tokens.push_back(token);
+  }
+  if (tokens.empty()) bad(path, file, "a file with at least one token");
+  return tokens;
+}
+
+// A listener that checks tokens has them, read now: a missing file is an
+// error at start-up, not a 401 for every client.
+void fill_security(ListenerConfig& listener) {
+  ListenerSecurity& sec = listener.security;
+  const std::string where = key_of(listener.where, "security");
+  if (sec.auth == ListenerSecurity::Auth::kNone) {
+    if (!sec.token_file.empty() || !sec.header.empty())
+      throw ConfigError(fmt::format("{}.auth: missing (token_file and header need auth = \"bearer\" or \"api-key\")", where));
+    return;
+  }
+  if (sec.header.empty()) sec.header = sec.auth == ListenerSecurity::Auth::kBearer ? "Authorization" : "X-API-Key";
+  if (sec.token_file.empty())
+    throw ConfigError(fmt::format("{}.token_file: missing (expected a file of tokens, one per line)", where));
+  sec.tokens = read_tokens(where + ".token_file", sec.token_file);
+}
+
 void validate_listeners(Config& config) {
   for (size_t i = 0; i < config.listeners.size(); ++i) {
     ListenerConfig& listener = config.listeners[i];
@@ -557,6 +698,7 @@ void validate_listeners(Config& config) {
     if (listener.proxy == "passthrough" && config.groups[listener.group].is_bus())
       bad(key_of(listener.where, "upstream"), listener.upstream, "a group of tcp or unix servers for a passthrough listener");
     fill_limits(config, listener);
+    fill_security(listener);
   }
 }
 
@@ -680,10 +822,9 @@ void load_config_file(const std::string& path, Config& config) {
     } else if (key == "admin") {
       config.admin = string_value(key, node);
     } else if (key == "deny" || key == "allow") {
-      auto* list = node.as_array();
-      if (list == nullptr) bad(key, node_text(node), "a list of CIDR prefixes, such as [\"203.0.113.0/24\"]");
-      auto& out = key == "deny" ? config.deny : config.allow;
-      for (const auto& item : *list) out.push_back(string_value(key, item));
+      prefix_list(key, node, key == "deny" ? config.deny : config.allow);
+    } else if (key == "security") {
+      load_security(table, node, config);
     } else if (key == "cpus") {
       auto* list = node.as_array();
       if (list == nullptr) bad(key, node_text(node), "a list of CPU numbers, such as [1, 2]");
@@ -718,6 +859,7 @@ void validate(Config& config) {
   if (config.admin != "off") parse_socket_address("admin", config.admin);
   for (const auto& d : config.deny) parse_prefix("deny", d);
   for (const auto& a : config.allow) parse_prefix("allow", a);
+  if (config.rate_limit > 0 && config.rate_burst == 0) config.rate_burst = config.rate_limit;
   if (config.xdp_mode != "auto" && config.xdp_mode != "native" && config.xdp_mode != "generic")
     bad("xdp_mode", config.xdp_mode, "auto, native or generic");
   validate_shards(config);
@@ -752,6 +894,15 @@ std::vector<std::string> number_key_names() {
   std::vector<std::string> names;
   for (const auto& k : number_keys()) names.push_back(k.key);
   return names;
+}
+
+const char* auth_name(ListenerSecurity::Auth auth) {
+  switch (auth) {
+    case ListenerSecurity::Auth::kNone: return "none";
+    case ListenerSecurity::Auth::kBearer: return "bearer";
+    case ListenerSecurity::Auth::kApiKey: return "api-key";
+  }
+  return "?";
 }
 
 const char* balance_name(Balance balance) {
@@ -849,6 +1000,12 @@ void format_listener(const ListenerConfig& listener, std::string& out) {
     if (!has_key(listener.explicit_keys, limit.key)) line = fmt::format("{:<36}# global", line);
     out += line + "\n";
   }
+  const ListenerSecurity& sec = listener.security;
+  std::string fields = fmt::format("auth = {}", quoted(auth_name(sec.auth)));
+  if (sec.auth != ListenerSecurity::Auth::kNone)  // the tokens stay in their file
+    fields += fmt::format(", header = {}, token_file = {}", quoted(sec.header), quoted(sec.token_file));
+  if (!sec.methods.empty()) fields += fmt::format(", methods = {}", quoted_list(sec.methods));
+  out += fmt::format("security = {{ {}, target_bytes_max = {} }}\n", fields, sec.target_bytes_max);
 }
 
 void format_group(const Config& config, const GroupConfig& group, std::string& out) {

@@ -72,6 +72,19 @@ struct GroupConfig {
   bool is_bus() const { return !servers.empty() && servers.front().target.kind == UpstreamTarget::Kind::kShm; }
 };
 
+// A listener's checks on every complete request head, before any upstream
+// work (`security = { ... }` in its [[listener]] table).
+struct ListenerSecurity {
+  enum class Auth : uint8_t { kNone, kBearer, kApiKey };
+  Auth auth = Auth::kNone;
+  std::string header;                // the field carrying the token; default Authorization / X-API-Key
+  std::string token_file;            // one token per line; never on the command line
+  std::vector<std::string> tokens;   // read from token_file by validate(); never printed
+  std::vector<std::string> methods;  // the methods it allows (405 else); empty: any
+  uint32_t target_bytes_max = 8192;  // request-target length (414 beyond)
+};
+const char* auth_name(ListenerSecurity::Auth auth);  // "none", "bearer", "api-key", as in TOML
+
 // [[listener]]: one listening address, the proxy that serves it, its group
 // and its limits. After validate() every limit holds a value: the listener's
 // own if its table set one, else the global value of the same name.
@@ -95,6 +108,7 @@ struct ListenerConfig {
   uint32_t tunnel_timeout_ms = 0;      // passthrough listeners
   uint32_t half_close_timeout_ms = 0;
   std::vector<std::string> explicit_keys;  // limits its table set; the rest follow the globals
+  ListenerSecurity security;
   std::string where = "listen";      // how errors name it: "listener[0]", "listen" or "--listen"
 };
 
@@ -167,6 +181,16 @@ struct Config {
   std::vector<std::string> deny;
   std::vector<std::string> allow;          // non-empty: only these sources
   uint32_t max_clients_per_source = 0;     // 0: no limit
+  // Requests per source (a token bucket, 429 with Retry-After over it) and
+  // the grouping of addresses into sources; the per-source state of both
+  // limits is kept in one table of source_table_size entries per shard.
+  // [security] in TOML names them rate, burst, source_table_size,
+  // ipv4_prefix and ipv6_prefix (and takes allow, deny, max_clients_per_source).
+  uint32_t rate_limit = 0;                 // requests per second per source; 0: no limit
+  uint32_t rate_burst = 0;                 // requests at once; 0: rate_limit (one second's worth)
+  uint32_t source_table_size = 65536;
+  uint32_t source_ipv4_prefix = 32;        // an IPv4 source is its address...
+  uint32_t source_ipv6_prefix = 64;        // ... an IPv6 source its /64
 
   // The XDP guard, attached by `run` for its lifetime when xdp_iface is set
   // (service ports = the listen ports, steering to `cpu`).

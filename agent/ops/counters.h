@@ -24,9 +24,18 @@ namespace offload {
     "Client connections closed at once, by reason.")                                                          \
   X(rejected_screened, "connections_rejected_total", "reason=\"screened\"", "")                               \
   X(rejected_per_source, "connections_rejected_total", "reason=\"over_max_clients_per_source\"", "")          \
+  X(rejected_source_table_full, "connections_rejected_total", "reason=\"source_table_full\"", "")             \
+  X(source_evictions, "source_evictions_total", "",                                                          \
+    "Idle sources evicted from the source table (source_table_size); their rate state is forgotten.")         \
   X(accept_pauses, "accept_pauses_total", "", "Times accepting paused for 100 ms: out of descriptors or memory.") \
   X(active_clients, "connections_active", "", "Client connections open now.")                                \
   X(requests, "requests_total", "", "Complete requests received.")                                           \
+  X(rate_limited, "requests_refused_total", "reason=\"rate_limited\"",                                       \
+    "Requests refused before any upstream work, by reason (429, 401/403, 405, 414).")                       \
+  X(auth_missing, "requests_refused_total", "reason=\"auth_missing\"", "")                                    \
+  X(auth_wrong, "requests_refused_total", "reason=\"auth_wrong\"", "")                                        \
+  X(method_refused, "requests_refused_total", "reason=\"method\"", "")                                        \
+  X(target_too_long, "requests_refused_total", "reason=\"target_too_long\"", "")                              \
   X(responses_1xx, "responses_total", "code=\"1xx\"", "Responses to clients (the server's and the agent's own), by status class.")         \
   X(responses_2xx, "responses_total", "code=\"2xx\"", "")                                                     \
   X(responses_3xx, "responses_total", "code=\"3xx\"", "")                                                     \

@@ -56,8 +56,11 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
   switch (format) {
     case StatsFormat::kText:
       for (const auto& l : t.listeners)
-        out += fmt::format("listener {:<22} accepted {} active {} rejected {} requests {}\n", l->name, v(l->accepted),
-                           v(l->active), v(l->rejected), v(l->requests));
+        out += fmt::format(
+            "listener {:<22} accepted {} active {} rejected {} requests {} rate_limited {} auth_missing {} "
+            "auth_wrong {} method_refused {} target_too_long {}\n",
+            l->name, v(l->accepted), v(l->active), v(l->rejected), v(l->requests), v(l->rate_limited),
+            v(l->auth_missing), v(l->auth_wrong), v(l->method_refused), v(l->target_too_long));
       for (const auto& s : t.servers)
         out += fmt::format("server {}/{} {} requests {} responses {} failures {} connects {} connections {}\n",
                            s->group, s->name, v(s->down) ? "down" : "up", v(s->requests), v(s->responses),
@@ -67,9 +70,11 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
       out += "\"listeners\":[";
       bool first = true;
       for (const auto& l : t.listeners) {
-        out += fmt::format("{}{{\"name\":{},\"accepted\":{},\"active\":{},\"rejected\":{},\"requests\":{}}}",
-                           first ? "" : ",", json_string(l->name), v(l->accepted), v(l->active), v(l->rejected),
-                           v(l->requests));
+        out += fmt::format(
+            "{}{{\"name\":{},\"accepted\":{},\"active\":{},\"rejected\":{},\"requests\":{},\"rate_limited\":{},"
+            "\"auth_missing\":{},\"auth_wrong\":{},\"method_refused\":{},\"target_too_long\":{}}}",
+            first ? "" : ",", json_string(l->name), v(l->accepted), v(l->active), v(l->rejected), v(l->requests),
+            v(l->rate_limited), v(l->auth_missing), v(l->auth_wrong), v(l->method_refused), v(l->target_too_long));
         first = false;
       }
       out += "],\"servers\":[";
@@ -107,6 +112,14 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
       per_listener("listener_rejected_total", "counter", "client connections refused at accept",
                    &ListenerCounters::rejected);
       per_listener("listener_requests_total", "counter", "complete requests received", &ListenerCounters::requests);
+      family("listener_refused_requests_total", "counter", "requests refused before any upstream work, by reason");
+      for (const auto& l : t.listeners)
+        for (const auto& [reason, field] :
+             {std::pair{"rate_limited", &ListenerCounters::rate_limited}, {"auth_missing", &ListenerCounters::auth_missing},
+              {"auth_wrong", &ListenerCounters::auth_wrong}, {"method_refused", &ListenerCounters::method_refused},
+              {"target_too_long", &ListenerCounters::target_too_long}})
+          out += fmt::format("offload_listener_refused_requests_total{{listener=\"{}\",reason=\"{}\"}} {}\n",
+                             label(l->name), reason, v((*l).*field));
       per_server("server_requests_total", "counter", "requests sent to the server", &ServerCounters::requests);
       per_server("server_responses_total", "counter", "responses received from the server", &ServerCounters::responses);
       per_server("server_failures_total", "counter", "failed connects, resets, timeouts and bad answers",

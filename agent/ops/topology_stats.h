@@ -26,6 +26,12 @@ struct ListenerCounters {
   std::atomic<uint64_t> active{0};          // gauge
   std::atomic<uint64_t> rejected{0};        // over its max_clients, or screened
   std::atomic<uint64_t> requests{0};        // complete requests
+  // Requests refused before any upstream work, by reason.
+  std::atomic<uint64_t> rate_limited{0};    // 429
+  std::atomic<uint64_t> auth_missing{0};    // 401 / 403
+  std::atomic<uint64_t> auth_wrong{0};      // 401 / 403
+  std::atomic<uint64_t> method_refused{0};  // 405
+  std::atomic<uint64_t> target_too_long{0}; // 414
 };
 
 struct ServerCounters {

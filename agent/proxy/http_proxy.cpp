@@ -43,6 +43,19 @@ uint32_t largest_head(const Config& config) {
   return n;
 }
 
+SourceRules source_rules(const Config& config) {
+  SourceRules r;
+  r.max_connections = config.max_clients_per_source;
+  r.rate = {config.rate_limit, config.rate_burst};
+  r.table_size = config.source_table_size;
+  r.ipv4_prefix = uint8_t(config.source_ipv4_prefix);
+  r.ipv6_prefix = uint8_t(config.source_ipv6_prefix);
+  return r;
+}
+
+// Retry-After beyond an hour says nothing a client can use.
+constexpr uint64_t kRetryAfterMaxS = 3600;
+
 std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
   std::vector<Prefix> out;
   for (const auto& t : texts) out.push_back(parse_prefix(key, t));
@@ -60,8 +73,7 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
       sink_(sink),
       acceptor_(loop, counters, this, &HttpProxy::on_accepted),
       clients_(new ClientConn[config.max_clients]),
-      screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow),
-              config.max_clients_per_source, config.max_clients),
+      screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow), source_rules(config)),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
       exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); },
@@ -94,6 +106,13 @@ void HttpProxy::release_all() {
 
 void HttpProxy::serve(Listener* l) {
   l->proxy = this;
+  // Its request checks, from its [[listener]] table (names are unique).
+  for (const ListenerConfig& lc : config_.listeners) {
+    if (lc.name != l->name) continue;
+    l->limits.target_bytes_max = lc.security.target_bytes_max;
+    policies_.push_back(std::make_unique<RequestPolicy>(lc.security));
+    if (policies_.back()->active()) l->policy = policies_.back().get();
+  }
   acceptor_.serve(l);
 }
 
@@ -351,6 +370,10 @@ void HttpProxy::parse_input(ClientConn* c) {
   if (r == http::Result::kIncomplete) return;
   if (r == http::Result::kError) {
     bump(counters_.parse_errors);
+    if (ex->parser.error() == http::Error::kTargetTooLong) {
+      bump(counters_.target_too_long);
+      add(c->listener->stats->target_too_long);
+    }
     reject(c, http::status_for(ex->parser.error()));
     return;
   }
@@ -391,6 +414,7 @@ bool HttpProxy::take_head(ClientConn* c) {
   ex->method = h.method;
   ex->client_http10 = h.version_minor == 0;
   ex->close_after = !h.keep_alive || draining_;
+  if (!screen_request(c, h, msg)) return false;
   // A protocol switch (WebSocket and others) goes on as a tunnel to a server
   // of the listener's group, over a connection of its own. CONNECT, and an
   // upgrade where there is no tunnel to be had (the bus), are not served.
@@ -514,14 +538,55 @@ IpAddress HttpProxy::peer_of(const ClientConn* c) const {
 // True when the connection was refused (closed and counted, slot returned).
 bool HttpProxy::screen_out(ClientConn* c) {
   look_up_peer(c);
-  Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c));
+  const uint64_t evictions = screen_.evictions();
+  Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c), loop_.now_ms());
+  bump(counters_.source_evictions, screen_.evictions() - evictions);
   if (v == Verdict::kAccept) return false;
-  bump(v == Verdict::kOverSourceLimit ? counters_.rejected_per_source : counters_.rejected_screened);
+  switch (v) {
+    case Verdict::kOverSourceLimit: bump(counters_.rejected_per_source); break;
+    case Verdict::kSourceTableFull: bump(counters_.rejected_source_table_full); break;
+    default: bump(counters_.rejected_screened); break;
+  }
   ::close(c->fd);
   c->fd = -1;
   c->peer_family = 0;
   free_slots_.push_back(c->slot);
   return true;
+}
+
+// The source's request rate and the listener's rules, on a complete head and
+// before any upstream work. False when the request was answered here (an
+// error that ends the connection), counted by reason and listener.
+bool HttpProxy::screen_request(ClientConn* c, const http::Head& h, std::string_view msg) {
+  ListenerCounters& stats = *c->listener->stats;
+  // The peer was looked up at accept: a rate limit makes the screen active.
+  if (screen_.rate_limited() && c->peer_family != 0) {
+    if (uint64_t wait_ms = screen_.check_rate(peer_of(c), loop_.now_ms()); wait_ms > 0) {
+      bump(counters_.rate_limited);
+      add(stats.rate_limited);
+      reject(c, 429, too_many((wait_ms + 999) / 1000));
+      return false;
+    }
+  }
+  const RequestPolicy* policy = c->listener->policy;
+  if (policy == nullptr) return true;
+  Refusal r = policy->check(h, msg);
+  switch (r) {
+    case Refusal::kNone: return true;
+    case Refusal::kAuthMissing: bump(counters_.auth_missing); add(stats.auth_missing); break;
+    case Refusal::kAuthWrong: bump(counters_.auth_wrong); add(stats.auth_wrong); break;
+    case Refusal::kMethod: bump(counters_.method_refused); add(stats.method_refused); break;
+  }
+  reject(c, policy->status(r), policy->response(r));
+  return false;
+}
+
+// Kept for the proxy's life: the exchange sends from it without a copy.
+const std::string& HttpProxy::too_many(uint64_t retry_after_s) {
+  const size_t s = size_t(std::min(std::max<uint64_t>(retry_after_s, 1), kRetryAfterMaxS));
+  std::string& text = too_many_[s];  // a map: the texts never move
+  if (text.empty()) text = error_response_with(429, fmt::format("Retry-After: {}\r\n", s), true);
+  return text;
 }
 
 std::string_view HttpProxy::client_ip(ClientConn* c, char* buf, size_t cap) {
@@ -533,13 +598,13 @@ std::string_view HttpProxy::client_ip(ClientConn* c, char* buf, size_t cap) {
 
 // An error the agent makes for a request it will not forward; the rest of
 // the connection's input is not trusted any more, so it closes afterwards.
-void HttpProxy::reject(ClientConn* c, int status) {
+void HttpProxy::reject(ClientConn* c, int status, std::string_view response) {
   if (c->state == ClientState::kClosing || c->state == ClientState::kLingering) return;
   if (c->ex == nullptr) {
     close_client(c);
     return;
   }
-  respond_error(c, status);
+  respond_error(c, status, response);
 }
 
 void HttpProxy::on_response_done(ClientConn* c) {
@@ -569,7 +634,7 @@ void HttpProxy::fail_exchange(ClientConn* c, int status) {
 }
 
 // Replaces whatever response was pending with the agent's own error response.
-void HttpProxy::respond_error(ClientConn* c, int status) {
+void HttpProxy::respond_error(ClientConn* c, int status, std::string_view response) {
   Exchange* ex = c->ex;
   if (ex == nullptr || ex->sent_to_client || c->out.busy || ex->up != nullptr) {
     // Part of a response already went out, or one is on its way from the
@@ -590,7 +655,7 @@ void HttpProxy::respond_error(ClientConn* c, int status) {
   ex->interim.clear();  // none of it went out (else this would be a close)
   ex->interim_sent = 0;
   // Sent from static storage: a 503 for exhausted buffer memory needs none.
-  ex->canned = error_response(status, ex->close_after);
+  ex->canned = response.empty() ? error_response(status, ex->close_after) : response;
   sink_.count(status);
   ex->response_head_done = ex->response_done = true;
   set_state(c, ClientState::kUpstream);  // answered: sending is all that is left

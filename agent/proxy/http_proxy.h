@@ -11,7 +11,9 @@
 // of every queue it is in.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -26,6 +28,7 @@
 #include "proxy/listener.h"
 #include "proxy/proxy.h"
 #include "proxy/request_queue.h"
+#include "security/request_policy.h"
 #include "security/screen.h"
 #include "upstream/response_sink.h"
 #include "upstream/upstream.h"
@@ -56,7 +59,9 @@ class HttpProxy final : public Proxy {
   void fail_exchange(ClientConn* c, int status);
   void post_client_send(ClientConn* c);
   void send_or_finish(ClientConn* c);  // more is ready: send it, or end the exchange
-  void respond_error(ClientConn* c, int status);
+  // `response`: the whole error text, when it is not error_response(status)'s
+  // (it must outlive the send).
+  void respond_error(ClientConn* c, int status, std::string_view response = {});
   void maybe_free_client(ClientConn* c);
   void resume_response(ClientConn* c);
   // A request no channel took at once waits, bounded by its queue timer.
@@ -93,7 +98,7 @@ class HttpProxy final : public Proxy {
   void put_input(Block* b);
   void on_request_complete(ClientConn* c);
   void hand_over(ClientConn* c);
-  void reject(ClientConn* c, int status);
+  void reject(ClientConn* c, int status, std::string_view response = {});
   void on_client_send(ClientConn* c, const io_uring_cqe& cqe);
   void fill_out_from_spill(ClientConn* c);
   void finish_exchange(ClientConn* c);
@@ -105,6 +110,8 @@ class HttpProxy final : public Proxy {
   std::string_view client_ip(ClientConn* c, char* buf, size_t cap);
   IpAddress peer_of(const ClientConn* c) const;
   bool screen_out(ClientConn* c);
+  bool screen_request(ClientConn* c, const http::Head& h, std::string_view msg);
+  const std::string& too_many(uint64_t retry_after_s);
   void set_state(ClientConn* c, ClientState s) { offload::set_state(c, s, counters_); }
   static Upstream& upstream_of(const ClientConn* c) { return *c->listener->upstream; }
 
@@ -123,6 +130,8 @@ class HttpProxy final : public Proxy {
   std::unique_ptr<ClientConn[]> clients_;
   std::vector<uint32_t> free_slots_;
   Screen screen_;
+  std::vector<std::unique_ptr<RequestPolicy>> policies_;  // one per listener it serves
+  std::map<uint64_t, std::string> too_many_;  // 429 responses by Retry-After seconds, made when first needed
   uint32_t active_clients_ = 0;
   BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;        // request heads (header_bytes_max + slack)

@@ -15,6 +15,7 @@ struct UpstreamGroup;
 class Upstream;
 struct ListenerCounters;
 class Proxy;
+class RequestPolicy;
 
 // One listening socket of a shard and what its clients get: the group their
 // requests go to, and the limits and timeouts of its listener table.
@@ -23,6 +24,7 @@ struct Listener {
   std::string name;
   ListenerCounters* stats = nullptr;  // the whole agent's counters for this listener
   Proxy* proxy = nullptr;            // who serves its connections
+  const RequestPolicy* policy = nullptr;  // its checks on each request head, set by its proxy; null: none
   Upstream* upstream = nullptr;      // who serves its requests
   UpstreamGroup* group = nullptr;    // for a TcpUpstream: which of its groups
   http::Limits limits;           // for each request's head and body

@@ -10,18 +10,6 @@
 #include "ops/config.h"
 
 namespace offload {
-namespace {
-
-size_t hash_of(const IpAddress& a) {
-  uint64_t lo, hi;
-  std::memcpy(&lo, a.bytes, 8);
-  std::memcpy(&hi, a.bytes + 8, 8);
-  uint64_t h = (lo ^ (hi * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull;
-  return size_t(h ^ (h >> 29));
-}
-
-}  // namespace
-
 IpAddress IpAddress::from_v4(const uint8_t v4[4]) {
   IpAddress a;
   a.bytes[10] = a.bytes[11] = 0xff;
@@ -36,6 +24,17 @@ IpAddress IpAddress::from_v6(const uint8_t v6[16]) {
 }
 
 bool IpAddress::operator==(const IpAddress& o) const { return std::memcmp(bytes, o.bytes, 16) == 0; }
+
+bool IpAddress::is_v4() const {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::memcmp(bytes, kMapped, 12) == 0;
+}
+
+IpAddress IpAddress::masked(unsigned bits) const {
+  IpAddress out = *this;
+  for (unsigned i = bits; i < 128; ++i) out.bytes[i / 8] &= uint8_t(~(0x80 >> (i % 8)));
+  return out;
+}
 
 bool Prefix::contains(const IpAddress& a) const {
   uint8_t full = bits / 8, rest = bits % 8;
@@ -69,30 +68,33 @@ Prefix parse_prefix(const std::string& key, const std::string& text) {
       throw ConfigError(fmt::format("{}: bad value '{}' (expected a prefix length from 0 to {})", key, text, max_bits));
   }
   p.bits = uint8_t(bits + (max_bits == 32 ? 96 : 0));
-  Prefix check = p;
-  IpAddress zeroed = p.address;  // host bits must be zero, as in `deny add`
-  for (int i = p.bits; i < 128; ++i) zeroed.bytes[i / 8] &= uint8_t(~(0x80 >> (i % 8)));
-  if (!(zeroed == check.address))
+  if (!(p.address.masked(p.bits) == p.address))  // host bits must be zero, as in `deny add`
     throw ConfigError(fmt::format("{}: bad value '{}' (host bits are set; expected the network address)", key, text));
   return p;
 }
 
+Screen::Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, const SourceRules& rules)
+    : deny_(std::move(deny)), allow_(std::move(allow)), rules_(rules) {
+  if (tracking()) table_ = std::make_unique<SourceTable>(rules_.table_size);
+}
+
 Screen::Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, uint32_t per_source_max, uint32_t max_clients)
-    : deny_(std::move(deny)), allow_(std::move(allow)), per_source_max_(per_source_max) {
-  if (per_source_max_ == 0) return;
-  size_t size = 16;
-  while (size < size_t(max_clients) * 2) size *= 2;
-  slots_.reset(new Slot[size]);
-  mask_ = size - 1;
+    : Screen(std::move(deny), std::move(allow), SourceRules{per_source_max, {}, max_clients, 32, 128}) {}
+
+IpAddress Screen::source_of(const IpAddress& a) const {
+  return a.masked(a.is_v4() ? 96u + rules_.ipv4_prefix : rules_.ipv6_prefix);
 }
 
-size_t Screen::find(const IpAddress& a) const {
-  size_t i = hash_of(a) & mask_;
-  while (slots_[i].count != 0 && !(slots_[i].key == a)) i = (i + 1) & mask_;
-  return i;
+// The source's entry, made with a full bucket if new; null when the table
+// is full of sources with open connections.
+SourceEntry* Screen::entry(const IpAddress& source, uint64_t now_ms) {
+  bool fresh = false;
+  SourceEntry* e = table_->get(source_of(source), &fresh);
+  if (e != nullptr && fresh && rules_.rate.rate > 0) e->bucket.fill(rules_.rate, now_ms);
+  return e;
 }
 
-Verdict Screen::admit(const IpAddress& source) {
+Verdict Screen::admit(const IpAddress& source, uint64_t now_ms) {
   for (const auto& p : deny_)
     if (p.contains(source)) return Verdict::kDenied;
   if (!allow_.empty()) {
@@ -100,35 +102,31 @@ Verdict Screen::admit(const IpAddress& source) {
     for (const auto& p : allow_) allowed = allowed || p.contains(source);
     if (!allowed) return Verdict::kNotAllowed;
   }
-  if (per_source_max_ == 0) return Verdict::kAccept;
-  Slot& s = slots_[find(source)];
-  if (s.count >= per_source_max_) return Verdict::kOverSourceLimit;
-  s.key = source;
-  ++s.count;
+  if (!tracking()) return Verdict::kAccept;
+  SourceEntry* e = entry(source, now_ms);
+  if (e == nullptr) return Verdict::kSourceTableFull;
+  if (rules_.max_connections > 0 && e->connections >= rules_.max_connections) return Verdict::kOverSourceLimit;
+  table_->connect(e);
   return Verdict::kAccept;
 }
 
 void Screen::release(const IpAddress& source) {
-  if (per_source_max_ == 0) return;
-  size_t i = find(source);
-  if (slots_[i].count == 0) return;
-  if (--slots_[i].count > 0) return;
-  // Backward-shift deletion: pull later entries of the probe run into the hole.
-  size_t hole = i;
-  for (size_t j = (i + 1) & mask_; slots_[j].count != 0; j = (j + 1) & mask_) {
-    size_t home = hash_of(slots_[j].key) & mask_;
-    bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
-    if (movable) {
-      slots_[hole] = slots_[j];
-      slots_[j].count = 0;
-      hole = j;
-    }
-  }
+  if (!tracking()) return;
+  if (SourceEntry* e = table_->find(source_of(source))) table_->disconnect(e);
+}
+
+uint64_t Screen::check_rate(const IpAddress& source, uint64_t now_ms) {
+  if (rules_.rate.rate == 0) return 0;
+  // Found at once for a connection admitted at accept: its entry is pinned.
+  SourceEntry* e = entry(source, now_ms);
+  if (e == nullptr) return 1000;
+  return e->bucket.take(rules_.rate, now_ms);
 }
 
 uint32_t Screen::connections_from(const IpAddress& source) const {
-  if (per_source_max_ == 0) return 0;
-  return slots_[find(source)].count;
+  if (!tracking()) return 0;
+  SourceEntry* e = table_->find(source_of(source));
+  return e == nullptr ? 0 : e->connections;
 }
 
 }  // namespace offload

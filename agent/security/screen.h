@@ -1,65 +1,68 @@
-// The security screen every client connection passes at accept, in user
-// space: a deny list, an optional allow-only list, and a limit on
-// connections per source address. It is the user-space twin of the XDP
-// guard's deny set (which drops at the NIC when it is attached) and holds
-// where the guard is not loaded.
+// The security screen every client connection passes at accept, and every
+// request at its complete head, in user space: a deny list, an optional
+// allow-only list, a limit on connections per source and a request rate per
+// source. It is the user-space twin of the XDP guard's deny set (which drops
+// at the NIC when it is attached) and holds where the guard is not loaded.
+//
+// A "source" is an address grouped by prefix: per address for IPv4 and per
+// /64 for IPv6 by default (one IPv6 host is usually given a whole /64, so
+// per address would let it count as billions of sources). Per-source state
+// lives in one bounded SourceTable.
 #pragma once
 
 #include <cstdint>
 #include <memory>
-#include <string>
 #include <vector>
+
+#include "security/address.h"
+#include "security/source_table.h"
+#include "security/token_bucket.h"
 
 namespace offload {
 
-// An IPv4 address is kept IPv4-mapped (::ffff:a.b.c.d), so one form serves both.
-struct IpAddress {
-  uint8_t bytes[16] = {};
-  static IpAddress from_v4(const uint8_t v4[4]);
-  static IpAddress from_v6(const uint8_t v6[16]);
-  bool operator==(const IpAddress& o) const;
+struct SourceRules {
+  uint32_t max_connections = 0;  // open connections per source; 0: no limit
+  RateLimit rate;                // requests per source; rate 0: no limit
+  uint32_t table_size = 65536;   // sources tracked at once
+  uint8_t ipv4_prefix = 32;      // bits of an IPv4 address that make its source
+  uint8_t ipv6_prefix = 64;
 };
 
-struct Prefix {
-  IpAddress address;
-  uint8_t bits = 0;  // of the 128-bit (mapped) form
-  bool contains(const IpAddress& a) const;
-};
-
-// Parses "203.0.113.0/24", "2001:db8::/32" or a bare address (a host).
-// Throws ConfigError naming `key` for a bad prefix or host bits set.
-Prefix parse_prefix(const std::string& key, const std::string& text);
-
-enum class Verdict : uint8_t { kAccept, kDenied, kNotAllowed, kOverSourceLimit };
+enum class Verdict : uint8_t { kAccept, kDenied, kNotAllowed, kOverSourceLimit, kSourceTableFull };
 
 class Screen {
  public:
+  Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, const SourceRules& rules);
+  // A per-source connection limit with a table large enough for every client.
   Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, uint32_t per_source_max, uint32_t max_clients);
 
   // Nothing to check: the accept path skips the address lookup entirely.
-  bool active() const { return !deny_.empty() || !allow_.empty() || per_source_max_ > 0; }
+  bool active() const { return !deny_.empty() || !allow_.empty() || tracking(); }
+  bool rate_limited() const { return rules_.rate.rate > 0; }
 
   // On accept: the verdict, and on kAccept the connection is counted
   // against its source until release().
-  Verdict admit(const IpAddress& source);
+  Verdict admit(const IpAddress& source, uint64_t now_ms = 0);
   void release(const IpAddress& source);
 
+  // At a complete request head: 0 when the source may send it (a token is
+  // taken), else the milliseconds until it may send one.
+  uint64_t check_rate(const IpAddress& source, uint64_t now_ms);
+
   uint32_t connections_from(const IpAddress& source) const;
+  // The address `a` counts as: masked to its family's prefix.
+  IpAddress source_of(const IpAddress& a) const;
+  const SourceTable* table() const { return table_.get(); }
+  uint64_t evictions() const { return table_ ? table_->evictions() : 0; }
 
  private:
-  struct Slot {
-    IpAddress key;
-    uint32_t count = 0;  // 0: empty
-  };
-  size_t find(const IpAddress& a) const;  // slot index holding a, or the empty one ending its probe
+  bool tracking() const { return rules_.max_connections > 0 || rules_.rate.rate > 0; }
+  SourceEntry* entry(const IpAddress& source, uint64_t now_ms);
 
   std::vector<Prefix> deny_;
   std::vector<Prefix> allow_;
-  uint32_t per_source_max_;
-  // Open addressing with linear probing, sized for every client at once at
-  // half load; removal shifts later entries back (no tombstones).
-  std::unique_ptr<Slot[]> slots_;
-  size_t mask_ = 0;
+  SourceRules rules_;
+  std::unique_ptr<SourceTable> table_;  // only while tracking()
 };
 
 }  // namespace offload

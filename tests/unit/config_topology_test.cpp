@@ -495,8 +495,8 @@ TEST_CASE("bad listeners name listener[i].key") {
   CHECK(error_of("[[listener]]\nport = 1\nconnect_timeout_ms = 5\n") ==
         "listener[0].connect_timeout_ms: unknown key (expected name, listen, port, proxy, upstream, max_clients, "
         "header_bytes_max, header_count_max, body_bytes_max, header_timeout_ms, body_timeout_ms, "
-        "keepalive_timeout_ms, send_timeout_ms, queue_timeout_ms, response_timeout_ms, tunnel_timeout_ms or "
-        "half_close_timeout_ms)");
+        "keepalive_timeout_ms, send_timeout_ms, queue_timeout_ms, response_timeout_ms, tunnel_timeout_ms, "
+        "half_close_timeout_ms or security)");
   CHECK(error_of("listener = 5\n") == "listener: bad value '5' (expected [[listener]] tables with listen = \"ADDR:PORT\")");
   CHECK(error_of("listen = \"127.0.0.1:1\"\n[[listener]]\nport = 2\n") ==
         "listen: cannot be combined with [[listener]] tables (give each address its own [[listener]])");

@@ -79,7 +79,7 @@ TEST_CASE("client response head: keeps end-to-end fields and chunking, sets Conn
 }
 
 TEST_CASE("error responses are complete HTTP messages") {
-  for (int status : {400, 408, 413, 414, 431, 501, 502, 503, 504, 505}) {
+  for (int status : {400, 401, 403, 405, 408, 413, 414, 429, 431, 501, 502, 503, 504, 505}) {
     std::string r(offload::error_response(status, true));
     http::Parser p(http::Parser::Kind::kResponse, http::Limits{});
     REQUIRE(p.parse_head(r) == http::Result::kComplete);
@@ -91,6 +91,18 @@ TEST_CASE("error responses are complete HTTP messages") {
   }
   std::string keep(offload::error_response(502, false));
   CHECK(keep.find("Connection") == std::string::npos);
+  CHECK(std::string(offload::error_response(999, false)).rfind("HTTP/1.1 500 ", 0) == 0);
+}
+
+TEST_CASE("error responses with fields of their own: Retry-After, Allow") {
+  std::string r = offload::error_response_with(429, "Retry-After: 3\r\n", true);
+  http::Parser p(http::Parser::Kind::kResponse, http::Limits{});
+  REQUIRE(p.parse_head(r) == http::Result::kComplete);
+  CHECK(p.head().status == 429);
+  CHECK_FALSE(p.head().keep_alive);
+  CHECK(r.find("\r\nRetry-After: 3\r\n") != std::string::npos);
+  CHECK(r.substr(p.head().head_bytes) == "429 Too Many Requests\n");
+  CHECK(r.substr(p.head().head_bytes).size() == p.head().content_length);
 }
 
 TEST_CASE("forwarded request: an absolute-form target goes upstream in origin form with its Host") {

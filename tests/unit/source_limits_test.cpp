@@ -1,0 +1,171 @@
+// The per-source request rate (token bucket), the grouping of sources by
+// prefix, and the bounded source table, each at its boundary. Time is a
+// TestClock's: the agent's loop reads the same interface.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+
+#include <cstdio>
+
+#include "loop/clock.h"
+#include "security/screen.h"
+#include "security/source_table.h"
+#include "security/token_bucket.h"
+
+using offload::IpAddress;
+using offload::RateLimit;
+using offload::Screen;
+using offload::SourceRules;
+using offload::SourceTable;
+using offload::TestClock;
+using offload::TokenBucket;
+using offload::Verdict;
+
+namespace {
+IpAddress ip(const char* text) {
+  uint8_t raw[16];
+  if (inet_pton(AF_INET, text, raw) == 1) return IpAddress::from_v4(raw);
+  REQUIRE(inet_pton(AF_INET6, text, raw) == 1);
+  return IpAddress::from_v6(raw);
+}
+
+IpAddress nth_v4(uint32_t n) {
+  uint8_t raw[4] = {10, uint8_t(n >> 16), uint8_t(n >> 8), uint8_t(n)};
+  return IpAddress::from_v4(raw);
+}
+
+SourceRules rate_rules(uint32_t rate, uint32_t burst, uint32_t table = 1024) {
+  SourceRules r;
+  r.rate = {rate, burst};
+  r.table_size = table;
+  return r;
+}
+}  // namespace
+
+TEST_CASE("token bucket: exactly the burst passes, one more fails, and time refills it") {
+  TestClock clock;
+  const RateLimit limit{10, 5};  // 10/s: one token every 100 ms, 5 at most
+  TokenBucket b;
+  b.fill(limit, clock.now_ms());
+  for (int i = 0; i < 5; ++i) CHECK(b.take(limit, clock.now_ms()) == 0);
+  CHECK(b.take(limit, clock.now_ms()) == 100);  // one over: 100 ms to the next token
+  clock.advance(99);
+  CHECK(b.take(limit, clock.now_ms()) == 1);
+  clock.advance(1);
+  CHECK(b.take(limit, clock.now_ms()) == 0);  // exactly 100 ms later: one token
+  CHECK(b.take(limit, clock.now_ms()) == 100);
+  clock.advance(3600 * 1000);  // idle an hour: full again, never more than the burst
+  for (int i = 0; i < 5; ++i) CHECK(b.take(limit, clock.now_ms()) == 0);
+  CHECK(b.take(limit, clock.now_ms()) > 0);
+}
+
+TEST_CASE("token bucket: a slow rate's wait is the time to a whole token") {
+  const RateLimit limit{1, 1};
+  TokenBucket b;
+  b.fill(limit, 0);
+  CHECK(b.take(limit, 0) == 0);
+  CHECK(b.take(limit, 0) == 1000);
+  CHECK(b.take(limit, 250) == 750);
+  CHECK(b.take(limit, 1000) == 0);
+}
+
+TEST_CASE("screen: the request rate is per source, from the test clock") {
+  TestClock clock;
+  Screen s({}, {}, rate_rules(2, 3));
+  CHECK(s.active());
+  CHECK(s.admit(ip("127.0.0.2"), clock.now_ms()) == Verdict::kAccept);
+  CHECK(s.admit(ip("127.0.0.3"), clock.now_ms()) == Verdict::kAccept);
+  for (int i = 0; i < 3; ++i) CHECK(s.check_rate(ip("127.0.0.2"), clock.now_ms()) == 0);
+  CHECK(s.check_rate(ip("127.0.0.2"), clock.now_ms()) == 500);
+  CHECK(s.check_rate(ip("127.0.0.3"), clock.now_ms()) == 0);  // another source: its own bucket
+  clock.advance(500);
+  CHECK(s.check_rate(ip("127.0.0.2"), clock.now_ms()) == 0);
+  CHECK(s.check_rate(ip("127.0.0.2"), clock.now_ms()) == 500);
+}
+
+TEST_CASE("screen: IPv6 sources are grouped by /64, IPv4 by address, both configurable") {
+  Screen s({}, {}, SourceRules{2, {}, 64, 32, 64});
+  CHECK(s.admit(ip("2001:db8:1:2::1")) == Verdict::kAccept);
+  CHECK(s.admit(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")) == Verdict::kAccept);
+  CHECK(s.admit(ip("2001:db8:1:2:abcd::9")) == Verdict::kOverSourceLimit);  // same /64
+  CHECK(s.admit(ip("2001:db8:1:3::1")) == Verdict::kAccept);                // the next /64
+  CHECK(s.connections_from(ip("2001:db8:1:2::77")) == 2);
+  CHECK(s.admit(ip("192.0.2.1")) == Verdict::kAccept);
+  CHECK(s.admit(ip("192.0.2.1")) == Verdict::kAccept);
+  CHECK(s.admit(ip("192.0.2.1")) == Verdict::kOverSourceLimit);
+  CHECK(s.admit(ip("192.0.2.2")) == Verdict::kAccept);  // per address
+  CHECK(s.source_of(ip("2001:db8:1:2:abcd::9")) == ip("2001:db8:1:2::"));
+
+  Screen wide({}, {}, SourceRules{1, {}, 64, 24, 48});
+  CHECK(wide.admit(ip("192.0.2.1")) == Verdict::kAccept);
+  CHECK(wide.admit(ip("192.0.2.200")) == Verdict::kOverSourceLimit);  // same /24
+  CHECK(wide.admit(ip("192.0.3.1")) == Verdict::kAccept);
+  CHECK(wide.admit(ip("2001:db8:1:ffff::1")) == Verdict::kAccept);
+  CHECK(wide.admit(ip("2001:db8:1:2::1")) == Verdict::kOverSourceLimit);  // same /48
+  wide.release(ip("2001:db8:1:ffff::1"));
+  CHECK(wide.admit(ip("2001:db8:1:2::1")) == Verdict::kAccept);
+}
+
+TEST_CASE("source table: 100,000 distinct sources never grow it past its size; evictions counted") {
+  constexpr uint32_t kSize = 4096;
+  SourceTable t(kSize);
+  const size_t memory = t.memory_bytes();
+  CHECK(memory < size_t(kSize) * 128);
+  for (uint32_t n = 0; n < 100000; ++n) {
+    bool fresh = false;
+    offload::SourceEntry* e = t.get(nth_v4(n), &fresh);
+    REQUIRE(e != nullptr);
+    REQUIRE(fresh);
+    REQUIRE(t.size() <= kSize);
+  }
+  CHECK(t.size() == kSize);
+  CHECK(t.evictions() == 100000 - kSize);
+  CHECK(t.memory_bytes() == memory);
+  // The least recently used went: the last kSize are there, the one before is not.
+  bool fresh = false;
+  CHECK(t.find(nth_v4(100000 - kSize)) != nullptr);
+  CHECK(t.find(nth_v4(100000 - kSize - 1)) == nullptr);
+  t.get(nth_v4(99999), &fresh);
+  CHECK_FALSE(fresh);
+}
+
+TEST_CASE("source table: a source with open connections is never evicted; full of them, new ones are refused") {
+  constexpr uint32_t kSize = 64;
+  SourceTable t(kSize);
+  bool fresh = false;
+  offload::SourceEntry* held = t.get(nth_v4(0), &fresh);
+  t.connect(held);
+  t.connect(held);
+  for (uint32_t n = 1; n < 10000; ++n) REQUIRE(t.get(nth_v4(n), &fresh) != nullptr);
+  REQUIRE(t.find(nth_v4(0)) == held);
+  CHECK(held->connections == 2);
+  // Pin every entry: nothing may be evicted, so a new source gets none.
+  for (uint32_t n = 10000 - kSize + 1; n < 10000; ++n) t.connect(t.find(nth_v4(n)));
+  CHECK(t.get(nth_v4(20000), &fresh) == nullptr);
+  CHECK(t.size() == kSize);
+  // One closes its last connection: that one makes room.
+  t.disconnect(t.find(nth_v4(9999)));
+  offload::SourceEntry* added = t.get(nth_v4(20000), &fresh);
+  REQUIRE(added != nullptr);
+  CHECK(fresh);
+  CHECK(t.find(nth_v4(9999)) == nullptr);
+  CHECK(t.find(nth_v4(0)) == held);
+}
+
+TEST_CASE("screen: a flood of sources keeps connection counts; a full table refuses, counted as its own verdict") {
+  Screen s({}, {}, SourceRules{3, {5, 5}, 32, 32, 64});
+  for (int i = 0; i < 3; ++i) CHECK(s.admit(nth_v4(0)) == Verdict::kAccept);
+  for (uint32_t n = 1; n < 100000; ++n) {
+    Verdict v = s.admit(nth_v4(n));
+    if (v == Verdict::kAccept) s.release(nth_v4(n));
+  }
+  CHECK(s.table()->size() <= 32);
+  CHECK(s.evictions() > 0);
+  CHECK(s.connections_from(nth_v4(0)) == 3);
+  CHECK(s.admit(nth_v4(0)) == Verdict::kOverSourceLimit);
+  // 31 more sources hold a connection each: the 33rd source finds no room.
+  for (uint32_t n = 1; n < 32; ++n) REQUIRE(s.admit(nth_v4(200000 + n)) == Verdict::kAccept);
+  CHECK(s.admit(nth_v4(300000)) == Verdict::kSourceTableFull);
+  s.release(nth_v4(200001));
+  CHECK(s.admit(nth_v4(300000)) == Verdict::kAccept);
+}
