@@ -441,7 +441,10 @@ ResponseParser::State ResponseParser::parse_chunked(std::string& in) {
 // ----------------------------------------------------------------- Client
 
 Client::Client(Client&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), in_(std::move(other.in_)), error_(std::move(other.error_)) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      in_(std::move(other.in_)),
+      error_(std::move(other.error_)),
+      source_(std::move(other.source_)) {}
 
 Client& Client::operator=(Client&& other) noexcept {
   if (this != &other) {
@@ -449,6 +452,7 @@ Client& Client::operator=(Client&& other) noexcept {
     fd_ = std::exchange(other.fd_, -1);
     in_ = std::move(other.in_);
     error_ = std::move(other.error_);
+    source_ = std::move(other.source_);
   }
   return *this;
 }
@@ -464,6 +468,32 @@ void Client::shutdown_write() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
 }
 
+namespace {
+
+bool bind_source(int fd, const std::string& source, bool ipv6, std::string* error) {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  auto* a = reinterpret_cast<sockaddr_in*>(&storage);
+  auto* a6 = reinterpret_cast<sockaddr_in6*>(&storage);
+  if (!ipv6 && ::inet_pton(AF_INET, source.c_str(), &a->sin_addr) == 1) {
+    a->sin_family = AF_INET;
+    length = sizeof *a;
+  } else if (ipv6 && ::inet_pton(AF_INET6, source.c_str(), &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    length = sizeof *a6;
+  } else {
+    *error = "bad source address " + source;
+    return false;
+  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&storage), length) != 0) {
+    *error = "bind " + source + ": " + std::strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 bool Client::start_connect(uint16_t port, int rcvbuf, bool ipv6) {
   close();
   in_.clear();
@@ -475,6 +505,10 @@ bool Client::start_connect(uint16_t port, int rcvbuf, bool ipv6) {
   if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   int one = 1;
   ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (!source_.empty() && !bind_source(fd_, source_, ipv6, &error_)) {
+    close();
+    return false;
+  }
   sockaddr_storage storage{};
   socklen_t length = 0;
   if (ipv6) {

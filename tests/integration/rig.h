@@ -153,6 +153,9 @@ class Client {
   bool connect(uint16_t port, int timeout_ms = 3000, int rcvbuf = 0, bool ipv6 = false);
   // Starts a non-blocking connect (for many clients at once); finish_connect() completes it.
   bool start_connect(uint16_t port, int rcvbuf = 0, bool ipv6 = false);
+  // Connects from this local address (such as 127.0.0.7: all of 127.0.0.0/8
+  // is loopback), so one test can be many sources. Empty: the kernel's pick.
+  void set_source(std::string address) { source_ = std::move(address); }
 
   bool send_all(std::string_view data, int timeout_ms = 5000);
   // Sends `chunk` bytes at a time with `delay_ms` between them.
@@ -180,6 +183,7 @@ class Client {
   int fd_ = -1;
   std::string in_;
   std::string error_;
+  std::string source_;
 };
 
 // A GET over a fresh connection.

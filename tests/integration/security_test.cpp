@@ -1,0 +1,263 @@
+// The security screen on live requests, tried as an attacker would from
+// many loopback sources (all of 127.0.0.0/8): over the request rate, without
+// a token, with a wrong one, with a method or a target the listener refuses.
+// The recording backend proves that no refused request reached the server.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "rig.h"
+
+using rig::Backend;
+using rig::Client;
+
+namespace {
+
+std::string temp_file(const std::string& text) {
+  char path[] = "/tmp/offload-security-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  std::ofstream(path) << text;
+  return path;
+}
+
+// The agent run with a config file; its listeners' ports in config order.
+class Agent {
+ public:
+  ~Agent() {
+    child_.stop();
+    for (const auto& f : files_) ::unlink(f.c_str());
+  }
+  void keep_file(const std::string& path) { files_.push_back(path); }
+  void start(const std::string& toml, size_t listeners) {
+    files_.push_back(temp_file(toml));
+    REQUIRE(child_.start(rig::agent_path(), {"run", "-c", files_.back(), "--admin", "127.0.0.1:0"}));
+    auto admin = child_.wait_for_line("offload-agent: admin on ", 15000);
+    REQUIRE_MESSAGE(admin, child_.stderr_text());
+    admin_ = rig::port_from_line(*admin);
+    for (const std::string& line : child_.stderr_lines())
+      if (line.find("offload-agent: listening on ") != std::string::npos) ports_.push_back(rig::port_from_line(line));
+    REQUIRE(ports_.size() == listeners);
+  }
+  uint16_t port(size_t i = 0) const { return ports_.at(i); }
+  rig::Json stats_doc() {
+    Client c;
+    REQUIRE(c.connect(admin_));
+    REQUIRE(c.send_all("GET /stats?format=json HTTP/1.1\r\nHost: a\r\n\r\n"));
+    rig::ReadResult r = c.read_response(5000);
+    REQUIRE_MESSAGE(r, r.error);
+    auto doc = rig::Json::parse(r.response->body);
+    REQUIRE(doc);
+    return *doc;
+  }
+  // A top-level counter (the shards' sum).
+  int64_t stat(const std::string& name) { return rig::flatten_stats(stats_doc())[name]; }
+  // A counter of listener `index` from the "listeners" array.
+  int64_t listener_stat(size_t index, const std::string& name) {
+    rig::Json doc = stats_doc();
+    const rig::Json* list = doc.get("listeners");
+    REQUIRE(list != nullptr);
+    REQUIRE(list->array.size() > index);
+    return list->array[index].int_or(name, -1);
+  }
+
+ private:
+  rig::Child child_;
+  std::vector<std::string> files_;
+  std::vector<uint16_t> ports_;
+  uint16_t admin_ = 0;
+};
+
+std::string upstream_of(const Backend& b) {
+  return "[[upstream]]\nservers = [\"tcp://127.0.0.1:" + std::to_string(b.port()) + "\"]\n";
+}
+
+// One request on a fresh connection from `source`; the response, or none.
+rig::ReadResult request_from(const std::string& source, uint16_t port, const std::string& request) {
+  Client c;
+  c.set_source(source);
+  rig::ReadResult none;
+  if (!c.connect(port)) {
+    none.error = c.error();
+    return none;
+  }
+  if (!c.send_all(request)) {
+    none.error = "send: " + c.error();
+    return none;
+  }
+  return c.read_response(5000);
+}
+
+std::string get(const std::string& target, const std::string& extra = "") {
+  return "GET " + target + " HTTP/1.1\r\nHost: t\r\n" + extra + "\r\n";
+}
+
+}  // namespace
+
+TEST_CASE("rate: a source over its burst gets 429 with Retry-After; the backend never sees those; other sources unaffected") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  // One token a second, three at once: a burst of 3, then 429 until a token is back.
+  a.start("[security]\nrate = 1\nburst = 3\n" + upstream_of(b) + "[[listener]]\nlisten = \"127.0.0.1:0\"\n", 1);
+  constexpr int kSent = 12;
+  std::map<std::string, int> statuses;  // target -> status
+  const int64_t started = rig::now_ms();
+  int passed = 0, refused = 0;
+  for (int i = 0; i < kSent; ++i) {
+    std::string target = "/ok?rate-src=2&n=" + std::to_string(i);
+    rig::ReadResult r = request_from("127.0.0.2", a.port(), get(target));
+    REQUIRE_MESSAGE(r, r.error);
+    statuses[target] = r.response->status;
+    if (r.response->status == 200) {
+      ++passed;
+    } else {
+      CHECK(r.response->status == 429);
+      CHECK(r.response->header("Retry-After") == "1");  // one token a second: at most a second away
+      CHECK(r.response->closes());
+      ++refused;
+    }
+  }
+  const int64_t elapsed_s = (rig::now_ms() - started) / 1000;
+  // The first three always pass; beyond them only what the rate refilled meanwhile.
+  for (int i = 0; i < 3; ++i) CHECK(statuses["/ok?rate-src=2&n=" + std::to_string(i)] == 200);
+  CHECK(passed <= 3 + elapsed_s + 1);
+  CHECK(refused >= kSent - (3 + elapsed_s + 1));
+  CHECK(refused > 0);
+  // Another source has a bucket of its own.
+  rig::ReadResult other = request_from("127.0.0.3", a.port(), get("/ok?rate-src=3"));
+  REQUIRE_MESSAGE(other, other.error);
+  CHECK(other.response->status == 200);
+
+  auto rec = b.wait_record([&](const rig::Record& r) { return r.find("/ok?rate-src=3") != nullptr; }, 3000);
+  REQUIRE(rec);
+  for (const auto& [target, status] : statuses) {
+    INFO(target << " answered " << status);
+    CHECK(rec->count(target) == (status == 200 ? 1 : 0));
+  }
+  CHECK(a.stat("rate_limited") == refused);
+  CHECK(a.listener_stat(0, "rate_limited") == refused);
+}
+
+TEST_CASE("rate: a flood of distinct sources stays within the source table; evictions counted; limits still hold") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start("[security]\nrate = 1\nburst = 2\nsource_table_size = 16\n" + upstream_of(b) +
+              "[[listener]]\nlisten = \"127.0.0.1:0\"\n",
+          1);
+  // A source that keeps its connection is pinned in the table through the flood.
+  Client held;
+  held.set_source("127.0.9.1");
+  REQUIRE(held.connect(a.port()));
+  REQUIRE(held.send_all(get("/ok?held-1")));
+  rig::ReadResult first = held.read_response(5000);
+  REQUIRE_MESSAGE(first, first.error);
+  CHECK(first.response->status == 200);
+  constexpr int kSources = 200;
+  for (int i = 0; i < kSources; ++i) {
+    std::string source = "127.0." + std::to_string(1 + i / 250) + "." + std::to_string(1 + i % 250);
+    rig::ReadResult r = request_from(source, a.port(), get("/ok?flood-" + std::to_string(i)));
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);  // each source's first request is within its burst
+  }
+  CHECK(a.stat("source_evictions") >= kSources - 16);
+  // The held source's bucket survived: its second request passes, its third
+  // is over the burst (unless a token came back in the meantime).
+  REQUIRE(held.send_all(get("/ok?held-2")));
+  rig::ReadResult second = held.read_response(5000);
+  REQUIRE_MESSAGE(second, second.error);
+  CHECK(second.response->status == 200);
+}
+
+TEST_CASE("auth: bearer and API-key listeners refuse missing and wrong tokens before the backend hears of them") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  std::string tokens = temp_file("s3cret-token-A\nsecond-token\n");
+  a.keep_file(tokens);
+  a.start(upstream_of(b) + "[[listener]]\nlisten = \"127.0.0.1:0\"\nsecurity = { auth = \"bearer\", token_file = \"" +
+              tokens + "\" }\n[[listener]]\nlisten = \"127.0.0.1:0\"\nsecurity = { auth = \"api-key\", header = "
+              "\"X-Key\", token_file = \"" + tokens + "\" }\n",
+          2);
+  auto status_of = [&](size_t listener, const std::string& request, rig::Response* out = nullptr) {
+    rig::ReadResult r = request_from("127.0.0.4", a.port(listener), request);
+    REQUIRE_MESSAGE(r, r.error);
+    if (out != nullptr) *out = *r.response;
+    return r.response->status;
+  };
+  rig::Response resp;
+  CHECK(status_of(0, get("/ok?auth-none"), &resp) == 401);
+  CHECK(resp.header("WWW-Authenticate") == "Bearer");
+  CHECK(status_of(0, get("/ok?auth-wrong", "Authorization: Bearer s3cret-token-B\r\n"), &resp) == 401);
+  CHECK(resp.header("WWW-Authenticate") == "Bearer error=\"invalid_token\"");
+  CHECK(status_of(0, get("/ok?auth-short", "Authorization: Bearer s3cret\r\n")) == 401);
+  CHECK(status_of(0, get("/ok?auth-basic", "Authorization: Basic czNjcmV0\r\n")) == 401);
+  CHECK(status_of(0, get("/ok?auth-twice", "Authorization: Bearer s3cret-token-A\r\nAuthorization: Bearer x\r\n")) == 401);
+  CHECK(status_of(0, get("/ok?auth-good", "Authorization: Bearer s3cret-token-A\r\n")) == 200);
+  CHECK(status_of(0, get("/ok?auth-good2", "Authorization: Bearer second-token\r\n")) == 200);
+  CHECK(status_of(1, get("/ok?key-none")) == 403);
+  CHECK(status_of(1, get("/ok?key-wrong", "X-Key: second-tokeN\r\n")) == 403);
+  CHECK(status_of(1, get("/ok?key-bearer", "Authorization: Bearer second-token\r\n")) == 403);
+  CHECK(status_of(1, get("/ok?key-good", "X-Key: second-token\r\n")) == 200);
+
+  auto rec = b.wait_record([&](const rig::Record& r) { return r.find("/ok?key-good") != nullptr; }, 3000);
+  REQUIRE(rec);
+  for (const char* t : {"/ok?auth-none", "/ok?auth-wrong", "/ok?auth-short", "/ok?auth-basic", "/ok?auth-twice", "/ok?key-none",
+                        "/ok?key-wrong", "/ok?key-bearer"}) {
+    INFO(t);
+    CHECK(rec->count(t) == 0);
+  }
+  CHECK(rec->count("/ok?auth-good") == 1);
+  CHECK(rec->count("/ok?auth-good2") == 1);
+  CHECK(a.listener_stat(0, "auth_missing") == 2);  // none, another scheme
+  CHECK(a.listener_stat(0, "auth_wrong") == 3);
+  CHECK(a.listener_stat(1, "auth_missing") == 2);
+  CHECK(a.listener_stat(1, "auth_wrong") == 1);
+  CHECK(a.stat("auth_wrong") == 4);
+}
+
+TEST_CASE("screening: a method the listener does not allow gets 405 with Allow, a long target 414; neither arrives") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start(upstream_of(b) + "[[listener]]\nlisten = \"127.0.0.1:0\"\n"
+                           "security = { methods = [\"GET\", \"HEAD\"], target_bytes_max = 64 }\n",
+          1);
+  rig::ReadResult post = request_from("127.0.0.5", a.port(),
+                                      "POST /ok?m-post HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody");
+  REQUIRE_MESSAGE(post, post.error);
+  CHECK(post.response->status == 405);
+  CHECK(post.response->header("Allow") == "GET, HEAD");
+  rig::ReadResult del = request_from("127.0.0.5", a.port(), "DELETE /ok?m-delete HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE_MESSAGE(del, del.error);
+  CHECK(del.response->status == 405);
+  // Exactly at the limit passes, one byte over does not.
+  std::string at = "/ok?" + std::string(64 - 4, 'a');
+  std::string over = "/ok?" + std::string(64 - 3, 'b');
+  rig::ReadResult r_at = request_from("127.0.0.5", a.port(), get(at));
+  REQUIRE_MESSAGE(r_at, r_at.error);
+  CHECK(r_at.response->status == 200);
+  rig::ReadResult r_over = request_from("127.0.0.5", a.port(), get(over));
+  REQUIRE_MESSAGE(r_over, r_over.error);
+  CHECK(r_over.response->status == 414);
+  rig::ReadResult ok = request_from("127.0.0.5", a.port(), get("/ok?m-get"));
+  REQUIRE_MESSAGE(ok, ok.error);
+  CHECK(ok.response->status == 200);
+
+  auto rec = b.wait_record([&](const rig::Record& r) { return r.find("/ok?m-get") != nullptr; }, 3000);
+  REQUIRE(rec);
+  CHECK(rec->count("/ok?m-post") == 0);
+  CHECK(rec->count("/ok?m-delete") == 0);
+  CHECK(rec->count(over) == 0);
+  CHECK(rec->count(at) == 1);
+  CHECK(a.listener_stat(0, "method_refused") == 2);
+  CHECK(a.listener_stat(0, "target_too_long") == 1);
+  CHECK(a.stat("method_refused") == 2);
+}
