@@ -670,6 +670,11 @@ std::vector<std::string> read_tokens(const std::string& path, const std::string&
 void fill_security(ListenerConfig& listener) {
   ListenerSecurity& sec = listener.security;
   const std::string where = key_of(listener.where, "security");
+  // A byte stream has no request head to check: the source rules only.
+  if (listener.proxy == "passthrough" && sec.auth != ListenerSecurity::Auth::kNone)
+    bad(where + ".auth", auth_name(sec.auth), "none on a passthrough listener (it has no request head to check)");
+  if (listener.proxy == "passthrough" && !sec.methods.empty())
+    throw ConfigError(fmt::format("{}.methods: not for a passthrough listener (it has no request head to check)", where));
   if (sec.auth == ListenerSecurity::Auth::kNone) {
     if (!sec.token_file.empty() || !sec.header.empty())
       throw ConfigError(fmt::format("{}.auth: missing (token_file and header need auth = \"bearer\" or \"api-key\")", where));

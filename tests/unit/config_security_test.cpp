@@ -156,4 +156,10 @@ TEST_CASE("listener security: errors") {
   CHECK(error_of(l + "security = { target_bytes_max = 0 }\n") ==
         "listener[0].security.target_bytes_max: bad value '0' (expected a whole number from 1 to 1048576)");
   CHECK(error_of(l + "security = { colour = 1 }\n").find("listener[0].security.colour: unknown key") == 0);
+  const std::string pass = "[[listener]]\nlisten = \"127.0.0.1:0\"\nproxy = \"passthrough\"\n";
+  CHECK(error_of(pass + "security = { auth = \"bearer\", token_file = \"/etc/passwd\" }\n") ==
+        "listener[0].security.auth: bad value 'bearer' (expected none on a passthrough listener (it has no request "
+        "head to check))");
+  CHECK(error_of(pass + "security = { methods = [\"GET\"] }\n") ==
+        "listener[0].security.methods: not for a passthrough listener (it has no request head to check)");
 }
