@@ -2,6 +2,8 @@
 // many loopback sources (all of 127.0.0.0/8): over the request rate, without
 // a token, with a wrong one, with a method or a target the listener refuses.
 // The recording backend proves that no refused request reached the server.
+// (No ';' in a case's name: ctest's discovery splits names there and would
+// run nothing.)
 #include <doctest/doctest.h>
 
 #include <unistd.h>
@@ -100,7 +102,7 @@ std::string get(const std::string& target, const std::string& extra = "") {
 
 }  // namespace
 
-TEST_CASE("rate: a source over its burst gets 429 with Retry-After; the backend never sees those; other sources unaffected") {
+TEST_CASE("rate: a source over its burst gets 429 with Retry-After, the backend never sees those, other sources go on") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
   Agent a;
@@ -145,7 +147,7 @@ TEST_CASE("rate: a source over its burst gets 429 with Retry-After; the backend 
   CHECK(a.listener_stat(0, "rate_limited") == refused);
 }
 
-TEST_CASE("rate: a flood of distinct sources stays within the source table; evictions counted; limits still hold") {
+TEST_CASE("rate: a flood of distinct sources stays within the source table, evictions counted, a connected source kept") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
   Agent a;
@@ -223,7 +225,7 @@ TEST_CASE("auth: bearer and API-key listeners refuse missing and wrong tokens be
   CHECK(a.stat("auth_wrong") == 4);
 }
 
-TEST_CASE("screening: a method the listener does not allow gets 405 with Allow, a long target 414; neither arrives") {
+TEST_CASE("screening: a method the listener does not allow gets 405 with Allow, a long target 414, and neither arrives") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
   Agent a;
