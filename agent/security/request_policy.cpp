@@ -14,14 +14,16 @@ bool same_name(std::string_view a, std::string_view b) {
 }  // namespace
 
 bool same_secret(std::string_view given, std::string_view secret) {
+  if (secret.empty()) return given.empty();  // never a configured token: they are checked non-empty
   // Every byte of `given` is compared, against the secret repeated: no early
   // exit, and the loop's length is the client's. A length difference is
-  // folded into the same accumulator.
+  // folded into the same accumulator. The wrap is a select, not a division.
   unsigned diff = given.size() != secret.size() ? 1u : 0u;
   const size_t n = secret.size();
+  size_t j = 0;
   for (size_t i = 0; i < given.size(); ++i) {
-    const uint8_t want = n == 0 ? 0 : uint8_t(secret[i % n]);
-    diff |= unsigned(uint8_t(given[i]) ^ want);
+    diff |= unsigned(uint8_t(given[i]) ^ uint8_t(secret[j]));
+    j = j + 1 == n ? 0 : j + 1;
   }
   return diff == 0;
 }
