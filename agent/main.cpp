@@ -94,7 +94,12 @@ const std::map<std::string, std::string>& number_help() {
       {"recv_buffer_bytes", "bytes of each provided receive buffer; k/m/g; default 4096"},
       {"ring_depth", "shm upstream: requests one ring channel carries at once; default 16"},
       {"ring_bytes", "shm upstream: bytes of each ring (a request must fit, 413 beyond); k/m/g; default 2m"},
-      {"max_clients_per_source", "client connections per source address, per shard; 0: no limit; default 0"},
+      {"max_clients_per_source", "client connections per source (see --source-ipv4-prefix), per shard; 0: no limit; default 0"},
+      {"rate_limit", "requests per second per source, per shard (429 with Retry-After beyond); 0: no limit; default 0"},
+      {"rate_burst", "requests a source may send at once (its bucket's size); 0: --rate-limit's value; default 0"},
+      {"source_table_size", "sources tracked per shard for the per-source limits (idle ones evicted); default 65536"},
+      {"source_ipv4_prefix", "leading bits of an IPv4 address that make one source (32: per address); default 32"},
+      {"source_ipv6_prefix", "leading bits of an IPv6 address that make one source (64: per /64); default 64"},
       {"xdp_syn_rate", "XDP guard: SYNs per second per source; 0: no limit; default 0"},
       {"xdp_syn_burst", "XDP guard: SYNs a source may send at once (its bucket); 0: the rate; default 0"},
   };

@@ -116,7 +116,7 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
       for (const auto& l : t.listeners)
         for (const auto& [reason, field] :
              {std::pair{"rate_limited", &ListenerCounters::rate_limited}, {"auth_missing", &ListenerCounters::auth_missing},
-              {"auth_wrong", &ListenerCounters::auth_wrong}, {"method_refused", &ListenerCounters::method_refused},
+              {"auth_wrong", &ListenerCounters::auth_wrong}, {"method", &ListenerCounters::method_refused},
               {"target_too_long", &ListenerCounters::target_too_long}})
           out += fmt::format("offload_listener_refused_requests_total{{listener=\"{}\",reason=\"{}\"}} {}\n",
                              label(l->name), reason, v((*l).*field));
