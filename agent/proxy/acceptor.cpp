@@ -48,6 +48,16 @@ void Acceptor::on_accept(Listener* l, const io_uring_cqe& cqe) {
   on_accepted_(owner_, l, cqe.res);
 }
 
+void count_refusal(Verdict v, Counters& counters) {
+  switch (v) {
+    case Verdict::kAccept: return;
+    case Verdict::kOverSourceLimit: bump(counters.rejected_per_source); return;
+    case Verdict::kSourceTableFull: bump(counters.rejected_source_table_full); return;
+    case Verdict::kDenied:
+    case Verdict::kNotAllowed: bump(counters.rejected_screened); return;
+  }
+}
+
 void Acceptor::on_retry() {
   for (Listener* l : listeners_)
     if (!l->armed) post(l);

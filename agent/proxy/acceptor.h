@@ -9,8 +9,12 @@
 #include "loop/loop.h"
 #include "ops/counters.h"
 #include "proxy/listener.h"
+#include "security/screen.h"
 
 namespace offload {
+
+// A connection the screen refused at accept, counted by its reason.
+void count_refusal(Verdict v, Counters& counters);
 
 class Acceptor {
  public:

@@ -509,7 +509,8 @@ void HttpProxy::hand_over(ClientConn* c) {
     return;
   }
   look_up_peer(c);
-  tunnels_->adopt(c->listener, fd, c->peer_family == 0 ? IpAddress{} : peer_of(c), std::move(first));
+  const bool screened = screen_.active() && c->peer_family != 0;
+  tunnels_->adopt(c->listener, fd, c->peer_family == 0 ? IpAddress{} : peer_of(c), screened, std::move(first));
   bump(counters_.upgrades);
   c->handed_over = true;
   close_client(c);
@@ -542,11 +543,7 @@ bool HttpProxy::screen_out(ClientConn* c) {
   Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c), loop_.now_ms());
   bump(counters_.source_evictions, screen_.evictions() - evictions);
   if (v == Verdict::kAccept) return false;
-  switch (v) {
-    case Verdict::kOverSourceLimit: bump(counters_.rejected_per_source); break;
-    case Verdict::kSourceTableFull: bump(counters_.rejected_source_table_full); break;
-    default: bump(counters_.rejected_screened); break;
-  }
+  count_refusal(v, counters_);
   ::close(c->fd);
   c->fd = -1;
   c->peer_family = 0;
@@ -805,7 +802,8 @@ void HttpProxy::maybe_free_client(ClientConn* c) {
   OFFLOAD_ASSERT(!c->queue_node.linked() && !c->wait_node.linked());
   ::close(c->fd);
   c->fd = -1;
-  if (screen_.active() && c->peer_family != 0) screen_.release(peer_of(c));
+  // A socket handed over keeps its place in the screen: its tunnel releases it.
+  if (screen_.active() && c->peer_family != 0 && !c->handed_over) screen_.release(peer_of(c));
   c->peer_family = 0;
   if (c->ex != nullptr) put_exchange(c);
   c->in.armed = c->in.paused = c->out.busy = false;

@@ -136,10 +136,14 @@ void PassthroughProxy::accept(Listener* l, int fd) {
   }
 }
 
-void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, std::string first) {
+void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first) {
   Tunnel* t = open_slot(l, fd);
-  if (t == nullptr) return;
+  if (t == nullptr) {
+    if (screened) screen_.release(source);
+    return;
+  }
   t->source = source;
+  t->screened = screened;
   t->upgrade = true;
   t->first = std::move(first);
   if (!connect(t)) {
@@ -153,12 +157,14 @@ void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, std::
 bool PassthroughProxy::screen_out(Tunnel* t) {
   const bool known = peer_address(t->client_fd, t->source);
   if (!screen_.active() || !known) return false;
-  const Verdict v = screen_.admit(t->source);
+  const uint64_t evictions = screen_.evictions();
+  const Verdict v = screen_.admit(t->source, loop_.now_ms());
+  bump(counters_.source_evictions, screen_.evictions() - evictions);
   if (v == Verdict::kAccept) {
     t->screened = true;
     return false;
   }
-  bump(v == Verdict::kOverSourceLimit ? counters_.rejected_per_source : counters_.rejected_screened);
+  count_refusal(v, counters_);
   return true;
 }
 

@@ -110,7 +110,9 @@ class PassthroughProxy final : public Proxy {
   // `l` (already screened and counted by the HTTP proxy): `first` (the
   // rewritten request and what followed it) is sent to the server before
   // the bytes move both ways. Takes `fd`.
-  void adopt(Listener* l, int fd, const IpAddress& source, std::string first);
+  // `screened`: it is counted against its source in the screen, and the
+  // tunnel releases it.
+  void adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first);
 
  private:
   static void on_accepted(void* self, Listener* l, int fd);

@@ -224,7 +224,7 @@ uint64_t spill_file_bytes(pid_t pid, const std::string& dir) {
 
 }  // namespace
 
-TEST_CASE("spill_total_max bounds all spill files together; the responses held back still arrive whole") {
+TEST_CASE("spill_total_max bounds all spill files together, and the responses held back still arrive whole") {
   char dir_template[] = "/tmp/offload-spill-test-XXXXXX";
   REQUIRE(::mkdtemp(dir_template) != nullptr);
   const std::string dir = dir_template;

@@ -560,3 +560,51 @@ TEST_CASE("upgrade: an HTTP listener passes an Upgrade request on, then moves th
   CHECK(stat(a, "upgrades") == 1);
   CHECK(stat(a, "upgrades_switched") == 1);
 }
+
+TEST_CASE("upgrade: an upgraded connection still counts against max_clients_per_source until it ends") {
+  TcpServer server([](int fd) {
+    std::string in;
+    char buf[4096];
+    while (in.find("\r\n\r\n") == std::string::npos) {
+      ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+      if (r <= 0) break;
+      in.append(buf, size_t(r));
+    }
+    const std::string ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n";
+    send_all(fd, ok.data(), ok.size());
+    echo()(fd);
+  });
+  ConfigAgent a;
+  a.start("max_clients_per_source = 1\n[[upstream]]\nservers = [\"" + server.url() +
+              "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
+          1);
+  int tunnel = connect_loopback(a.port(0));
+  REQUIRE(tunnel >= 0);
+  set_timeouts(tunnel, 10000);
+  const std::string req = "GET /room HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: chat\r\n\r\n";
+  REQUIRE(send_all(tunnel, req.data(), req.size()));
+  char buf[4096];
+  REQUIRE(::recv(tunnel, buf, sizeof buf, 0) > 0);  // the 101: the tunnel is up
+  // A second connection from the same source is over the limit.
+  int second = connect_loopback(a.port(0));
+  REQUIRE(second >= 0);
+  set_timeouts(second, 10000);
+  std::string got;
+  CHECK(read_to_eof(second, got) == 0);
+  CHECK(got.empty());
+  ::close(second);
+  CHECK(stat(a, "rejected_per_source") == 1);
+  // Once the tunnel ends, the source may connect again.
+  ::shutdown(tunnel, SHUT_WR);
+  std::string rest;
+  CHECK(read_to_eof(tunnel, rest) == 0);
+  ::close(tunnel);
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) {
+    rig::Client c;
+    served = c.connect(a.port(0)) && c.send_all("GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: chat\r\n\r\n") &&
+             c.recv_some(4096, 2000) > 0;
+    if (!served) rig::sleep_ms(20);
+  }
+  CHECK(served);
+}
