@@ -161,9 +161,10 @@ void HttpProxy::on_accepted(void* self, Listener* l, int fd) { static_cast<HttpP
 
 void HttpProxy::accept(Listener* l, int fd) {
   if (free_slots_.empty() || l->active >= l->max_clients) {
-    ::close(fd);
+    // Counted before the close: the client may ask the stats as soon as it sees it.
     bump(counters_.rejected_over_limit);
     add(l->stats->rejected);
+    ::close(fd);
     return;
   }
   ClientConn* c = &clients_[free_slots_.back()];

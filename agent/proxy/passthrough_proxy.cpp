@@ -100,9 +100,10 @@ void PassthroughProxy::on_accepted(void* self, Listener* l, int fd) {
 Tunnel* PassthroughProxy::open_slot(Listener* l, int fd) {
   Tunnel* t = l->active >= l->max_clients ? nullptr : tunnels_.get();
   if (t == nullptr) {
-    ::close(fd);
+    // Counted before the close: the client may ask the stats as soon as it sees it.
     bump(counters_.rejected_over_limit);
     add(l->stats->rejected);
+    ::close(fd);
     return nullptr;
   }
   t->client_fd = fd;
