@@ -417,10 +417,19 @@ bool HttpProxy::take_head(ClientConn* c) {
   ex->close_after = !h.keep_alive || draining_;
   if (!screen_request(c, h, msg)) return false;
   // A protocol switch (WebSocket and others) goes on as a tunnel to a server
-  // of the listener's group, over a connection of its own. CONNECT, and an
-  // upgrade where there is no tunnel to be had (the bus), are not served.
+  // of the listener's group, over a connection of its own. CONNECT is not a
+  // method this proxy serves (405, with the ones it does); an upgrade where
+  // there is no tunnel to be had (the bus) is not implemented there (501).
+  if (h.method == http::Method::kConnect) {
+    static const std::string kRefused =
+        error_response_with(405, "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n", true);
+    bump(counters_.method_refused);
+    add(c->listener->stats->method_refused);
+    reject(c, 405, kRefused);
+    return false;
+  }
   const bool can_tunnel = tunnels_ != nullptr && c->listener->group != nullptr;
-  if (h.method == http::Method::kConnect || (h.upgrade && !can_tunnel)) {
+  if (h.upgrade && !can_tunnel) {
     bump(counters_.parse_errors);
     reject(c, 501);
     return false;

@@ -608,3 +608,23 @@ TEST_CASE("upgrade: an upgraded connection still counts against max_clients_per_
   }
   CHECK(served);
 }
+
+TEST_CASE("CONNECT gets 405 with Allow, counted, and never reaches the server") {
+  rig::Backend web;
+  REQUIRE_MESSAGE(web.start(8), web.error());
+  ConfigAgent a;
+  a.start("[[upstream]]\nservers = [\"tcp://127.0.0.1:" + std::to_string(web.port()) +
+              "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
+          1);
+  rig::Client c;
+  REQUIRE(c.connect(a.port(0)));
+  REQUIRE(c.send_all("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"));
+  rig::ReadResult r = c.read_response(5000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 405);
+  CHECK(r.response->header("allow").find("GET") != std::string::npos);
+  CHECK(stat(a, "method_refused") == 1);
+  auto rec = web.record();
+  REQUIRE(rec);
+  CHECK(rec->all_requests().empty());
+}
