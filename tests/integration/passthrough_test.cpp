@@ -169,6 +169,33 @@ TcpServer::Handler echo(std::string tail = "") {
   };
 }
 
+// Answers an upgrade request (its head goes to `seen`) with 101, then speaks
+// the new protocol: an echo.
+TcpServer::Handler switch_to_echo(std::function<void(const std::string&)> seen = nullptr) {
+  return [seen](int fd) {
+    std::string in;
+    char buf[4096];
+    while (in.find("\r\n\r\n") == std::string::npos) {
+      ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+      if (r <= 0) break;
+      in.append(buf, size_t(r));
+    }
+    if (seen) seen(in);
+    const std::string ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n";
+    send_all(fd, ok.data(), ok.size());
+    echo()(fd);
+  };
+}
+
+// The agent closed `fd` (a FIN, within its 10 s receive bound) without
+// sending it anything; closes it here too.
+bool closed_without_a_byte(int fd) {
+  std::string got;
+  const bool closed = read_to_eof(fd, got) == 0;
+  ::close(fd);
+  return closed && got.empty();
+}
+
 std::string config(const std::string& server, const std::string& extra = "") {
   return extra + "[[upstream]]\nname = \"app\"\nservers = [\"" + server +
          "\"]\n[[listener]]\nname = \"tcp\"\nlisten = \"127.0.0.1:0\"\nproxy = \"passthrough\"\nupstream = \"app\"\n";
@@ -482,10 +509,7 @@ TEST_CASE("passthrough: no server up: the client is closed and the failure count
     int fd = connect_loopback(a.port(0));
     REQUIRE(fd >= 0);
     set_timeouts(fd, 10000);
-    std::string got;
-    CHECK(read_to_eof(fd, got) == 0);
-    CHECK(got.empty());
-    ::close(fd);
+    CHECK(closed_without_a_byte(fd));
   }
   CHECK(stat(a, "tunnel_connect_failures") == 3);
   CHECK(a.child().running());
@@ -517,20 +541,10 @@ TEST_CASE("passthrough and http listeners side by side in one agent, each doing 
 TEST_CASE("upgrade: an HTTP listener passes an Upgrade request on, then moves the bytes of the new protocol") {
   std::string head_seen;
   std::atomic<bool> served{false};
-  TcpServer server([&](int fd) {
-    std::string in;
-    char buf[4096];
-    while (in.find("\r\n\r\n") == std::string::npos) {
-      ssize_t r = ::recv(fd, buf, sizeof buf, 0);
-      if (r <= 0) break;
-      in.append(buf, size_t(r));
-    }
-    head_seen = in;
+  TcpServer server(switch_to_echo([&](const std::string& head) {
+    head_seen = head;
     served = true;
-    const std::string ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n";
-    send_all(fd, ok.data(), ok.size());
-    echo()(fd);  // then the new protocol: an echo
-  });
+  }));
   ConfigAgent a;
   a.start("[[upstream]]\nservers = [\"" + server.url() + "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n", 1);
   int fd = connect_loopback(a.port(0));
@@ -562,18 +576,7 @@ TEST_CASE("upgrade: an HTTP listener passes an Upgrade request on, then moves th
 }
 
 TEST_CASE("upgrade: an upgraded connection still counts against max_clients_per_source until it ends") {
-  TcpServer server([](int fd) {
-    std::string in;
-    char buf[4096];
-    while (in.find("\r\n\r\n") == std::string::npos) {
-      ssize_t r = ::recv(fd, buf, sizeof buf, 0);
-      if (r <= 0) break;
-      in.append(buf, size_t(r));
-    }
-    const std::string ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n";
-    send_all(fd, ok.data(), ok.size());
-    echo()(fd);
-  });
+  TcpServer server(switch_to_echo());
   ConfigAgent a;
   a.start("max_clients_per_source = 1\n[[upstream]]\nservers = [\"" + server.url() +
               "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
@@ -589,10 +592,7 @@ TEST_CASE("upgrade: an upgraded connection still counts against max_clients_per_
   int second = connect_loopback(a.port(0));
   REQUIRE(second >= 0);
   set_timeouts(second, 10000);
-  std::string got;
-  CHECK(read_to_eof(second, got) == 0);
-  CHECK(got.empty());
-  ::close(second);
+  CHECK(closed_without_a_byte(second));
   CHECK(stat(a, "rejected_per_source") == 1);
   // Once the tunnel ends, the source may connect again.
   ::shutdown(tunnel, SHUT_WR);
