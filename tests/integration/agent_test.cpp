@@ -196,7 +196,15 @@ TEST_CASE("1000 client connections with max-upstream 4: the backend never sees m
   CHECK_STAT_AT_LEAST(p, "accepted", kClients);
   CHECK_STAT_AT_LEAST(p, "requests", kClients);
   CHECK_STAT_AT_LEAST(p, "queue_waits", 1);
-  if (p.is_agent()) CHECK(p.stat("upstream_connects") <= 4 + 0);
+  if (p.is_agent()) {
+    // Once seen over 4 under a loaded ctest -j2 and never since: say what the
+    // pool did when it happens again (a yield, a stall, an unproven close).
+    if (p.stat("upstream_connects") > 4)
+      if (auto s = p.stats())
+        for (auto& [k, v] : *s)
+          if (k.rfind("upstream_", 0) == 0) MESSAGE(k << " = " << v);
+    CHECK(p.stat("upstream_connects") <= 4);
+  }
 }
 
 // ------------------------------------------------------------ client side
