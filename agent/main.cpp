@@ -26,6 +26,7 @@
 #include "ops/admin.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/log.h"
 #include "ops/service_notify.h"
 #include "ops/shard_limits.h"
 #include "ops/version.h"
@@ -51,6 +52,7 @@ struct RunFlags {
   std::string admin;
   std::string temp_dir;
   std::string xdp_iface;
+  std::string log_level;
   std::string xdp_mode;
   std::string cpus;
   std::vector<std::string> deny;
@@ -125,6 +127,8 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--xdp-iface", f.xdp_iface,
                   "attach the XDP guard to this network interface while running; default none: no guard");
   cmd->add_option("--xdp-mode", f.xdp_mode, "how the XDP guard attaches: auto, native or generic; default auto");
+  cmd->add_option("--log-level", f.log_level,
+                  "the agent's own lines written: error, warning, info or debug (and all above it); default info");
   cmd->add_option("--cpus", f.cpus,
                   "one shard per CPU listed, each pinned to its CPU: a list such as 1,2 (sets --workers); "
                   "default none: not pinned");
@@ -151,6 +155,7 @@ Config build_config(const RunFlags& f) {
   if (!f.deny.empty()) config.deny = f.deny;
   if (!f.allow.empty()) config.allow = f.allow;
   if (!f.xdp_mode.empty()) config.xdp_mode = f.xdp_mode;
+  if (!f.log_level.empty()) config.log_level = f.log_level;
   for (const auto& [key, value] : f.numbers)
     if (!value.empty()) offload::set_number_from_flag(config, key, value);
   // cpu and cpus say the same thing: the one given as a flag wins over the file.
@@ -333,6 +338,8 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
 }
 
 int run(const Config& config) {
+  offload::set_log_level(*offload::parse_log_level(config.log_level));  // validate() checked it
+  offload::set_log_priority_prefix(offload::journal_is_stderr());
   // Descriptors for the whole agent: the shards' shares add up to these.
   raise_fd_limit(config.max_clients + config.max_upstream + 64, 2 * config.max_clients + config.max_upstream + 64);
   // Signals are read by relay_signals() alone; block them in every thread

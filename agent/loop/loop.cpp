@@ -3,9 +3,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include <fmt/format.h>
 
 #include "loop/check.h"
+#include "ops/log.h"
 
 namespace offload {
 
@@ -62,7 +62,7 @@ size_t Loop::turn(uint64_t wake_by_ms, uint64_t max_wait_ms) {
   io_uring_cqe* cqe = nullptr;
   int rc = io_uring_submit_and_wait_timeout(uring_.ring(), &cqe, 1, &ts, nullptr);
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
-    fmt::print(stderr, "offload-agent: io_uring wait: {}\n", std::strerror(-rc));
+    log_limited(wait_errors_, now_ms_, LogLevel::kError, "io_uring wait: {}", std::strerror(-rc));
   refresh_clock();
   unsigned head;
   unsigned seen = 0;

@@ -11,6 +11,7 @@
 #include "loop/completion.h"
 #include "loop/timer_list.h"
 #include "loop/uring.h"
+#include "ops/log.h"
 
 namespace offload {
 
@@ -57,6 +58,7 @@ class Loop {
   Uring uring_;
   uint64_t now_ms_ = 0;
   std::vector<TimerList*> timer_lists_;
+  LogLimiter wait_errors_;  // a failing wait fails every turn: one line per 5 s
 };
 
 }  // namespace offload

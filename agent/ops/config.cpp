@@ -1,5 +1,6 @@
 #include "ops/config.h"
 
+#include "ops/log.h"
 #include "ops/shard_limits.h"
 #include "security/screen.h"
 
@@ -843,6 +844,8 @@ void load_config_file(const std::string& path, Config& config) {
       config.xdp_iface = string_value(key, node);
     } else if (key == "xdp_mode") {
       config.xdp_mode = string_value(key, node);
+    } else if (key == "log_level") {
+      config.log_level = string_value(key, node);
     } else {
       throw ConfigError(fmt::format("{}: unknown key '{}'", path, key));
     }
@@ -867,6 +870,7 @@ void validate(Config& config) {
   if (config.rate_limit > 0 && config.rate_burst == 0) config.rate_burst = config.rate_limit;
   if (config.xdp_mode != "auto" && config.xdp_mode != "native" && config.xdp_mode != "generic")
     bad("xdp_mode", config.xdp_mode, "auto, native or generic");
+  if (!parse_log_level(config.log_level)) bad("log_level", config.log_level, "error, warning, info or debug");
   validate_shards(config);
   // One response's memory must fit one shard's share of the buffer memory.
   const uint64_t shard_memory = config.buffer_memory_max / config.workers;
@@ -994,7 +998,7 @@ void format_globals(const Config& config, std::string& out) {
   out += fmt::format("admin = {}\ntemp_dir = {}\n", quoted(config.admin), quoted(config.temp_dir));
   out += fmt::format("deny = {}\nallow = {}\n", quoted_list(config.deny), quoted_list(config.allow));
   if (!config.xdp_iface.empty()) out += fmt::format("xdp_iface = {}\n", quoted(config.xdp_iface));
-  out += fmt::format("xdp_mode = {}\n", quoted(config.xdp_mode));
+  out += fmt::format("xdp_mode = {}\nlog_level = {}\n", quoted(config.xdp_mode), quoted(config.log_level));
 }
 
 void format_listener(const ListenerConfig& listener, std::string& out) {

@@ -196,6 +196,7 @@ struct Config {
   // (service ports = the listen ports, steering to `cpu`).
   std::string xdp_iface;
   std::string xdp_mode = "auto";          // auto | native | generic
+  std::string log_level = "info";         // error | warning | info | debug: the agent's own lines
   uint32_t xdp_syn_rate = 0;              // SYNs per second per source; 0: no limit
   uint32_t xdp_syn_burst = 0;
 };

@@ -3,7 +3,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include <fmt/format.h>
 
 namespace offload {
 
@@ -52,10 +51,9 @@ bool ResponseSink::start_spill(Exchange* ex) {
 bool ResponseSink::open_spill(Spill& spill, std::atomic<uint64_t>& opened) {
   if (!spill_open(spill, budget_, settings_.temp_dir)) {
     bump(counters_.spill_refused);
-    if (errno != ENOSPC && (last_log_ms_ == 0 || loop_.now_ms() - last_log_ms_ >= 5000)) {
-      fmt::print(stderr, "offload-agent: spill file in {}: {}\n", settings_.temp_dir, std::strerror(errno));
-      last_log_ms_ = loop_.now_ms();
-    }
+    if (errno != ENOSPC)
+      log_limited(log_limiter_, loop_.now_ms(), LogLevel::kError, "spill file in {}: {}", settings_.temp_dir,
+                  std::strerror(errno));
     return false;
   }
   bump(opened);

@@ -18,6 +18,7 @@
 #include "proxy/buffers.h"
 #include "proxy/connection.h"
 #include "proxy/spill.h"
+#include "ops/log.h"
 
 namespace offload {
 
@@ -80,7 +81,7 @@ class ResponseSink {
   Counters& counters_;
   Settings settings_;
   List<ClientConn, &ClientConn::wait_node> waiters_;
-  uint64_t last_log_ms_ = 0;
+  LogLimiter log_limiter_;
 };
 
 template <typename Resume>

@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "ops/log.h"
+
 namespace offload {
 
 using ring::RingAgent;
@@ -129,8 +131,8 @@ void RingBus::on_tick() {
 // poll on the current peer socket (the fd changes from peer to peer).
 void RingBus::on_event(RingAgent::Event e) {
   if (e == RingAgent::Event::kAttached) {
-    fmt::print(stderr, "offload-agent: bus {}: server pid {} attached with {} channels\n", target_.text,
-               ring_->server_pid(), ring_->channel_count());
+    log(LogLevel::kInfo, "bus {}: server pid {} attached with {} channels", target_.text, ring_->server_pid(),
+        ring_->channel_count());
     attached_channels_ = ring_->channel_count();
     for (auto& u : channels_) {
       reset_channel(u.get());
@@ -142,7 +144,7 @@ void RingBus::on_event(RingAgent::Event e) {
     }
     dispatch();
   } else if (e == RingAgent::Event::kDetached) {
-    fmt::print(stderr, "offload-agent: bus {}: server detached: {}\n", target_.text, ring_->last_error());
+    log(LogLevel::kWarning, "bus {}: server detached: {}", target_.text, ring_->last_error());
     for (auto& u : channels_) {
       if (u->channel < attached_channels_) drop(counters_.upstream_active);
       fail_all(u.get(), 502);
@@ -412,7 +414,7 @@ void RingBus::drain(RingChannel* u) {
     int r = ring_->poll_response(u->channel, &piece);
     if (r == 0 || r == -EPIPE) break;
     if (r < 0) {
-      fmt::print(stderr, "offload-agent: bus channel {}: {}\n", u->channel, ring_->channel_error(u->channel));
+      log(LogLevel::kWarning, "bus channel {}: {}", u->channel, ring_->channel_error(u->channel));
       bump(counters_.upstream_bad_responses);
       fail_all(u, 502);
       u->failed = true;  // said once; unusable until the server attaches again

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include <fmt/format.h>
 
 namespace offload {
 
@@ -85,9 +84,9 @@ void TcpPool::back_off(int status) {
 void TcpPool::on_reconnect_timer() { host_.on_retry(*this); }
 
 void TcpPool::log_error(const char* what, int err) {
-  if (last_log_ms_ != 0 && loop_.now_ms() - last_log_ms_ < 5000) return;  // a down backend is loud enough
-  fmt::print(stderr, "offload-agent: upstream {}: {}: {}\n", settings_.target.text, what, std::strerror(err));
-  last_log_ms_ = loop_.now_ms();
+  // A down backend is loud enough at one line per 5 s.
+  log_limited(log_limiter_, loop_.now_ms(), LogLevel::kWarning, "upstream {}: {}: {}", settings_.target.text, what,
+              std::strerror(err));
 }
 
 bool TcpPool::open() {

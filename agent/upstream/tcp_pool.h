@@ -14,6 +14,7 @@
 #include "ops/topology_stats.h"
 #include "proxy/connection.h"
 #include "upstream/concurrency_limit.h"
+#include "ops/log.h"
 
 namespace offload {
 
@@ -126,7 +127,7 @@ class TcpPool {
   Timer reconnect_timer_;     // armed: the last open failed, no new one until it fires
   uint32_t reconnect_delay_ms_ = 0;  // 0: the last connect succeeded
   int unreachable_status_ = 502;
-  uint64_t last_log_ms_ = 0;
+  LogLimiter log_limiter_;
 };
 
 }  // namespace offload

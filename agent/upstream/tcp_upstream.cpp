@@ -442,9 +442,8 @@ void TcpUpstream::refill_pools() {
 }
 
 void TcpUpstream::log_error(const char* what, int err) {
-  if (last_log_ms_ != 0 && loop_.now_ms() - last_log_ms_ < 5000) return;  // a failing disk is loud enough
-  fmt::print(stderr, "offload-agent: {}: {}\n", what, std::strerror(err));
-  last_log_ms_ = loop_.now_ms();
+  // A failing disk is loud enough at one line per 5 s.
+  log_limited(log_limiter_, loop_.now_ms(), LogLevel::kError, "{}: {}", what, std::strerror(err));
 }
 
 // ------------------------------------------------------ sending the request

@@ -32,6 +32,7 @@
 #include "upstream/tcp_pool.h"
 #include "upstream/upstream.h"
 #include "upstream/upstream_group.h"
+#include "ops/log.h"
 
 namespace offload {
 
@@ -160,7 +161,7 @@ class TcpUpstream final : public Upstream, public TcpPool::Host {
   std::vector<UpstreamGroup*> by_config_;  // config.groups' index → its group (null: a shm: group)
   bool pool_changed_ = false;              // a slot was freed: refill and dispatch after the batch
   bool draining_ = false;
-  uint64_t last_log_ms_ = 0;
+  LogLimiter log_limiter_;
   static constexpr size_t kScratchBytes = 64 * 1024;
   std::unique_ptr<char[]> scratch_{new char[kScratchBytes]};  // response heads being rewritten
 };
