@@ -225,12 +225,6 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 #endif
 }
 
-// The same address with another port (IPv4 or IPv6).
-void set_port(offload::SocketAddress& address, uint16_t port) {
-  if (address.family() == AF_INET6) reinterpret_cast<sockaddr_in6*>(&address.storage)->sin6_port = htons(port);
-  else if (address.family() == AF_INET) reinterpret_cast<sockaddr_in*>(&address.storage)->sin_port = htons(port);
-}
-
 // One listening socket per address for each shard, all bound with
 // SO_REUSEPORT to the same port. Why not one listener that every shard
 // accepts from: the kernel then spreads new connections over the shards'
@@ -245,7 +239,7 @@ std::vector<std::vector<int>> open_shard_listeners(const Config& config) {
     offload::SocketAddress same = address;
     for (uint32_t i = 0; i < config.workers; ++i) {
       fds[i].push_back(offload::open_listener(same, 4096));
-      if (i == 0) set_port(same, offload::local_port(fds[0].back()));
+      if (i == 0) offload::set_port(same, offload::local_port(fds[0].back()));
     }
   }
   return fds;

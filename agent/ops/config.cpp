@@ -21,6 +21,18 @@
 #include <toml++/toml.h>
 
 namespace offload {
+
+uint16_t port_of(const SocketAddress& a) {
+  if (a.family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
+  if (a.family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port);
+  return 0;
+}
+
+void set_port(SocketAddress& a, uint16_t port) {
+  if (a.family() == AF_INET6) reinterpret_cast<sockaddr_in6*>(&a.storage)->sin6_port = htons(port);
+  else if (a.family() == AF_INET) reinterpret_cast<sockaddr_in*>(&a.storage)->sin_port = htons(port);
+}
+
 namespace {
 
 constexpr uint32_t kDayMs = 86400000;
@@ -423,10 +435,32 @@ ListenerSecurity security_value(const std::string& path, const toml::node& node)
   return sec;
 }
 
+// "ADDR:PORT" or "ADDR:FIRST-LAST" (a range of at most kPortRangeMax ports);
+// `last` gets the range's last port, 0 for one port.
+constexpr uint32_t kPortRangeMax = 4096;
+SocketAddress parse_listen_range(const std::string& key, const std::string& text, uint16_t& last) {
+  last = 0;
+  const auto colon = text.rfind(':');
+  const auto dash = text.find('-', colon == std::string::npos ? 0 : colon);
+  if (colon == std::string::npos || dash == std::string::npos) return parse_socket_address(key, text);
+  const std::string tail = text.substr(dash + 1);
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), n);
+  if (tail.empty() || ec != std::errc() || end != tail.data() + tail.size() || n > 65535)
+    bad(key, text, "ADDR:FIRST-LAST with ports from 1 to 65535, such as 127.0.0.1:9100-9199");
+  SocketAddress a = parse_socket_address(key, text.substr(0, dash));
+  a.text = text;
+  const uint16_t first = port_of(a);
+  if (first == 0 || n < first || n - first + 1 > kPortRangeMax)
+    bad(key, text, fmt::format("a range FIRST-LAST with 1 <= FIRST <= LAST and at most {} ports", kPortRangeMax));
+  last = uint16_t(n);
+  return a;
+}
+
 ListenerConfig listener_value(const std::string& where, const toml::table& table) {
   ListenerConfig listener;
   listener.where = where;
-  std::vector<std::string> known = {"name", "listen", "port", "proxy", "upstream"};
+  std::vector<std::string> known = {"name", "listen", "port", "proxy", "upstream", "upstream_port"};
   for (const auto& l : listener_limits()) known.push_back(l.key);
   known.push_back("security");
   bool has_listen = false, has_port = false;
@@ -434,12 +468,23 @@ ListenerConfig listener_value(const std::string& where, const toml::table& table
     if (key == "name") {
       listener.name = name_value(path, value);
     } else if (key == "listen") {
-      listener.address = parse_socket_address(path, string_value(path, value));
+      listener.address = parse_listen_range(path, string_value(path, value), listener.port_last);
       has_listen = true;
+    } else if (key == "port" && value.is_string()) {  // port = "9100-9199": the range on 0.0.0.0
+      const std::string range = string_value(path, value);
+      if (range.find('-') == std::string::npos || range.find(':') != std::string::npos)
+        bad(path, range, "a port number, or a range \"FIRST-LAST\" such as \"9100-9199\"");
+      listener.address = parse_listen_range(path, "0.0.0.0:" + range, listener.port_last);
+      listener.address.text = "0.0.0.0:" + range;
+      has_port = true;
     } else if (key == "port") {
       uint32_t port = whole_number(path, value, 0, 65535);
       listener.address = parse_socket_address(path, fmt::format("0.0.0.0:{}", port));
       has_port = true;
+    } else if (key == "upstream_port") {
+      std::string how = string_value(path, value);
+      if (how != "same") bad(path, how, "same (the port the client dialled)");
+      listener.upstream_port_same = true;
     } else if (key == "proxy") {
       listener.proxy = string_value(path, value);
       if (listener.proxy != "http" && listener.proxy != "passthrough") bad(path, listener.proxy, "http or passthrough");
@@ -497,12 +542,6 @@ std::string server_key(const GroupConfig& group, size_t index) {
 
 bool same_address(const SocketAddress& a, const SocketAddress& b) {
   return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
-}
-
-uint16_t port_of(const SocketAddress& a) {
-  if (a.family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
-  if (a.family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port);
-  return 0;
 }
 
 bool same_target(const UpstreamTarget& a, const UpstreamTarget& b) {
@@ -687,6 +726,17 @@ void fill_security(ListenerConfig& listener) {
   sec.tokens = read_tokens(where + ".token_file", sec.token_file);
 }
 
+// The same address (or both on it wildcard-free and equal) with ports in common.
+bool ports_overlap(const ListenerConfig& a, const ListenerConfig& b) {
+  SocketAddress a0 = a.address, b0 = b.address;
+  const uint16_t a_first = port_of(a0), b_first = port_of(b0);
+  const uint16_t a_last = std::max(a.port_last, a_first), b_last = std::max(b.port_last, b_first);
+  if (a_first > b_last || b_first > a_last) return false;
+  set_port(a0, 0);
+  set_port(b0, 0);
+  return same_address(a0, b0);
+}
+
 void validate_listeners(Config& config) {
   for (size_t i = 0; i < config.listeners.size(); ++i) {
     ListenerConfig& listener = config.listeners[i];
@@ -695,9 +745,13 @@ void validate_listeners(Config& config) {
     // SO_REUSEPORT lets two sockets bind one address and the kernel would
     // split clients between them, so a duplicate must be caught here.
     for (size_t j = 0; j < i && port_of(listener.address) != 0; ++j)
-      if (same_address(config.listeners[j].address, listener.address))
+      if (ports_overlap(config.listeners[j], listener))
         throw ConfigError(fmt::format("{}: duplicate '{}' (also {})", key_of(listener.where, "listen"),
                                       listener.address.text, config.listeners[j].where));
+    // Each port would need its own pool of server connections: only a
+    // pass-through listener opens one connection per client anyway.
+    if (listener.upstream_port_same && listener.proxy != "passthrough")
+      bad(key_of(listener.where, "upstream_port"), "same", "proxy = \"passthrough\" on this listener");
     name_listener(config, i);
     resolve_group(config, listener);
     // The bus carries HTTP requests as records; a byte stream has no place on it.
@@ -1004,6 +1058,7 @@ void format_globals(const Config& config, std::string& out) {
 void format_listener(const ListenerConfig& listener, std::string& out) {
   out += fmt::format("\n[[listener]]\nname = {}\nlisten = {}\nproxy = {}\nupstream = {}\n", quoted(listener.name),
                      quoted(listener.address.text), quoted(listener.proxy), quoted(listener.upstream));
+  if (listener.upstream_port_same) out += "upstream_port = \"same\"\n";
   for (const auto& limit : listener_limits()) {
     std::string line = fmt::format("{} = {}", limit.key, limit.get(listener));
     if (!has_key(listener.explicit_keys, limit.key)) line = fmt::format("{:<36}# global", line);

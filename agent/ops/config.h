@@ -26,6 +26,11 @@ struct SocketAddress {
   int family() const { return storage.ss_family; }
 };
 
+// The port of an IPv4 or IPv6 address (host order; 0 for others), and the
+// same address with another port.
+uint16_t port_of(const SocketAddress& a);
+void set_port(SocketAddress& a, uint16_t port);
+
 struct UpstreamTarget {
   enum class Kind { kTcp, kUnix, kShm } kind = Kind::kTcp;
   SocketAddress address;  // kTcp, kUnix
@@ -91,6 +96,10 @@ const char* auth_name(ListenerSecurity::Auth auth);  // "none", "bearer", "api-k
 struct ListenerConfig {
   std::string name;                  // default: the address as written
   SocketAddress address;
+  // A port range, "127.0.0.1:9100-9199": address holds its first port and
+  // this its last (one socket through sk_lookup, else one per port); 0: one port.
+  uint16_t port_last = 0;
+  bool upstream_port_same = false;   // upstream_port = "same": the server's port is the one the client dialled
   std::string proxy = "http";        // "http" or "passthrough"
   std::string upstream;              // the group's name; empty: the first group
   size_t group = 0;                  // index into Config::groups, set by validate()
@@ -111,6 +120,7 @@ struct ListenerConfig {
   ListenerSecurity security;
   std::string where = "listen";      // how errors name it: "listener[0]", "listen" or "--listen"
 };
+
 
 struct Config {
   // The flat form: one listener per address, one group "default" with one

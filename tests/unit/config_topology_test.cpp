@@ -10,56 +10,18 @@
 #include <sstream>
 #include <string>
 
+#include "config_file.h"
 #include "ops/config.h"
 
 using offload::Balance;
 using offload::Config;
 using offload::ConfigError;
 using offload::UpstreamTarget;
+using config_test::error_of;
+using config_test::load;
+using config_test::write_file;
 
 namespace {
-
-std::string write_file(const std::string& text) {
-  char path[] = "/tmp/offload-topology-test-XXXXXX";
-  int fd = mkstemp(path);
-  REQUIRE(fd >= 0);
-  close(fd);
-  std::ofstream(path) << text;
-  return path;
-}
-
-// The file, then the flags as main applies them, then validate().
-Config load(const std::string& toml, const std::vector<std::string>& listen_flags = {},
-            const std::string& upstream_flag = "") {
-  std::string path = write_file(toml);
-  Config c;
-  try {
-    offload::load_config_file(path, c);
-    offload::apply_listen_flags(c, listen_flags);
-    offload::apply_upstream_flag(c, upstream_flag);
-    offload::validate(c);
-  } catch (...) {
-    std::remove(path.c_str());
-    throw;
-  }
-  std::remove(path.c_str());
-  return c;
-}
-
-std::string error_of(const std::string& toml, const std::vector<std::string>& listen_flags = {},
-                     const std::string& upstream_flag = "") {
-  try {
-    load(toml, listen_flags, upstream_flag);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-uint16_t port_of(const offload::SocketAddress& a) {
-  return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
-}
-
 const char* kTwoByTwo = R"(
 max_upstream = 8
 persistent = 4
@@ -493,7 +455,7 @@ TEST_CASE("bad listeners name listener[i].key") {
   CHECK(error_of("max_clients = 100\n[[listener]]\nport = 1\nmax_clients = 200\n") ==
         "listener[0].max_clients: bad value '200' (expected at most max_clients, 100)");
   CHECK(error_of("[[listener]]\nport = 1\nconnect_timeout_ms = 5\n") ==
-        "listener[0].connect_timeout_ms: unknown key (expected name, listen, port, proxy, upstream, max_clients, "
+        "listener[0].connect_timeout_ms: unknown key (expected name, listen, port, proxy, upstream, upstream_port, max_clients, "
         "header_bytes_max, header_count_max, body_bytes_max, header_timeout_ms, body_timeout_ms, "
         "keepalive_timeout_ms, send_timeout_ms, queue_timeout_ms, response_timeout_ms, tunnel_timeout_ms, "
         "half_close_timeout_ms or security)");
