@@ -7,8 +7,10 @@
  * the peer's egress, with three rules that keep every byte:
  *   - no peer entry (a pair being set up or torn down, any other socket): SK_PASS, the
  *     bytes stay on their socket for the agent to read; nothing is ever dropped;
- *   - SS_SETUP: pass until the agent has forwarded what was passed so far (the bytes
- *     that came before the insertion come first, in user space);
+ *   - a passing flow (SS_SETUP, SS_PAUSED) is redirected again only at an skb that is
+ *     the one byte range its socket received that the agent has not forwarded (the
+ *     bytes that came before the insertion, and every passed one, go first, in user
+ *     space: none overtakes another);
  *   - the budget: a redirected skb waits in the peer's backlog, uncharged to any
  *     socket, while the peer's receiver is slow. When the kernel already holds more than
  *     the budget for the peer, the flow turns SS_PAUSED: its skbs are passed, charged to
@@ -53,10 +55,11 @@ struct {
 } splice_ctl SEC(".maps");
 
 /*
- * The one field read from the peer's tcp_sock, relocated against the running kernel's
- * BTF (the ___splice suffix makes it a local flavour of struct tcp_sock).
+ * The fields read from a tcp_sock, relocated against the running kernel's BTF (the
+ * ___splice suffix makes it a local flavour of struct tcp_sock).
  */
 struct tcp_sock___splice {
+	__u64 bytes_received;	/* in order, up to and with the skb being judged */
 	__u64 bytes_acked;
 } __attribute__((preserve_access_index));
 
@@ -87,6 +90,21 @@ static __always_inline __s64 held_for_peer(const struct ss_flow *flow, const str
 	return tp ? (held < 0 ? 0 : held) : -1;
 }
 
+/*
+ * Has the agent forwarded every byte the source received before this skb? Then a
+ * redirect of it cannot overtake one. Unknown (the socket left the map): no.
+ */
+static __always_inline int caught_up(const struct ss_ctl *ctl, __u64 self, __u32 len)
+{
+	struct bpf_sock *sk = bpf_map_lookup_elem(&splice_socks, &self);
+	if (!sk)
+		return 0;
+	struct tcp_sock___splice *tp = (void *)bpf_skc_to_tcp_sock(sk);
+	int yes = tp && ctl->user_sent + len == tp->bytes_received;
+	bpf_sk_release(sk);
+	return yes;
+}
+
 SEC("sk_skb/stream_verdict")
 int splice_verdict(struct __sk_buff *skb)
 {
@@ -100,21 +118,25 @@ int splice_verdict(struct __sk_buff *skb)
 	if (!flow || !ctl)
 		return SK_PASS;
 	__u32 len = skb->len;
+	/*
+	 * A FIN comes as an skb of no bytes: redirected, the peer's backlog would try to send
+	 * it after the agent has shut the peer's writes (EPIPE on the peer). It stays here.
+	 */
+	if (len == 0)
+		return SK_PASS;
 
-	if (flow->state == SS_SETUP) {
-		if (flow->passed != ctl->resume_at)
-			return pass(flow, len);
-		flow->state = SS_REDIRECT;
-	}
-	if (flow->state != SS_REDIRECT)
+	if (flow->state != SS_REDIRECT && !caught_up(ctl, self, len))
 		return pass(flow, len);
 
 	__s64 held = held_for_peer(flow, ctl, peer_cookie);
 	if (held < 0 || (__u64)held + len > ctl->budget) {
-		flow->state = SS_PAUSED;
-		flow->pauses = 1;
+		if (flow->state == SS_REDIRECT) {
+			flow->state = SS_PAUSED;
+			flow->pauses++;
+		}
 		return pass(flow, len);
 	}
+	flow->state = SS_REDIRECT;
 	flow->bytes += len;
 	return bpf_sk_redirect_hash(skb, &splice_socks, &peer_cookie, 0);
 }

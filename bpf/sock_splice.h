@@ -21,18 +21,17 @@
 /* What the program does with the bytes that arrive on a socket. */
 enum ss_flow_state {
 	/*
-	 * Just inserted: every skb is passed to the socket's own queue, where the agent
-	 * reads and forwards it (the bytes that came before the insertion are there too).
-	 * The first skb after the agent has forwarded all passed bytes (ss_flow.passed ==
-	 * ss_ctl.resume_at) turns the flow to SS_REDIRECT.
+	 * Just inserted: skbs are passed to the socket's own queue, where the agent reads and
+	 * forwards them (the bytes that came before the insertion are there too), until the
+	 * first skb before which the agent has forwarded every byte the socket received.
 	 */
 	SS_SETUP = 0,
-	/* skbs go to the peer's egress, while the kernel holds less than the budget. */
+	/* skbs go to the peer's egress, while the kernel holds less than the budget for it. */
 	SS_REDIRECT = 1,
 	/*
-	 * The budget was exceeded (the peer's receiver is slow): skbs are passed for the
-	 * rest of the flow's life, charged to this socket's receive buffer (so its sender
-	 * waits), and the agent forwards them once the redirected bytes have gone out.
+	 * Over the budget (the peer's receiver is slow): skbs are passed, charged to this
+	 * socket's receive buffer (so its sender waits); the agent forwards them once the
+	 * redirected bytes have gone out. Back to SS_REDIRECT as SS_SETUP is left.
 	 */
 	SS_PAUSED = 2,
 };
@@ -42,16 +41,18 @@ struct ss_flow {
 	__u64 bytes;	/* bytes redirected to the peer by the kernel */
 	__u64 passed;	/* bytes passed to the source socket's own queue (for the agent) */
 	__u32 state;	/* enum ss_flow_state */
-	__u32 pauses;	/* 1 once the budget was exceeded */
+	__u32 pauses;	/* times the budget was exceeded */
 };
 
 /* The agent's side of a direction. Written by the agent, read by the program. */
 struct ss_ctl {
-	__u64 resume_at;	/* SS_SETUP ends when ss_flow.passed equals this */
-	__u64 user_sent;	/* bytes the agent sent to the peer before the redirect began */
-	__u64 budget;		/* bytes the kernel may hold for the peer (backlog + send queue) */
+	/*
+	 * Bytes of this direction the agent has read from the source and sent to the peer
+	 * (each send complete). A passing flow is redirected again only at an skb before
+	 * which the source received no byte more than this: none waits in user space.
+	 */
+	__u64 user_sent;
+	__u64 budget;	/* bytes the kernel may hold for the peer (backlog + send queue) */
 };
-
-#define SS_NOT_YET	(~0ULL)	/* resume_at while the agent still forwards what came first */
 
 #endif /* OFFLOAD_SOCK_SPLICE_H */

@@ -301,12 +301,13 @@ void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     maybe_free(t);
     return;
   }
-  if (t->kernel && cqe.res == -EAGAIN) {
-    on_nothing_waiting(t, f);
+  if (t->kernel && cqe.res == -EAGAIN) {  // nothing passed waits: watch it
+    post_poll(t, f);
     return;
   }
   if (cqe.res == 0) {
-    on_eof(t, f);
+    if (t->kernel) on_kernel_eof(t, f);
+    else on_eof(t, f);
     return;
   }
   if (cqe.res < 0) {  // a reset (or another error) on one side is a reset on both
@@ -344,12 +345,15 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
   }
   if (!t->kernel) {
     post_recv(t, f);
-  } else if (!f.watching) {
-    f.looked = false;  // setup goes on: what else is waiting?
-    post_recv(t, f, MSG_DONTWAIT);
-  } else {
-    post_poll(t, f);
+    return;
   }
+  // What this direction forwarded, for the verdict to redirect from the
+  // first skb that nothing waiting in user space precedes.
+  if (!splicer_->forwarded(f.cookie, f.user_sent)) {
+    end(t, true);
+    return;
+  }
+  post_recv(t, f, MSG_DONTWAIT);
 }
 
 // The source of `f` ended its writes: every byte it sent has gone out (the
@@ -434,6 +438,12 @@ bool PassthroughProxy::start_kernel(Tunnel* t) {
   if (splicer_ == nullptr) return false;
   const int family = t->server->target().address.family();
   if (family != AF_INET && family != AF_INET6) return false;
+  // A sockhash takes established sockets only: a client that has already
+  // ended its writes goes on in user space (not a failure).
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(t->client_fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state != TCP_ESTABLISHED)
+    return false;
   if (!splicer_->add_pair(t->client_fd, t->server_fd, t->pair)) {
     bump(counters_.splice_setup_failures);
     return false;
@@ -449,33 +459,24 @@ bool PassthroughProxy::start_kernel(Tunnel* t) {
   return true;
 }
 
-// A non-blocking receive found nothing. In setup: once a receive after
-// reading the flow's passed count finds nothing, every byte passed so far is
-// forwarded (a pass is queued on the socket before its verdict's socket lock
-// is let go, and a receive takes that lock), and the kernel takes over from
-// that count. A newer count means more came: look again.
-void PassthroughProxy::on_nothing_waiting(Tunnel* t, Tunnel::Flow& f) {
-  if (f.watching) {
-    post_poll(t, f);
-    return;
-  }
+// A receive said the source ended. The bytes the verdict passed wait in a
+// queue behind those redirected to this socket before they are readable, so
+// the end counts only once every byte the source received (its FIN as one)
+// is forwarded or redirected; else look again.
+void PassthroughProxy::on_kernel_eof(Tunnel* t, Tunnel::Flow& f) {
   ss_flow now{};
-  if (!splicer_->flow(f.cookie, now)) {
+  uint64_t received = 0;
+  if (!splicer_->flow(f.cookie, now) || !splice::Splicer::received_total(from_fd(t, f), received)) {
     end(t, true);
     return;
   }
-  if (!f.looked || now.passed != f.passed_seen) {
-    f.looked = true;
-    f.passed_seen = now.passed;
-    post_recv(t, f, MSG_DONTWAIT);
+  if (f.user_sent + now.bytes + 1 >= received) {
+    on_eof(t, f);
     return;
   }
-  if (!splicer_->resume(f.cookie, f.passed_seen, f.user_sent)) {
-    end(t, true);
-    return;
-  }
-  f.watching = true;
-  post_poll(t, f);
+  io_uring_prep_timeout(loop_.sqe(f.retried), &f.retry_after, 0, 0);
+  f.retry_busy = true;
+  ++t->inflight;
 }
 
 void PassthroughProxy::post_poll(Tunnel* t, Tunnel::Flow& f) {
@@ -518,7 +519,8 @@ void PassthroughProxy::read_when_drained(Tunnel* t, Tunnel::Flow& f) {
     return;
   }
   count_kernel(t, f, now);
-  if (splice::Splicer::drained(to_fd(t, f), f.user_sent + now.bytes)) {
+  const uint64_t base = &f == &t->up ? t->pair.base_b : t->pair.base_a;
+  if (splice::Splicer::drained(to_fd(t, f), base, f.user_sent + now.bytes)) {
     post_recv(t, f, MSG_DONTWAIT);
     return;
   }

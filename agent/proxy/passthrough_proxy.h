@@ -16,11 +16,11 @@
 // The kernel mode (splice::Splicer installed at start-up, a TCP pair, not an
 // upgrade): after the connect both sockets go in the sockhash, each direction
 // first passed to its own socket; the agent forwards what is already there
-// (the bytes that came before the insertion) with non-blocking receives, and
-// once a second receive after reading the flow's `passed` count finds nothing,
-// hands the direction to the kernel (resume). From then on it polls each
-// source for POLLIN (bytes the verdict passed: a paused direction), POLLRDHUP
-// (a FIN) and POLLERR (a reset). Before it sends passed bytes or passes a FIN
+// (the bytes that came before the insertion) with non-blocking receives and
+// tells the map how much it forwarded after each send: the verdict redirects
+// from the first skb before which nothing waits in user space. From then on
+// the agent polls each source for POLLIN (bytes the verdict passed: a paused
+// direction), POLLRDHUP (a FIN) and POLLERR (a reset). Before it sends passed bytes or passes a FIN
 // on, it waits (1 ms looks) until the redirect backlog is drained into the
 // peer's send queue, so no byte overtakes another. The idle and half-close
 // timers see the kernel's bytes through the flows' counters, read once a
@@ -65,9 +65,6 @@ struct Tunnel {
     uint64_t cookie = 0;         // of its source socket
     uint64_t user_sent = 0;      // of its bytes, sent to the peer from user space
     uint64_t kernel_counted = 0; // of the kernel's bytes, in the counters already
-    uint64_t passed_seen = 0;    // setup: the flow's passed count before the last receive
-    bool looked = false;         // setup: passed_seen is read; one more empty receive ends it
-    bool watching = false;       // setup over: the kernel moves its bytes, polls watch it
     bool poll_busy = false;
     bool retry_busy = false;
     void clear() {
@@ -75,8 +72,8 @@ struct Tunnel {
       sent_off = 0;
       eof = recv_busy = send_busy = false;
       bytes = 0;
-      cookie = user_sent = kernel_counted = passed_seen = 0;
-      looked = watching = poll_busy = retry_busy = false;
+      cookie = user_sent = kernel_counted = 0;
+      poll_busy = retry_busy = false;
     }
   };
 
@@ -169,7 +166,7 @@ class PassthroughProxy final : public Proxy {
   void on_cancelled(Tunnel* t, const io_uring_cqe& cqe);
   // Kernel mode.
   bool start_kernel(Tunnel* t);
-  void on_nothing_waiting(Tunnel* t, Tunnel::Flow& f);
+  void on_kernel_eof(Tunnel* t, Tunnel::Flow& f);
   void post_poll(Tunnel* t, Tunnel::Flow& f);
   void on_polled(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe);
   void on_up_polled(Tunnel* t, const io_uring_cqe& cqe) { on_polled(t, t->up, cqe); }

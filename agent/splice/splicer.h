@@ -7,7 +7,8 @@
 //   add_pair        both sockets in the sockhash, each direction SS_SETUP
 //                   (passed to its own socket) and the peer entries;
 //   (the agent reads what each socket holds, the bytes that came before the
-//    insertion first, forwards it, and says so with resume())
+//    insertion first, forwards it, and says how much with forwarded(); the
+//    verdict redirects from the first skb before which nothing is left)
 //   the kernel redirects; the agent watches both sockets for FIN and errors,
 //   and before it passes a FIN on (or forwards passed bytes) waits until
 //   drained(): every redirected byte has gone into the peer's send queue;
@@ -35,11 +36,13 @@ inline constexpr const char* kPinRoot = "/sys/fs/bpf/offload";
 // The kernel's budget for one direction: bytes redirected to a peer that its
 // receiver has not acknowledged yet (backlog + send queue). Above it the flow
 // goes on in user space at the receiver's pace.
-inline constexpr uint64_t kDefaultBudget = 8ull << 20;
+inline constexpr uint64_t kDefaultBudget = 32ull << 20;
 
 struct Pair {
   uint64_t a = 0;  // the cookies of the two sockets
   uint64_t b = 0;
+  uint64_t base_a = 0;  // queued_total() of each at the insertion
+  uint64_t base_b = 0;
 };
 
 class Splicer {
@@ -66,15 +69,20 @@ class Splicer {
 
   // The direction from the socket `cookie`; false when it is not in the map.
   bool flow(uint64_t cookie, ss_flow& out) const;
-  // Ends SS_SETUP of the direction from `cookie`: its first `resume_at` passed
-  // bytes are forwarded, `user_sent` bytes of it went to the peer from user space.
-  bool resume(uint64_t cookie, uint64_t resume_at, uint64_t user_sent);
+  // Of the direction from `cookie`, `user_sent` bytes were read and sent to the
+  // peer from user space (each send complete).
+  bool forwarded(uint64_t cookie, uint64_t user_sent);
 
-  // Every byte `expected` (user-space sends + redirects) to `fd` has entered
-  // its send queue: none waits in the kernel's redirect backlog.
-  static bool drained(int fd, uint64_t expected);
-  // The payload bytes ever queued on a TCP socket (TCP_INFO); false if unknown.
+  // Every byte `expected` (user-space sends + redirects since the insertion,
+  // when queued_total() was `base`) to `fd` has entered its send queue: none
+  // waits in the kernel's redirect backlog.
+  static bool drained(int fd, uint64_t base, uint64_t expected);
+  // The bytes ever queued on a TCP socket, up to a constant (its SYN may
+  // count): acknowledged + still in the send queue. Read in that order, so a
+  // race can only make it smaller.
   static bool queued_total(int fd, uint64_t& out);
+  // The bytes a TCP socket received in order, its FIN counted as one.
+  static bool received_total(int fd, uint64_t& out);
   static bool cookie(int fd, uint64_t& out);
 
   const std::string& pin_dir() const { return pin_dir_; }
