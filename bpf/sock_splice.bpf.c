@@ -119,11 +119,14 @@ int splice_verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	__u32 len = skb->len;
 	/*
-	 * A FIN comes as an skb of no bytes: redirected, the peer's backlog would try to send
-	 * it after the agent has shut the peer's writes (EPIPE on the peer). It stays here.
+	 * A FIN comes as an skb of no bytes (the socket has its end already: RCV_SHUTDOWN).
+	 * Redirected, the peer's backlog would send it after the agent has shut the peer's
+	 * writes; passed while this socket's backlog is busy, it is queued, and the backlog
+	 * takes a zero-byte ingress for a broken pipe (EPIPE on this socket). Freed, it loses
+	 * no byte.
 	 */
 	if (len == 0)
-		return SK_PASS;
+		return SK_DROP;
 
 	if (flow->state != SS_REDIRECT && !caught_up(ctl, self, len))
 		return pass(flow, len);
