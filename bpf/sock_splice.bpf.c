@@ -91,16 +91,18 @@ static __always_inline __s64 held_for_peer(const struct ss_flow *flow, const str
 }
 
 /*
- * Has the agent forwarded every byte the source received before this skb? Then a
- * redirect of it cannot overtake one. Unknown (the socket left the map): no.
+ * Has every byte the source received before this skb gone on, redirected or forwarded
+ * by the agent? Then a redirect of it cannot overtake one. Unknown (the socket left the
+ * map): no.
  */
-static __always_inline int caught_up(const struct ss_ctl *ctl, __u64 self, __u32 len)
+static __always_inline int caught_up(const struct ss_flow *flow, const struct ss_ctl *ctl, __u64 self,
+				     __u32 len)
 {
 	struct bpf_sock *sk = bpf_map_lookup_elem(&splice_socks, &self);
 	if (!sk)
 		return 0;
 	struct tcp_sock___splice *tp = (void *)bpf_skc_to_tcp_sock(sk);
-	int yes = tp && ctl->user_sent + len == tp->bytes_received;
+	int yes = tp && ctl->user_sent + flow->bytes + len == tp->bytes_received;
 	bpf_sk_release(sk);
 	return yes;
 }
@@ -128,7 +130,7 @@ int splice_verdict(struct __sk_buff *skb)
 	if (len == 0)
 		return SK_DROP;
 
-	if (flow->state != SS_REDIRECT && !caught_up(ctl, self, len))
+	if (flow->state != SS_REDIRECT && !caught_up(flow, ctl, self, len))
 		return pass(flow, len);
 
 	__s64 held = held_for_peer(flow, ctl, peer_cookie);

@@ -84,9 +84,9 @@ namespace offload {
     "Pass-through pairs the kernel splice could not take (their bytes moved in user space).")               \
   X(splice_pauses, "splice_pauses_total", "",                                                                 \
     "Kernel-spliced directions whose receiver fell a budget behind; they went on in user space.")            \
-  X(tunnel_kernel_bytes_up, "tunnel_kernel_bytes_total", "direction=\"up\"",                                  \
+  X(spliced_bytes_up, "tunnel_kernel_bytes_total", "direction=\"up\"",                                  \
     "Pass-through bytes the kernel splice moved (included in tunnel_bytes_total), by direction.")           \
-  X(tunnel_kernel_bytes_down, "tunnel_kernel_bytes_total", "direction=\"down\"", "")                          \
+  X(spliced_bytes_down, "tunnel_kernel_bytes_total", "direction=\"down\"", "")                          \
   X(tunnel_bytes_up, "tunnel_bytes_total", "direction=\"up\"",                                               \
     "Pass-through bytes moved, by direction (up: client to server, down: server to client).")               \
   X(tunnel_bytes_down, "tunnel_bytes_total", "direction=\"down\"", "")                                        \

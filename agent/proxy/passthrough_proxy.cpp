@@ -540,7 +540,7 @@ void PassthroughProxy::count_kernel(Tunnel* t, Tunnel::Flow& f, const ss_flow& n
   f.kernel_counted = now.bytes;
   f.bytes += n;
   const bool up = &f == &t->up;
-  bump(up ? counters_.tunnel_kernel_bytes_up : counters_.tunnel_kernel_bytes_down, n);
+  bump(up ? counters_.spliced_bytes_up : counters_.spliced_bytes_down, n);
   bump(up ? counters_.tunnel_bytes_up : counters_.tunnel_bytes_down, n);
   if (!t->ending) arm_idle(t);
 }

