@@ -32,6 +32,7 @@
 #include "ops/version.h"
 #include "proxy/listener.h"
 #include "shard.h"
+#include "splice/mode.h"
 
 #ifdef OFFLOAD_HAVE_XDP
 #include "xdp/xdp_cli.h"
@@ -57,6 +58,7 @@ struct RunFlags {
   std::string cpus;
   std::vector<std::string> deny;
   std::vector<std::string> allow;
+  bool no_bpf = false;
   std::map<std::string, std::string> numbers;  // TOML key → flag text
 };
 
@@ -129,6 +131,9 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--xdp-mode", f.xdp_mode, "how the XDP guard attaches: auto, native or generic; default auto");
   cmd->add_option("--log-level", f.log_level,
                   "the agent's own lines written: error, warning, info or debug (and all above it); default info");
+  cmd->add_flag("--no-bpf", f.no_bpf,
+                "load no BPF program: pass-through bytes move in user space (splice = \"user\") and no XDP "
+                "guard is attached; default off");
   cmd->add_option("--cpus", f.cpus,
                   "one shard per CPU listed, each pinned to its CPU: a list such as 1,2 (sets --workers); "
                   "default none: not pinned");
@@ -196,8 +201,12 @@ void pin_to_cpu(int cpu) {
 
 // The guard for the agent's lifetime: a failure is announced once and the
 // agent runs on without it (its limits still hold in user space).
-std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>& listen_fds) {
+std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>& listen_fds, bool no_bpf) {
   if (config.xdp_iface.empty()) return nullptr;
+  if (no_bpf) {
+    fmt::print(stderr, "offload-agent: XDP guard not attached to {}: --no-bpf\n", config.xdp_iface);
+    return nullptr;
+  }
 #ifdef OFFLOAD_HAVE_XDP
   offload::xdp::GuardConfig g;
   g.ifname = config.xdp_iface;
@@ -331,7 +340,21 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
   if (signal_fd >= 0) ::close(signal_fd);
 }
 
-int run(const Config& config) {
+// The pass-through mode, said once (with why) when a listener needs it; the
+// Splicer serves every shard and outlives them.
+std::unique_ptr<offload::splice::Splicer> choose_splice(const Config& config, bool no_bpf) {
+  bool needed = false;
+  for (const offload::ListenerConfig& l : config.listeners) needed |= l.proxy == "passthrough";
+  if (!needed) return nullptr;
+  offload::splice::Choice choice = offload::splice::choose(config.splice, no_bpf, config.max_clients);
+  for (const std::string& note : choice.notes) fmt::print(stderr, "offload-agent: splice: {}\n", note);
+  if (!choice.error.empty()) throw std::runtime_error(choice.error);
+  fmt::print(stderr, "offload-agent: {}\n", choice.line);
+  offload::splice::install(choice.splicer.get());
+  return std::move(choice.splicer);
+}
+
+int run(const Config& config, bool no_bpf) {
   offload::set_log_level(*offload::parse_log_level(config.log_level));  // validate() checked it
   offload::set_log_priority_prefix(offload::journal_is_stderr());
   // Descriptors for the whole agent: the shards' shares add up to these.
@@ -360,7 +383,8 @@ int run(const Config& config) {
   if (config.admin != "off")
     admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin),
                                                    counter_views, topology.get());
-  std::shared_ptr<void> guard = attach_guard(config, fds.front());  // every shard has the same ports
+  std::shared_ptr<void> guard = attach_guard(config, fds.front(), no_bpf);  // every shard has the same ports
+  std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(config, no_bpf);
 
   const int done_fd = eventfd(0, EFD_CLOEXEC);
   if (done_fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -397,10 +421,9 @@ int run(const Config& config) {
   // is the bound one (the real port for :0).
   for (size_t i = 0; i < fds.front().size(); ++i) {
     const offload::ListenerConfig& l = config.listeners[i];
-    // The pass-through mode is said once here: the kernel splice is not built
-    // yet, so bytes move through the agent (user space).
-    fmt::print(stderr, "offload-agent: listener {}: proxy {}{}, upstream {}\n", l.name, l.proxy,
-               l.proxy == "passthrough" ? " (user space)" : "", config.groups[l.group].name);
+    const char* mode = l.proxy != "passthrough" ? "" : splicer ? " (kernel splice)" : " (user space)";
+    fmt::print(stderr, "offload-agent: listener {}: proxy {}{}, upstream {}\n", l.name, l.proxy, mode,
+               config.groups[l.group].name);
     fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fds.front()[i]));
   }
   if (admin) {
@@ -418,6 +441,8 @@ int run(const Config& config) {
     if (code == 0) code = slot->code;
   }
   ::close(done_fd);
+  offload::splice::install(nullptr);  // every shard is gone: the maps can go
+  splicer.reset();
   fmt::print(stderr, "offload-agent: stopped\n");
   return code;
 }
@@ -501,7 +526,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (run_cmd->parsed()) return run(build_config(run_flags));
+    if (run_cmd->parsed()) return run(build_config(run_flags), run_flags.no_bpf);
     if (check_cmd->parsed()) {
       if (check_flags.config_file.empty()) throw ConfigError("check: -c FILE is required");
       Config config = build_config(check_flags);

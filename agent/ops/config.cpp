@@ -900,6 +900,8 @@ void load_config_file(const std::string& path, Config& config) {
       config.xdp_mode = string_value(key, node);
     } else if (key == "log_level") {
       config.log_level = string_value(key, node);
+    } else if (key == "splice") {
+      config.splice = string_value(key, node);
     } else {
       throw ConfigError(fmt::format("{}: unknown key '{}'", path, key));
     }
@@ -925,6 +927,8 @@ void validate(Config& config) {
   if (config.xdp_mode != "auto" && config.xdp_mode != "native" && config.xdp_mode != "generic")
     bad("xdp_mode", config.xdp_mode, "auto, native or generic");
   if (!parse_log_level(config.log_level)) bad("log_level", config.log_level, "error, warning, info or debug");
+  if (config.splice != "auto" && config.splice != "kernel" && config.splice != "user")
+    bad("splice", config.splice, "auto, kernel or user");
   validate_shards(config);
   // One response's memory must fit one shard's share of the buffer memory.
   const uint64_t shard_memory = config.buffer_memory_max / config.workers;
@@ -1053,6 +1057,7 @@ void format_globals(const Config& config, std::string& out) {
   out += fmt::format("deny = {}\nallow = {}\n", quoted_list(config.deny), quoted_list(config.allow));
   if (!config.xdp_iface.empty()) out += fmt::format("xdp_iface = {}\n", quoted(config.xdp_iface));
   out += fmt::format("xdp_mode = {}\nlog_level = {}\n", quoted(config.xdp_mode), quoted(config.log_level));
+  out += fmt::format("splice = {}\n", quoted(config.splice));
 }
 
 void format_listener(const ListenerConfig& listener, std::string& out) {

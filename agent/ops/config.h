@@ -209,6 +209,11 @@ struct Config {
   std::string log_level = "info";         // error | warning | info | debug: the agent's own lines
   uint32_t xdp_syn_rate = 0;              // SYNs per second per source; 0: no limit
   uint32_t xdp_syn_burst = 0;
+
+  // How pass-through listeners move bytes: "kernel" (the sockhash splice;
+  // start-up fails when it cannot be had), "user" (recv/send in the agent),
+  // or "auto" (kernel when privileged and the start-up self-test passes).
+  std::string splice = "auto";
 };
 
 // Parses "4096", "64k", "8m", "1g" (powers of 1024). Throws ConfigError naming `key`.

@@ -75,8 +75,18 @@ namespace offload {
   X(buffer_exhausted, "buffer_exhausted_total", "", "Requests refused because buffer memory was exhausted.")  \
   X(bytes_in, "client_received_bytes_total", "", "Bytes received from clients.")                              \
   X(bytes_out, "client_sent_bytes_total", "", "Bytes sent to clients.")                                       \
-  X(tunnels_accepted, "tunnels_accepted_total", "", "Pass-through connections accepted (user-space mode).")   \
+  X(tunnels_accepted, "tunnels_accepted_total", "", "Pass-through connections accepted.")                    \
   X(tunnels_active, "tunnels_active", "", "Pass-through connections open now.")                              \
+  X(tunnels_kernel, "tunnels_opened_total", "mode=\"kernel\"",                                                \
+    "Pass-through connections paired with their server, by the mode that moves their bytes.")               \
+  X(tunnels_user, "tunnels_opened_total", "mode=\"user\"", "")                                                \
+  X(splice_setup_failures, "splice_setup_failures_total", "",                                                 \
+    "Pass-through pairs the kernel splice could not take (their bytes moved in user space).")               \
+  X(splice_pauses, "splice_pauses_total", "",                                                                 \
+    "Kernel-spliced directions whose receiver fell a budget behind; they went on in user space.")            \
+  X(spliced_bytes_up, "tunnel_kernel_bytes_total", "direction=\"up\"",                                  \
+    "Pass-through bytes the kernel splice moved (included in tunnel_bytes_total), by direction.")           \
+  X(spliced_bytes_down, "tunnel_kernel_bytes_total", "direction=\"down\"", "")                          \
   X(tunnel_bytes_up, "tunnel_bytes_total", "direction=\"up\"",                                               \
     "Pass-through bytes moved, by direction (up: client to server, down: server to client).")               \
   X(tunnel_bytes_down, "tunnel_bytes_total", "direction=\"down\"", "")                                        \

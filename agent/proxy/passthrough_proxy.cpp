@@ -1,9 +1,11 @@
-// The pass-through proxy in user space (see passthrough_proxy.h).
+// The pass-through proxy, in user space and with the kernel splice (see
+// passthrough_proxy.h).
 #include "proxy/passthrough_proxy.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -44,6 +46,17 @@ void set_reset_on_close(int fd) {
   ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 
+// The socket has failed (a reset, an error) or is closed: a backlog to it
+// will never drain.
+bool socket_failed(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) return true;
+  tcp_info info{};
+  len = sizeof info;
+  return ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state == TCP_CLOSE;
+}
+
 }  // namespace
 
 PassthroughProxy::PassthroughProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool,
@@ -66,9 +79,14 @@ PassthroughProxy::PassthroughProxy(Loop& loop, const Config& config, Counters& c
                  bind<&PassthroughProxy::on_up_send>(t->up.sent, this, t);
                  bind<&PassthroughProxy::on_down_send>(t->down.sent, this, t);
                  bind<&PassthroughProxy::on_timer>(t->timer, this, t);
+                 bind<&PassthroughProxy::on_up_polled>(t->up.polled, this, t);
+                 bind<&PassthroughProxy::on_down_polled>(t->down.polled, this, t);
+                 bind<&PassthroughProxy::on_up_retry>(t->up.retried, this, t);
+                 bind<&PassthroughProxy::on_down_retry>(t->down.retried, this, t);
                  return t;
                },
-               kTunnelsKeptFree) {}
+               kTunnelsKeptFree),
+      splicer_(splice::installed()) {}
 
 PassthroughProxy::~PassthroughProxy() { release_all(); }
 
@@ -86,6 +104,7 @@ void PassthroughProxy::drain() {
 
 void PassthroughProxy::release_all() {
   for (Tunnel* t : live_) {
+    remove_from_kernel(t);
     if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
     if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
   }
@@ -217,6 +236,11 @@ void PassthroughProxy::on_connected(Tunnel* t, const io_uring_cqe& cqe) {
     return;
   }
   t->open = true;
+  if (!t->upgrade && start_kernel(t)) {
+    arm_idle(t);
+    return;
+  }
+  bump(counters_.tunnels_user);
   // Whatever either side sent already waits in its socket: the first
   // receives take it, whoever speaks first (an SSH or SMTP server does).
   // An upgrade's request goes out before anything else of the client's.
@@ -238,11 +262,11 @@ void PassthroughProxy::on_timer(Tunnel* t, Timer&) {
   end(t, false);
 }
 
-void PassthroughProxy::post_recv(Tunnel* t, Tunnel::Flow& f) {
+void PassthroughProxy::post_recv(Tunnel* t, Tunnel::Flow& f, int flags) {
   OFFLOAD_ASSERT(!f.recv_busy && !f.send_busy && !f.eof);
   f.buf->head = f.buf->tail = 0;
   f.sent_off = 0;
-  io_uring_prep_recv(loop_.sqe(f.received), from_fd(t, f), f.buf->data(), f.buf->capacity, 0);
+  io_uring_prep_recv(loop_.sqe(f.received), from_fd(t, f), f.buf->data(), f.buf->capacity, flags);
   f.recv_busy = true;
   ++t->inflight;
 }
@@ -277,8 +301,13 @@ void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     maybe_free(t);
     return;
   }
+  if (t->kernel && cqe.res == -EAGAIN) {  // nothing passed waits: watch it
+    post_poll(t, f);
+    return;
+  }
   if (cqe.res == 0) {
-    on_eof(t, f);
+    if (t->kernel) on_kernel_eof(t, f);
+    else on_eof(t, f);
     return;
   }
   if (cqe.res < 0) {  // a reset (or another error) on one side is a reset on both
@@ -309,11 +338,22 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     return;
   }
   f.sent_off += uint32_t(cqe.res);
+  f.user_sent += uint64_t(cqe.res);
   if (f.sent_off < f.buf->tail) {
     post_send(t, f);
     return;
   }
-  post_recv(t, f);
+  if (!t->kernel) {
+    post_recv(t, f);
+    return;
+  }
+  // What this direction forwarded, for the verdict to redirect from the
+  // first skb that nothing waiting in user space precedes.
+  if (!splicer_->forwarded(f.cookie, f.user_sent)) {
+    end(t, true);
+    return;
+  }
+  post_recv(t, f, MSG_DONTWAIT);
 }
 
 // The source of `f` ended its writes: every byte it sent has gone out (the
@@ -321,6 +361,10 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
 // to the peer while the other direction still flows.
 void PassthroughProxy::on_eof(Tunnel* t, Tunnel::Flow& f) {
   f.eof = true;
+  if (t->kernel) {  // drained (read_when_drained): its kernel bytes are final, counted before the FIN goes on
+    ss_flow now{};
+    if (splicer_->flow(f.cookie, now)) count_kernel(t, f, now);
+  }
   bump(counters_.tunnel_half_closes);  // counted before the peer can see it
   ::shutdown(to_fd(t, f), SHUT_WR);
   Tunnel::Flow& other = &f == &t->up ? t->down : t->up;
@@ -346,7 +390,11 @@ void PassthroughProxy::end(Tunnel* t, bool reset) {
   }
   const Completion* busy[] = {t->up.recv_busy ? &t->up.received : nullptr, t->up.send_busy ? &t->up.sent : nullptr,
                               t->down.recv_busy ? &t->down.received : nullptr,
-                              t->down.send_busy ? &t->down.sent : nullptr, t->inflight > 0 && !t->open ? &t->connected : nullptr};
+                              t->down.send_busy ? &t->down.sent : nullptr,
+                              t->inflight > 0 && !t->open ? &t->connected : nullptr,
+                              t->up.poll_busy ? &t->up.polled : nullptr, t->up.retry_busy ? &t->up.retried : nullptr,
+                              t->down.poll_busy ? &t->down.polled : nullptr,
+                              t->down.retry_busy ? &t->down.retried : nullptr};
   for (const Completion* c : busy) {
     if (c == nullptr) continue;
     loop_.cancel(*c, &t->cancelled);
@@ -362,6 +410,7 @@ void PassthroughProxy::on_cancelled(Tunnel* t, const io_uring_cqe&) {
 
 void PassthroughProxy::maybe_free(Tunnel* t) {
   if (!t->ending || t->inflight > 0) return;
+  remove_from_kernel(t);
   if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
   if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
   if (t->up.buf != nullptr) data_pool_.put(std::exchange(t->up.buf, nullptr));
@@ -379,6 +428,144 @@ void PassthroughProxy::maybe_free(Tunnel* t) {
   live_.pop_back();
   t->clear();
   tunnels_.put(t);
+}
+
+// ------------------------------------------------------------ kernel mode
+
+// Both sockets into the maps; false (the tunnel goes on in user space) when
+// there is no Splicer, the server is not TCP, or the insertion fails.
+bool PassthroughProxy::start_kernel(Tunnel* t) {
+  if (splicer_ == nullptr) return false;
+  const int family = t->server->target().address.family();
+  if (family != AF_INET && family != AF_INET6) return false;
+  // A sockhash takes established sockets only: a client that has already
+  // ended its writes goes on in user space (not a failure).
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(t->client_fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state != TCP_ESTABLISHED)
+    return false;
+  if (!splicer_->add_pair(t->client_fd, t->server_fd, t->pair)) {
+    bump(counters_.splice_setup_failures);
+    return false;
+  }
+  t->kernel = true;
+  t->up.cookie = t->pair.a;
+  t->down.cookie = t->pair.b;
+  bump(counters_.tunnels_kernel);
+  // Each direction is passed to its own socket until the agent has forwarded
+  // what is there: the bytes that came before the insertion go first.
+  post_recv(t, t->up, MSG_DONTWAIT);
+  post_recv(t, t->down, MSG_DONTWAIT);
+  return true;
+}
+
+// A receive said the source ended. The bytes the verdict passed wait in a
+// queue behind those redirected to this socket before they are readable, so
+// the end counts only once every byte the source received (its FIN as one)
+// is forwarded or redirected; else look again.
+void PassthroughProxy::on_kernel_eof(Tunnel* t, Tunnel::Flow& f) {
+  ss_flow now{};
+  uint64_t received = 0;
+  if (!splicer_->flow(f.cookie, now) || !splice::Splicer::received_total(from_fd(t, f), received)) {
+    end(t, true);
+    return;
+  }
+  if (f.user_sent + now.bytes + 1 >= received) {
+    on_eof(t, f);
+    return;
+  }
+  io_uring_prep_timeout(loop_.sqe(f.retried), &f.retry_after, 0, 0);
+  f.retry_busy = true;
+  ++t->inflight;
+}
+
+void PassthroughProxy::post_poll(Tunnel* t, Tunnel::Flow& f) {
+  io_uring_prep_poll_add(loop_.sqe(f.polled), from_fd(t, f), POLLIN | POLLRDHUP);
+  f.poll_busy = true;
+  ++t->inflight;
+}
+
+// The source has passed bytes (a paused direction), a FIN or an error.
+void PassthroughProxy::on_polled(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe) {
+  op_done(t);
+  f.poll_busy = false;
+  if (t->ending) {
+    maybe_free(t);
+    return;
+  }
+  if (cqe.res < 0 || (cqe.res & POLLERR) != 0) {
+    end(t, true);
+    return;
+  }
+  read_when_drained(t, f);
+}
+
+void PassthroughProxy::on_retry(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe&) {
+  op_done(t);
+  f.retry_busy = false;
+  if (t->ending) {
+    maybe_free(t);
+    return;
+  }
+  read_when_drained(t, f);
+}
+
+// Bytes from user space (passed bytes, or the FIN) go to the peer only after
+// every redirected byte before them: the backlog must be in its send queue.
+void PassthroughProxy::read_when_drained(Tunnel* t, Tunnel::Flow& f) {
+  ss_flow now{};
+  if (!splicer_->flow(f.cookie, now)) {
+    end(t, true);
+    return;
+  }
+  count_kernel(t, f, now);
+  const uint64_t base = &f == &t->up ? t->pair.base_b : t->pair.base_a;
+  if (splice::Splicer::drained(to_fd(t, f), base, f.user_sent + now.bytes)) {
+    post_recv(t, f, MSG_DONTWAIT);
+    return;
+  }
+  if (socket_failed(to_fd(t, f))) {  // its backlog will never go out
+    end(t, true);
+    return;
+  }
+  io_uring_prep_timeout(loop_.sqe(f.retried), &f.retry_after, 0, 0);
+  f.retry_busy = true;
+  ++t->inflight;
+}
+
+// The kernel's bytes of `f` up to `now` into the counters; any is activity.
+void PassthroughProxy::count_kernel(Tunnel* t, Tunnel::Flow& f, const ss_flow& now) {
+  if (now.bytes <= f.kernel_counted) return;
+  const uint64_t n = now.bytes - f.kernel_counted;
+  f.kernel_counted = now.bytes;
+  f.bytes += n;
+  const bool up = &f == &t->up;
+  bump(up ? counters_.spliced_bytes_up : counters_.spliced_bytes_down, n);
+  bump(up ? counters_.tunnel_bytes_up : counters_.tunnel_bytes_down, n);
+  if (!t->ending) arm_idle(t);
+}
+
+// Out of the maps before the sockets close: the peers first, then the rest,
+// the last bytes counted.
+void PassthroughProxy::remove_from_kernel(Tunnel* t) {
+  if (!t->kernel) return;
+  t->kernel = false;
+  ss_flow up{}, down{};
+  splicer_->remove_pair(t->pair, up, down);
+  count_kernel(t, t->up, up);
+  count_kernel(t, t->down, down);
+  bump(counters_.splice_pauses, up.pauses + down.pauses);
+}
+
+uint64_t PassthroughProxy::release_idle() {
+  if (splicer_ == nullptr) return 0;
+  ss_flow now{};
+  for (Tunnel* t : live_) {
+    if (!t->kernel || t->ending) continue;
+    if (splicer_->flow(t->up.cookie, now)) count_kernel(t, t->up, now);
+    if (splicer_->flow(t->down.cookie, now)) count_kernel(t, t->down, now);
+  }
+  return 0;
 }
 
 }  // namespace offload

@@ -12,6 +12,19 @@
 // the connect (connect_timeout_ms), a tunnel with nothing moving
 // (tunnel_timeout_ms) and a half-closed one (half_close_timeout_ms), the
 // last two per listener.
+//
+// The kernel mode (splice::Splicer installed at start-up, a TCP pair, not an
+// upgrade): after the connect both sockets go in the sockhash, each direction
+// first passed to its own socket; the agent forwards what is already there
+// (the bytes that came before the insertion) with non-blocking receives and
+// tells the map how much it forwarded after each send: the verdict redirects
+// from the first skb before which nothing waits in user space. From then on
+// the agent polls each source for POLLIN (bytes the verdict passed: a paused
+// direction), POLLRDHUP (a FIN) and POLLERR (a reset). Before it sends passed bytes or passes a FIN
+// on, it waits (1 ms looks) until the redirect backlog is drained into the
+// peer's send queue, so no byte overtakes another. The idle and half-close
+// timers see the kernel's bytes through the flows' counters, read once a
+// second (release_idle), and at the end the entries go before the sockets.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +40,7 @@
 #include "proxy/listener.h"
 #include "proxy/proxy.h"
 #include "security/screen.h"
+#include "splice/splicer.h"
 
 namespace offload {
 
@@ -44,11 +58,22 @@ struct Tunnel {
     bool recv_busy = false;
     bool send_busy = false;
     uint64_t bytes = 0;
+    // Kernel mode.
+    Completion polled;           // its source readable, at its end, or failed
+    Completion retried;          // the next look at the redirect backlog
+    __kernel_timespec retry_after{0, 1000000};
+    uint64_t cookie = 0;         // of its source socket
+    uint64_t user_sent = 0;      // of its bytes, sent to the peer from user space
+    uint64_t kernel_counted = 0; // of the kernel's bytes, in the counters already
+    bool poll_busy = false;
+    bool retry_busy = false;
     void clear() {
       buf = nullptr;
       sent_off = 0;
       eof = recv_busy = send_busy = false;
       bytes = 0;
+      cookie = user_sent = kernel_counted = 0;
+      poll_busy = retry_busy = false;
     }
   };
 
@@ -69,6 +94,8 @@ struct Tunnel {
   std::string first;
   bool ending = false;         // closing: waiting for its operations to come back
   bool reset = false;          // end with a reset on both sockets
+  bool kernel = false;         // its sockets are in the splice maps
+  splice::Pair pair;           // their cookies, when kernel
   IpAddress source;
   bool screened = false;       // counted against its source in the screen
   uint32_t live_index = 0;     // in PassthroughProxy::live_
@@ -82,7 +109,8 @@ struct Tunnel {
     up.clear();
     down.clear();
     inflight = 0;
-    open = ending = reset = screened = upgrade = false;
+    open = ending = reset = screened = upgrade = kernel = false;
+    pair = splice::Pair{};
     first.clear();
     first.shrink_to_fit();
     source = IpAddress{};
@@ -103,7 +131,9 @@ class PassthroughProxy final : public Proxy {
   void drain() override;
   uint32_t active() const override { return active_; }
   void after_batch() override {}
-  uint64_t release_idle() override { return 0; }
+  // Once a second: the kernel's bytes of each spliced pair into the counters
+  // and its idle timer (the agent sees no completion for them). Frees nothing.
+  uint64_t release_idle() override;
   void release_all() override;
 
   // An HTTP connection that asked for an upgrade goes on as a tunnel of
@@ -125,7 +155,7 @@ class PassthroughProxy final : public Proxy {
   void on_connect_timeout(Tunnel* t, const io_uring_cqe& cqe);
   void on_timer(Tunnel* t, Timer& timer);
   void arm_idle(Tunnel* t);
-  void post_recv(Tunnel* t, Tunnel::Flow& f);
+  void post_recv(Tunnel* t, Tunnel::Flow& f, int flags = 0);
   void post_send(Tunnel* t, Tunnel::Flow& f);
   void on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe);
   void on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe);
@@ -134,6 +164,19 @@ class PassthroughProxy final : public Proxy {
   void on_up_send(Tunnel* t, const io_uring_cqe& cqe) { on_send(t, t->up, cqe); }
   void on_down_send(Tunnel* t, const io_uring_cqe& cqe) { on_send(t, t->down, cqe); }
   void on_cancelled(Tunnel* t, const io_uring_cqe& cqe);
+  // Kernel mode.
+  bool start_kernel(Tunnel* t);
+  void on_kernel_eof(Tunnel* t, Tunnel::Flow& f);
+  void post_poll(Tunnel* t, Tunnel::Flow& f);
+  void on_polled(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe);
+  void on_up_polled(Tunnel* t, const io_uring_cqe& cqe) { on_polled(t, t->up, cqe); }
+  void on_down_polled(Tunnel* t, const io_uring_cqe& cqe) { on_polled(t, t->down, cqe); }
+  void on_retry(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe);
+  void on_up_retry(Tunnel* t, const io_uring_cqe& cqe) { on_retry(t, t->up, cqe); }
+  void on_down_retry(Tunnel* t, const io_uring_cqe& cqe) { on_retry(t, t->down, cqe); }
+  void read_when_drained(Tunnel* t, Tunnel::Flow& f);
+  void count_kernel(Tunnel* t, Tunnel::Flow& f, const ss_flow& now);
+  void remove_from_kernel(Tunnel* t);
   int from_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->client_fd : t->server_fd; }
   int to_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->server_fd : t->client_fd; }
   void on_eof(Tunnel* t, Tunnel::Flow& f);
@@ -152,6 +195,7 @@ class PassthroughProxy final : public Proxy {
   uint32_t active_ = 0;
   bool draining_ = false;
   std::vector<Tunnel*> live_;  // for release_all at teardown
+  splice::Splicer* splicer_;   // null: every tunnel moves in user space
 };
 
 }  // namespace offload
