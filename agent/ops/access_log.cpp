@@ -394,7 +394,7 @@ void AccessLogWriter::run() {
 
 void AccessLogWriter::write_batch(Batch& b) {
   if (fd_ < 0 && mono_ms() >= next_open_ms_) open_path(false);
-  if (fd_ < 0) {
+  if (fd_ < 0 || gave_up_) {
     drop(b, 0);
     return;
   }
@@ -425,7 +425,10 @@ void AccessLogWriter::write_batch(Batch& b) {
       }
       if (stopping) {
         if (give_up_ms == 0) give_up_ms = mono_ms() + 1000;
-        else if (mono_ms() >= give_up_ms) break;
+        else if (mono_ms() >= give_up_ms) {
+          gave_up_ = true;  // and the rest of the queue with it
+          break;
+        }
       }
       pollfd p{fd_, POLLOUT, 0};
       (void)::poll(&p, 1, 100);

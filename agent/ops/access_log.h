@@ -164,6 +164,7 @@ class AccessLogWriter {
   bool own_fd_ = false;
   uint64_t next_open_ms_ = 0;    // after a failed open: not before this
   int last_error_ = 0;           // said once until a write succeeds again
+  bool gave_up_ = false;         // stopping, and the reader took nothing for a second
   std::atomic<uint64_t> written_{0};
 
   std::mutex mutex_;
