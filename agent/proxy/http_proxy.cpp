@@ -777,7 +777,10 @@ void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
 void HttpProxy::finish_exchange(ClientConn* c) {
   Exchange* ex = c->ex;
   counters_.request_duration.observe(loop_.now_ms() - ex->started_ms);
-  if (access_log_.on()) access_log_.log(*c, Termination::kDone);
+  if (access_log_.on()) {
+    look_up_peer(c);  // known already unless the head was never taken (an error of ours)
+    access_log_.log(*c, Termination::kDone);
+  }
   sink_.forget(c);
   if (ex->close_after || c->in.eof || draining_) {
     linger(c);
@@ -874,6 +877,7 @@ void HttpProxy::log_closed(ClientConn* c) {
   Termination t = Termination::kClientAbortWaiting;
   if (c->state == ClientState::kHead || c->state == ClientState::kBody) t = Termination::kClientAbortRequest;
   else if (ex->sent_to_client) t = Termination::kClientAbortResponse;
+  look_up_peer(c);
   access_log_.log(*c, t);
 }
 
