@@ -258,3 +258,14 @@ TEST_CASE("writer: a reader that reads nothing fills the bound; then submit refu
   std::remove(path.c_str());
   ::rmdir(dir.c_str());
 }
+
+TEST_CASE("writer: a full disk (/dev/full): the write fails, its lines are counted as dropped") {
+  std::atomic<uint64_t> dropped{0};
+  {
+    AccessLogWriter w("/dev/full");
+    std::string buf = "a\nb\n";
+    REQUIRE(w.submit(buf, 2, &dropped));
+    for (int i = 0; i < 2000 && dropped.load() < 2; ++i) ::usleep(1000);
+  }
+  CHECK(dropped.load() == 2);
+}
