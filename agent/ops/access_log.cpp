@@ -236,17 +236,34 @@ void AccessRecord::reset() {
   logged = false;
 }
 
+namespace {
+constexpr char kHex[] = "0123456789ABCDEF";
+constexpr bool plain(uint8_t c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; }
+}  // namespace
+
+// Runs of plain bytes are appended whole: most values have nothing to escape.
 void escape_combined(std::string_view in, std::string& out) {
-  for (char ch : in) {
-    const uint8_t c = uint8_t(ch);
-    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') fmt::format_to(std::back_inserter(out), "\\x{:02X}", c);
-    else out += ch;
+  size_t i = 0;
+  while (i < in.size()) {
+    size_t j = i;
+    while (j < in.size() && plain(uint8_t(in[j]))) ++j;
+    out.append(in.data() + i, j - i);
+    if (j == in.size()) return;
+    const uint8_t c = uint8_t(in[j]);
+    const char esc[4] = {'\\', 'x', kHex[c >> 4], kHex[c & 15]};
+    out.append(esc, 4);
+    i = j + 1;
   }
 }
 
 void escape_json(std::string_view in, std::string& out) {
   size_t i = 0;
   while (i < in.size()) {
+    size_t j = i;
+    while (j < in.size() && plain(uint8_t(in[j]))) ++j;
+    out.append(in.data() + i, j - i);
+    if (j == in.size()) return;
+    i = j;
     const uint8_t c = uint8_t(in[i]);
     if (c >= 0x80) {
       const size_t n = utf8_sequence(in.substr(i));
