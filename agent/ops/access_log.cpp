@@ -17,6 +17,7 @@
 #include "loop/loop.h"
 #include "ops/config.h"
 #include "ops/counters.h"
+#include "ops/log.h"
 #include "proxy/connection.h"
 #include "proxy/listener.h"
 
@@ -317,8 +318,8 @@ std::string time_text(AccessFormat format, time_t wall) {
   tm local{};
   localtime_r(&wall, &local);
   char buf[64];
-  size_t n = std::strftime(buf, sizeof buf, format == AccessFormat::kJson ? "%Y-%m-%dT%H:%M:%S%z" : "[%d/%b/%Y:%H:%M:%S %z]",
-                           &local);
+  const size_t n = format == AccessFormat::kJson ? std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S%z", &local)
+                                                 : std::strftime(buf, sizeof buf, "[%d/%b/%Y:%H:%M:%S %z]", &local);
   std::string out(buf, n);
   // ISO 8601 wants the offset as +00:00.
   if (format == AccessFormat::kJson && out.size() >= 5) out.insert(out.size() - 2, ":");
@@ -406,8 +407,8 @@ void AccessLogWriter::open_path(bool at_start) {
 void AccessLogWriter::complain(const char* what, int err) {
   if (err == last_error_) return;  // once until things change: a full disk is loud enough
   last_error_ = err;
-  fmt::print(stderr, "offload-agent: access_log {} '{}': {} (lines are dropped and counted)\n", what, path_,
-             std::strerror(err));
+  offload::log(LogLevel::kWarning, "access_log {} '{}': {} (lines are dropped and counted)", what, path_,
+               std::strerror(err));
 }
 
 void AccessLogWriter::run() {

@@ -135,6 +135,7 @@ TEST_CASE("access log (combined): N requests give N lines with their method, tar
   }
   auto lines = wait_lines(log, kRequests);
   REQUIRE(lines.size() == kRequests);
+  // One combined line, every field in place (the long line is the format).
   const std::regex re(
       R"re(^127\.0\.0\.1 - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "(\w+) (\S+) HTTP/1\.1" (\d{3}) (\d+) "([^"]*)" "([^"]*)" rt=\d+\.\d{3} qt=\d+\.\d{3} uct=\d+\.\d{3} urt=\d+\.\d{3} ups=tcp://127\.0\.0\.1:(\d+) rx=(\d+) tx=(\d+) lst="[^"]+" end=done$)re");
   for (int i = 0; i < kRequests; ++i) {
@@ -170,9 +171,8 @@ TEST_CASE("access log (json): valid JSON from hostile bytes, and a termination s
   auto ok = exchange(p.port(), rig::get_request("/ok", "User-Agent: a\"b\\c\td\xff\xfe\xc3(\r\n"));
   REQUIRE(ok.result);
   CHECK(ok.result.response->status == 200);
-  auto not_found = exchange(p.port(), rig::get_request("/nf", "X-Script: " + rig::hex("HTTP/1.1 404 Not Found\r\n"
-                                                                                       "Content-Length: 4\r\n\r\nnope") +
-                                                                   "\r\n"));
+  const std::string script = rig::hex("HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope");
+  auto not_found = exchange(p.port(), rig::get_request("/nf", "X-Script: " + script + "\r\n"));
   REQUIRE(not_found.result);
   CHECK(not_found.result.response->status == 404);
   auto reset = exchange(p.port(), rig::get_request("/close"));
