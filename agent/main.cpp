@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "ops/access_log.h"
 #include "ops/admin.h"
 #include "ops/config.h"
 #include "ops/counters.h"
@@ -52,6 +53,8 @@ struct RunFlags {
   std::string upstream;
   std::string admin;
   std::string temp_dir;
+  std::string access_log;
+  std::string access_log_format;
   std::string xdp_iface;
   std::string log_level;
   std::string xdp_mode;
@@ -123,6 +126,11 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--admin", f.admin, "ADDR:PORT of the stats endpoint, or off (default 127.0.0.1:9901)");
   cmd->add_option("--temp-dir", f.temp_dir,
                   "directory for the unlinked files large responses and bodies spill to; default /tmp");
+  cmd->add_option("--access-log", f.access_log,
+                  "one line per HTTP request to this file (reopened on SIGUSR1), stderr, or off; default off");
+  cmd->add_option("--access-log-format", f.access_log_format,
+                  "access log lines: combined (nginx's, then times, upstream, bytes, termination) or json "
+                  "(one object per line); default combined");
   cmd->add_option("--deny", f.deny, "refuse clients from this CIDR prefix at accept (repeatable); default none");
   cmd->add_option("--allow", f.allow,
                   "accept clients only from these CIDR prefixes (repeatable); default none: every source");
@@ -156,6 +164,8 @@ Config build_config(const RunFlags& f) {
   offload::apply_upstream_flag(config, f.upstream);
   if (!f.admin.empty()) config.admin = f.admin;
   if (!f.temp_dir.empty()) config.temp_dir = f.temp_dir;
+  if (!f.access_log.empty()) config.access_log = f.access_log;
+  if (!f.access_log_format.empty()) config.access_log_format = f.access_log_format;
   if (!f.xdp_iface.empty()) config.xdp_iface = f.xdp_iface;
   if (!f.deny.empty()) config.deny = f.deny;
   if (!f.allow.empty()) config.allow = f.allow;
@@ -328,7 +338,9 @@ void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd
     }
     signalfd_siginfo info{};
     if (signal_fd >= 0 && fds[1].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
-      if (info.ssi_signo == SIGINT && ++sigints >= 2) {
+      if (info.ssi_signo == SIGUSR1) {  // logrotate: the access log's path again
+        if (offload::AccessLogWriter* log = offload::AccessLogWriter::current()) log->reopen();
+      } else if (info.ssi_signo == SIGINT && ++sigints >= 2) {
         fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
         tell_shards(slots, true);
       } else {
@@ -365,6 +377,7 @@ int run(const Config& config, bool no_bpf) {
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -379,6 +392,10 @@ int run(const Config& config, bool no_bpf) {
   }
   // Per listener and per server: one set for all shards, each add atomic.
   std::unique_ptr<offload::TopologyStats> topology = offload::TopologyStats::from(config);
+  // Made before the shards (they find it at start) and ended after them:
+  // what they handed over is written before the agent exits.
+  std::unique_ptr<offload::AccessLogWriter> access_log;
+  if (config.access_log != "off") access_log = std::make_unique<offload::AccessLogWriter>(config.access_log);
   std::unique_ptr<offload::AdminServer> admin;
   if (config.admin != "off")
     admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin),

@@ -881,6 +881,10 @@ void load_config_file(const std::string& path, Config& config) {
       config.temp_dir = string_value(key, node);
     } else if (key == "admin") {
       config.admin = string_value(key, node);
+    } else if (key == "access_log") {
+      config.access_log = string_value(key, node);
+    } else if (key == "access_log_format") {
+      config.access_log_format = string_value(key, node);
     } else if (key == "deny" || key == "allow") {
       prefix_list(key, node, key == "deny" ? config.deny : config.allow);
     } else if (key == "security") {
@@ -921,6 +925,9 @@ void validate(Config& config) {
   if ((config.recv_buffers & (config.recv_buffers - 1)) != 0)
     throw ConfigError(fmt::format("recv_buffers: bad value '{}' (expected a power of two)", config.recv_buffers));
   if (config.admin != "off") parse_socket_address("admin", config.admin);
+  if (config.access_log.empty()) bad("access_log", config.access_log, "a file path, \"stderr\" or \"off\"");
+  if (config.access_log_format != "combined" && config.access_log_format != "json")
+    bad("access_log_format", config.access_log_format, "combined or json");
   for (const auto& d : config.deny) parse_prefix("deny", d);
   for (const auto& a : config.allow) parse_prefix("allow", a);
   if (config.rate_limit > 0 && config.rate_burst == 0) config.rate_burst = config.rate_limit;
@@ -1054,6 +1061,8 @@ void format_globals(const Config& config, std::string& out) {
     out += fmt::format("cpus = [{}]\n", list);
   }
   out += fmt::format("admin = {}\ntemp_dir = {}\n", quoted(config.admin), quoted(config.temp_dir));
+  out += fmt::format("access_log = {}\naccess_log_format = {}\n", quoted(config.access_log),
+                     quoted(config.access_log_format));
   out += fmt::format("deny = {}\nallow = {}\n", quoted_list(config.deny), quoted_list(config.allow));
   if (!config.xdp_iface.empty()) out += fmt::format("xdp_iface = {}\n", quoted(config.xdp_iface));
   out += fmt::format("xdp_mode = {}\nlog_level = {}\n", quoted(config.xdp_mode), quoted(config.log_level));

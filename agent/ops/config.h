@@ -185,6 +185,10 @@ struct Config {
   uint32_t recv_buffer_bytes = 4096;
 
   std::string admin = "127.0.0.1:9901";   // "off" disables the admin endpoint
+  // One line per HTTP request (ops/access_log.h): a file path, "stderr" or
+  // "off"; "combined" (nginx's, then the proxy's fields) or "json".
+  std::string access_log = "off";
+  std::string access_log_format = "combined";
 
   // The security screen at accept (user space; the XDP guard does the deny
   // set at the NIC when attached): CIDR lists and a per-source limit.

@@ -2,7 +2,9 @@
 // admin_* ones are the admin thread's alone, in a Counters of its own), so an
 // increment is a relaxed load and store (no locked instruction on the hot
 // path) and no update is lost; the admin thread reads them with relaxed
-// loads and sums the shards when it renders.
+// loads and sums the shards when it renders. The one exception,
+// access_log_dropped, is also added to by the access log's writer thread:
+// both sides use an atomic add (drops are rare, never the hot path).
 #pragma once
 
 #include <atomic>
@@ -98,6 +100,8 @@ namespace offload {
   X(upgrades, "upgrades_total", "", "HTTP requests with Upgrade (WebSocket...) that went on as a tunnel.")     \
   X(upgrades_switched, "upgrades_switched_total", "",                                                         \
     "Upgrade requests answered 101 Switching Protocols by the server.")                                       \
+  X(access_log_dropped, "access_log_dropped_total", "",                                                      \
+    "Access log lines dropped: its writer's queue was full, or the log could not be written.")               \
   X(admin_timeouts, "admin_closed_total", "reason=\"deadline\"",                                               \
     "Admin connections closed by the agent, by reason (5 s deadline, or oldest evicted over 64).")            \
   X(admin_evicted, "admin_closed_total", "reason=\"evicted\"", "")

@@ -16,6 +16,7 @@
 #include "proxy/spill.h"
 #include "loop/completion.h"
 #include "loop/timer_list.h"
+#include "ops/access_log.h"
 
 namespace offload {
 
@@ -56,6 +57,7 @@ struct Exchange {
   uint64_t response_bytes = 0; // raw bytes received from upstream
   uint64_t started_ms = 0;     // loop time of the request's first byte (request_duration)
   uint64_t queued_ms = 0;      // loop time it joined its group's queue (queue_wait)
+  AccessRecord log;            // what its access log line needs (ops/access_log.h)
   http::Method method = http::Method::kGet;
   bool response_head_done = false;
   bool response_done = false;  // the whole response is in `out` / the spill
@@ -157,6 +159,8 @@ struct UpstreamConn : Channel {
   iovec send_iov[16]{};
   uint64_t send_off = 0;        // request bytes sent so far
   uint64_t busy_since_ms = 0;   // when its current request was assigned
+  uint64_t opened_ms = 0;       // when its connect was sent...
+  uint64_t connected_ms = 0;    // ... and completed (its first request's connect time)
   uint64_t responses_before = 0; // its pool's responses read by then
   int fd = -1;
   uint32_t slot;

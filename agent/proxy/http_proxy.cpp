@@ -56,6 +56,19 @@ SourceRules source_rules(const Config& config) {
 // Retry-After beyond an hour says nothing a client can use.
 constexpr uint64_t kRetryAfterMaxS = 3600;
 
+// The cause of an error of the agent's own, where none was noted before it.
+Termination error_cause(int status) {
+  switch (status) {
+    case 429: return Termination::kRefusedScreen;
+    case 401: case 403: case 405: return Termination::kRefusedPolicy;
+    case 408: return Termination::kTimeoutHeader;
+    case 503: return Termination::kNoBuffer;
+    case 502: return Termination::kUpstreamError;
+    case 504: return Termination::kTimeoutResponse;
+    default: return Termination::kParseError;
+  }
+}
+
 std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
   std::vector<Prefix> out;
   for (const auto& t : texts) out.push_back(parse_prefix(key, t));
@@ -77,7 +90,8 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
       exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); },
-                 kExchangesKeptFree) {
+                 kExchangesKeptFree),
+      access_log_(loop, config, counters) {
   request_limits_.header_bytes_max = config.header_bytes_max;
   request_limits_.header_count_max = config.header_count_max;
   request_limits_.body_bytes_max = config.body_bytes_max;
@@ -140,17 +154,32 @@ void HttpProxy::on_client_timer(ClientConn* c, Timer& t) {
   switch (TimerKind(t.list->kind())) {
     case kTimerHeader:
       bump(counters_.timeouts_header);
+      if (c->ex != nullptr) c->ex->log.end_with(Termination::kTimeoutHeader);
       // A connection that never sent a byte just closes; a partial head gets 408.
       if (c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0) reject(c, 408);
       else close_client(c);
       break;
-    case kTimerBody: bump(counters_.timeouts_body); reject(c, 408); break;
+    case kTimerBody:
+      bump(counters_.timeouts_body);
+      c->ex->log.end_with(Termination::kTimeoutBody);
+      reject(c, 408);
+      break;
     case kTimerKeepalive: bump(counters_.timeouts_keepalive); close_client(c); break;
-    case kTimerSend: bump(counters_.timeouts_send); close_client(c); break;
+    case kTimerSend:
+      bump(counters_.timeouts_send);
+      if (c->ex != nullptr) c->ex->log.end_with(Termination::kTimeoutSend);
+      close_client(c);
+      break;
     case kTimerQueue:
+    {
       bump(counters_.timeouts_queue);
       // Busy channels: 503. No connection could be opened: the gateway's error.
-      respond_error(c, upstream_of(c).queue_timeout_status(c));  // leaves the queue
+      const int status = upstream_of(c).queue_timeout_status(c);
+      c->ex->log.end_with(status == 503   ? Termination::kTimeoutQueue
+                          : status == 504 ? Termination::kTimeoutConnect
+                                          : Termination::kUpstreamConnectError);
+      respond_error(c, status);  // leaves the queue
+    }
       break;
     case kTimerLinger: close_client(c); break;
     default: break;
@@ -412,6 +441,8 @@ bool HttpProxy::take_head(ClientConn* c) {
   Exchange* ex = c->ex;
   const http::Head& h = ex->parser.head();
   std::string_view msg(ex->in->data() + ex->in->head, h.head_bytes);
+  if (access_log_.on()) ex->log.capture(h, msg);
+  ex->log.received = h.head_bytes;
   ex->method = h.method;
   ex->client_http10 = h.version_minor == 0;
   ex->close_after = !h.keep_alive || draining_;
@@ -476,6 +507,7 @@ void HttpProxy::feed_body(ClientConn* c, const char* data, size_t len, bool from
     return;
   }
   if (from_input) ex->in->head += uint32_t(p.consumed);
+  ex->log.received += p.consumed;
   if (!p.done) return;
   if (!from_input && p.consumed < len) keep_pipelined(c, data + p.consumed, len - p.consumed);
   if (c->state == ClientState::kClosing) return;
@@ -523,6 +555,7 @@ void HttpProxy::hand_over(ClientConn* c) {
   tunnels_->adopt(c->listener, fd, c->peer_family == 0 ? IpAddress{} : peer_of(c), screened, std::move(first));
   bump(counters_.upgrades);
   c->handed_over = true;
+  ex->log.end_with(Termination::kUpgraded);
   close_client(c);
 }
 
@@ -650,6 +683,8 @@ void HttpProxy::respond_error(ClientConn* c, int status, std::string_view respon
     return;
   }
   bump(counters_.agent_errors);
+  ex->log.end_with(error_cause(status));
+  ex->log.status = uint16_t(status);
   ex->out.clear(data_pool_);
   spill_close(ex->spill);
   ex->body.clear(data_pool_);  // never forwarded now: give its memory back
@@ -663,6 +698,7 @@ void HttpProxy::respond_error(ClientConn* c, int status, std::string_view respon
   ex->interim_sent = 0;
   // Sent from static storage: a 503 for exhausted buffer memory needs none.
   ex->canned = response.empty() ? error_response(status, ex->close_after) : response;
+  ex->log.head_sent = uint32_t(std::min(ex->canned.size(), ex->canned.find("\r\n\r\n") + 4));
   sink_.count(status);
   ex->response_head_done = ex->response_done = true;
   set_state(c, ClientState::kUpstream);  // answered: sending is all that is left
@@ -724,6 +760,7 @@ void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
   }
   Exchange* ex = c->ex;
   bump(counters_.bytes_out, uint64_t(res));
+  ex->log.sent += uint64_t(res);
   if (res > 0) ex->sent_to_client = true;
   if (!ex->canned.empty()) ex->canned.remove_prefix(size_t(res));
   else if (ex->interim_pending()) ex->interim_sent += size_t(res);
@@ -740,6 +777,10 @@ void HttpProxy::on_client_send(ClientConn* c, const io_uring_cqe& cqe) {
 void HttpProxy::finish_exchange(ClientConn* c) {
   Exchange* ex = c->ex;
   counters_.request_duration.observe(loop_.now_ms() - ex->started_ms);
+  if (access_log_.on()) {
+    look_up_peer(c);  // known already unless the head was never taken (an error of ours)
+    access_log_.log(*c, Termination::kDone);
+  }
   sink_.forget(c);
   if (ex->close_after || c->in.eof || draining_) {
     linger(c);
@@ -790,6 +831,7 @@ void HttpProxy::linger(ClientConn* c) {
 
 void HttpProxy::close_client(ClientConn* c) {
   if (c->state == ClientState::kClosing) return;
+  if (c->ex != nullptr && access_log_.on()) log_closed(c);
   set_state(c, ClientState::kClosing);
   if (c->ex != nullptr) upstream_of(c).leave(c->ex);
   sink_.forget(c);
@@ -824,6 +866,21 @@ void HttpProxy::maybe_free_client(ClientConn* c) {
   drop(counters_.active_clients);
 }
 
+// The line of an exchange the connection's close ends: who ended it, where,
+// unless its cause is known already (a timeout, an upstream failure).
+// A connection with no request byte in it has no line.
+void HttpProxy::log_closed(ClientConn* c) {
+  const Exchange* ex = c->ex;
+  if (ex->log.logged) return;
+  const bool has_bytes = ex->log.received > 0 || (ex->in != nullptr && ex->in->readable() > 0);
+  if (!has_bytes && ex->log.end == Termination::kUnset) return;
+  Termination t = Termination::kClientAbortWaiting;
+  if (c->state == ClientState::kHead || c->state == ClientState::kBody) t = Termination::kClientAbortRequest;
+  else if (ex->sent_to_client) t = Termination::kClientAbortResponse;
+  look_up_peer(c);
+  access_log_.log(*c, t);
+}
+
 // Never null: a client holds at most one exchange and there is one per client.
 Exchange* HttpProxy::get_exchange(const ClientConn* c) {
   Exchange* ex = exchanges_.get();
@@ -854,6 +911,7 @@ void HttpProxy::put_exchange(ClientConn* c) {
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
   ex->discard_input = ex->upgrade = false;
   ex->canned = {};
+  ex->log.reset();
   ex->interim.clear();
   ex->interim_sent = 0;
   exchanges_.put(ex);

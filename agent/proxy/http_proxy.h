@@ -20,6 +20,7 @@
 #include "http/http_parser.h"
 #include "loop/loop.h"
 #include "loop/slab.h"
+#include "ops/access_log.h"
 #include "ops/config.h"
 #include "ops/counters.h"
 #include "proxy/acceptor.h"
@@ -48,7 +49,10 @@ class HttpProxy final : public Proxy {
   void start() override;
   void drain() override;
   uint32_t active() const override { return active_clients_; }
-  void after_batch() override { wake_budget_waiters(); }
+  void after_batch() override {
+    wake_budget_waiters();
+    access_log_.after_batch();
+  }
   uint64_t release_idle() override;
   void release_all() override;
 
@@ -104,6 +108,7 @@ class HttpProxy final : public Proxy {
   void finish_exchange(ClientConn* c);
   void linger(ClientConn* c);
   void close_client(ClientConn* c);
+  void log_closed(ClientConn* c);
   void client_op_done(ClientConn* c) { --c->inflight; }
   Exchange* get_exchange(const ClientConn* c);
   void put_exchange(ClientConn* c);
@@ -136,6 +141,7 @@ class HttpProxy final : public Proxy {
   BlockPool small_input_pool_;  // request heads while they are small
   BlockPool input_pool_;        // request heads (header_bytes_max + slack)
   Slab<Exchange> exchanges_;    // one per client at most, made on first use
+  AccessLog access_log_;        // a line as each exchange ends (finish_exchange, close_client)
 };
 
 }  // namespace offload

@@ -466,6 +466,7 @@ bool RingBus::take_interim(ClientConn* c, const ring::ResponsePiece& piece) {
   n += 2;
   bump(counters_.responses_1xx);
   ex->interim.append(scratch_.get(), n);
+  ex->log.head_sent += uint32_t(n);
   proxy_.post_client_send(c);  // ahead of the final response, while the server works
   return true;
 }
@@ -491,6 +492,8 @@ bool RingBus::take_piece(RingChannel* u, ClientConn* c, const ring::ResponsePiec
                                         piece.content_length, u->chunked_out, ex->close_after, ex->client_http10,
                                         scratch_.get(), kScratchBytes);
     if (n == 0 || !sink_.append(c->ex, scratch_.get(), n)) return false;
+    ex->log.status = piece.status;
+    ex->log.head_sent += uint32_t(n);
     ex->response_head_done = true;
     if (bodiless) return true;
   }

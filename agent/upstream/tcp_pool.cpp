@@ -111,6 +111,7 @@ bool TcpPool::open() {
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   u->fd = fd;
+  u->opened_ms = loop_.now_ms();
   u->state = UpstreamState::kConnecting;
   u->used = false;
   u->proven = false;

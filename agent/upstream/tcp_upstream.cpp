@@ -173,6 +173,7 @@ void TcpUpstream::enqueue(ClientConn* c, bool front) {
 
 void TcpUpstream::on_response_timeout(UpstreamConn* u, Timer&) {
   bump(counters_.timeouts_response);
+  u->client->ex->log.end_with(Termination::kTimeoutResponse);
   upstream_failed(u, 504, false);
 }
 
@@ -371,6 +372,7 @@ uint64_t TcpUpstream::source_hash(ClientConn* c) {
 }
 
 void TcpUpstream::on_connected(TcpPool& pool, UpstreamConn* u) {
+  u->connected_ms = loop_.now_ms();
   report_health(pool, true);
   arm_up_recv(u);
   if (ClientConn* c = take_from(pool.pending, counters_)) {
@@ -426,6 +428,9 @@ void TcpUpstream::assign(UpstreamConn* u, ClientConn* c) {
   u->busy_since_ms = loop_.now_ms();
   counters_.queue_wait.observe(u->busy_since_ms - ex->queued_ms);
   u->responses_before = u->pool->responses;
+  ex->log.assigned_ms = u->busy_since_ms;
+  ex->log.connect_ms = u->used ? 0 : int64_t(u->connected_ms - u->opened_ms);
+  ex->log.upstream = &u->pool->target().text;
   if (u->used) bump(counters_.upstream_reuses);
   add(u->pool->stats().requests);
   u->used = true;
@@ -613,6 +618,7 @@ void TcpUpstream::on_up_eof(UpstreamConn* u, int res) {
     on_response_complete(u, c);
     return;
   }
+  ex->log.end_with(Termination::kUpstreamReset);
   upstream_failed(u, 502, ex->response_bytes == 0);
 }
 
@@ -694,6 +700,7 @@ void TcpUpstream::forward_interim(ClientConn* c, const http::Head& h, std::strin
   size_t n = write_interim_head(h, msg, scratch_.get(), kInterimMax - ex->interim.size());
   if (n == 0) return;
   ex->interim.append(scratch_.get(), n);
+  ex->log.head_sent += uint32_t(n);
   sink_.count(h.status);
   proxy_.post_client_send(c);
 }
@@ -744,6 +751,8 @@ bool TcpUpstream::on_response_head(UpstreamConn* u, ClientConn* c, Block* b) {
       return false;
     }
     std::memcpy(b->data() + body_start - len, scratch_.get(), len);
+    ex->log.status = h.status;
+    ex->log.head_sent += uint32_t(len);
     ex->out.move_front_head(body_start - uint32_t(len));
     ex->response_head_done = true;
     const uint32_t body_bytes = b->tail - body_start;
@@ -823,6 +832,7 @@ bool TcpUpstream::spill_bytes(UpstreamConn* u, ClientConn* c, const char* data, 
 
 void TcpUpstream::on_response_complete(UpstreamConn* u, ClientConn* c) {
   c->ex->up = nullptr;
+  c->ex->log.upstream_done_ms = loop_.now_ms();
   leave_server(c->ex);
   release_upstream(u);
   proxy_.on_response_done(c);
@@ -874,6 +884,7 @@ void TcpUpstream::upstream_failed(UpstreamConn* u, int status, bool nothing_rece
   u->reusable = false;
   ex->up = nullptr;
   u->client = nullptr;
+  ex->log.upstream_done_ms = loop_.now_ms();
   if (status == 502 || status == 504) report_health(*u->pool, false);  // a reset, a bad answer, a timeout
   leave_server(ex);
   close_upstream(u);
@@ -892,9 +903,12 @@ void TcpUpstream::upstream_failed(UpstreamConn* u, int status, bool nothing_rece
     ex->out.clear(data_pool_);
     ex->response_head_done = ex->response_done = false;
     ex->response_bytes = 0;
+    ex->log.end = Termination::kUnset;  // the retry's own outcome counts
+    ex->log.head_sent = 0;
     enqueue(c, true);
     return;
   }
+  ex->log.end_with(status == 504 ? Termination::kTimeoutResponse : Termination::kUpstreamError);
   proxy_.fail_exchange(c, status);
 }
 
