@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -139,6 +140,16 @@ void Shard::request_stop() {
   (void)!::write(control_fd_, &one, sizeof one);
 }
 
+void Shard::request_retire(std::vector<int> handed_over) {
+  {
+    std::lock_guard lock(handed_over_mutex_);
+    handed_over_ = std::move(handed_over);
+  }
+  retire_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!::write(control_fd_, &one, sizeof one);
+}
+
 void Shard::post_control_read() {
   if (control_fd_ < 0) return;
   io_uring_prep_read(loop_.sqe(control_read_), control_fd_, &control_buf_, sizeof control_buf_, 0);
@@ -153,6 +164,7 @@ void Shard::on_control(const io_uring_cqe& cqe) {
       return;
     }
     if (drain_requested_.load(std::memory_order_acquire)) start_drain();
+    else if (retire_requested_.load(std::memory_order_acquire)) start_retire();
   }
   post_control_read();
 }
@@ -167,6 +179,26 @@ void Shard::start_drain() {
   for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
   tcp_.drain();
   for (Proxy* p : proxies_) p->drain();
+}
+
+// Not tcp_.drain(): that stops opening upstream connections, and a request
+// still to come here (the next one of a kept-alive client) needs one. The
+// upstream side works as before until the shard ends and closes it.
+void Shard::start_retire() {
+  if (draining_) return;
+  draining_ = true;
+  drain_deadline_ms_ = loop_.now_ms() + config_.drain_timeout_ms;
+  std::vector<int> kept;
+  {
+    std::lock_guard lock(handed_over_mutex_);
+    kept = handed_over_;
+  }
+  for (auto& l : listeners_) l->serve_late = true;
+  for (Proxy* p : proxies_) p->drain();  // their acceptors stop first: a cancelled accept is not re-armed
+  for (auto& l : listeners_) {
+    if (std::find(kept.begin(), kept.end(), l->fd) != kept.end()) loop_.cancel(l->accepted, nullptr);
+    else ::shutdown(l->fd, SHUT_RDWR);
+  }
 }
 
 // ------------------------------------------------------------- accepting

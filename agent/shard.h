@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "loop/clock.h"
@@ -66,6 +67,16 @@ class Shard final {
   // SIGINT). Each wakes the loop through an eventfd it reads.
   void request_drain();
   void request_stop();
+  // A reload: a newer generation of shards serves from now on. This one
+  // stops accepting and ends once what is in flight is done (or at its
+  // drain deadline). The sockets in `handed_over` go on in the newer
+  // generation: their accept is cancelled, never the socket shut (that
+  // would drop its queue); the others are shut at once, so their ports
+  // refuse. A connection accepted before the cancel lands is served, one
+  // request, with Connection: close; so is the next request of a kept-alive
+  // connection: an idle one is not closed, since its client may be sending
+  // right now, only at its keep-alive timeout or the drain deadline.
+  void request_retire(std::vector<int> handed_over);
 
  private:
   static const Clock& default_clock();
@@ -78,6 +89,7 @@ class Shard final {
   void on_control(const io_uring_cqe& cqe);
   void post_control_read();
   void start_drain();
+  void start_retire();
 
   const Config& config_;
   Counters& counters_;
@@ -111,6 +123,9 @@ class Shard final {
   uint64_t control_buf_ = 0;
   std::atomic<bool> drain_requested_{false};
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> retire_requested_{false};
+  std::mutex handed_over_mutex_;  // the signal side writes, the loop reads
+  std::vector<int> handed_over_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool stop_now_ = false;
