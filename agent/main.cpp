@@ -98,7 +98,9 @@ const std::map<std::string, std::string>& number_help() {
       {"connect_timeout_ms", "milliseconds to open an upstream connection (504); default 5000"},
       {"response_timeout_ms", "milliseconds between two reads from upstream (504); default 60000"},
       {"queue_timeout_ms", "milliseconds a complete request may wait for an upstream channel (503); default 30000"},
-      {"drain_timeout_ms", "milliseconds SIGTERM lets requests in flight finish before exiting; default 10000"},
+      {"drain_timeout_ms",
+       "milliseconds SIGTERM (or a reload, for the old configuration's connections) lets requests in flight finish; "
+       "default 10000"},
       {"tunnel_timeout_ms",
        "milliseconds a pass-through connection may move nothing either way (then closed); default 3600000"},
       {"half_close_timeout_ms",
