@@ -45,12 +45,16 @@ void pin_to_cpu(int cpu) {
 // Makes shard `i`, says it is ready (or why not), runs it, and counts
 // itself done on `done_fd` whatever happened.
 void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, Counters& counters, TopologyStats& topology,
-               ShardThread& slot, std::promise<void>& ready, int done_fd) {
+               ShardThread& slot, std::promise<void>& ready, int done_fd, int rearm_fd) {
   const Config config = shard_share(whole, i);
   std::unique_ptr<Shard> shard;
   try {
     pin_to_cpu(config.cpu);
     shard = std::make_unique<Shard>(config, std::move(fds), counters, &topology);
+    shard->set_accepts_cancelled_hook([rearm_fd] {
+      const uint64_t one = 1;
+      (void)!::write(rearm_fd, &one, sizeof one);
+    });
     {
       std::lock_guard lock(slot.mutex);
       slot.shard = shard.get();
@@ -77,8 +81,9 @@ void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, Counters& 
 
 }  // namespace
 
-Generation::Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry)
-    : number_(number), config_(std::move(config)), fds_(std::move(fds)) {
+Generation::Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry,
+                       int rearm_fd)
+    : number_(number), config_(std::move(config)), fds_(std::move(fds)), rearm_fd_(rearm_fd) {
   for (uint32_t i = 0; i < config_.workers; ++i) counters_.push_back(std::make_unique<Counters>());
   topology_ = TopologyStats::from(config_, carry);
   done_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -98,7 +103,7 @@ void Generation::start() {
   for (uint32_t i = 0; i < config_.workers; ++i) {
     slots_.push_back(std::make_unique<ShardThread>());
     slots_.back()->thread = std::thread(run_shard, std::cref(config_), i, fds_[i], std::ref(*counters_[i]),
-                                        std::ref(*topology_), std::ref(*slots_.back()), std::ref(ready[i]), done_fd_);
+                                        std::ref(*topology_), std::ref(*slots_.back()), std::ref(ready[i]), done_fd_, rearm_fd_);
   }
   std::exception_ptr failed;
   for (auto& r : ready) {
@@ -134,6 +139,13 @@ void Generation::retire(const std::vector<int>& kept) {
   for (auto& slot : slots_) {
     std::lock_guard lock(slot->mutex);
     if (slot->shard != nullptr) slot->shard->request_retire(kept);
+  }
+}
+
+void Generation::rearm() {
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->mutex);
+    if (slot->shard != nullptr) slot->shard->request_rearm();
   }
 }
 

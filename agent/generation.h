@@ -23,7 +23,10 @@ class Generation {
   // each shard, all listening. The sockets are not owned: the agent closes
   // one when no generation uses it. `carry`: the running generation's
   // stats, whose listeners and servers of the same names count on.
-  Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry);
+  // `rearm_fd` (an eventfd) is written when a retiring shard has cancelled
+  // its accepts: the agent then calls rearm() on the newest generation.
+  Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry,
+             int rearm_fd);
   ~Generation();  // stops the shards still running and joins them
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;
@@ -37,6 +40,7 @@ class Generation {
   void drain();                               // SIGTERM
   void stop();                                // a second SIGINT
   void retire(const std::vector<int>& kept);  // a reload: see Shard::request_retire
+  void rearm();                               // see Shard::request_rearm
   bool retiring() const { return retiring_; }
 
   // Readable when a shard has ended; note_done() reads it and says whether
@@ -61,6 +65,7 @@ class Generation {
   std::unique_ptr<TopologyStats> topology_;
   std::vector<std::unique_ptr<ShardThread>> slots_;
   int done_fd_ = -1;
+  int rearm_fd_ = -1;
   size_t done_ = 0;
   bool retiring_ = false;
   bool joined_ = false;

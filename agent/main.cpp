@@ -324,6 +324,7 @@ class Agent {
   offload::Counters ended_;  // the _total counters of generations that ended; this thread writes them
   std::unique_ptr<offload::AdminServer> admin_;
   ReloadMailbox mailbox_;
+  int rearm_fd_ = -1;  // a retiring shard has cancelled its accepts: the newest re-arm theirs
   bool stopping_ = false;
 };
 
@@ -404,7 +405,8 @@ ReloadMailbox::Result Agent::try_reload() {
   std::unique_ptr<offload::Generation> gen;
   try {
     open_shard_listeners(next, plan.fds, opened);
-    gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology());
+    gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology(),
+                                                 rearm_fd_);
     gen->start();
   } catch (const std::exception& e) {
     gen.reset();
@@ -436,11 +438,17 @@ void Agent::relay_signals(const sigset_t& mask) {
     fds.clear();
     fds.push_back({signal_fd, POLLIN, 0});
     fds.push_back({mailbox_.fd, POLLIN, 0});
+    fds.push_back({rearm_fd_, POLLIN, 0});
     for (const auto& g : gens_) fds.push_back({g->done_fd(), POLLIN, 0});
     if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
     // Last first: on_generation_done() may erase the generation it is given.
     for (size_t i = gens_.size(); i-- > 0;)
-      if (fds[i + 2].revents != 0) on_generation_done(i);
+      if (fds[i + 3].revents != 0) on_generation_done(i);
+    if (fds[2].revents != 0) {
+      uint64_t n = 0;
+      (void)!::read(rearm_fd_, &n, sizeof n);
+      if (!stopping_) current().rearm();
+    }
     if (fds[1].revents != 0) {
       uint64_t n = 0;
       (void)!::read(mailbox_.fd, &n, sizeof n);
@@ -503,7 +511,9 @@ int Agent::run(Config config) {
   std::vector<std::vector<int>> fds;
   std::vector<int> opened;
   open_shard_listeners(config, fds, opened);
-  gens_.push_back(std::make_unique<offload::Generation>(1, std::move(config), fds, nullptr));
+  rearm_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (rearm_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
+  gens_.push_back(std::make_unique<offload::Generation>(1, std::move(config), fds, nullptr, rearm_fd_));
   const Config& first = current().config();
   mailbox_.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (mailbox_.fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -559,6 +569,7 @@ int Agent::run(Config config) {
   admin_.reset();  // before the counters it reads
   gens_.clear();
   ::close(mailbox_.fd);
+  ::close(rearm_fd_);
   offload::splice::install(nullptr);  // every shard is gone: the maps can go
   splicer.reset();
   fmt::print(stderr, "offload-agent: stopped\n");

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -77,6 +78,16 @@ class Shard final {
   // connection: an idle one is not closed, since its client may be sending
   // right now, only at its keep-alive timeout or the drain deadline.
   void request_retire(std::vector<int> handed_over);
+  // Why the next generation needs a nudge: a multishot accept waits on its
+  // socket exclusively (the kernel wakes one waiter per connection), so a
+  // connection whose wake-up went to this shard's accept just as it was
+  // cancelled stays queued with nobody woken. `hook` runs (on this shard's
+  // thread) once every handed-over accept is cancelled; the agent then asks
+  // the newest shards to request_rearm(): a fresh accept takes what is
+  // queued at once. Set before run().
+  void set_accepts_cancelled_hook(std::function<void()> hook) { accepts_cancelled_hook_ = std::move(hook); }
+  // Cancels and re-arms every accept (thread-safe; see above).
+  void request_rearm();
 
  private:
   static const Clock& default_clock();
@@ -90,6 +101,7 @@ class Shard final {
   void post_control_read();
   void start_drain();
   void start_retire();
+  void on_retire_cancelled(const io_uring_cqe& cqe);
 
   const Config& config_;
   Counters& counters_;
@@ -126,6 +138,10 @@ class Shard final {
   std::atomic<bool> retire_requested_{false};
   std::mutex handed_over_mutex_;  // the signal side writes, the loop reads
   std::vector<int> handed_over_;
+  std::atomic<bool> rearm_requested_{false};
+  Completion retire_cancelled_;
+  uint32_t retire_cancels_pending_ = 0;
+  std::function<void()> accepts_cancelled_hook_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool stop_now_ = false;

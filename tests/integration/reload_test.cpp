@@ -168,6 +168,40 @@ TEST_CASE("reload every 200 ms for 10 s under keep-alive and new-connection load
   CHECK(a.stats().int_or("requests", -1) >= int64_t(t.ok.load()));
 }
 
+// A retiring shard's accept waits on the socket it hands over with the
+// newest one's, and the kernel wakes one of them per connection: one woken
+// just as its accept is cancelled must not leave the connection unserved.
+// Lone clients one after the other across each reload, with nothing else
+// to wake anyone.
+TEST_CASE("reload: a connection that comes just as the old generation stops accepting is served") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(256), b.error());
+  ConfigAgent a;
+  a.start("[[upstream]]\nservers = [\"" + server(b) + "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n", 1);
+  std::vector<Client> idle;  // a kept-alive client holds each old generation
+  for (int i = 1; i <= 20; ++i) {
+    idle.emplace_back();
+    REQUIRE(idle.back().connect(a.port(0)));
+    REQUIRE(idle.back().send_all(rig::get_request("/ok?idle")));
+    REQUIRE(idle.back().read_response(5000));
+    a.child().signal(SIGHUP);
+    // Until the reload is done, then 50 more: the old generation's cancel
+    // lands around then.
+    const std::string done = "reloaded: generation " + std::to_string(i + 1) + ",";
+    int after = 0;
+    for (int k = 0; k < 5000 && after < 50; ++k) {
+      if (after > 0 || a.child().wait_for_line(done, 0)) ++after;
+      Client c;
+      REQUIRE(c.connect(a.port(0)));
+      REQUIRE(c.send_all(rig::get_request("/ok?lone")));
+      rig::ReadResult r = c.read_response(5000);
+      REQUIRE_MESSAGE(r, "reload ", i, " client ", k, ": ", r.error);
+      CHECK(r.response->status == 200);
+    }
+    REQUIRE(a.child().wait_for_line(done, 10000));
+  }
+}
+
 TEST_CASE("reload: a bad file keeps the running configuration, says so in one line naming the key") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
