@@ -381,9 +381,10 @@ void Agent::on_generation_done(size_t i) {
 ReloadMailbox::Result Agent::reload() {
   offload::notify_reloading();
   ReloadMailbox::Result result = try_reload();
+  if (result.first) offload::set_log_level(*offload::parse_log_level(current().config().log_level));
   offload::notify_ready();
-  fmt::print(stderr, "offload-agent: {}\n", result.second);
-  std::fflush(stderr);
+  // A refusal is an error in the journal (`journalctl -p warning` finds it).
+  offload::log(result.first ? offload::LogLevel::kInfo : offload::LogLevel::kError, "{}", result.second);
   return result;
 }
 
