@@ -51,7 +51,10 @@ Handover plan_handover(const Config& running, const std::vector<std::vector<int>
   std::vector<bool> taken(running.listeners.size(), false);  // each socket goes to one listener
   for (size_t j = 0; j < next.listeners.size(); ++j) {
     for (size_t i = 0; i < running.listeners.size(); ++i) {
-      if (taken[i] || !same_address(running.listeners[i].address, next.listeners[j].address)) continue;
+      const ListenerConfig& was = running.listeners[i];
+      const ListenerConfig& is = next.listeners[j];
+      // A port range is one listener: the same range, or not the same socket.
+      if (taken[i] || !same_address(was.address, is.address) || was.port_last != is.port_last) continue;
       taken[i] = true;
       for (size_t s = 0; s < running_fds.size(); ++s) {
         h.fds[s][j] = running_fds[s][i];
