@@ -10,8 +10,12 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -23,11 +27,13 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "generation.h"
 #include "ops/access_log.h"
 #include "ops/admin.h"
 #include "ops/config.h"
 #include "ops/counters.h"
 #include "ops/log.h"
+#include "ops/reload.h"
 #include "ops/service_notify.h"
 #include "ops/shard_limits.h"
 #include "ops/version.h"
@@ -92,7 +98,9 @@ const std::map<std::string, std::string>& number_help() {
       {"connect_timeout_ms", "milliseconds to open an upstream connection (504); default 5000"},
       {"response_timeout_ms", "milliseconds between two reads from upstream (504); default 60000"},
       {"queue_timeout_ms", "milliseconds a complete request may wait for an upstream channel (503); default 30000"},
-      {"drain_timeout_ms", "milliseconds SIGTERM lets requests in flight finish before exiting; default 10000"},
+      {"drain_timeout_ms",
+       "milliseconds SIGTERM (or a reload, for the old configuration's connections) lets requests in flight finish; "
+       "default 10000"},
       {"tunnel_timeout_ms",
        "milliseconds a pass-through connection may move nothing either way (then closed); default 3600000"},
       {"half_close_timeout_ms",
@@ -199,16 +207,6 @@ void raise_fd_limit(uint32_t needed, uint32_t wanted) {
                rl.rlim_cur, needed);
 }
 
-void pin_to_cpu(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-  if (rc != 0) throw ConfigError(fmt::format("cpus: bad value '{}' (expected a CPU this process may use: {})", cpu,
-                                             std::strerror(rc)));
-}
-
 // The guard for the agent's lifetime: a failure is announced once and the
 // agent runs on without it (its limits still hold in user space).
 std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>& listen_fds, bool no_bpf) {
@@ -251,104 +249,234 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 // there is no shared accept queue (and lock) nor a thundering herd of
 // shards woken for one connection. The cost: a shard that is busy gets its
 // share of new connections anyway. For a port-0 address the first bind
-// picks the port and the other shards bind that same port.
-std::vector<std::vector<int>> open_shard_listeners(const Config& config) {
-  std::vector<std::vector<int>> fds(config.workers);
-  for (const auto& address : config.listen) {
-    offload::SocketAddress same = address;
+// picks the port and the other shards bind that same port. Only the -1
+// entries of `fds` are opened (the others were handed over by a reload);
+// each one opened is also added to `opened`, for the caller to close if the
+// whole does not start.
+void open_shard_listeners(const Config& config, std::vector<std::vector<int>>& fds, std::vector<int>& opened) {
+  fds.resize(config.workers, std::vector<int>(config.listen.size(), -1));
+  for (size_t j = 0; j < config.listen.size(); ++j) {
+    if (fds[0][j] >= 0) continue;
+    offload::SocketAddress same = config.listen[j];
     for (uint32_t i = 0; i < config.workers; ++i) {
-      fds[i].push_back(offload::open_listener(same, 4096));
-      if (i == 0) offload::set_port(same, offload::local_port(fds[0].back()));
+      fds[i][j] = offload::open_listener(same, 4096);
+      opened.push_back(fds[i][j]);
+      if (i == 0) offload::set_port(same, offload::local_port(fds[0][j]));
     }
   }
-  return fds;
 }
 
-// One shard's thread and what the signal side needs of it. The Shard is
-// made and destroyed on its own thread (its io_uring is single-issuer);
-// `mutex` keeps the signal side from reaching it while it is made or gone.
-struct ShardThread {
+void raise_fd_limit_for(const Config& config) {
+  // Descriptors for the whole agent: the shards' shares add up to these.
+  raise_fd_limit(config.max_clients + config.max_upstream + 64, 2 * config.max_clients + config.max_upstream + 64);
+}
+
+// Reload requests from the admin thread (POST /reload) to the signal
+// thread, which does them one at a time, as SIGHUP.
+struct ReloadMailbox {
+  using Result = std::pair<bool, std::string>;
   std::mutex mutex;
-  offload::Shard* shard = nullptr;
-  std::string features;
-  int code = 1;
-  std::thread thread;
+  std::vector<std::promise<Result>> waiting;
+  bool closed = false;  // the agent is stopping: no more reloads
+  int fd = -1;          // eventfd: a request is waiting
+
+  Result ask() {
+    std::future<Result> answer;
+    {
+      std::lock_guard lock(mutex);
+      if (closed) return {false, "reload: the agent is stopping"};
+      waiting.emplace_back();
+      answer = waiting.back().get_future();
+    }
+    const uint64_t one = 1;
+    (void)!::write(fd, &one, sizeof one);
+    if (answer.wait_for(std::chrono::seconds(20)) != std::future_status::ready)
+      return {false, "reload: no answer from the agent within 20 s"};
+    return answer.get();
+  }
+  // Every request so far gets `result` (requests that came together share one reload).
+  void answer_all(const Result& result) {
+    std::lock_guard lock(mutex);
+    for (auto& p : waiting) p.set_value(result);
+    waiting.clear();
+  }
 };
 
-// Makes shard `i`, says it is ready (or why not), runs it, and counts
-// itself done on `done_fd` whatever happened.
-void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, offload::Counters& counters,
-               offload::TopologyStats& topology, ShardThread& slot, std::promise<void>& ready, int done_fd) {
-  const Config config = offload::shard_share(whole, i);
-  std::unique_ptr<offload::Shard> shard;
+// The running agent: its generations of shards (the newest serves, older
+// ones finish what they had, see ops/reload.h), the cumulative counters of
+// those that ended, and the admin endpoint, which outlives them all.
+class Agent {
+ public:
+  explicit Agent(const RunFlags& flags) : flags_(flags) {}
+  int run(Config config);
+
+ private:
+  void relay_signals(const sigset_t& mask);
+  void on_generation_done(size_t i);
+  void stop_all(bool now);
+  ReloadMailbox::Result reload();
+  ReloadMailbox::Result try_reload();
+  void publish_sources(const std::function<void()>& meanwhile = {});
+  offload::Generation& current() { return *gens_.back(); }
+
+  const RunFlags& flags_;
+  std::vector<std::unique_ptr<offload::Generation>> gens_;  // oldest first; back() accepts
+  offload::Counters ended_;  // the _total counters of generations that ended; this thread writes them
+  std::unique_ptr<offload::AdminServer> admin_;
+  ReloadMailbox mailbox_;
+  int rearm_fd_ = -1;  // a retiring shard has cancelled its accepts: the newest re-arm theirs
+  bool stopping_ = false;
+};
+
+// The admin endpoint renders the newest generation's shards, then those
+// still draining and the sum of the ended ones (totals never go back).
+void Agent::publish_sources(const std::function<void()>& meanwhile) {
+  if (!admin_) {
+    if (meanwhile) meanwhile();
+    return;
+  }
+  std::vector<const offload::Counters*> parts = current().counters();
+  for (size_t i = 0; i + 1 < gens_.size(); ++i)
+    for (const offload::Counters* c : gens_[i]->counters()) parts.push_back(c);
+  parts.push_back(&ended_);
+  admin_->set_sources(parts, current().config().workers, &current().topology(), meanwhile);
+}
+
+void Agent::stop_all(bool now) {
+  for (auto& g : gens_) {
+    if (now) g->stop();
+    else g->drain();
+  }
+}
+
+// A generation's shard has ended. The newest one's shards end only when
+// told to or on a fault: then the whole agent drains. An older one that has
+// ended altogether is joined, its totals kept, and the sockets no other
+// generation uses closed (the ones a reload removed).
+void Agent::on_generation_done(size_t i) {
+  offload::Generation& g = *gens_[i];
+  const bool ended = g.note_done();
+  if (!g.retiring() && !stopping_) {
+    stopping_ = true;
+    offload::notify_stopping();
+    stop_all(false);
+  }
+  if (!ended || !g.retiring()) return;
+  g.join();
+  std::unique_ptr<offload::Generation> gone = std::move(gens_[i]);
+  gens_.erase(gens_.begin() + long(i));
+  publish_sources([&] {
+    for (const offload::Counters* c : gone->counters()) offload::add_cumulative(ended_, *c);
+  });
+  for (const auto& shard_fds : gone->fds())
+    for (int fd : shard_fds) {
+      bool used = false;
+      for (const auto& other : gens_)
+        for (const auto& other_fds : other->fds())
+          used = used || std::find(other_fds.begin(), other_fds.end(), fd) != other_fds.end();
+      if (!used) ::close(fd);
+    }
+}
+
+ReloadMailbox::Result Agent::reload() {
+  offload::notify_reloading();
+  ReloadMailbox::Result result = try_reload();
+  if (result.first) offload::set_log_level(*offload::parse_log_level(current().config().log_level));
+  offload::notify_ready();
+  // A refusal is an error in the journal (`journalctl -p warning` finds it).
+  offload::log(result.first ? offload::LogLevel::kInfo : offload::LogLevel::kError, "{}", result.second);
+  return result;
+}
+
+// Builds and validates the whole file as `check` does; only then is anything
+// touched. The new generation is started before the running one retires, so
+// there is no moment without a shard accepting on a kept address.
+ReloadMailbox::Result Agent::try_reload() {
+  const offload::Generation& running = current();
+  Config next;
   try {
-    pin_to_cpu(config.cpu);
-    shard = std::make_unique<offload::Shard>(config, std::move(fds), counters, &topology);
-    {
-      std::lock_guard lock(slot.mutex);
-      slot.shard = shard.get();
-      slot.features = shard->features();
-    }
-    ready.set_value();
-  } catch (...) {
-    ready.set_exception(std::current_exception());
+    next = build_config(flags_);
+    offload::check_reloadable(running.config(), next);
+  } catch (const std::exception& e) {
+    return {false, fmt::format("reload failed, the running configuration stays: {}", e.what())};
   }
-  if (shard) {
-    try {
-      slot.code = shard->run();
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "offload-agent: shard {}: {}\n", i, e.what());
-      slot.code = 1;
-    }
-    std::lock_guard lock(slot.mutex);
-    slot.shard = nullptr;
+  raise_fd_limit_for(next);
+  offload::Handover plan = offload::plan_handover(running.config(), running.fds(), next);
+  std::vector<int> opened;
+  std::unique_ptr<offload::Generation> gen;
+  try {
+    open_shard_listeners(next, plan.fds, opened);
+    gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology(),
+                                                 rearm_fd_);
+    gen->start();
+  } catch (const std::exception& e) {
+    gen.reset();
+    for (int fd : opened) ::close(fd);
+    return {false, fmt::format("reload failed, the running configuration stays: {}", e.what())};
   }
-  shard.reset();
-  const uint64_t one = 1;
-  (void)!::write(done_fd, &one, sizeof one);  // fails only on counter overflow
+  gens_.back()->retire(plan.kept);
+  gens_.push_back(std::move(gen));
+  publish_sources();
+  const size_t listeners = current().config().listeners.size();
+  std::string added;
+  for (size_t j = 0; j < listeners; ++j)
+    if (std::find(opened.begin(), opened.end(), current().fds()[0][j]) != opened.end())
+      added += fmt::format(", listening on {}", offload::local_address(current().fds()[0][j]));
+  return {true, fmt::format("reloaded: generation {}, {} listener{}{}; {} older generation{} draining",
+                            current().number(), listeners, listeners == 1 ? "" : "s", added, gens_.size() - 1,
+                            gens_.size() == 2 ? "" : "s")};
 }
 
-void tell_shards(std::vector<std::unique_ptr<ShardThread>>& slots, bool stop) {
-  for (auto& slot : slots) {
-    std::lock_guard lock(slot->mutex);
-    if (slot->shard == nullptr) continue;
-    if (stop) slot->shard->request_stop();
-    else slot->shard->request_drain();
-  }
-}
-
-// The one place signals arrive (they are blocked in every thread): SIGTERM
-// or a first SIGINT drains every shard, a second SIGINT stops them at once.
-// Returns once every shard has ended; a shard that ends by itself (a fault)
-// makes the others drain.
-void relay_signals(std::vector<std::unique_ptr<ShardThread>>& slots, int done_fd, const sigset_t& mask) {
+// The one place signals arrive (they are blocked in every thread): SIGHUP
+// reloads, SIGTERM or a first SIGINT drains every shard, a second SIGINT
+// stops them at once. Returns once every generation has ended; a shard of
+// the newest that ends by itself (a fault) makes the others drain.
+void Agent::relay_signals(const sigset_t& mask) {
   int signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
-  size_t done = 0;
   int sigints = 0;
-  while (done < slots.size()) {
-    pollfd fds[2] = {{done_fd, POLLIN, 0}, {signal_fd, POLLIN, 0}};
-    if (::poll(fds, signal_fd >= 0 ? 2 : 1, -1) < 0) continue;  // EINTR
-    if (fds[0].revents != 0) {
+  std::vector<pollfd> fds;
+  while (!gens_.empty() && !(gens_.size() == 1 && current().ended())) {
+    fds.clear();
+    fds.push_back({signal_fd, POLLIN, 0});
+    fds.push_back({mailbox_.fd, POLLIN, 0});
+    fds.push_back({rearm_fd_, POLLIN, 0});
+    for (const auto& g : gens_) fds.push_back({g->done_fd(), POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
+    // Last first: on_generation_done() may erase the generation it is given.
+    for (size_t i = gens_.size(); i-- > 0;)
+      if (fds[i + 3].revents != 0) on_generation_done(i);
+    if (fds[2].revents != 0) {
       uint64_t n = 0;
-      if (::read(done_fd, &n, sizeof n) == sizeof n) done += n;
-      if (done < slots.size()) {
-        offload::notify_stopping();
-        tell_shards(slots, false);
-      }
+      (void)!::read(rearm_fd_, &n, sizeof n);
+      if (!stopping_) current().rearm();
+    }
+    if (fds[1].revents != 0) {
+      uint64_t n = 0;
+      (void)!::read(mailbox_.fd, &n, sizeof n);
+      mailbox_.answer_all(stopping_ ? ReloadMailbox::Result{false, "reload: the agent is stopping"} : reload());
     }
     signalfd_siginfo info{};
-    if (signal_fd >= 0 && fds[1].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
-      if (info.ssi_signo == SIGUSR1) {  // logrotate: the access log's path again
+    if (signal_fd >= 0 && fds[0].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
+      if (info.ssi_signo == SIGHUP) {
+        if (!stopping_) reload();
+      } else if (info.ssi_signo == SIGUSR1) {  // logrotate: the access log's path again
         if (offload::AccessLogWriter* log = offload::AccessLogWriter::current()) log->reopen();
       } else if (info.ssi_signo == SIGINT && ++sigints >= 2) {
         fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
-        tell_shards(slots, true);
+        stopping_ = true;
+        stop_all(true);
       } else {
+        stopping_ = true;
         offload::notify_stopping();
-        tell_shards(slots, false);
+        stop_all(false);
       }
     }
   }
+  {
+    std::lock_guard lock(mailbox_.mutex);
+    mailbox_.closed = true;
+  }
+  mailbox_.answer_all({false, "reload: the agent is stopping"});
   if (signal_fd >= 0) ::close(signal_fd);
 }
 
@@ -366,11 +494,10 @@ std::unique_ptr<offload::splice::Splicer> choose_splice(const Config& config, bo
   return std::move(choice.splicer);
 }
 
-int run(const Config& config, bool no_bpf) {
+int Agent::run(Config config) {
   offload::set_log_level(*offload::parse_log_level(config.log_level));  // validate() checked it
   offload::set_log_priority_prefix(offload::journal_is_stderr());
-  // Descriptors for the whole agent: the shards' shares add up to these.
-  raise_fd_limit(config.max_clients + config.max_upstream + 64, 2 * config.max_clients + config.max_upstream + 64);
+  raise_fd_limit_for(config);
   // Signals are read by relay_signals() alone; block them in every thread
   // (the shards' threads inherit this mask).
   sigset_t mask;
@@ -378,86 +505,72 @@ int run(const Config& config, bool no_bpf) {
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  std::vector<std::vector<int>> fds = open_shard_listeners(config);
+  std::vector<std::vector<int>> fds;
+  std::vector<int> opened;
+  open_shard_listeners(config, fds, opened);
+  rearm_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (rearm_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
+  gens_.push_back(std::make_unique<offload::Generation>(1, std::move(config), fds, nullptr, rearm_fd_));
+  const Config& first = current().config();
+  mailbox_.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (mailbox_.fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
   // One Counters per shard, each written by its shard alone; the admin
-  // thread sums them when it renders.
-  std::vector<std::unique_ptr<offload::Counters>> counters;
-  std::vector<const offload::Counters*> counter_views;
-  for (uint32_t i = 0; i < config.workers; ++i) {
-    counters.push_back(std::make_unique<offload::Counters>());
-    counter_views.push_back(counters.back().get());
+  // thread sums them when it renders. Per listener and per server: one set
+  // for all shards, each add atomic.
+  if (first.admin != "off") {
+    admin_ = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", first.admin),
+                                                    current().counters(), &current().topology());
+    admin_->set_reload([this] { return mailbox_.ask(); });
+    publish_sources();
   }
-  // Per listener and per server: one set for all shards, each add atomic.
-  std::unique_ptr<offload::TopologyStats> topology = offload::TopologyStats::from(config);
   // Made before the shards (they find it at start) and ended after them:
-  // what they handed over is written before the agent exits.
+  // what they handed over is written before the agent exits. A reload
+  // cannot change access_log (this writer is the agent's).
   std::unique_ptr<offload::AccessLogWriter> access_log;
-  if (config.access_log != "off") access_log = std::make_unique<offload::AccessLogWriter>(config.access_log);
-  std::unique_ptr<offload::AdminServer> admin;
-  if (config.admin != "off")
-    admin = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", config.admin),
-                                                   counter_views, topology.get());
-  std::shared_ptr<void> guard = attach_guard(config, fds.front(), no_bpf);  // every shard has the same ports
-  std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(config, no_bpf);
-
-  const int done_fd = eventfd(0, EFD_CLOEXEC);
-  if (done_fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
-  std::vector<std::unique_ptr<ShardThread>> slots;
-  std::vector<std::promise<void>> ready(config.workers);
-  for (uint32_t i = 0; i < config.workers; ++i) {
-    slots.push_back(std::make_unique<ShardThread>());
-    slots.back()->thread = std::thread(run_shard, std::cref(config), i, fds[i], std::ref(*counters[i]),
-                                       std::ref(*topology), std::ref(*slots.back()), std::ref(ready[i]), done_fd);
-  }
-  std::exception_ptr failed;
-  for (auto& r : ready) {
-    try {
-      r.get_future().get();
-    } catch (...) {
-      if (!failed) failed = std::current_exception();
-    }
-  }
-  if (failed) {  // a shard could not start: the others stop, the reason is reported
-    tell_shards(slots, true);
-    for (auto& slot : slots) slot->thread.join();
-    ::close(done_fd);
-    std::rethrow_exception(failed);
-  }
-  fmt::print(stderr, "offload-agent: {}\n", slots.front()->features);
-  fmt::print(stderr, "offload-agent: {} shard{}{}\n", config.workers, config.workers == 1 ? "" : "s",
-             config.cpus.empty() ? std::string() : fmt::format(" on cpus {}", fmt::join(config.cpus, ",")));
-  for (const offload::GroupConfig& g : config.groups)
+  if (first.access_log != "off") access_log = std::make_unique<offload::AccessLogWriter>(first.access_log);
+  std::shared_ptr<void> guard = attach_guard(first, fds.front(), flags_.no_bpf);  // every shard has the same ports
+  // Chosen once for the agent's lifetime (a reload cannot change `splice`).
+  std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(first, flags_.no_bpf);
+  current().start();
+  fmt::print(stderr, "offload-agent: {}\n", current().features());
+  fmt::print(stderr, "offload-agent: {} shard{}{}\n", first.workers, first.workers == 1 ? "" : "s",
+             first.cpus.empty() ? std::string() : fmt::format(" on cpus {}", fmt::join(first.cpus, ",")));
+  for (const offload::GroupConfig& g : first.groups)
     for (const offload::ServerConfig& sv : g.servers)
       fmt::print(stderr, "offload-agent: upstream {} server {} (max {} connections{}, {} persistent, for all shards)\n",
-                 g.name, sv.target.text, sv.max_connections, config.max_upstream_auto ? ", adaptive" : "",
+                 g.name, sv.target.text, sv.max_connections, first.max_upstream_auto ? ", adaptive" : "",
                  sv.persistent);
   // One line per listener, in the order of the configuration; the address
   // is the bound one (the real port for :0).
   for (size_t i = 0; i < fds.front().size(); ++i) {
-    const offload::ListenerConfig& l = config.listeners[i];
+    const offload::ListenerConfig& l = first.listeners[i];
     const char* mode = l.proxy != "passthrough" ? "" : splicer ? " (kernel splice)" : " (user space)";
     fmt::print(stderr, "offload-agent: listener {}: proxy {}{}, upstream {}\n", l.name, l.proxy, mode,
-               config.groups[l.group].name);
+               first.groups[l.group].name);
     fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fds.front()[i]));
   }
-  if (admin) {
-    admin->start();
-    fmt::print(stderr, "offload-agent: admin on {}\n", admin->bound_address());
+  if (admin_) {
+    admin_->start();
+    fmt::print(stderr, "offload-agent: admin on {}\n", admin_->bound_address());
   }
   std::fflush(stderr);
   // Every shard is made and its sockets listen (the kernel queues
   // connections from here on): a service manager may count the agent up.
   offload::notify_ready();
-  relay_signals(slots, done_fd, mask);
+  relay_signals(mask);
   int code = 0;
-  for (auto& slot : slots) {
-    slot->thread.join();
-    if (code == 0) code = slot->code;
+  for (auto& g : gens_) {
+    const int c = g->join();
+    if (code == 0) code = c;
   }
-  ::close(done_fd);
+  admin_.reset();  // before the counters it reads
+  gens_.clear();
+  ::close(mailbox_.fd);
+  ::close(rearm_fd_);
   offload::splice::install(nullptr);  // every shard is gone: the maps can go
   splicer.reset();
   fmt::print(stderr, "offload-agent: stopped\n");
@@ -511,6 +624,24 @@ int stats(const std::string& admin, bool json) {
   return 0;
 }
 
+// POST /reload: the agent's own line goes to stdout (applied) or stderr (not).
+int reload(const std::string& admin) {
+  try {
+    auto [status, body] = offload::request_admin(offload::parse_socket_address("--admin", admin), "POST", "/reload", 30);
+    if (status == 200) {
+      fmt::print("offload-agent: {}", body);
+      return 0;
+    }
+    fmt::print(stderr, "offload-agent: {}", status == 404 ? "the agent at " + admin + " cannot reload\n" : body);
+    return kExitBadInput;
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "offload-agent: {}\n", e.what());
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -537,13 +668,18 @@ int main(int argc, char** argv) {
   stats_cmd->add_option("--admin", stats_admin, "the agent's admin endpoint (default 127.0.0.1:9901)");
   stats_cmd->add_flag("--json", stats_json, "print one JSON object instead of the table; default off");
 
+  std::string reload_admin = "127.0.0.1:9901";
+  CLI::App* reload_cmd = app.add_subcommand(
+      "reload", "make the running agent re-read its configuration, as SIGHUP does, and say how it went");
+  reload_cmd->add_option("--admin", reload_admin, "the agent's admin endpoint (default 127.0.0.1:9901)");
+
 #ifdef OFFLOAD_HAVE_XDP
   offload::xdp::add_xdp_commands(app, exit_code);
 #endif
 
   try {
     app.parse(argc, argv);
-    if (run_cmd->parsed()) return run(build_config(run_flags), run_flags.no_bpf);
+    if (run_cmd->parsed()) return Agent(run_flags).run(build_config(run_flags));
     if (check_cmd->parsed()) {
       if (check_flags.config_file.empty()) throw ConfigError("check: -c FILE is required");
       Config config = build_config(check_flags);
@@ -551,6 +687,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (stats_cmd->parsed()) return stats(stats_admin, stats_json);
+    if (reload_cmd->parsed()) return reload(reload_admin);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

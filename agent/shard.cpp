@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -70,6 +71,7 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   bind<&Shard::housekeeping>(housekeeping_timer_, this);
   loop_.add_timers(housekeeping_list_);
   bind<&Shard::on_control>(control_read_, this);
+  bind<&Shard::on_retire_cancelled>(retire_cancelled_, this);
   control_fd_ = eventfd(0, EFD_CLOEXEC);
 }
 
@@ -139,6 +141,22 @@ void Shard::request_stop() {
   (void)!::write(control_fd_, &one, sizeof one);
 }
 
+void Shard::request_retire(std::vector<int> handed_over) {
+  {
+    std::lock_guard lock(handed_over_mutex_);
+    handed_over_ = std::move(handed_over);
+  }
+  retire_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!::write(control_fd_, &one, sizeof one);
+}
+
+void Shard::request_rearm() {
+  rearm_requested_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!::write(control_fd_, &one, sizeof one);
+}
+
 void Shard::post_control_read() {
   if (control_fd_ < 0) return;
   io_uring_prep_read(loop_.sqe(control_read_), control_fd_, &control_buf_, sizeof control_buf_, 0);
@@ -153,6 +171,11 @@ void Shard::on_control(const io_uring_cqe& cqe) {
       return;
     }
     if (drain_requested_.load(std::memory_order_acquire)) start_drain();
+    else if (retire_requested_.load(std::memory_order_acquire)) start_retire();
+    // The acceptor re-arms an accept whose end was a cancel (not stopped).
+    if (rearm_requested_.exchange(false, std::memory_order_acq_rel) && !draining_)
+      for (auto& l : listeners_)
+        if (l->armed) loop_.cancel(l->accepted, nullptr);
   }
   post_control_read();
 }
@@ -167,6 +190,36 @@ void Shard::start_drain() {
   for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
   tcp_.drain();
   for (Proxy* p : proxies_) p->drain();
+}
+
+// Not tcp_.drain(): that stops opening upstream connections, and a request
+// still to come here (the next one of a kept-alive client) needs one. The
+// upstream side works as before until the shard ends and closes it.
+void Shard::start_retire() {
+  if (draining_) return;
+  draining_ = true;
+  drain_deadline_ms_ = loop_.now_ms() + config_.drain_timeout_ms;
+  std::vector<int> kept;
+  {
+    std::lock_guard lock(handed_over_mutex_);
+    kept = handed_over_;
+  }
+  for (auto& l : listeners_) l->serve_late = true;
+  for (Proxy* p : proxies_) p->drain();  // their acceptors stop first: a cancelled accept is not re-armed
+  for (auto& l : listeners_) {
+    if (std::find(kept.begin(), kept.end(), l->fd) != kept.end()) {
+      loop_.cancel(l->accepted, &retire_cancelled_);
+      ++retire_cancels_pending_;
+    } else {
+      ::shutdown(l->fd, SHUT_RDWR);
+    }
+  }
+}
+
+// A cancel's own completion comes once its target is off the socket's wait
+// queue: from then on no wake-up can be lost here.
+void Shard::on_retire_cancelled(const io_uring_cqe&) {
+  if (--retire_cancels_pending_ == 0 && accepts_cancelled_hook_) accepts_cancelled_hook_();
 }
 
 // ------------------------------------------------------------- accepting

@@ -20,7 +20,9 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "loop/clock.h"
@@ -66,6 +68,26 @@ class Shard final {
   // SIGINT). Each wakes the loop through an eventfd it reads.
   void request_drain();
   void request_stop();
+  // A reload: a newer generation of shards serves from now on. This one
+  // stops accepting and ends once what is in flight is done (or at its
+  // drain deadline). The sockets in `handed_over` go on in the newer
+  // generation: their accept is cancelled, never the socket shut (that
+  // would drop its queue); the others are shut at once, so their ports
+  // refuse. A connection accepted before the cancel lands is served, one
+  // request, with Connection: close; so is the next request of a kept-alive
+  // connection: an idle one is not closed, since its client may be sending
+  // right now, only at its keep-alive timeout or the drain deadline.
+  void request_retire(std::vector<int> handed_over);
+  // Why the next generation needs a nudge: a multishot accept waits on its
+  // socket exclusively (the kernel wakes one waiter per connection), so a
+  // connection whose wake-up went to this shard's accept just as it was
+  // cancelled stays queued with nobody woken. `hook` runs (on this shard's
+  // thread) once every handed-over accept is cancelled; the agent then asks
+  // the newest shards to request_rearm(): a fresh accept takes what is
+  // queued at once. Set before run().
+  void set_accepts_cancelled_hook(std::function<void()> hook) { accepts_cancelled_hook_ = std::move(hook); }
+  // Cancels and re-arms every accept (thread-safe; see above).
+  void request_rearm();
 
  private:
   static const Clock& default_clock();
@@ -78,6 +100,8 @@ class Shard final {
   void on_control(const io_uring_cqe& cqe);
   void post_control_read();
   void start_drain();
+  void start_retire();
+  void on_retire_cancelled(const io_uring_cqe& cqe);
 
   const Config& config_;
   Counters& counters_;
@@ -111,6 +135,13 @@ class Shard final {
   uint64_t control_buf_ = 0;
   std::atomic<bool> drain_requested_{false};
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> retire_requested_{false};
+  std::mutex handed_over_mutex_;  // the signal side writes, the loop reads
+  std::vector<int> handed_over_;
+  std::atomic<bool> rearm_requested_{false};
+  Completion retire_cancelled_;
+  uint32_t retire_cancels_pending_ = 0;
+  std::function<void()> accepts_cancelled_hook_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool stop_now_ = false;

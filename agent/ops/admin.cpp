@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -46,6 +47,7 @@ std::string http_answer(std::string_view status, std::string_view type, std::str
 AdminServer::AdminServer(const SocketAddress& address, std::vector<const Counters*> shards,
                          const TopologyStats* topology)
     : shards_(std::move(shards)), topology_(topology) {
+  shown_ = shards_.size();
   fd_ = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   int one = 1;
   ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -72,6 +74,15 @@ AdminServer::~AdminServer() {
   for (Conn& c : conns_) ::close(c.fd);
   ::close(wake_fd_);
   ::close(fd_);
+}
+
+void AdminServer::set_sources(std::vector<const Counters*> shards, size_t shown, const TopologyStats* topology,
+                              const std::function<void()>& meanwhile) {
+  std::lock_guard lock(sources_mutex_);
+  if (meanwhile) meanwhile();
+  shards_ = std::move(shards);
+  shown_ = shown;
+  topology_ = topology;
 }
 
 void AdminServer::start() { thread_ = std::thread([this] { serve(); }); }
@@ -174,10 +185,16 @@ bool AdminServer::on_writable(Conn& c) {
 
 std::string AdminServer::answer(std::string_view request) const {
   std::string_view line = request.substr(0, request.find('\n'));
+  // Before the lock: the reload replaces the sources.
+  if (reload_ && line.starts_with("POST /reload ")) {
+    auto [ok, said] = reload_();
+    return http_answer(ok ? "200 OK" : "400 Bad Request", "text/plain", said + "\n");
+  }
+  std::lock_guard lock(sources_mutex_);
   std::vector<const Counters*> parts = shards_;
   parts.push_back(&counters_);
   auto render = [&](StatsFormat f) {
-    std::string out = render_totals(parts, shards_.size(), f);
+    std::string out = render_totals(parts, shown_, f);
     if (topology_ == nullptr) return out;
     if (f != StatsFormat::kJson) return out + render_topology(*topology_, f);
     out.resize(out.size() - 2);  // {...}\n → {..., "listeners":[...], "servers":[...]}\n
@@ -192,10 +209,11 @@ std::string AdminServer::answer(std::string_view request) const {
   return http_answer("404 Not Found", "text/plain", "try /stats, /stats?format=json or /metrics\n");
 }
 
-std::string fetch_admin(const SocketAddress& address, const std::string& path) {
+std::pair<int, std::string> request_admin(const SocketAddress& address, const std::string& method,
+                                          const std::string& path, int timeout_s) {
   int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw std::runtime_error(std::strerror(errno));
-  timeval tv{5, 0};
+  timeval tv{timeout_s, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (::connect(fd, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0) {
@@ -203,7 +221,8 @@ std::string fetch_admin(const SocketAddress& address, const std::string& path) {
     ::close(fd);
     throw std::runtime_error(fmt::format("cannot reach the agent's admin endpoint {}: {}", address.text, why));
   }
-  std::string req = fmt::format("GET {} HTTP/1.1\r\nHost: offload\r\nConnection: close\r\n\r\n", path);
+  std::string req = fmt::format("{} {} HTTP/1.1\r\nHost: offload\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                method, path);
   ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   std::string resp;
   char buf[4096];
@@ -214,9 +233,15 @@ std::string fetch_admin(const SocketAddress& address, const std::string& path) {
   }
   ::close(fd);
   auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.1 200", 0) != 0 || body == std::string::npos)
+  if (!resp.starts_with("HTTP/1.1 ") || resp.size() < 12 || body == std::string::npos)
     throw std::runtime_error(fmt::format("unexpected answer from {}", address.text));
-  return resp.substr(body + 4);
+  return {std::atoi(resp.substr(9, 3).c_str()), resp.substr(body + 4)};
+}
+
+std::string fetch_admin(const SocketAddress& address, const std::string& path) {
+  auto [status, body] = request_admin(address, "GET", path, 5);
+  if (status != 200) throw std::runtime_error(fmt::format("unexpected answer from {}", address.text));
+  return body;
 }
 
 }  // namespace offload

@@ -3,6 +3,9 @@
 //   GET /stats                 "name value" lines
 //   GET /stats?format=json     one JSON object
 //   GET /metrics               Prometheus text
+//   POST /reload               re-read the configuration (as SIGHUP): 200 and
+//                              one line when applied, 400 and the line
+//                              naming the bad key when not
 //
 // One poll() loop serves up to kConnectionsMax connections at once, each
 // with a total deadline (kDeadlineMs from accept to the last byte of the
@@ -15,6 +18,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -45,6 +50,20 @@ class AdminServer {
   void start();
   std::string bound_address() const;  // "127.0.0.1:PORT"
 
+  // After a reload: what is rendered from now on. `shards` begins with the
+  // `shown` shards of the running generation (the per-shard breakdown),
+  // then those still draining and the ended ones' sum. Returns once no
+  // answer uses the old ones, which the caller may then free. `meanwhile`
+  // runs under the same lock: the caller moves an ended generation's counts
+  // into the sum there, so no answer counts them twice or not at all.
+  void set_sources(std::vector<const Counters*> shards, size_t shown, const TopologyStats* topology,
+                   const std::function<void()>& meanwhile = {});
+  // What POST /reload runs (on the admin thread): true and a line when the
+  // configuration was applied, false and the reason. Unset: 404. Set it
+  // before start().
+  using Reload = std::function<std::pair<bool, std::string>()>;
+  void set_reload(Reload reload) { reload_ = std::move(reload); }
+
  private:
   struct Conn {
     int fd = -1;
@@ -61,8 +80,11 @@ class AdminServer {
   void close_conn(size_t i);
   std::string answer(std::string_view request) const;
 
+  mutable std::mutex sources_mutex_;  // shards_, shown_ and topology_: a reload replaces them
   std::vector<const Counters*> shards_;
+  size_t shown_ = 0;
   const TopologyStats* topology_;
+  Reload reload_;
   Counters counters_;  // the admin_* ones: written by the admin thread only
   int fd_ = -1;
   int wake_fd_ = -1;                // eventfd: the destructor's "stop now"
@@ -74,5 +96,9 @@ class AdminServer {
 // The client side, for `offload-agent stats`: fetches `path` from the admin
 // endpoint and returns the body. Throws std::runtime_error with the reason.
 std::string fetch_admin(const SocketAddress& address, const std::string& path);
+// The same for any method, each read and write bounded by `timeout_s`: the
+// status code and the body.
+std::pair<int, std::string> request_admin(const SocketAddress& address, const std::string& method,
+                                          const std::string& path, int timeout_s);
 
 }  // namespace offload

@@ -1,6 +1,10 @@
 #include "ops/service_notify.h"
 
+#include <time.h>
+
 #include <atomic>
+#include <cstdint>
+#include <string>
 
 #ifdef OFFLOAD_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -34,6 +38,16 @@ bool service_notify_built() {
 }
 
 void notify_ready() { notify("READY=1\nSTATUS=serving"); }
+
+// systemd (Type=notify-reload, and Type=notify with ExecReload) wants the
+// monotonic time with RELOADING=1, so it can tell this reload from the next.
+void notify_reloading() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const std::string state = "RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=" +
+                            std::to_string(uint64_t(ts.tv_sec) * 1000000 + uint64_t(ts.tv_nsec) / 1000);
+  notify(state.c_str());
+}
 
 void notify_stopping() {
   if (!stopping_sent.exchange(true)) notify("STOPPING=1\nSTATUS=draining");

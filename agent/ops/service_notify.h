@@ -1,6 +1,7 @@
 // Tells a service manager how start-up and shutdown go (systemd's
 // Type=notify protocol, through libsystemd's sd_notify): READY=1 once every
-// shard listens, STOPPING=1 when draining starts. Without a manager
+// shard listens, STOPPING=1 when draining starts, RELOADING=1 (with
+// MONOTONIC_USEC) when a reload begins and READY=1 again once it is done. Without a manager
 // (NOTIFY_SOCKET unset) each call does nothing, and so does a build without
 // libsystemd: the agent runs the same with or without systemd.
 #pragma once
@@ -10,6 +11,7 @@ namespace offload {
 // True when this build can talk to systemd at all (libsystemd was found).
 bool service_notify_built();
 void notify_ready();
+void notify_reloading();
 void notify_stopping();  // sent once, however often it is called
 
 }  // namespace offload

@@ -6,16 +6,24 @@
 
 namespace offload {
 
-std::unique_ptr<TopologyStats> TopologyStats::from(const Config& config) {
+std::unique_ptr<TopologyStats> TopologyStats::from(const Config& config, const TopologyStats* carry) {
   auto t = std::make_unique<TopologyStats>();
   for (const ListenerConfig& l : config.listeners) {
-    t->listeners.push_back(std::make_unique<ListenerCounters>());
+    std::shared_ptr<ListenerCounters> same;
+    if (carry != nullptr)
+      for (const auto& c : carry->listeners)
+        if (c->name == l.name) same = c;
+    t->listeners.push_back(same ? same : std::make_shared<ListenerCounters>());
     t->listeners.back()->name = l.name;
   }
   for (const GroupConfig& g : config.groups) {
     t->group_offsets.push_back(t->servers.size());
     for (const ServerConfig& s : g.servers) {
-      t->servers.push_back(std::make_unique<ServerCounters>());
+      std::shared_ptr<ServerCounters> same;
+      if (carry != nullptr)
+        for (const auto& c : carry->servers)
+          if (c->group == g.name && c->name == s.target.text) same = c;
+      t->servers.push_back(same ? same : std::make_shared<ServerCounters>());
       t->servers.back()->group = g.name;
       t->servers.back()->name = s.target.text;
     }

@@ -45,12 +45,16 @@ struct ServerCounters {
   std::atomic<uint64_t> down{0};             // gauge: shards that have taken it out
 };
 
+// Shared: after a reload, a listener or server of the same name is the same
+// entry in both generations, so its totals go on and its gauges are right
+// while the old generation drains.
 struct TopologyStats {
-  std::vector<std::unique_ptr<ListenerCounters>> listeners;
-  std::vector<std::unique_ptr<ServerCounters>> servers;
+  std::vector<std::shared_ptr<ListenerCounters>> listeners;
+  std::vector<std::shared_ptr<ServerCounters>> servers;
 
-  // One entry per listener and per server of `config`.
-  static std::unique_ptr<TopologyStats> from(const Config& config);
+  // One entry per listener and per server of `config`; those named as in
+  // `carry` (the running generation's, on a reload) are its entries.
+  static std::unique_ptr<TopologyStats> from(const Config& config, const TopologyStats* carry = nullptr);
   ServerCounters* server(size_t group, size_t index) const;
   std::vector<size_t> group_offsets;  // index of each group's first server in `servers`
 };

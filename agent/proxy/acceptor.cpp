@@ -41,7 +41,7 @@ void Acceptor::on_accept(Listener* l, const io_uring_cqe& cqe) {
     }
   }
   if (cqe.res < 0) return;
-  if (stopped_) {
+  if (stopped_ && !l->serve_late) {
     ::close(cqe.res);
     return;
   }

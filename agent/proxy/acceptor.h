@@ -26,7 +26,8 @@ class Acceptor {
   void serve(Listener* l);
   void start();
   // Draining: nothing is accepted any more (the shard shuts the sockets,
-  // which ends the multishot accepts); what still comes in is closed.
+  // which ends the multishot accepts); what still comes in is closed,
+  // except on a listener that serves late arrivals (a reload).
   void stop() { stopped_ = true; }
 
  private:

@@ -145,6 +145,10 @@ void HttpProxy::drain() {
     ClientConn* c = &clients_[i];
     if (c->fd < 0 || c->state == ClientState::kClosing) continue;
     bool has_bytes = c->ex != nullptr && c->ex->in != nullptr && c->ex->in->readable() > 0;
+    // After a reload a request may be on its way, and a response head may
+    // have gone out without Connection: close: such a connection is closed
+    // only after a response that says so (see finish_exchange).
+    if (c->listener->serve_late) continue;
     if (c->state == ClientState::kIdle || (c->state == ClientState::kHead && !has_bytes)) close_client(c);
     else if (c->ex != nullptr) c->ex->close_after = true;
   }
@@ -782,7 +786,7 @@ void HttpProxy::finish_exchange(ClientConn* c) {
     access_log_.log(*c, Termination::kDone);
   }
   sink_.forget(c);
-  if (ex->close_after || c->in.eof || draining_) {
+  if (ex->close_after || c->in.eof || (draining_ && !c->listener->serve_late)) {
     linger(c);
     return;
   }

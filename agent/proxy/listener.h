@@ -31,6 +31,10 @@ struct Listener {
   uint32_t max_clients = 0;      // of this listener's clients at once
   uint32_t active = 0;
   bool armed = false;            // the multishot accept is running
+  // Its shard was retired by a reload: a connection accepted after its
+  // proxy's drain is served (not closed), and idle ones stay open until
+  // their next response (see Shard::request_retire).
+  bool serve_late = false;
   Completion accepted;
   TimerList timers[kClientTimerKinds];  // its clients' timeouts, one list per kind
   TimerList tunnel_idle;         // passthrough: a tunnel with nothing moving...

@@ -137,7 +137,7 @@ Tunnel* PassthroughProxy::open_slot(Listener* l, int fd) {
 }
 
 void PassthroughProxy::accept(Listener* l, int fd) {
-  if (draining_) {
+  if (draining_ && !l->serve_late) {
     ::close(fd);
     return;
   }

@@ -42,9 +42,15 @@ void TcpPool::limit_changed() {
   reported_limit_ = now;
 }
 
+// The server's gauges outlive the pool (a reload's next generation counts on
+// in them): what this pool still holds comes off them.
 TcpPool::~TcpPool() {
   for (auto& u : conns_)
-    if (u->fd >= 0) ::close(u->fd);
+    if (u->fd >= 0) {
+      ::close(u->fd);
+      sub(stats_.connections);
+    }
+  if (counted_down) sub(stats_.down);
 }
 
 UpstreamConn* TcpPool::take_idle() { return idle_.empty() ? nullptr : idle_.pop_front(); }

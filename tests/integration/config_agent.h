@@ -36,6 +36,13 @@ class ConfigAgent {
     REQUIRE(ports_.size() == listeners);
   }
   uint16_t port(size_t i) const { return ports_.at(i); }
+  uint16_t admin_port() const { return admin_; }
+  // Replaces the file's text (for a reload to read).
+  void rewrite(const std::string& toml) {
+    const std::string next = file_ + ".next";
+    std::ofstream(next) << toml;
+    REQUIRE(::rename(next.c_str(), file_.c_str()) == 0);  // whole: a reload never reads half a file
+  }
   // /stats?format=json, parsed.
   rig::Json stats() {
     rig::Client c;

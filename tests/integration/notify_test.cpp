@@ -58,7 +58,7 @@ bool has_line(const std::string& message, const std::string& line) {
 
 }  // namespace
 
-TEST_CASE("systemd: READY=1 once the agent listens, STOPPING=1 when SIGTERM starts the drain") {
+TEST_CASE("systemd: READY=1 once the agent listens, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 when SIGTERM starts the drain") {
 #ifndef OFFLOAD_HAVE_SYSTEMD
 #ifdef OFFLOAD_REQUIRE_ALL_TESTS
   FAIL("built without libsystemd (Debian libsystemd-dev; ci/deps.sh installs it)");
@@ -93,6 +93,14 @@ TEST_CASE("systemd: READY=1 once the agent listens, STOPPING=1 when SIGTERM star
   CHECK(r.response->status == 200);
   CHECK(agent.wait_for_line("offload-agent: listening on 127.0.0.1:" + std::to_string(port), 0));
   CHECK(manager.next(0).empty());  // nothing else yet
+
+  // A reload (SIGHUP): RELOADING=1 with the monotonic time, then READY=1.
+  agent.signal(SIGHUP);
+  const std::string reloading = manager.next(10000);
+  CHECK_MESSAGE(has_line(reloading, "RELOADING=1"), "got: '", reloading, "'");
+  CHECK_MESSAGE(reloading.find("\nMONOTONIC_USEC=") != std::string::npos, "got: '", reloading, "'");
+  const std::string ready_again = manager.next(10000);
+  CHECK_MESSAGE(has_line(ready_again, "READY=1"), "got: '", ready_again, "'");
 
   agent.signal(SIGTERM);
   const std::string stopping = manager.next(10000);

@@ -15,6 +15,7 @@ sed "s|/usr/local/bin/offload-agent|$agent|g" "$unit" > "$dir/offload-agent.serv
 grep -q '^Type=notify$' "$dir/offload-agent.service"
 grep -q '^KillMode=mixed$' "$dir/offload-agent.service"
 grep -q "^ExecStartPre=$agent check " "$dir/offload-agent.service"
+grep -q '^ExecReload=/bin/kill -HUP $MAINPID$' "$dir/offload-agent.service"
 out=$(cd "$dir" && systemd-analyze verify "$dir/offload-agent.service" 2>&1) || { echo "$out"; exit 1; }
 # verify exits 0 on some findings; any line about our unit is one.
 if grep -q 'offload-agent.service' <<<"$out"; then echo "$out"; exit 1; fi

@@ -252,3 +252,49 @@ TEST_CASE("shard on a test clock: a server that never answers costs the client a
   CHECK(rig.value(rig.counters.timeouts_response) == 1);
   ::close(c);
 }
+
+// A reload's old shard: the socket it hands over stays open (its queue is
+// the next generation's), a kept-alive client is not closed while idle (a
+// request may be on its way) but after its next response, which says
+// close; then the shard has nothing left and ends.
+TEST_CASE("shard retired by a reload: the handed-over socket stays listening, an idle client closes after its next response") {
+  Rig rig;
+  int c = connect_to(rig.port);
+  send_text(c, "GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+  Received got{c};
+  rig.turn_until([&] { return got.poll().find("\r\n\r\nok") != std::string::npos; });
+  CHECK(got.text.find("Connection: close") == std::string::npos);
+  got.text.clear();
+
+  rig.shard->request_retire({rig.listen_fd});
+  rig.advance(1000);
+  got.poll();
+  CHECK_FALSE(got.eof);  // idle, but open
+  int queued = connect_to(rig.port);  // the socket still listens: the backlog takes it
+  send_text(c, "GET /two HTTP/1.1\r\nHost: a\r\n\r\n");
+  rig.turn_until([&] { return got.poll(), got.eof; });
+  CHECK(got.text.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(got.text.find("Connection: close") != std::string::npos);
+  CHECK(got.text.find("\r\n\r\nok") != std::string::npos);
+  // Nothing open once the client has gone: the shard's run ends (the
+  // queued client waits for the next generation).
+  ::close(c);
+  bool running = true;
+  for (int i = 0; i < 100 && running; ++i) running = rig.shard->turn(kTurnWaitMs);
+  CHECK_FALSE(running);
+  CHECK(rig.value(rig.counters.accepted) == 1);
+  ::close(queued);
+}
+
+TEST_CASE("shard retired by a reload: a socket not handed over is shut, its port refuses") {
+  Rig rig;
+  rig.shard->request_retire({});
+  rig.settle();
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(rig.port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0);
+  ::close(fd);
+}

@@ -1,0 +1,74 @@
+// One generation of the agent: the shards built from one configuration, on
+// their threads, with their counters. The agent starts with one; each reload
+// starts the next beside it and retires the running one (ops/reload.h), so
+// for a moment several generations run, the newest accepting, the others
+// finishing what they had.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/config.h"
+#include "ops/counters.h"
+#include "ops/topology_stats.h"
+
+namespace offload {
+
+struct ShardThread;
+
+class Generation {
+ public:
+  // `config` is whole and validated; `fds` has one socket per listener for
+  // each shard, all listening. The sockets are not owned: the agent closes
+  // one when no generation uses it. `carry`: the running generation's
+  // stats, whose listeners and servers of the same names count on.
+  // `rearm_fd` (an eventfd) is written when a retiring shard has cancelled
+  // its accepts: the agent then calls rearm() on the newest generation.
+  Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry,
+             int rearm_fd);
+  ~Generation();  // stops the shards still running and joins them
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
+
+  // Starts every shard's thread and waits until each is built (its loop is
+  // about to accept). If one cannot be built, the others stop and its
+  // reason is rethrown.
+  void start();
+
+  // Each thread-safe towards the shards (see Shard).
+  void drain();                               // SIGTERM
+  void stop();                                // a second SIGINT
+  void retire(const std::vector<int>& kept);  // a reload: see Shard::request_retire
+  void rearm();                               // see Shard::request_rearm
+  bool retiring() const { return retiring_; }
+
+  // Readable when a shard has ended; note_done() reads it and says whether
+  // every shard has ended (then join() does not wait).
+  int done_fd() const { return done_fd_; }
+  bool note_done();
+  bool ended() const { return done_ == slots_.size(); }
+  int join();  // the first shard's non-zero code, else 0
+
+  uint64_t number() const { return number_; }
+  const Config& config() const { return config_; }
+  const std::vector<std::vector<int>>& fds() const { return fds_; }
+  const TopologyStats& topology() const { return *topology_; }
+  std::vector<const Counters*> counters() const;
+  std::string features() const;
+
+ private:
+  uint64_t number_;
+  const Config config_;
+  std::vector<std::vector<int>> fds_;
+  std::vector<std::unique_ptr<Counters>> counters_;  // one per shard, each its shard's alone
+  std::unique_ptr<TopologyStats> topology_;
+  std::vector<std::unique_ptr<ShardThread>> slots_;
+  int done_fd_ = -1;
+  int rearm_fd_ = -1;
+  size_t done_ = 0;
+  bool retiring_ = false;
+  bool joined_ = false;
+};
+
+}  // namespace offload
