@@ -32,6 +32,7 @@
 #include "ops/shard_limits.h"
 #include "ops/version.h"
 #include "proxy/listener.h"
+#include "security/live_rules.h"
 #include "shard.h"
 #include "splice/mode.h"
 
@@ -366,7 +367,36 @@ std::unique_ptr<offload::splice::Splicer> choose_splice(const Config& config, bo
   return std::move(choice.splicer);
 }
 
-int run(const Config& config, bool no_bpf) {
+// The guard's side of the rule set: each global prefix the guard can hold
+// (a deny with an allow inside it cannot be: the guard would drop the
+// allowed part too), and every later change through the admin endpoint.
+offload::AdminServer::Mirror mirror_into_guard(const std::shared_ptr<void>& guard, const offload::LiveRules& rules) {
+  if (!guard) return {};
+#ifdef OFFLOAD_HAVE_XDP
+  const std::shared_ptr<const offload::RuleSet> set = rules.current();
+  size_t mirrored = 0, kept_out = 0;
+  for (const offload::Prefix& d : set->global().deny) {
+    bool inside = false;
+    for (const offload::Prefix& a : set->global().allow) inside = inside || (a.bits > d.bits && d.contains(a.address));
+    if (inside) ++kept_out;
+    else mirrored += offload::xdp::mirror_rule(true, true, offload::prefix_text(d)).starts_with("guard: added");
+  }
+  for (const offload::Prefix& a : set->global().allow) (void)offload::xdp::mirror_rule(false, true, offload::prefix_text(a));
+  if (!set->global().deny.empty())
+    fmt::print(stderr, "offload-agent: xdp: {} deny prefixes mirrored into the guard ({} with an allow inside kept out)\n",
+               mirrored, kept_out);
+  return [](offload::LiveRules::List list, bool add, const std::string& cidr) {
+    return offload::xdp::mirror_rule(list == offload::LiveRules::List::kDeny, add, cidr);
+  };
+#else
+  (void)rules;
+  return {};
+#endif
+}
+
+int run(Config config, bool no_bpf) {
+  // One rule set for every shard and the admin endpoint (which changes it live).
+  config.live_rules = std::make_shared<offload::LiveRules>(config);
   offload::set_log_level(*offload::parse_log_level(config.log_level));  // validate() checked it
   offload::set_log_priority_prefix(offload::journal_is_stderr());
   // Descriptors for the whole agent: the shards' shares add up to these.
@@ -402,6 +432,8 @@ int run(const Config& config, bool no_bpf) {
                                                    counter_views, topology.get());
   std::shared_ptr<void> guard = attach_guard(config, fds.front(), no_bpf);  // every shard has the same ports
   std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(config, no_bpf);
+  offload::AdminServer::Mirror mirror = mirror_into_guard(guard, *config.live_rules);
+  if (admin) admin->set_rules(config.live_rules, std::move(mirror));
 
   const int done_fd = eventfd(0, EFD_CLOEXEC);
   if (done_fd < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -511,6 +543,28 @@ int stats(const std::string& admin, bool json) {
   return 0;
 }
 
+#ifdef OFFLOAD_HAVE_XDP
+// `deny` and `allow` reach the running agent here: --admin, else -c's admin, else the default.
+offload::xdp::AgentReply agent_call(const std::string& admin, const std::string& config_file, const std::string& method,
+                                    const std::string& target) {
+  std::string address = admin;
+  if (address.empty() && !config_file.empty()) {
+    Config config;
+    offload::load_config_file(config_file, config);
+    address = config.admin;
+  }
+  if (address.empty()) address = "127.0.0.1:9901";
+  if (address == "off") return {false, 0, "", "its admin endpoint is off"};
+  const offload::SocketAddress where = offload::parse_socket_address("--admin", address);
+  try {
+    offload::AdminReply reply = offload::request_admin(where, method, target);
+    return {true, reply.status, reply.body, ""};
+  } catch (const std::exception& e) {
+    return {false, 0, "", e.what()};
+  }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -538,7 +592,7 @@ int main(int argc, char** argv) {
   stats_cmd->add_flag("--json", stats_json, "print one JSON object instead of the table; default off");
 
 #ifdef OFFLOAD_HAVE_XDP
-  offload::xdp::add_xdp_commands(app, exit_code);
+  offload::xdp::add_xdp_commands(app, exit_code, agent_call);
 #endif
 
   try {

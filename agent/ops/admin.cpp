@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +41,31 @@ bool head_complete(std::string_view in) {
 std::string http_answer(std::string_view status, std::string_view type, std::string_view body) {
   return fmt::format("HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
                      status, type, body.size(), body);
+}
+
+// A query value as sent: %XX decoded (a CIDR needs no more).
+std::string query_value(std::string_view target, std::string_view name) {
+  const size_t q = target.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    std::string_view pair = rest.substr(0, rest.find('&'));
+    rest.remove_prefix(std::min(rest.size(), pair.size() + 1));
+    if (!pair.starts_with(name) || pair.size() <= name.size() || pair[name.size()] != '=') continue;
+    std::string out;
+    std::string_view v = pair.substr(name.size() + 1);
+    auto digit = [](char c) { return std::isxdigit(uint8_t(c)) ? (std::isdigit(uint8_t(c)) ? c - '0' : (c | 0x20) - 'a' + 10) : -1; };
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (v[i] == '%' && i + 2 < v.size() && digit(v[i + 1]) >= 0 && digit(v[i + 2]) >= 0) {
+        out += char(digit(v[i + 1]) * 16 + digit(v[i + 2]));
+        i += 2;
+      } else {
+        out += v[i];
+      }
+    }
+    return out;
+  }
+  return {};
 }
 
 }  // namespace
@@ -72,6 +99,11 @@ AdminServer::~AdminServer() {
   for (Conn& c : conns_) ::close(c.fd);
   ::close(wake_fd_);
   ::close(fd_);
+}
+
+void AdminServer::set_rules(std::shared_ptr<LiveRules> rules, Mirror mirror) {
+  rules_ = std::move(rules);
+  mirror_ = std::move(mirror);
 }
 
 void AdminServer::start() { thread_ = std::thread([this] { serve(); }); }
@@ -187,9 +219,81 @@ std::string AdminServer::answer(std::string_view request) const {
     return http_answer("200 OK", "application/json", render(StatsFormat::kJson));
   if (line.starts_with("GET /stats "))
     return http_answer("200 OK", "text/plain", render(StatsFormat::kText));
+  if (line.find(" /security/") != std::string_view::npos) {
+    const size_t sp = line.find(' ');
+    std::string_view target = line.substr(sp + 1);
+    target = target.substr(0, target.find(' '));
+    return security_answer(line.substr(0, sp), target);
+  }
   if (line.starts_with("GET /metrics "))
     return http_answer("200 OK", "text/plain; version=0.0.4", render(StatsFormat::kPrometheus));
   return http_answer("404 Not Found", "text/plain", "try /stats, /stats?format=json or /metrics\n");
+}
+
+// /security/deny and /security/allow: list, add, remove.
+std::string AdminServer::security_answer(std::string_view method, std::string_view target) const {
+  const std::string_view path = target.substr(0, target.find('?'));
+  if (rules_ == nullptr || (path != "/security/deny" && path != "/security/allow"))
+    return http_answer("404 Not Found", "text/plain", "try /security/deny or /security/allow\n");
+  const LiveRules::List list = path == "/security/deny" ? LiveRules::List::kDeny : LiveRules::List::kAllow;
+  if (method == "GET") return http_answer("200 OK", "text/plain", rules_->list(list));
+  if (method != "POST" && method != "DELETE")
+    return http_answer("405 Method Not Allowed", "text/plain", "GET, POST or DELETE\n");
+  const std::string cidr = query_value(target, "cidr");
+  const bool add = method == "POST";
+  bool changed = false;
+  std::string agent;
+  try {
+    agent = add ? rules_->add(list, cidr, &changed) : rules_->remove(list, cidr, &changed);
+  } catch (const ConfigError& e) {
+    return http_answer("400 Bad Request", "text/plain", std::string(e.what()) + "\n");
+  }
+  std::string guard = "guard: not attached to the agent";
+  if (mirror_) {
+    // The guard drops a denied prefix whole: an allowed prefix inside it
+    // (longest wins here) would be dropped there too, so it stays out.
+    std::string inside;
+    if (add && list == LiveRules::List::kDeny) {
+      const Prefix p = parse_prefix("deny", cidr);
+      for (const Prefix& a : rules_->current()->global().allow)
+        if (a.bits > p.bits && p.contains(a.address)) inside = prefix_text(a);
+    }
+    guard = inside.empty() ? mirror_(list, add, cidr)
+                           : fmt::format("guard: not changed (allow {} lies inside it: the guard cannot make that "
+                                         "exception)", inside);
+  }
+  return http_answer("200 OK", "text/plain", fmt::format("agent: {}\n{}\n", agent, guard));
+}
+
+AdminReply request_admin(const SocketAddress& address, const std::string& method, const std::string& target) {
+  int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::strerror(errno));
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0) {
+    std::string why = std::strerror(errno);
+    ::close(fd);
+    throw std::runtime_error(fmt::format("cannot reach the agent's admin endpoint {}: {}", address.text, why));
+  }
+  std::string req = fmt::format("{} {} HTTP/1.1\r\nHost: offload\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                method, target);
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string resp;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    resp.append(buf, size_t(n));
+  }
+  ::close(fd);
+  auto body = resp.find("\r\n\r\n");
+  AdminReply reply;
+  if (!resp.starts_with("HTTP/1.1 ") || body == std::string::npos || resp.size() < 12)
+    throw std::runtime_error(fmt::format("unexpected answer from {}", address.text));
+  reply.status = std::atoi(resp.c_str() + 9);
+  reply.body = resp.substr(body + 4);
+  return reply;
 }
 
 std::string fetch_admin(const SocketAddress& address, const std::string& path) {

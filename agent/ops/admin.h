@@ -3,6 +3,13 @@
 //   GET /stats                 "name value" lines
 //   GET /stats?format=json     one JSON object
 //   GET /metrics               Prometheus text
+//   GET /security/deny         the live deny prefixes, one a line (and /security/allow)
+//   POST /security/deny?cidr=P     adds P to the running agent's rule set
+//   DELETE /security/deny?cidr=P   removes it
+// A change is applied by every shard within its next accept (and its open
+// connections checked at once), and mirrored into the XDP guard's maps when
+// the agent attached one. The answer says what each of the two did, one
+// line each; a bad prefix is 400 with one line naming it.
 //
 // One poll() loop serves up to kConnectionsMax connections at once, each
 // with a total deadline (kDeadlineMs from accept to the last byte of the
@@ -15,6 +22,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -23,6 +32,7 @@
 #include "ops/config.h"
 #include "ops/counters.h"
 #include "ops/topology_stats.h"
+#include "security/live_rules.h"
 
 namespace offload {
 
@@ -42,6 +52,13 @@ class AdminServer {
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
 
+  // The guard's side of a change: one line ("guard: added", "guard: ..."),
+  // called on the admin thread after the agent's own set changed.
+  using Mirror = std::function<std::string(LiveRules::List list, bool add, const std::string& cidr)>;
+  // Before start(): the rule set /security/* shows and changes; `mirror`
+  // empty: no guard attached to the agent.
+  void set_rules(std::shared_ptr<LiveRules> rules, Mirror mirror);
+
   void start();
   std::string bound_address() const;  // "127.0.0.1:PORT"
 
@@ -60,9 +77,12 @@ class AdminServer {
   bool on_writable(Conn& c);
   void close_conn(size_t i);
   std::string answer(std::string_view request) const;
+  std::string security_answer(std::string_view method, std::string_view target) const;
 
   std::vector<const Counters*> shards_;
   const TopologyStats* topology_;
+  std::shared_ptr<LiveRules> rules_;
+  Mirror mirror_;
   Counters counters_;  // the admin_* ones: written by the admin thread only
   int fd_ = -1;
   int wake_fd_ = -1;                // eventfd: the destructor's "stop now"
@@ -74,5 +94,13 @@ class AdminServer {
 // The client side, for `offload-agent stats`: fetches `path` from the admin
 // endpoint and returns the body. Throws std::runtime_error with the reason.
 std::string fetch_admin(const SocketAddress& address, const std::string& path);
+
+// Any method: the status and the body, whatever the status. Throws
+// std::runtime_error when the endpoint cannot be reached.
+struct AdminReply {
+  int status = 0;
+  std::string body;
+};
+AdminReply request_admin(const SocketAddress& address, const std::string& method, const std::string& target);
 
 }  // namespace offload
