@@ -85,6 +85,11 @@ int run_both(const char* command, SetKind set, const SetArgs& args, const std::o
   const char* method = args.action == "add" ? "POST" : args.action == "del" ? "DELETE" : "GET";
   const AgentReply reply = agent(args.admin, args.config_file, method, target);
   bool guard_done = false;
+  if (!reply.reached && attached_interface().empty()) {
+    std::fprintf(stderr, "%s: nothing changed: no agent running (%s) and no XDP guard attached\n", command,
+                 reply.error.c_str());
+    return kExitFailure;
+  }
   if (!reply.reached) {
     std::printf("agent: not running (%s)\n", reply.error.c_str());
   } else if (reply.status == 400) {
@@ -107,9 +112,7 @@ int run_both(const char* command, SetKind set, const SetArgs& args, const std::o
     const std::string shown = guard_done ? reply.body : reply.body.substr(0, reply.body.find("\nguard: ") + 1);
     std::printf("%s", shown.c_str());
   }
-  const int guard = guard_done ? kExitOk : guard_edit(set, args, prefix);
-  if (!reply.reached && guard == kExitOk && attached_interface().empty()) return kExitFailure;  // changed nothing
-  return guard;
+  return guard_done ? kExitOk : guard_edit(set, args, prefix);
 }
 
 int run_set(const char* command, SetKind set, const SetArgs& args, const AgentCall& agent) {
