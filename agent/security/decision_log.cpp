@@ -2,10 +2,11 @@
 
 #include <arpa/inet.h>
 
-#include <cstdio>
 #include <string>
 
 #include <fmt/format.h>
+
+#include "ops/log.h"
 
 namespace offload {
 
@@ -25,21 +26,15 @@ void DecisionLog::note(uint64_t now_ms, const IpAddress& source, std::string_vie
     return;
   }
   const uint64_t before = left_out_.exchange(0, std::memory_order_relaxed);
-  std::string line = fmt::format("offload-agent: security: refused {} on listener {}: {}", address_text(source),
-                                 listener, reason);
-  if (before > 0) line += fmt::format(" ({} more refusals not logged before this one)", before);
+  std::string line = fmt::format("security: refused {} on listener {}: {}", address_text(source), listener, reason);
+  if (before > 0) line += fmt::format(" ({} more like it left out)", before);
   logged_.fetch_add(1, std::memory_order_relaxed);
   sink_(line);
 }
 
 DecisionLog& decision_log() {
-  // One write per line: lines from several shards do not interleave.
-  static DecisionLog log(5, [](std::string_view line) {
-    std::string out(line);
-    out += '\n';
-    std::fwrite(out.data(), 1, out.size(), stderr);
-    std::fflush(stderr);
-  });
+  // log_line writes each line at once: lines from several shards do not interleave.
+  static DecisionLog log(5, [](std::string_view line) { log_line(LogLevel::kInfo, line); });
   return log;
 }
 

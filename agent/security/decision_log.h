@@ -1,6 +1,8 @@
 // A sample of the screen's and the request policy's refusals in the log:
 // source, reason and listener, at most `per_second` lines in any one second
 // of the agent's clock, each line saying how many were left out before it.
+// Not a LogLimiter (ops/log.h): that one has one owner, this one is shared
+// by every shard, so its counts are atomics.
 // A flood of refusals costs a few lines and an atomic add each, not a line
 // each. One log for the whole agent: every shard writes through it, so the
 // bound holds whatever the number of shards.
@@ -36,7 +38,7 @@ class DecisionLog {
   std::atomic<uint64_t> logged_{0};
 };
 
-// The agent's: 5 lines a second to stderr.
+// The agent's: 5 lines a second, at level info, through log_line().
 DecisionLog& decision_log();
 
 // "203.0.113.7" or "2001:db8::1".
