@@ -38,6 +38,7 @@
 #include "ops/shard_limits.h"
 #include "ops/version.h"
 #include "proxy/listener.h"
+#include "security/live_rules.h"
 #include "shard.h"
 #include "splice/mode.h"
 
@@ -323,6 +324,7 @@ class Agent {
   std::vector<std::unique_ptr<offload::Generation>> gens_;  // oldest first; back() accepts
   offload::Counters ended_;  // the _total counters of generations that ended; this thread writes them
   std::unique_ptr<offload::AdminServer> admin_;
+  offload::AdminServer::Mirror mirror_;  // the guard's side of a live rule change; empty: no guard
   ReloadMailbox mailbox_;
   int rearm_fd_ = -1;  // a retiring shard has cancelled its accepts: the newest re-arm theirs
   bool stopping_ = false;
@@ -397,6 +399,10 @@ ReloadMailbox::Result Agent::try_reload() {
   try {
     next = build_config(flags_);
     offload::check_reloadable(running.config(), next);
+    // The file's rules, with the deny/allow changes made live since start
+    // on top: a reload for another reason does not let a denied source back.
+    next.live_rules = std::make_shared<offload::LiveRules>(next);
+    next.live_rules->replay(*running.config().live_rules);
   } catch (const std::exception& e) {
     return {false, fmt::format("reload failed, the running configuration stays: {}", e.what())};
   }
@@ -417,6 +423,7 @@ ReloadMailbox::Result Agent::try_reload() {
   gens_.back()->retire(plan.kept);
   gens_.push_back(std::move(gen));
   publish_sources();
+  if (admin_) admin_->set_rules(current().config().live_rules, mirror_);
   const size_t listeners = current().config().listeners.size();
   std::string added;
   for (size_t j = 0; j < listeners; ++j)
@@ -494,7 +501,38 @@ std::unique_ptr<offload::splice::Splicer> choose_splice(const Config& config, bo
   return std::move(choice.splicer);
 }
 
+// The guard's side of the rule set: each global prefix the guard can hold
+// (a deny with an allow inside it cannot be: the guard would drop the
+// allowed part too), and every later change through the admin endpoint.
+offload::AdminServer::Mirror mirror_into_guard(const std::shared_ptr<void>& guard, const offload::LiveRules& rules) {
+  if (!guard) return {};
+#ifdef OFFLOAD_HAVE_XDP
+  const std::shared_ptr<const offload::RuleSet> set = rules.current();
+  size_t mirrored = 0, kept_out = 0;
+  for (const offload::Prefix& d : set->global().deny) {
+    bool inside = false;
+    for (const offload::Prefix& a : set->global().allow) inside = inside || (a.bits > d.bits && d.contains(a.address));
+    if (inside) ++kept_out;
+    else mirrored += offload::xdp::mirror_rule(true, true, offload::prefix_text(d)).starts_with("guard: added");
+  }
+  for (const offload::Prefix& a : set->global().allow) (void)offload::xdp::mirror_rule(false, true, offload::prefix_text(a));
+  if (!set->global().deny.empty())
+    fmt::print(stderr, "offload-agent: xdp: {} deny prefixes mirrored into the guard ({} with an allow inside kept out)\n",
+               mirrored, kept_out);
+  return [](offload::LiveRules::List list, bool add, const std::string& cidr) {
+    return offload::xdp::mirror_rule(list == offload::LiveRules::List::kDeny, add, cidr);
+  };
+#else
+  (void)rules;
+  return {};
+#endif
+}
+
 int Agent::run(Config config) {
+  // One rule set for every shard and the admin endpoint (which changes it
+  // live); a reload makes the next one from its file and replays the live
+  // changes into it.
+  config.live_rules = std::make_shared<offload::LiveRules>(config);
   offload::set_log_level(*offload::parse_log_level(config.log_level));  // validate() checked it
   offload::set_log_priority_prefix(offload::journal_is_stderr());
   raise_fd_limit_for(config);
@@ -535,6 +573,8 @@ int Agent::run(Config config) {
   std::shared_ptr<void> guard = attach_guard(first, fds.front(), flags_.no_bpf);  // every shard has the same ports
   // Chosen once for the agent's lifetime (a reload cannot change `splice`).
   std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(first, flags_.no_bpf);
+  mirror_ = mirror_into_guard(guard, *first.live_rules);
+  if (admin_) admin_->set_rules(first.live_rules, mirror_);
   current().start();
   fmt::print(stderr, "offload-agent: {}\n", current().features());
   fmt::print(stderr, "offload-agent: {} shard{}{}\n", first.workers, first.workers == 1 ? "" : "s",
@@ -642,6 +682,28 @@ int reload(const std::string& admin) {
   }
 }
 
+#ifdef OFFLOAD_HAVE_XDP
+// `deny` and `allow` reach the running agent here: --admin, else -c's admin, else the default.
+offload::xdp::AgentReply agent_call(const std::string& admin, const std::string& config_file, const std::string& method,
+                                    const std::string& target) {
+  std::string address = admin;
+  if (address.empty() && !config_file.empty()) {
+    Config config;
+    offload::load_config_file(config_file, config);
+    address = config.admin;
+  }
+  if (address.empty()) address = "127.0.0.1:9901";
+  if (address == "off") return {false, 0, "", "its admin endpoint is off"};
+  const offload::SocketAddress where = offload::parse_socket_address("--admin", address);
+  try {
+    auto [status, body] = offload::request_admin(where, method, target, 5);
+    return {true, status, body, ""};
+  } catch (const std::exception& e) {
+    return {false, 0, "", e.what()};
+  }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -674,7 +736,7 @@ int main(int argc, char** argv) {
   reload_cmd->add_option("--admin", reload_admin, "the agent's admin endpoint (default 127.0.0.1:9901)");
 
 #ifdef OFFLOAD_HAVE_XDP
-  offload::xdp::add_xdp_commands(app, exit_code);
+  offload::xdp::add_xdp_commands(app, exit_code, agent_call);
 #endif
 
   try {

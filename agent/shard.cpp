@@ -73,10 +73,14 @@ Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counte
   bind<&Shard::on_control>(control_read_, this);
   bind<&Shard::on_retire_cancelled>(retire_cancelled_, this);
   control_fd_ = eventfd(0, EFD_CLOEXEC);
+  // A change to the live rule set wakes the loop too: open connections are
+  // checked against it at once, not at their next request.
+  if (control_fd_ >= 0) http_.screen().live().subscribe(control_fd_);
 }
 
 Shard::~Shard() {
   for (Proxy* p : proxies_) p->release_all();  // exchanges leave their servers while the upstreams exist
+  if (control_fd_ >= 0) http_.screen().live().unsubscribe(control_fd_);
   if (control_fd_ >= 0) ::close(control_fd_);
 }
 
@@ -176,6 +180,10 @@ void Shard::on_control(const io_uring_cqe& cqe) {
     if (rearm_requested_.exchange(false, std::memory_order_acq_rel) && !draining_)
       for (auto& l : listeners_)
         if (l->armed) loop_.cancel(l->accepted, nullptr);
+    if (http_.screen().take_rescreen() && http_.screen().close_established()) {
+      http_.rescreen();
+      passthrough_.rescreen();
+    }
   }
   post_control_read();
 }
@@ -235,6 +243,7 @@ void Shard::build_listeners(const std::vector<int>& fds) {
         lc.queue_timeout_ms,  2000 /* linger */,  lc.response_timeout_ms};
     auto l = std::make_unique<Listener>();
     l->fd = fd;
+    l->index = uint32_t(listeners_.size());
     l->stats = topology_->listeners.at(listeners_.size()).get();
     l->name = lc.name;
     l->limits.header_bytes_max = lc.header_bytes_max;

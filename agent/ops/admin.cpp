@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -40,6 +42,31 @@ bool head_complete(std::string_view in) {
 std::string http_answer(std::string_view status, std::string_view type, std::string_view body) {
   return fmt::format("HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
                      status, type, body.size(), body);
+}
+
+// A query value as sent: %XX decoded (a CIDR needs no more).
+std::string query_value(std::string_view target, std::string_view name) {
+  const size_t q = target.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    std::string_view pair = rest.substr(0, rest.find('&'));
+    rest.remove_prefix(std::min(rest.size(), pair.size() + 1));
+    if (!pair.starts_with(name) || pair.size() <= name.size() || pair[name.size()] != '=') continue;
+    std::string out;
+    std::string_view v = pair.substr(name.size() + 1);
+    auto digit = [](char c) { return std::isxdigit(uint8_t(c)) ? (std::isdigit(uint8_t(c)) ? c - '0' : (c | 0x20) - 'a' + 10) : -1; };
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (v[i] == '%' && i + 2 < v.size() && digit(v[i + 1]) >= 0 && digit(v[i + 2]) >= 0) {
+        out += char(digit(v[i + 1]) * 16 + digit(v[i + 2]));
+        i += 2;
+      } else {
+        out += v[i];
+      }
+    }
+    return out;
+  }
+  return {};
 }
 
 }  // namespace
@@ -83,6 +110,12 @@ void AdminServer::set_sources(std::vector<const Counters*> shards, size_t shown,
   shards_ = std::move(shards);
   shown_ = shown;
   topology_ = topology;
+}
+
+void AdminServer::set_rules(std::shared_ptr<LiveRules> rules, Mirror mirror) {
+  std::lock_guard lock(sources_mutex_);  // a reload swaps them while the admin thread serves
+  rules_ = std::move(rules);
+  mirror_ = std::move(mirror);
 }
 
 void AdminServer::start() { thread_ = std::thread([this] { serve(); }); }
@@ -204,9 +237,57 @@ std::string AdminServer::answer(std::string_view request) const {
     return http_answer("200 OK", "application/json", render(StatsFormat::kJson));
   if (line.starts_with("GET /stats "))
     return http_answer("200 OK", "text/plain", render(StatsFormat::kText));
+  if (line.find(" /security/") != std::string_view::npos) {
+    const size_t sp = line.find(' ');
+    std::string_view target = line.substr(sp + 1);
+    target = target.substr(0, target.find(' '));
+    return security_answer(line.substr(0, sp), target);
+  }
   if (line.starts_with("GET /metrics "))
     return http_answer("200 OK", "text/plain; version=0.0.4", render(StatsFormat::kPrometheus));
   return http_answer("404 Not Found", "text/plain", "try /stats, /stats?format=json or /metrics\n");
+}
+
+// /security/deny and /security/allow: list, add, remove.
+std::string AdminServer::security_answer(std::string_view method, std::string_view target) const {
+  std::shared_ptr<LiveRules> rules;
+  Mirror mirror;
+  {
+    std::lock_guard lock(sources_mutex_);
+    rules = rules_;
+    mirror = mirror_;
+  }
+  const std::string_view path = target.substr(0, target.find('?'));
+  if (rules == nullptr || (path != "/security/deny" && path != "/security/allow"))
+    return http_answer("404 Not Found", "text/plain", "try /security/deny or /security/allow\n");
+  const LiveRules::List list = path == "/security/deny" ? LiveRules::List::kDeny : LiveRules::List::kAllow;
+  if (method == "GET") return http_answer("200 OK", "text/plain", rules->list(list));
+  if (method != "POST" && method != "DELETE")
+    return http_answer("405 Method Not Allowed", "text/plain", "GET, POST or DELETE\n");
+  const std::string cidr = query_value(target, "cidr");
+  const bool add = method == "POST";
+  bool changed = false;
+  std::string agent;
+  try {
+    agent = add ? rules->add(list, cidr, &changed) : rules->remove(list, cidr, &changed);
+  } catch (const ConfigError& e) {
+    return http_answer("400 Bad Request", "text/plain", std::string(e.what()) + "\n");
+  }
+  std::string guard = "guard: not attached to the agent";
+  if (mirror) {
+    // The guard drops a denied prefix whole: an allowed prefix inside it
+    // (longest wins here) would be dropped there too, so it stays out.
+    std::string inside;
+    if (add && list == LiveRules::List::kDeny) {
+      const Prefix p = parse_prefix("deny", cidr);
+      for (const Prefix& a : rules->current()->global().allow)
+        if (a.bits > p.bits && p.contains(a.address)) inside = prefix_text(a);
+    }
+    guard = inside.empty() ? mirror(list, add, cidr)
+                           : fmt::format("guard: not changed (allow {} lies inside it: the guard cannot make that "
+                                         "exception)", inside);
+  }
+  return http_answer("200 OK", "text/plain", fmt::format("agent: {}\n{}\n", agent, guard));
 }
 
 std::pair<int, std::string> request_admin(const SocketAddress& address, const std::string& method,

@@ -6,6 +6,13 @@
 //   POST /reload               re-read the configuration (as SIGHUP): 200 and
 //                              one line when applied, 400 and the line
 //                              naming the bad key when not
+//   GET /security/deny         the live deny prefixes, one a line (and /security/allow)
+//   POST /security/deny?cidr=P     adds P to the running agent's rule set
+//   DELETE /security/deny?cidr=P   removes it
+// A change is applied by every shard within its next accept (and its open
+// connections checked at once), and mirrored into the XDP guard's maps when
+// the agent attached one. The answer says what each of the two did, one
+// line each; a bad prefix is 400 with one line naming it.
 //
 // One poll() loop serves up to kConnectionsMax connections at once, each
 // with a total deadline (kDeadlineMs from accept to the last byte of the
@@ -20,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -28,6 +36,7 @@
 #include "ops/config.h"
 #include "ops/counters.h"
 #include "ops/topology_stats.h"
+#include "security/live_rules.h"
 
 namespace offload {
 
@@ -46,6 +55,13 @@ class AdminServer {
   ~AdminServer();  // wakes the thread, joins it, closes every connection
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
+
+  // The guard's side of a change: one line ("guard: added", "guard: ..."),
+  // called on the admin thread after the agent's own set changed.
+  using Mirror = std::function<std::string(LiveRules::List list, bool add, const std::string& cidr)>;
+  // The rule set /security/* shows and changes (set before start(), and again by each reload); `mirror`
+  // empty: no guard attached to the agent.
+  void set_rules(std::shared_ptr<LiveRules> rules, Mirror mirror);  // also after a reload
 
   void start();
   std::string bound_address() const;  // "127.0.0.1:PORT"
@@ -79,12 +95,15 @@ class AdminServer {
   bool on_writable(Conn& c);
   void close_conn(size_t i);
   std::string answer(std::string_view request) const;
+  std::string security_answer(std::string_view method, std::string_view target) const;
 
   mutable std::mutex sources_mutex_;  // shards_, shown_ and topology_: a reload replaces them
   std::vector<const Counters*> shards_;
   size_t shown_ = 0;
   const TopologyStats* topology_;
   Reload reload_;
+  std::shared_ptr<LiveRules> rules_;
+  Mirror mirror_;
   Counters counters_;  // the admin_* ones: written by the admin thread only
   int fd_ = -1;
   int wake_fd_ = -1;                // eventfd: the destructor's "stop now"

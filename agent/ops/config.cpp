@@ -369,12 +369,24 @@ const std::vector<std::pair<const char*, const char*>>& security_keys() {
   return keys;
 }
 
+// Open connections from a source a live change denies.
+void deny_established_value(const std::string& path, const toml::node& value, Config& config) {
+  config.deny_established = string_value(path, value);
+  if (config.deny_established != "close" && config.deny_established != "keep")
+    bad(path, config.deny_established, "close or keep");
+}
+
 void load_security(const toml::table& top, const toml::node& node, Config& config) {
   const toml::table* table = node.as_table();
   if (table == nullptr) bad("security", node_text(node), "a [security] table");
   std::vector<std::string> known;
   for (const auto& [short_key, flat] : security_keys()) known.push_back(short_key);
+  known.push_back("deny_established");
   each_key(*table, "security", known, [&](const std::string& key, const toml::node& value, const std::string& path) {
+    if (key == "deny_established") {
+      if (top.contains(key)) throw ConfigError(fmt::format("{}: also set as top-level {} (keep one)", path, key));
+      return deny_established_value(path, value, config);
+    }
     const char* flat = nullptr;
     for (const auto& [short_key, flat_key] : security_keys())
       if (key == short_key) flat = flat_key;
@@ -424,9 +436,11 @@ ListenerSecurity security_value(const std::string& path, const toml::node& node)
   if (table == nullptr)
     bad(path, node_text(node), "a table such as { auth = \"bearer\", token_file = \"/etc/offload/tokens\" }");
   ListenerSecurity sec;
-  each_key(*table, path, {"auth", "header", "token_file", "methods", "target_bytes_max"},
+  each_key(*table, path, {"auth", "header", "token_file", "methods", "target_bytes_max", "allow", "deny"},
            [&](const std::string& key, const toml::node& value, const std::string& key_path) {
-             if (key == "auth") sec.auth = auth_value(key_path, value);
+             if (key == "allow") prefix_list(key_path, value, sec.allow);
+             else if (key == "deny") prefix_list(key_path, value, sec.deny);
+             else if (key == "auth") sec.auth = auth_value(key_path, value);
              else if (key == "header") sec.header = field_name_value(key_path, value);
              else if (key == "token_file") sec.token_file = string_value(key_path, value);
              else if (key == "methods") sec.methods = methods_value(key_path, value);
@@ -889,6 +903,8 @@ void load_config_file(const std::string& path, Config& config) {
       prefix_list(key, node, key == "deny" ? config.deny : config.allow);
     } else if (key == "security") {
       load_security(table, node, config);
+    } else if (key == "deny_established") {
+      deny_established_value(key, node, config);
     } else if (key == "cpus") {
       auto* list = node.as_array();
       if (list == nullptr) bad(key, node_text(node), "a list of CPU numbers, such as [1, 2]");
@@ -1064,6 +1080,7 @@ void format_globals(const Config& config, std::string& out) {
   out += fmt::format("access_log = {}\naccess_log_format = {}\n", quoted(config.access_log),
                      quoted(config.access_log_format));
   out += fmt::format("deny = {}\nallow = {}\n", quoted_list(config.deny), quoted_list(config.allow));
+  out += fmt::format("deny_established = {}\n", quoted(config.deny_established));
   if (!config.xdp_iface.empty()) out += fmt::format("xdp_iface = {}\n", quoted(config.xdp_iface));
   out += fmt::format("xdp_mode = {}\nlog_level = {}\n", quoted(config.xdp_mode), quoted(config.log_level));
   out += fmt::format("splice = {}\n", quoted(config.splice));
@@ -1083,6 +1100,8 @@ void format_listener(const ListenerConfig& listener, std::string& out) {
   if (sec.auth != ListenerSecurity::Auth::kNone)  // the tokens stay in their file
     fields += fmt::format(", header = {}, token_file = {}", quoted(sec.header), quoted(sec.token_file));
   if (!sec.methods.empty()) fields += fmt::format(", methods = {}", quoted_list(sec.methods));
+  if (!sec.deny.empty()) fields += fmt::format(", deny = {}", quoted_list(sec.deny));
+  if (!sec.allow.empty()) fields += fmt::format(", allow = {}", quoted_list(sec.allow));
   out += fmt::format("security = {{ {}, target_bytes_max = {} }}\n", fields, sec.target_bytes_max);
 }
 

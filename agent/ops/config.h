@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -10,6 +11,8 @@
 #include <sys/socket.h>
 
 namespace offload {
+
+class LiveRules;
 
 // One bad setting: names the key, the value and what was expected.
 // Caught at start-up and printed as one line with exit code 2.
@@ -87,6 +90,9 @@ struct ListenerSecurity {
   std::vector<std::string> tokens;   // read from token_file by validate(); never printed
   std::vector<std::string> methods;  // the methods it allows (405 else); empty: any
   uint32_t target_bytes_max = 8192;  // request-target length (414 beyond)
+  // Source prefixes of this listener, ranked with the global ones (longest wins).
+  std::vector<std::string> deny;
+  std::vector<std::string> allow;
 };
 const char* auth_name(ListenerSecurity::Auth auth);  // "none", "bearer", "api-key", as in TOML
 
@@ -195,6 +201,11 @@ struct Config {
   std::vector<std::string> deny;
   std::vector<std::string> allow;          // non-empty: only these sources
   uint32_t max_clients_per_source = 0;     // 0: no limit
+  // Open connections from a source a live `deny add` now refuses: "close" or "keep".
+  std::string deny_established = "close";
+  // The rule set the shards and the admin endpoint share, made by run();
+  // null (tests, `check`): each screen makes its own from the lists.
+  std::shared_ptr<LiveRules> live_rules;
   // Requests per source (a token bucket, 429 with Retry-After over it) and
   // the grouping of addresses into sources; the per-source state of both
   // limits is kept in one table of source_table_size entries per shard.

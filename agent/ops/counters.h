@@ -29,6 +29,8 @@ namespace offload {
   X(rejected_source_table_full, "connections_rejected_total", "reason=\"source_table_full\"", "")             \
   X(source_evictions, "source_evictions_total", "",                                                          \
     "Idle sources evicted from the source table (source_table_size); their rate state is forgotten.")         \
+  X(closed_by_rules, "connections_closed_by_rules_total", "",                                               \
+    "Open client connections closed because a change to the rule set denies their source.")               \
   X(accept_pauses, "accept_pauses_total", "", "Times accepting paused for 100 ms: out of descriptors or memory.") \
   X(active_clients, "connections_active", "", "Client connections open now.")                                \
   X(requests, "requests_total", "", "Complete requests received.")                                           \

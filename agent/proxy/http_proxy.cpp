@@ -69,12 +69,6 @@ Termination error_cause(int status) {
   }
 }
 
-std::vector<Prefix> parse_prefixes(const char* key, const std::vector<std::string>& texts) {
-  std::vector<Prefix> out;
-  for (const auto& t : texts) out.push_back(parse_prefix(key, t));
-  return out;
-}
-
 }  // namespace
 
 HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool, ResponseSink& sink)
@@ -86,7 +80,7 @@ HttpProxy::HttpProxy(Loop& loop, const Config& config, Counters& counters, Block
       sink_(sink),
       acceptor_(loop, counters, this, &HttpProxy::on_accepted),
       clients_(new ClientConn[config.max_clients]),
-      screen_(parse_prefixes("deny", config.deny), parse_prefixes("allow", config.allow), source_rules(config)),
+      screen_(config, source_rules(config)),
       small_input_pool_(kSmallInputBytes, config.buffer_memory_max / 8, 256),
       input_pool_((largest_head(config) + 1024 + 4095) / 4096 * 4096, config.buffer_memory_max / 4, 32),
       exchanges_(config.max_clients, [this](void* at) { return new (at) Exchange(request_limits_); },
@@ -587,7 +581,7 @@ IpAddress HttpProxy::peer_of(const ClientConn* c) const {
 bool HttpProxy::screen_out(ClientConn* c) {
   look_up_peer(c);
   const uint64_t evictions = screen_.evictions();
-  Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c), loop_.now_ms());
+  Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c), loop_.now_ms(), c->listener->index);
   bump(counters_.source_evictions, screen_.evictions() - evictions);
   if (v == Verdict::kAccept) return false;
   count_refusal(v, counters_);
@@ -605,7 +599,7 @@ bool HttpProxy::screen_request(ClientConn* c, const http::Head& h, std::string_v
   ListenerCounters& stats = *c->listener->stats;
   // The peer was looked up at accept: a rate limit makes the screen active.
   if (screen_.rate_limited() && c->peer_family != 0) {
-    if (uint64_t wait_ms = screen_.check_rate(peer_of(c), loop_.now_ms()); wait_ms > 0) {
+    if (uint64_t wait_ms = screen_.check_rate(peer_of(c), loop_.now_ms(), c->listener->index); wait_ms > 0) {
       bump(counters_.rate_limited);
       add(stats.rate_limited);
       reject(c, 429, too_many((wait_ms + 999) / 1000));
@@ -621,8 +615,24 @@ bool HttpProxy::screen_request(ClientConn* c, const http::Head& h, std::string_v
     case Refusal::kAuthWrong: bump(counters_.auth_wrong); add(stats.auth_wrong); break;
     case Refusal::kMethod: bump(counters_.method_refused); add(stats.method_refused); break;
   }
+  look_up_peer(c);
+  if (c->peer_family != 0) screen_.note(peer_of(c), refusal_name(r), c->listener->index, loop_.now_ms());
   reject(c, policy->status(r), policy->response(r));
   return false;
+}
+
+// After a change to the rule set: a client whose source it now refuses is
+// closed (whatever it is doing: a denied source gets no more answers).
+void HttpProxy::rescreen() {
+  for (uint32_t i = 0; i < config_.max_clients; ++i) {
+    ClientConn* c = &clients_[i];
+    if (c->fd < 0 || c->state == ClientState::kClosing || c->handed_over) continue;
+    look_up_peer(c);
+    if (c->peer_family == 0 || screen_.recheck(peer_of(c), c->listener->index) == RuleVerdict::kAccept) continue;
+    bump(counters_.closed_by_rules);
+    screen_.note(peer_of(c), "denied, open connection closed", c->listener->index, loop_.now_ms());
+    close_client(c);
+  }
 }
 
 // Kept for the proxy's life: the exchange sends from it without a copy.

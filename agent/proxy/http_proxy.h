@@ -77,6 +77,8 @@ class HttpProxy final : public Proxy {
   void arm_client_timer(ClientConn* c, TimerKind kind) { loop_.arm(c->timer, c->listener->timers[kind]); }
   // The shard's one screen: the pass-through proxy admits through it too.
   Screen& screen() { return screen_; }
+  // Closes the clients whose source the rule set in force refuses.
+  void rescreen();
   // Where upgraded connections go on (none: an upgrade gets 501).
   void set_tunnels(PassthroughProxy* tunnels) { tunnels_ = tunnels; }
 

@@ -21,6 +21,7 @@ class RequestPolicy;
 // requests go to, and the limits and timeouts of its listener table.
 struct Listener {
   int fd = -1;
+  uint32_t index = 0;                // in the configuration's listeners: its own source rules
   std::string name;
   ListenerCounters* stats = nullptr;  // the whole agent's counters for this listener
   Proxy* proxy = nullptr;            // who serves its connections

@@ -178,7 +178,7 @@ bool PassthroughProxy::screen_out(Tunnel* t) {
   const bool known = peer_address(t->client_fd, t->source);
   if (!screen_.active() || !known) return false;
   const uint64_t evictions = screen_.evictions();
-  const Verdict v = screen_.admit(t->source, loop_.now_ms());
+  const Verdict v = screen_.admit(t->source, loop_.now_ms(), t->listener->index);
   bump(counters_.source_evictions, screen_.evictions() - evictions);
   if (v == Verdict::kAccept) {
     t->screened = true;
@@ -186,6 +186,20 @@ bool PassthroughProxy::screen_out(Tunnel* t) {
   }
   count_refusal(v, counters_);
   return true;
+}
+
+// After a change to the rule set: tunnels from a source it now refuses end.
+void PassthroughProxy::rescreen() {
+  const std::vector<Tunnel*> open = live_;  // end() may take a tunnel out of live_
+  for (Tunnel* t : open) {
+    if (t->ending || t->client_fd < 0) continue;
+    IpAddress source;
+    if (!peer_address(t->client_fd, source) || screen_.recheck(source, t->listener->index) == RuleVerdict::kAccept)
+      continue;
+    bump(counters_.closed_by_rules);
+    screen_.note(source, "denied, open tunnel closed", t->listener->index, loop_.now_ms());
+    end(t, true);
+  }
 }
 
 // A connection of its own to the server the group's balancer picks.

@@ -143,6 +143,8 @@ class PassthroughProxy final : public Proxy {
   // `screened`: it is counted against its source in the screen, and the
   // tunnel releases it.
   void adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first);
+  // Ends the tunnels whose source the rule set in force refuses.
+  void rescreen();
 
  private:
   static void on_accepted(void* self, Listener* l, int fd);

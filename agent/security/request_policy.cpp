@@ -13,6 +13,16 @@ bool same_name(std::string_view a, std::string_view b) {
 
 }  // namespace
 
+const char* refusal_name(Refusal r) {
+  switch (r) {
+    case Refusal::kAuthMissing: return "no token";
+    case Refusal::kAuthWrong: return "wrong token";
+    case Refusal::kMethod: return "method not allowed";
+    case Refusal::kNone: break;
+  }
+  return "none";
+}
+
 bool same_secret(std::string_view given, std::string_view secret) {
   if (secret.empty()) return given.empty();  // never a configured token: they are checked non-empty
   // Every byte of `given` is compared, against the secret repeated: no early

@@ -21,6 +21,9 @@ enum class Refusal : uint8_t { kNone, kAuthMissing, kAuthWrong, kMethod };
 // True when `given` equals `secret`. The time taken depends on the length of
 // `given` only (the client's own input), never on where the two differ nor
 // on the secret's bytes or length.
+// For the decision log: "no token", "wrong token", "method not allowed".
+const char* refusal_name(Refusal r);
+
 bool same_secret(std::string_view given, std::string_view secret);
 
 class RequestPolicy {

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "ops/config.h"
+#include "security/decision_log.h"
 
 namespace offload {
 IpAddress IpAddress::from_v4(const uint8_t v4[4]) {
@@ -32,7 +33,10 @@ bool IpAddress::is_v4() const {
 
 IpAddress IpAddress::masked(unsigned bits) const {
   IpAddress out = *this;
-  for (unsigned i = bits; i < 128; ++i) out.bytes[i / 8] &= uint8_t(~(0x80 >> (i % 8)));
+  if (bits >= 128) return out;
+  const unsigned whole = bits / 8;
+  out.bytes[whole] &= uint8_t(0xff00 >> (bits % 8));
+  std::memset(out.bytes + whole + 1, 0, 15 - whole);
   return out;
 }
 
@@ -73,8 +77,20 @@ Prefix parse_prefix(const std::string& key, const std::string& text) {
   return p;
 }
 
+Screen::Screen(const Config& config, const SourceRules& rules)
+    : live_(config.live_rules ? config.live_rules : std::make_shared<LiveRules>(config)),
+      rules_view_(live_),
+      rescreened_(rules_view_.version()),
+      rules_(rules) {
+  for (const ListenerConfig& l : config.listeners) listener_names_.push_back(l.name);
+  if (tracking()) table_ = std::make_unique<SourceTable>(rules_.table_size);
+}
+
 Screen::Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, const SourceRules& rules)
-    : deny_(std::move(deny)), allow_(std::move(allow)), rules_(rules) {
+    : live_(std::make_shared<LiveRules>(PrefixLists{std::move(deny), std::move(allow)})),
+      rules_view_(live_),
+      rescreened_(rules_view_.version()),
+      rules_(rules) {
   if (tracking()) table_ = std::make_unique<SourceTable>(rules_.table_size);
 }
 
@@ -94,20 +110,41 @@ SourceEntry* Screen::entry(const IpAddress& source, uint64_t now_ms) {
   return e;
 }
 
-Verdict Screen::admit(const IpAddress& source, uint64_t now_ms) {
-  for (const auto& p : deny_)
-    if (p.contains(source)) return Verdict::kDenied;
-  if (!allow_.empty()) {
-    bool allowed = false;
-    for (const auto& p : allow_) allowed = allowed || p.contains(source);
-    if (!allowed) return Verdict::kNotAllowed;
+Verdict Screen::admit(const IpAddress& source, uint64_t now_ms, uint32_t listener) {
+  rules_view_.refresh();
+  switch (rules_view_.rules().check(source, listener)) {
+    case RuleVerdict::kDenied: note(source, "denied", listener, now_ms); return Verdict::kDenied;
+    case RuleVerdict::kNotAllowed: note(source, "not in the allow list", listener, now_ms); return Verdict::kNotAllowed;
+    case RuleVerdict::kAccept: break;
   }
   if (!tracking()) return Verdict::kAccept;
   SourceEntry* e = entry(source, now_ms);
-  if (e == nullptr) return Verdict::kSourceTableFull;
-  if (rules_.max_connections > 0 && e->connections >= rules_.max_connections) return Verdict::kOverSourceLimit;
+  if (e == nullptr) {
+    note(source, "source table full", listener, now_ms);
+    return Verdict::kSourceTableFull;
+  }
+  if (rules_.max_connections > 0 && e->connections >= rules_.max_connections) {
+    note(source, "over max_clients_per_source", listener, now_ms);
+    return Verdict::kOverSourceLimit;
+  }
   table_->connect(e);
   return Verdict::kAccept;
+}
+
+bool Screen::take_rescreen() {
+  rules_view_.refresh();
+  if (rules_view_.version() == rescreened_) return false;
+  rescreened_ = rules_view_.version();
+  return true;
+}
+
+RuleVerdict Screen::recheck(const IpAddress& source, uint32_t listener) const {
+  return rules_view_.rules().check(source, listener);
+}
+
+void Screen::note(const IpAddress& source, const char* reason, uint32_t listener, uint64_t now_ms) const {
+  const std::string name = listener < listener_names_.size() ? listener_names_[listener] : std::to_string(listener);
+  decision_log().note(now_ms, source, reason, name);
 }
 
 void Screen::release(const IpAddress& source) {
@@ -115,12 +152,13 @@ void Screen::release(const IpAddress& source) {
   if (SourceEntry* e = table_->find(source_of(source))) table_->disconnect(e);
 }
 
-uint64_t Screen::check_rate(const IpAddress& source, uint64_t now_ms) {
+uint64_t Screen::check_rate(const IpAddress& source, uint64_t now_ms, uint32_t listener) {
   if (rules_.rate.rate == 0) return 0;
   // Found at once for a connection admitted at accept: its entry is pinned.
   SourceEntry* e = entry(source, now_ms);
-  if (e == nullptr) return 1000;
-  return e->bucket.take(rules_.rate, now_ms);
+  const uint64_t wait_ms = e == nullptr ? 1000 : e->bucket.take(rules_.rate, now_ms);
+  if (wait_ms > 0) note(source, "over the request rate", listener, now_ms);
+  return wait_ms;
 }
 
 uint32_t Screen::connections_from(const IpAddress& source) const {

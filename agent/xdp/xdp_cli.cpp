@@ -22,6 +22,8 @@ struct AttachArgs {
 struct SetArgs {
   std::string action;
   std::string cidr;
+  std::string admin;
+  std::string config_file;
 };
 
 int report(const char* command, const Status& status) {
@@ -51,7 +53,69 @@ int run_attach(AttachArgs& args) {
   return kExitOk;
 }
 
-int run_set(const char* command, SetKind set, const SetArgs& args) {
+// The guard's side of `deny|allow add|del|list`, one line per change.
+int guard_edit(SetKind set, const SetArgs& args, const std::optional<Prefix>& prefix) {
+  if (attached_interface().empty()) {
+    std::printf("guard: not attached\n");
+    return kExitOk;
+  }
+  Status status;
+  auto maps = PinnedMaps::open(kPinDir, status);
+  if (!maps) {
+    std::fprintf(stderr, "guard: %s\n", status.message.c_str());
+    return status.exit_code;
+  }
+  if (args.action == "list") {
+    for (const auto& entry : maps->list(set)) std::printf("guard: %s packets=%llu\n", entry.prefix.str().c_str(),
+                                                          static_cast<unsigned long long>(entry.packets));
+    return kExitOk;
+  }
+  status = args.action == "add" ? maps->add(set, *prefix) : maps->remove(set, *prefix);
+  std::fprintf(status.ok() ? stdout : stderr, "guard: %s %s%s%s\n", args.action == "add" ? "added" : "removed",
+               prefix->str().c_str(), status.message.empty() ? "" : ": ", status.message.c_str());
+  return status.exit_code;
+}
+
+// Both places: the running agent through its admin endpoint (which mirrors into a guard
+// it attached itself), then a guard attached apart from it (`attach`).
+int run_both(const char* command, SetKind set, const SetArgs& args, const std::optional<Prefix>& prefix,
+             const AgentCall& agent) {
+  std::string target = fmt::format("/security/{}", command);
+  if (prefix) target += "?cidr=" + prefix->str();
+  const char* method = args.action == "add" ? "POST" : args.action == "del" ? "DELETE" : "GET";
+  const AgentReply reply = agent(args.admin, args.config_file, method, target);
+  bool guard_done = false;
+  if (!reply.reached && attached_interface().empty()) {
+    std::fprintf(stderr, "%s: nothing changed: no agent running (%s) and no XDP guard attached\n", command,
+                 reply.error.c_str());
+    return kExitFailure;
+  }
+  if (!reply.reached) {
+    std::printf("agent: not running (%s)\n", reply.error.c_str());
+  } else if (reply.status == 400) {
+    std::fprintf(stderr, "%s: %s", command, reply.body.c_str());
+    return kExitBadInput;
+  } else if (reply.status != 200) {
+    std::fprintf(stderr, "agent: unexpected answer %d: %s", reply.status, reply.body.c_str());
+    return kExitFailure;
+  } else if (args.action == "list") {
+    size_t from = 0;
+    while (from < reply.body.size()) {
+      size_t nl = reply.body.find('\n', from);
+      if (nl == std::string::npos) nl = reply.body.size();
+      std::printf("agent: %s\n", reply.body.substr(from, nl - from).c_str());
+      from = nl + 1;
+    }
+  } else {
+    // "agent: ...\nguard: ...\n": the guard's line says whether the agent mirrored it.
+    guard_done = reply.body.find("\nguard: not attached to the agent") == std::string::npos;
+    const std::string shown = guard_done ? reply.body : reply.body.substr(0, reply.body.find("\nguard: ") + 1);
+    std::printf("%s", shown.c_str());
+  }
+  return guard_done ? kExitOk : guard_edit(set, args, prefix);
+}
+
+int run_set(const char* command, SetKind set, const SetArgs& args, const AgentCall& agent) {
   if (args.action == "list") {
     if (!args.cidr.empty()) return report(command, Status::bad_input("list takes no CIDR"));
   } else if (args.cidr.empty()) {
@@ -63,6 +127,7 @@ int run_set(const char* command, SetKind set, const SetArgs& args) {
     prefix = parse_prefix(args.cidr, error);
     if (!prefix) return report(command, Status::bad_input(error));
   }
+  if (agent) return run_both(command, set, args, prefix, agent);
   Status status;
   auto maps = PinnedMaps::open(kPinDir, status);
   if (!maps) return report(command, status);
@@ -98,14 +163,18 @@ void add_attach(CLI::App& app, int& exit_code) {
 }
 
 void add_set_command(CLI::App& app, int& exit_code, const char* command, SetKind set,
-                     const char* help) {
+                     const char* help, const AgentCall& agent) {
   auto args = std::make_shared<SetArgs>();
   auto* cmd = app.add_subcommand(command, help);
   cmd->add_option("action", args->action, "add, del or list")
       ->required()
       ->check(CLI::IsMember({"add", "del", "list"}));
   cmd->add_option("cidr", args->cidr, "ADDR or ADDR/LEN, IPv4 or IPv6");
-  cmd->callback([args, &exit_code, command, set] { exit_code = run_set(command, set, *args); });
+  if (agent) {
+    cmd->add_option("--admin", args->admin, "the running agent's admin endpoint (default: -c's, else 127.0.0.1:9901)");
+    cmd->add_option("-c,--config", args->config_file, "the running agent's configuration file, for its admin address");
+  }
+  cmd->callback([args, &exit_code, command, set, agent] { exit_code = run_set(command, set, *args, agent); });
 }
 
 std::string stats_text(const PinnedMaps& maps, bool attached) {
@@ -169,7 +238,7 @@ std::string stats_json(const PinnedMaps& maps, bool attached) {
 
 }  // namespace
 
-void add_xdp_commands(CLI::App& app, int& exit_code) {
+void add_xdp_commands(CLI::App& app, int& exit_code, AgentCall agent) {
   add_attach(app, exit_code);
   auto* detach_cmd = app.add_subcommand("detach", "remove the XDP guard, its link and its pins");
   auto ifname = std::make_shared<std::string>();
@@ -180,9 +249,27 @@ void add_xdp_commands(CLI::App& app, int& exit_code) {
     if (status.ok()) std::printf("detach: XDP guard removed from %s\n", ifname->c_str());
   });
   add_set_command(app, exit_code, "deny", SetKind::deny,
-                  "edit the guard's deny set: add|del|list [CIDR]");
+                  agent ? "refuse a source prefix in the running agent and the XDP guard: add|del|list [CIDR]"
+                        : "edit the guard's deny set: add|del|list [CIDR]",
+                  agent);
   add_set_command(app, exit_code, "allow", SetKind::allow,
-                  "edit the allow set used in allow-only mode: add|del|list [CIDR]");
+                  agent ? "accept only these prefixes, in the running agent and the guard's allow-only set: "
+                          "add|del|list [CIDR]"
+                        : "edit the allow set used in allow-only mode: add|del|list [CIDR]",
+                  agent);
+}
+
+std::string mirror_rule(bool deny, bool add, const std::string& cidr) {
+  std::string error;
+  const std::optional<Prefix> prefix = parse_prefix(cidr, error);
+  if (!prefix) return "guard: not changed: " + error;
+  Status status;
+  auto maps = PinnedMaps::open(kPinDir, status);
+  if (!maps) return "guard: not changed: " + status.message;
+  const SetKind set = deny ? SetKind::deny : SetKind::allow;
+  status = add ? maps->add(set, *prefix) : maps->remove(set, *prefix);
+  return fmt::format("guard: {} {}{}{}", !status.ok() ? "not changed" : add ? "added" : "removed", prefix->str(),
+                     status.message.empty() ? "" : ": ", status.message);
 }
 
 std::string stats(bool json) {

@@ -204,6 +204,50 @@ check_fails_one_line "detaching what is not attached" in_srv "$CLI" detach --ifa
 check_fails_one_line "stats with nothing attached" "$CLI" stats
 check_fails_one_line "deny list with nothing attached" "$CLI" deny list
 
+# --- the agent's own guard: one rule set, mirrored into the guard's maps ---------------
+cat >"$WORK/agent.toml" <<EOF
+admin = "127.0.0.1:0"
+[security]
+deny = ["10.77.0.3/32"]
+[[upstream]]
+servers = ["tcp://127.0.0.1:9"]
+[[listener]]
+listen = "10.77.0.1:8081"
+EOF
+nsenter --net=/run/netns/"$SRV" "$CLI" run -c "$WORK/agent.toml" --xdp-iface "$SIF" --xdp-mode native \
+  2>"$WORK/agent.err" &
+AGENT_PID=$!
+PIDS+=($AGENT_PID)
+for _ in $(seq 100); do grep -q "admin on" "$WORK/agent.err" && break; sleep 0.1; done
+ADMIN=$(grep -o "admin on [0-9.:]*" "$WORK/agent.err" | awk '{ print $3 }')
+check "the agent attached the guard and mirrored its configured deny" \
+  grep -q "1 deny prefixes mirrored into the guard" "$WORK/agent.err"
+check "an allowed source reaches the agent's listener" in_cli "$TOOL" connect 10.77.0.2 10.77.0.1 8081 3000
+if in_cli "$TOOL" connect 10.77.0.3 10.77.0.1 8081 1200 >/dev/null; then
+  fail "configured-denied 10.77.0.3 completed a handshake: the guard did not drop it"
+else
+  pass "configured-denied 10.77.0.3 is dropped by the guard (no handshake)"
+fi
+in_srv "$CLI" deny add 10.77.0.4 --admin "$ADMIN" >"$WORK/mirror" 2>&1
+if grep -qx "agent: deny 10.77.0.4/32: added" "$WORK/mirror" && grep -qx "guard: added 10.77.0.4/32" "$WORK/mirror"; then
+  pass "deny add changed the running agent and its guard, and said so"
+else
+  fail "deny add through the agent: $(head -c 300 "$WORK/mirror")"
+fi
+if in_cli "$TOOL" connect 10.77.0.4 10.77.0.1 8081 1200 >/dev/null; then
+  fail "live-denied 10.77.0.4 completed a handshake"
+else
+  pass "live-denied 10.77.0.4 is dropped by the guard"
+fi
+in_srv "$CLI" deny list --admin "$ADMIN" >"$WORK/mirror" 2>&1
+check "deny list shows it in the agent and in the guard" \
+  sh -c "grep -qx 'agent: 10.77.0.4/32' $WORK/mirror && grep -q '^guard: 10.77.0.4/32 packets=' $WORK/mirror"
+check "deny del through the agent" in_srv "$CLI" deny del 10.77.0.4 --admin "$ADMIN"
+check "10.77.0.4 reaches the agent once removed" in_cli "$TOOL" connect 10.77.0.4 10.77.0.1 8081 3000
+kill -TERM "$AGENT_PID"
+wait "$AGENT_PID"
+check "the agent's guard left no pins behind" sh -c "! ls $PIN/xdp_* >/dev/null 2>&1"
+
 if [[ $FAILURES -ne 0 ]]; then
   echo "$FAILURES check(s) failed"
   exit 1

@@ -8,6 +8,9 @@
 
 #include <unistd.h>
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <string>
@@ -48,6 +51,8 @@ class Agent {
     REQUIRE(ports_.size() == listeners);
   }
   uint16_t port(size_t i = 0) const { return ports_.at(i); }
+  uint16_t admin_port() const { return admin_; }
+  std::string log() const { return child_.stderr_text(); }
   rig::Json stats_doc() {
     Client c;
     REQUIRE(c.connect(admin_));
@@ -262,4 +267,252 @@ TEST_CASE("screening: a method the listener does not allow gets 405 with Allow, 
   CHECK(a.listener_stat(0, "method_refused") == 2);
   CHECK(a.listener_stat(0, "target_too_long") == 1);
   CHECK(a.stat("method_refused") == 2);
+}
+
+// ------------------------------------------------------- the live rule set
+
+namespace {
+
+struct Cli {
+  int code = -1;
+  std::string out;  // stdout and stderr
+};
+
+// offload-agent with `args` (shell-safe), as an operator would run it.
+Cli cli(const std::string& args) {
+  Cli run;
+  FILE* p = ::popen((rig::agent_path() + " " + args + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) run.out.append(buf, n);
+  const int status = ::pclose(p);
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+size_t line_count(const std::string& text) {
+  size_t n = 0;
+  for (char c : text) n += c == '\n';
+  return n;
+}
+
+std::string admin_flag(const Agent& a) { return " --admin 127.0.0.1:" + std::to_string(a.admin_port()); }
+
+// A fresh connection from `source` the agent closes without an answer
+// (the request never reaches the backend).
+bool refused(const std::string& source, uint16_t port, const std::string& target, bool ipv6 = false) {
+  Client c;
+  if (!source.empty()) c.set_source(source);
+  if (!c.connect(port, 3000, 0, ipv6)) return true;  // refused before the handshake finished: as good
+  c.send_all(get(target), 500);
+  std::string got;
+  return c.wait_closed(3000, &got) && got.empty();
+}
+
+bool served(const std::string& source, uint16_t port, const std::string& target, bool ipv6 = false) {
+  Client c;
+  if (!source.empty()) c.set_source(source);
+  if (!c.connect(port, 3000, 0, ipv6) || !c.send_all(get(target))) return false;
+  rig::ReadResult r = c.read_response(5000);
+  return r && r.response->status == 200;
+}
+
+std::string listener_at(const char* address, const std::string& extra = "") {
+  return std::string("[[listener]]\nlisten = \"") + address + "\"\n" + extra;
+}
+
+}  // namespace
+
+TEST_CASE("live deny: add refuses the very next connection on every shard, others served, del lets it back, list shows the set") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start("workers = 2\n" + upstream_of(b) + listener_at("127.0.0.1:0"), 1);
+  CHECK(served("127.0.0.5", a.port(), "/ok?live=before"));
+
+  Cli add = cli("deny add 127.0.0.5" + admin_flag(a));
+  INFO(add.out);
+  CHECK(add.code == 0);
+  CHECK(add.out.find("agent: deny 127.0.0.5/32: added\n") != std::string::npos);
+  CHECK(add.out.find("guard: not attached\n") != std::string::npos);
+  // At once, with no wait: each accept compares its shard's copy with the
+  // live version. Several connections, so both shards' sockets get some.
+  constexpr int kTries = 8;
+  int refusals = 0;
+  for (int i = 0; i < kTries; ++i) refusals += refused("127.0.0.5", a.port(), "/ok?live=denied&n=" + std::to_string(i));
+  CHECK(refusals == kTries);
+  CHECK(served("127.0.0.6", a.port(), "/ok?live=other"));
+  CHECK(a.stat("rejected_screened") == kTries);
+
+  Cli list = cli("deny list" + admin_flag(a));
+  CHECK(list.code == 0);
+  CHECK(list.out.find("agent: 127.0.0.5/32\n") != std::string::npos);
+  Cli again = cli("deny add 127.0.0.5/32" + admin_flag(a));
+  CHECK(again.code == 0);
+  CHECK(again.out.find("already there (unchanged)") != std::string::npos);
+
+  Cli del = cli("deny del 127.0.0.5" + admin_flag(a));
+  INFO(del.out);
+  CHECK(del.code == 0);
+  CHECK(del.out.find("agent: deny 127.0.0.5/32: removed\n") != std::string::npos);
+  CHECK(served("127.0.0.5", a.port(), "/ok?live=after"));
+  CHECK(cli("deny list" + admin_flag(a)).out.find("127.0.0.5") == std::string::npos);
+
+  auto rec = b.wait_record([](const rig::Record& r) { return r.find("/ok?live=after") != nullptr; }, 3000);
+  REQUIRE(rec);
+  CHECK(rec->find("/ok?live=before") != nullptr);
+  CHECK(rec->find("/ok?live=other") != nullptr);
+  for (int i = 0; i < kTries; ++i) CHECK(rec->find("/ok?live=denied&n=" + std::to_string(i)) == nullptr);
+  // The sampled log names source, listener and reason.
+  CHECK(a.log().find("offload-agent: security: refused 127.0.0.5 on listener 127.0.0.1:0: denied") != std::string::npos);
+}
+
+TEST_CASE("live deny: open connections and tunnels from a newly denied source are closed, or kept with deny_established = keep") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  SUBCASE("close (the default)") {
+    Agent a;
+    a.start(upstream_of(b) + listener_at("127.0.0.1:0") + listener_at("127.0.0.1:0", "proxy = \"passthrough\"\n"), 2);
+    Client denied, other, tunnel;
+    denied.set_source("127.0.0.7");
+    other.set_source("127.0.0.8");
+    tunnel.set_source("127.0.0.7");
+    REQUIRE(denied.connect(a.port(0)));
+    REQUIRE(other.connect(a.port(0)));
+    REQUIRE(tunnel.connect(a.port(1)));
+    for (Client* c : {&denied, &other, &tunnel}) {
+      REQUIRE(c->send_all(get("/ok?open")));
+      rig::ReadResult r = c->read_response(5000);
+      REQUIRE_MESSAGE(r, r.error);
+      CHECK(r.response->status == 200);
+    }
+    Cli add = cli("deny add 127.0.0.7" + admin_flag(a));
+    REQUIRE_MESSAGE(add.code == 0, add.out);
+    CHECK(denied.wait_closed(5000));
+    CHECK(tunnel.wait_closed(5000));
+    REQUIRE(other.send_all(get("/ok?still")));
+    rig::ReadResult r = other.read_response(5000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);
+    CHECK(a.stat("closed_by_rules") == 2);
+  }
+  SUBCASE("keep") {
+    Agent a;
+    a.start("[security]\ndeny_established = \"keep\"\n" + upstream_of(b) + listener_at("127.0.0.1:0"), 1);
+    Client kept;
+    kept.set_source("127.0.0.7");
+    REQUIRE(kept.connect(a.port()));
+    REQUIRE(kept.send_all(get("/ok?kept=1")));
+    REQUIRE(kept.read_response(5000));
+    Cli add = cli("deny add 127.0.0.0/29" + admin_flag(a));
+    REQUIRE_MESSAGE(add.code == 0, add.out);
+    CHECK(refused("127.0.0.7", a.port(), "/ok?kept=new"));  // new ones are refused...
+    REQUIRE(kept.send_all(get("/ok?kept=2")));             // ... the open one goes on
+    rig::ReadResult r = kept.read_response(5000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);
+    CHECK(a.stat("closed_by_rules") == 0);
+  }
+}
+
+TEST_CASE("live deny: a bad prefix on the command line, at the endpoint or in the configuration is one line and exit 2") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(2), b.error());
+  Agent a;
+  a.start(upstream_of(b) + listener_at("127.0.0.1:0"), 1);
+  for (const char* bad : {"10.0.0.1/8", "nowhere/8", "::1/129", "10.0.0.0/33"}) {
+    Cli run = cli(std::string("deny add ") + bad + admin_flag(a));
+    INFO(bad << ": " << run.out);
+    CHECK(run.code == 2);
+    CHECK(line_count(run.out) == 1);
+  }
+  CHECK(cli("allow add 300.0.0.0/8" + admin_flag(a)).code == 2);
+  CHECK(cli("deny add" + admin_flag(a)).code == 2);  // no prefix
+  // The endpoint checks too (a client other than the CLI): 400, one line.
+  Client c;
+  REQUIRE(c.connect(a.admin_port()));
+  REQUIRE(c.send_all("POST /security/deny?cidr=10.0.0.1/8 HTTP/1.1\r\nHost: a\r\n\r\n"));
+  rig::ReadResult r = c.read_response(5000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 400);
+  CHECK(r.response->body.find("10.0.0.1/8") != std::string::npos);
+  CHECK(line_count(r.response->body) == 1);
+  CHECK(cli("deny list" + admin_flag(a)).out.find("10.0.0") == std::string::npos);  // nothing was added
+  CHECK(served("127.0.0.2", a.port(), "/ok?after-bad"));
+
+  // Each bad entry in a file is named by its key.
+  const std::string up = upstream_of(b);
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"[security]\ndeny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n" + up + listener_at("127.0.0.1:0"), "security.deny[1]"},
+      {up + listener_at("127.0.0.1:0", "security = { allow = [\"fe80::/10\", \"300.1.1.1\"] }\n"),
+       "listener[0].security.allow[1]"},
+      {up + listener_at("127.0.0.1:0", "security = { deny = \"10.0.0.0/8\" }\n"), "listener[0].security.deny"},
+      {"[security]\ndeny_established = \"sometimes\"\n" + up + listener_at("127.0.0.1:0"), "security.deny_established"},
+  };
+  for (const auto& [toml, key] : files) {
+    const std::string path = temp_file(toml);
+    a.keep_file(path);
+    Cli run = cli("check -c " + path);
+    INFO(toml << " -> " << run.out);
+    CHECK(run.code == 2);
+    CHECK(line_count(run.out) == 1);
+    CHECK(run.out.find(key) != std::string::npos);
+  }
+}
+
+TEST_CASE("per-listener rules: one listener's deny leaves another served, the longest prefix deciding on each") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start("[security]\nallow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.10.0/24\"]\n" + upstream_of(b) +
+              listener_at("127.0.0.1:0", "security = { allow = [\"127.0.10.7/32\"], deny = [\"127.0.9.0/24\"] }\n") +
+              listener_at("127.0.0.1:0"),
+          2);
+  CHECK(refused("127.0.9.1", a.port(0), "/ok?pl=9-on-0"));
+  CHECK(served("127.0.9.1", a.port(1), "/ok?pl=9-on-1"));
+  CHECK(served("127.0.10.7", a.port(0), "/ok?pl=10.7-on-0"));    // its /32 allow beats the global /24 deny
+  CHECK(refused("127.0.10.7", a.port(1), "/ok?pl=10.7-on-1"));   // not on the other listener
+  CHECK(refused("127.0.10.8", a.port(0), "/ok?pl=10.8-on-0"));
+  CHECK(served("127.0.8.1", a.port(0), "/ok?pl=8-on-0"));
+  // A live global deny reaches both listeners; the listener's own allow still ranks above a shorter one.
+  REQUIRE(cli("deny add 127.0.8.0/24" + admin_flag(a)).code == 0);
+  CHECK(refused("127.0.8.1", a.port(0), "/ok?pl=8-on-0-denied"));
+  CHECK(refused("127.0.8.1", a.port(1), "/ok?pl=8-on-1-denied"));
+  CHECK(a.listener_stat(0, "accepted") >= 0);
+  auto rec = b.wait_record([](const rig::Record& r) { return r.find("/ok?pl=8-on-0") != nullptr; }, 3000);
+  REQUIRE(rec);
+  for (const char* t : {"/ok?pl=9-on-0", "/ok?pl=10.7-on-1", "/ok?pl=10.8-on-0", "/ok?pl=8-on-0-denied", "/ok?pl=8-on-1-denied"})
+    CHECK_MESSAGE(rec->find(t) == nullptr, t);
+}
+
+TEST_CASE("live deny over IPv6: ::/64 refuses ::1 on an IPv6 listener and leaves IPv4 sources served") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start(upstream_of(b) + listener_at("[::1]:0") + listener_at("127.0.0.1:0"), 2);
+  CHECK(served("", a.port(0), "/ok?v6=before", true));
+  Cli add = cli("deny add ::/64" + admin_flag(a));
+  INFO(add.out);
+  REQUIRE(add.code == 0);
+  CHECK(add.out.find("agent: deny ::/64: added") != std::string::npos);
+  CHECK(refused("", a.port(0), "/ok?v6=denied", true));
+  CHECK(served("127.0.0.2", a.port(1), "/ok?v4=served"));  // an IPv4 source is not inside an IPv6 prefix
+  CHECK(cli("deny del ::/64" + admin_flag(a)).code == 0);
+  CHECK(served("", a.port(0), "/ok?v6=after", true));
+  // A longer IPv6 prefix elsewhere does not touch ::1.
+  REQUIRE(cli("deny add 0:0:0:1::/64" + admin_flag(a)).code == 0);
+  CHECK(served("", a.port(0), "/ok?v6=neighbour", true));
+  auto rec = b.wait_record([](const rig::Record& r) { return r.find("/ok?v6=neighbour") != nullptr; }, 3000);
+  REQUIRE(rec);
+  CHECK(rec->find("/ok?v6=denied") == nullptr);
+}
+
+TEST_CASE("live deny: with no agent running the command says so in one line and changes nothing") {
+  const uint16_t port = rig::unused_port();
+  Cli run = cli("deny add 127.0.0.5 --admin 127.0.0.1:" + std::to_string(port));
+  INFO(run.out);
+  CHECK(run.out.find("nothing changed: no agent running") != std::string::npos);
+  CHECK(line_count(run.out) == 1);
+  CHECK(run.code == 1);
 }

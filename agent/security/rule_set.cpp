@@ -1,0 +1,86 @@
+#include "security/rule_set.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace offload {
+namespace {
+
+int compare(const IpAddress& a, const IpAddress& b) { return std::memcmp(a.bytes, b.bytes, 16); }
+
+}  // namespace
+
+PrefixTable::PrefixTable(const std::vector<const PrefixLists*>& parts) {
+  auto put = [this](const Prefix& p, bool deny) {
+    Ranked& r = p.bits >= 96 && p.address.is_v4() ? v4_ : v6_;
+    r.entries.push_back({p.address.masked(p.bits), p.bits, deny});
+  };
+  for (const PrefixLists* p : parts) {
+    for (const Prefix& d : p->deny) put(d, true);
+    for (const Prefix& a : p->allow) put(a, false);
+    allow_only_ = allow_only_ || !p->allow.empty();
+  }
+  v4_.sort();
+  v6_.sort();
+}
+
+void PrefixTable::Ranked::sort() {
+  std::sort(entries.begin(), entries.end(), [](const Entry& x, const Entry& y) {
+    if (x.bits != y.bits) return x.bits > y.bits;
+    if (int c = compare(x.address, y.address); c != 0) return c < 0;
+    return x.deny && !y.deny;
+  });
+  for (uint32_t i = 0; i < entries.size(); ++i) {
+    if (runs.empty() || runs.back().bits != entries[i].bits) runs.push_back({entries[i].bits, i});
+    runs.back().end = i + 1;
+  }
+}
+
+const PrefixTable::Entry* PrefixTable::Ranked::longest_match(const IpAddress& a) const {
+  auto from = entries.begin();
+  for (const Run& run : runs) {
+    const IpAddress key = a.masked(run.bits);
+    // The first entry of this length not below the key is the match if any
+    // (deny sorts first among equals).
+    auto to = entries.begin() + run.end;
+    auto it = std::lower_bound(from, to, key, [](const Entry& e, const IpAddress& k) { return compare(e.address, k) < 0; });
+    if (it != to && it->address == key) return &*it;
+    from = to;
+  }
+  return nullptr;
+}
+
+RuleVerdict PrefixTable::check(const IpAddress& a) const {
+  if (const Entry* e = (a.is_v4() ? v4_ : v6_).longest_match(a))
+    return e->deny ? RuleVerdict::kDenied : RuleVerdict::kAccept;
+  return allow_only_ ? RuleVerdict::kNotAllowed : RuleVerdict::kAccept;
+}
+
+RuleSet::RuleSet(PrefixLists global, std::vector<PrefixLists> listeners)
+    : global_(std::move(global)), listeners_(std::move(listeners)), global_table_({&global_}) {
+  empty_ = global_.empty();
+  for (const PrefixLists& own : listeners_) {
+    tables_.emplace_back(std::vector<const PrefixLists*>{&global_, &own});
+    empty_ = empty_ && own.empty();
+  }
+}
+
+RuleVerdict RuleSet::check(const IpAddress& a, uint32_t listener) const {
+  return listener < tables_.size() ? tables_[listener].check(a) : global_table_.check(a);
+}
+
+std::string prefix_text(const Prefix& p) {
+  char buf[INET6_ADDRSTRLEN];
+  if (p.address.is_v4() && p.bits >= 96) {
+    inet_ntop(AF_INET, p.address.bytes + 12, buf, sizeof buf);
+    return fmt::format("{}/{}", buf, p.bits - 96);
+  }
+  inet_ntop(AF_INET6, p.address.bytes, buf, sizeof buf);
+  return fmt::format("{}/{}", buf, p.bits);
+}
+
+}  // namespace offload

@@ -1,0 +1,191 @@
+// The live rule set: longest prefix wins over allow and deny, per family and
+// per listener; changes publish a new set that a shard's view takes; the
+// decision log's sample stays within its lines per second.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "ops/config.h"
+#include "security/decision_log.h"
+#include "security/live_rules.h"
+#include "security/rule_set.h"
+#include "security/screen.h"
+
+using offload::IpAddress;
+using offload::LiveRules;
+using offload::PrefixLists;
+using offload::RuleSet;
+using offload::RuleVerdict;
+
+namespace {
+
+IpAddress ip(const char* text) {
+  uint8_t raw[16];
+  if (inet_pton(AF_INET, text, raw) == 1) return IpAddress::from_v4(raw);
+  REQUIRE(inet_pton(AF_INET6, text, raw) == 1);
+  return IpAddress::from_v6(raw);
+}
+
+std::vector<offload::Prefix> prefixes(const std::vector<const char*>& texts) {
+  std::vector<offload::Prefix> out;
+  for (const char* t : texts) out.push_back(offload::parse_prefix("test", t));
+  return out;
+}
+
+PrefixLists lists(const std::vector<const char*>& deny, const std::vector<const char*>& allow = {}) {
+  return {prefixes(deny), prefixes(allow)};
+}
+
+}  // namespace
+
+TEST_CASE("rule set: the longest prefix decides, deny on a tie, nothing matched is accepted") {
+  RuleSet r(lists({"10.0.0.0/8", "10.1.2.0/24", "192.0.2.7"}), {});
+  CHECK(r.check(ip("10.9.9.9"), 0) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("10.1.2.3"), 0) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("192.0.2.7"), 0) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("192.0.2.8"), 0) == RuleVerdict::kAccept);
+  CHECK(r.check(ip("11.0.0.0"), 0) == RuleVerdict::kAccept);
+
+  // An allow inside a deny wins for its part; a deny inside that allow wins again.
+  RuleSet nested(lists({"10.0.0.0/8", "10.1.2.128/25"}, {"10.1.0.0/16", "0.0.0.0/0"}), {});
+  CHECK(nested.check(ip("10.2.0.1"), 0) == RuleVerdict::kDenied);
+  CHECK(nested.check(ip("10.1.0.1"), 0) == RuleVerdict::kAccept);
+  CHECK(nested.check(ip("10.1.2.127"), 0) == RuleVerdict::kAccept);
+  CHECK(nested.check(ip("10.1.2.128"), 0) == RuleVerdict::kDenied);
+  CHECK(nested.check(ip("8.8.8.8"), 0) == RuleVerdict::kAccept);
+
+  RuleSet tie(lists({"10.0.0.0/8"}, {"10.0.0.0/8"}), {});
+  CHECK(tie.check(ip("10.0.0.1"), 0) == RuleVerdict::kDenied);
+}
+
+TEST_CASE("rule set: allow prefixes make everything else not allowed") {
+  RuleSet r(lists({}, {"127.0.0.2/32", "2001:db8::/32"}), {});
+  CHECK(r.check(ip("127.0.0.2"), 0) == RuleVerdict::kAccept);
+  CHECK(r.check(ip("127.0.0.3"), 0) == RuleVerdict::kNotAllowed);
+  CHECK(r.check(ip("2001:db8:1::1"), 0) == RuleVerdict::kAccept);
+  CHECK(r.check(ip("2001:db9::1"), 0) == RuleVerdict::kNotAllowed);
+  CHECK_FALSE(r.empty());
+  CHECK(RuleSet(lists({}), {}).empty());
+}
+
+TEST_CASE("rule set: IPv6 prefixes hold IPv6 sources only, at their boundaries") {
+  RuleSet r(lists({"::/64", "2001:db8:0:1::/64", "::/0"}, {"2001:db8:0:1::5/128"}), {});
+  CHECK(r.check(ip("::1"), 0) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("2001:db8:0:1:ffff:ffff:ffff:ffff"), 0) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("2001:db8:0:1::5"), 0) == RuleVerdict::kAccept);   // allow-only holds it: the /128
+  CHECK(r.check(ip("2001:db8:0:2::1"), 0) == RuleVerdict::kDenied);  // ::/0
+  // ::ffff:127.0.0.1 lies inside ::/0 and ::/64 as bytes, but it is IPv4.
+  CHECK(r.check(ip("127.0.0.1"), 0) == RuleVerdict::kNotAllowed);
+  RuleSet deny_only(lists({"::/64"}), {});
+  CHECK(deny_only.check(ip("127.0.0.1"), 0) == RuleVerdict::kAccept);
+  CHECK(deny_only.check(ip("::1"), 0) == RuleVerdict::kDenied);
+  CHECK(deny_only.check(ip("0:0:0:1::1"), 0) == RuleVerdict::kAccept);  // one past the /64
+}
+
+TEST_CASE("rule set: a listener's own prefixes rank with the global ones, other listeners see only the global") {
+  std::vector<PrefixLists> own;
+  own.push_back(lists({}, {"127.0.10.7/32"}));
+  own.push_back(lists({"127.0.9.0/24"}));
+  RuleSet r(lists({"127.0.10.0/24"}, {"127.0.0.0/8"}), std::move(own));
+  CHECK(r.check(ip("127.0.10.7"), 0) == RuleVerdict::kAccept);
+  CHECK(r.check(ip("127.0.10.7"), 1) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("127.0.10.8"), 0) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("127.0.9.1"), 0) == RuleVerdict::kAccept);
+  CHECK(r.check(ip("127.0.9.1"), 1) == RuleVerdict::kDenied);
+  CHECK(r.check(ip("127.0.9.1"), 7) == RuleVerdict::kAccept);  // unknown listener: the global rules
+  CHECK(r.check(ip("10.0.0.1"), 1) == RuleVerdict::kNotAllowed);
+}
+
+TEST_CASE("rule set: a thousand deny prefixes, each found and its neighbour not") {
+  std::vector<std::string> texts;
+  for (int i = 0; i < 1000; ++i) texts.push_back("10." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ".0/24");
+  PrefixLists l;
+  for (const auto& t : texts) l.deny.push_back(offload::parse_prefix("test", t));
+  RuleSet r(std::move(l), {});
+  for (int i = 0; i < 1000; ++i) {
+    const std::string in = "10." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ".77";
+    CHECK(r.check(ip(in.c_str()), 0) == RuleVerdict::kDenied);
+  }
+  CHECK(r.check(ip("10.3.250.1"), 0) == RuleVerdict::kAccept);
+  CHECK(r.check(ip("10.4.0.1"), 0) == RuleVerdict::kAccept);
+}
+
+TEST_CASE("live rules: add and remove publish a new set, a view takes it once, subscribers are woken") {
+  LiveRules live(lists({"192.0.2.0/24"}));
+  offload::RulesView view(std::shared_ptr<LiveRules>(&live, [](LiveRules*) {}));
+  const int fd = ::eventfd(0, EFD_NONBLOCK);
+  REQUIRE(fd >= 0);
+  live.subscribe(fd);
+  CHECK_FALSE(view.refresh());
+  CHECK(view.rules().check(ip("198.51.100.1"), 0) == RuleVerdict::kAccept);
+
+  bool changed = false;
+  CHECK(live.add(LiveRules::List::kDeny, "198.51.100.0/24", &changed) == "deny 198.51.100.0/24: added");
+  CHECK(changed);
+  uint64_t woken = 0;
+  CHECK(::read(fd, &woken, sizeof woken) == sizeof woken);
+  CHECK(woken == 1);
+  CHECK(view.rules().check(ip("198.51.100.1"), 0) == RuleVerdict::kAccept);  // the old set until refreshed
+  CHECK(view.refresh());
+  CHECK_FALSE(view.refresh());
+  CHECK(view.rules().check(ip("198.51.100.1"), 0) == RuleVerdict::kDenied);
+  CHECK(live.list(LiveRules::List::kDeny) == "192.0.2.0/24\n198.51.100.0/24\n");
+
+  live.add(LiveRules::List::kDeny, "198.51.100.0/24", &changed);
+  CHECK_FALSE(changed);
+  CHECK(live.remove(LiveRules::List::kDeny, "203.0.113.0/24", &changed) == "deny 203.0.113.0/24: not there (unchanged)");
+  CHECK_FALSE(changed);
+  CHECK_FALSE(view.refresh());
+  live.remove(LiveRules::List::kDeny, "198.51.100.0/24", &changed);
+  CHECK(changed);
+  CHECK(view.refresh());
+  CHECK(view.rules().check(ip("198.51.100.1"), 0) == RuleVerdict::kAccept);
+
+  CHECK_THROWS_AS(live.add(LiveRules::List::kDeny, "198.51.100.1/24", &changed), offload::ConfigError);
+  CHECK_THROWS_AS(live.add(LiveRules::List::kAllow, "::1/129", &changed), offload::ConfigError);
+  CHECK(::read(fd, &woken, sizeof woken) == sizeof woken);  // the one remove that changed the set
+  CHECK(woken == 1);
+  live.unsubscribe(fd);
+  live.add(LiveRules::List::kAllow, "::1", &changed);
+  CHECK(::read(fd, &woken, sizeof woken) < 0);  // not woken any more
+  ::close(fd);
+}
+
+TEST_CASE("screen: a live change reaches admit at once and asks for one re-check of open connections") {
+  auto live = std::make_shared<LiveRules>(lists({}));
+  offload::Config config;
+  config.live_rules = live;
+  offload::Screen s(config, offload::SourceRules{});
+  CHECK_FALSE(s.active());
+  CHECK_FALSE(s.take_rescreen());
+  bool changed = false;
+  live->add(LiveRules::List::kDeny, "127.0.0.5", &changed);
+  CHECK(s.active());
+  CHECK(s.admit(ip("127.0.0.5")) == offload::Verdict::kDenied);
+  CHECK(s.admit(ip("127.0.0.6")) == offload::Verdict::kAccept);
+  CHECK(s.take_rescreen());  // admit took the set first: the re-check is still owed
+  CHECK_FALSE(s.take_rescreen());
+  CHECK(s.recheck(ip("127.0.0.5"), 0) == RuleVerdict::kDenied);
+}
+
+TEST_CASE("decision log: at most its lines a second, each saying how many were left out before it") {
+  std::vector<std::string> lines;
+  offload::DecisionLog log(3, [&](std::string_view l) { lines.emplace_back(l); });
+  for (int i = 0; i < 10; ++i) log.note(5000 + uint64_t(i), ip("127.0.0.9"), "denied", "main");
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0] == "security: refused 127.0.0.9 on listener main: denied");
+  CHECK(log.left_out() == 7);
+  log.note(5999, ip("::1"), "wrong token", "api");  // the same second
+  CHECK(lines.size() == 3);
+  log.note(6000, ip("::1"), "wrong token", "api");  // the next one
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[3] == "security: refused ::1 on listener api: wrong token (8 more like it left out)");
+  log.note(6001, ip("::1"), "wrong token", "api");
+  CHECK(lines.back().find("left out") == std::string::npos);
+  CHECK(log.logged() == 5);
+}
