@@ -223,6 +223,12 @@ std::string AdminServer::answer(std::string_view request) const {
     auto [ok, said] = reload_();
     return http_answer(ok ? "200 OK" : "400 Bad Request", "text/plain", said + "\n");
   }
+  if (line.find(" /security/") != std::string_view::npos) {  // takes the lock for its rule set itself
+    const size_t sp = line.find(' ');
+    std::string_view target = line.substr(sp + 1);
+    target = target.substr(0, target.find(' '));
+    return security_answer(line.substr(0, sp), target);
+  }
   std::lock_guard lock(sources_mutex_);
   std::vector<const Counters*> parts = shards_;
   parts.push_back(&counters_);
@@ -237,12 +243,6 @@ std::string AdminServer::answer(std::string_view request) const {
     return http_answer("200 OK", "application/json", render(StatsFormat::kJson));
   if (line.starts_with("GET /stats "))
     return http_answer("200 OK", "text/plain", render(StatsFormat::kText));
-  if (line.find(" /security/") != std::string_view::npos) {
-    const size_t sp = line.find(' ');
-    std::string_view target = line.substr(sp + 1);
-    target = target.substr(0, target.find(' '));
-    return security_answer(line.substr(0, sp), target);
-  }
   if (line.starts_with("GET /metrics "))
     return http_answer("200 OK", "text/plain; version=0.0.4", render(StatsFormat::kPrometheus));
   return http_answer("404 Not Found", "text/plain", "try /stats, /stats?format=json or /metrics\n");

@@ -368,6 +368,27 @@ TEST_CASE("live deny: add refuses the very next connection on every shard, other
   CHECK(a.log().find("offload-agent: security: refused 127.0.0.5 on listener 127.0.0.1:0: denied") != std::string::npos);
 }
 
+TEST_CASE("live deny: a reload keeps what was denied live, on top of the re-read file") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start(upstream_of(b) + listener_at("127.0.0.1:0"), 1);
+  REQUIRE(cli("deny add 127.0.0.9" + admin_flag(a)).code == 0);
+  Cli reload = cli("reload" + admin_flag(a));
+  INFO(reload.out);
+  REQUIRE(reload.code == 0);
+  CHECK(reload.out.find("reloaded: generation 2") != std::string::npos);
+  CHECK(refused("127.0.0.9", a.port(), "/ok?reload=denied"));
+  CHECK(served("127.0.0.10", a.port(), "/ok?reload=other"));
+  CHECK(cli("deny list" + admin_flag(a)).out.find("agent: 127.0.0.9/32\n") != std::string::npos);
+  // And a del after the reload reaches the new generation's set.
+  REQUIRE(cli("deny del 127.0.0.9" + admin_flag(a)).code == 0);
+  CHECK(served("127.0.0.9", a.port(), "/ok?reload=after"));
+  auto rec = b.wait_record([](const rig::Record& r) { return r.find("/ok?reload=after") != nullptr; }, 3000);
+  REQUIRE(rec);
+  CHECK(rec->find("/ok?reload=denied") == nullptr);
+}
+
 TEST_CASE("live deny: open connections and tunnels from a newly denied source are closed, or kept with deny_established = keep") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
