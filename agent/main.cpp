@@ -42,6 +42,9 @@
 #include "shard.h"
 #include "splice/mode.h"
 
+#ifdef OFFLOAD_HAVE_DISPATCH
+#include "dispatch/port_dispatch.h"
+#endif
 #ifdef OFFLOAD_HAVE_XDP
 #include "xdp/xdp_cli.h"
 #include "xdp/xdp_guard.h"
@@ -303,6 +306,43 @@ struct ReloadMailbox {
   }
 };
 
+// Port-range listeners: one socket each (on the range's first port, in
+// every shard's SO_REUSEPORT group) and sk_lookup giving it the whole range.
+// Binding each port instead is not built: without sk_lookup a range stops
+// the start (or the reload) with the reason, rather than serving one port.
+std::shared_ptr<void> dispatch_ranges(const Config& config, const std::vector<std::vector<int>>& fds, bool no_bpf) {
+  std::string names;
+  for (const offload::ListenerConfig& l : config.listeners)
+    if (l.port_last != 0) names += (names.empty() ? "" : ", ") + l.name;
+  if (names.empty()) return nullptr;
+  auto refuse = [&](const std::string& why) -> std::shared_ptr<void> {
+    throw std::runtime_error(fmt::format("listener {}: a port range needs sk_lookup: {} (give each port its own "
+                                         "[[listener]] instead)", names, why));
+  };
+  if (no_bpf) return refuse("--no-bpf turns BPF off");
+#ifdef OFFLOAD_HAVE_DISPATCH
+  std::vector<offload::DispatchRange> ranges;
+  for (size_t j = 0; j < config.listeners.size(); ++j) {
+    const offload::ListenerConfig& l = config.listeners[j];
+    if (l.port_last == 0) continue;
+    offload::DispatchRange r;
+    std::memcpy(&r.address, &l.address.storage, l.address.length);
+    r.port_first = offload::port_of(l.address);
+    r.port_last = l.port_last;
+    r.fd = fds.front()[j];
+    ranges.push_back(r);
+    offload::log(offload::LogLevel::kInfo, "listener {}: ports {}-{} through sk_lookup, one socket", l.name,
+                 r.port_first, r.port_last);
+  }
+  std::string error;
+  std::shared_ptr<offload::PortDispatch> d = offload::PortDispatch::start(ranges, error);
+  if (!d) return refuse(error);
+  return d;
+#else
+  return refuse("this build has no sk_dispatch program (no kernel BTF at build time)");
+#endif
+}
+
 // The running agent: its generations of shards (the newest serves, older
 // ones finish what they had, see ops/reload.h), the cumulative counters of
 // those that ended, and the admin endpoint, which outlives them all.
@@ -325,6 +365,7 @@ class Agent {
   offload::Counters ended_;  // the _total counters of generations that ended; this thread writes them
   std::unique_ptr<offload::AdminServer> admin_;
   offload::AdminServer::Mirror mirror_;  // the guard's side of a live rule change; empty: no guard
+  std::shared_ptr<void> dispatch_;       // sk_lookup for the port ranges of the newest generation
   ReloadMailbox mailbox_;
   int rearm_fd_ = -1;  // a retiring shard has cancelled its accepts: the newest re-arm theirs
   bool stopping_ = false;
@@ -414,7 +455,10 @@ ReloadMailbox::Result Agent::try_reload() {
     open_shard_listeners(next, plan.fds, opened);
     gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology(),
                                                  rearm_fd_);
+    // The new ranges (and sockets) first: the old program goes once it is replaced.
+    std::shared_ptr<void> dispatch = dispatch_ranges(gen->config(), plan.fds, flags_.no_bpf);
     gen->start();
+    dispatch_ = std::move(dispatch);
   } catch (const std::exception& e) {
     gen.reset();
     for (int fd : opened) ::close(fd);
@@ -574,6 +618,7 @@ int Agent::run(Config config) {
   // Chosen once for the agent's lifetime (a reload cannot change `splice`).
   std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(first, flags_.no_bpf);
   mirror_ = mirror_into_guard(guard, *first.live_rules);
+  dispatch_ = dispatch_ranges(first, fds, flags_.no_bpf);
   if (admin_) admin_->set_rules(first.live_rules, mirror_);
   current().start();
   fmt::print(stderr, "offload-agent: {}\n", current().features());

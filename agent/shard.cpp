@@ -250,6 +250,7 @@ void Shard::build_listeners(const std::vector<int>& fds) {
     l->limits.header_count_max = lc.header_count_max;
     l->limits.body_bytes_max = lc.body_bytes_max;
     l->max_clients = lc.max_clients;
+    l->upstream_port_same = lc.upstream_port_same;
     for (int k = 0; k < kClientTimerKinds; ++k) {
       l->timers[k].set_duration(client_durations[k]);
       l->timers[k].set_kind(uint8_t(k));

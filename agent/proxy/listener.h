@@ -30,6 +30,7 @@ struct Listener {
   UpstreamGroup* group = nullptr;    // for a TcpUpstream: which of its groups
   http::Limits limits;           // for each request's head and body
   uint32_t max_clients = 0;      // of this listener's clients at once
+  bool upstream_port_same = false;  // passthrough: the server's port is the one the client dialled
   uint32_t active = 0;
   bool armed = false;            // the multishot accept is running
   // Its shard was retired by a reload: a connection accepted after its

@@ -207,7 +207,10 @@ bool PassthroughProxy::connect(Tunnel* t) {
   OFFLOAD_ASSERT(t->listener->group != nullptr);
   t->server = upstream_.pick_tunnel_server(*t->listener->group, fnv1a(t->source.bytes, sizeof t->source.bytes));
   if (t->server == nullptr) return false;
-  const SocketAddress& addr = t->server->target().address;
+  // Kept in the tunnel: the kernel reads it when the connect runs.
+  t->dial = t->server->target().address;
+  if (t->listener->upstream_port_same) set_port(t->dial, local_port(t->client_fd));
+  const SocketAddress& addr = t->dial;
   t->server_fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (t->server_fd < 0) return false;
   int one = 1;

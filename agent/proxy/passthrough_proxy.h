@@ -86,6 +86,7 @@ struct Tunnel {
   Completion connect_timed_out;
   Completion cancelled;        // the cancels of its operations at the end
   __kernel_timespec connect_timeout{};
+  SocketAddress dial;  // the server as dialled (upstream_port = "same": with the client's port); read by the connect
   Flow up;                     // client → server
   Flow down;                   // server → client
   uint8_t inflight = 0;

@@ -1,0 +1,134 @@
+// Port-range listeners through sk_lookup (root: in offload-splice-tests, a
+// SKIP elsewhere): one socket serves "127.0.0.1:FIRST-LAST", and with
+// upstream_port = "same" each connection reaches the server on the port the
+// client dialled.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "splice_rig.h"
+
+namespace {
+
+constexpr int kPorts = 4;
+
+// A socket bound to 127.0.0.x:port (host order), listening; -1 if the port is taken.
+int listen_on(uint32_t host, uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(host);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// kPorts consecutive ports free on 127.0.0.1 (for the agent) and on
+// 127.0.0.2 (for the servers), below the ephemeral range; the servers' sockets
+// are returned open.
+uint16_t free_range(std::vector<int>& server_fds) {
+  for (uint16_t first = 21000; first < 30000; first += kPorts) {
+    std::vector<int> probe, servers;
+    bool ok = true;
+    for (int k = 0; k < kPorts && ok; ++k) {
+      int a = listen_on(0x7f000001, uint16_t(first + k));
+      int s = listen_on(0x7f000002, uint16_t(first + k));
+      if (a >= 0) probe.push_back(a);
+      if (s >= 0) servers.push_back(s);
+      ok = a >= 0 && s >= 0;
+    }
+    for (int fd : probe) ::close(fd);
+    if (ok) {
+      server_fds = servers;
+      return first;
+    }
+    for (int fd : servers) ::close(fd);
+  }
+  FAIL("no free port range");
+  return 0;
+}
+
+// Each server says which port it was reached on, then closes.
+struct PortServers {
+  std::vector<int> fds;
+  std::vector<std::thread> threads;
+  explicit PortServers(std::vector<int> listening, uint16_t first) : fds(std::move(listening)) {
+    for (size_t k = 0; k < fds.size(); ++k)
+      threads.emplace_back([fd = fds[k], port = first + k] {
+        for (;;) {
+          int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (c < 0) return;
+          const std::string hello = "port " + std::to_string(port) + "\n";
+          tunnel::send_all(c, hello.data(), hello.size());
+          ::close(c);
+        }
+      });
+  }
+  ~PortServers() {
+    for (int fd : fds) ::shutdown(fd, SHUT_RDWR);
+    for (auto& t : threads) t.join();
+    for (int fd : fds) ::close(fd);
+  }
+};
+
+std::string range_config(uint16_t first, const std::string& extra = "") {
+  return "admin = \"off\"\n[[upstream]]\nname = \"ports\"\nservers = [\"tcp://127.0.0.2:9\"]\n"
+         "[[listener]]\nlisten = \"127.0.0.1:" + std::to_string(first) + "-" + std::to_string(first + kPorts - 1) +
+         "\"\nproxy = \"passthrough\"\nupstream = \"ports\"\nupstream_port = \"same\"\n" + extra;
+}
+
+}  // namespace
+
+TEST_CASE("port range: one listener serves every port of its range, each reaching the server on the port dialled") {
+  std::vector<int> listening;
+  const uint16_t first = free_range(listening);
+  PortServers servers(listening, first);
+  tunnel::ConfigAgent a;
+  a.start(range_config(first), 1);
+  CHECK(a.child().stderr_text().find("through sk_lookup, one socket") != std::string::npos);
+  for (int round = 0; round < 2; ++round)
+    for (int k = kPorts - 1; k >= 0; --k) {
+      const uint16_t port = uint16_t(first + k);
+      CAPTURE(port);
+      int fd = tunnel::connect_loopback(port);
+      REQUIRE(fd >= 0);
+      tunnel::set_timeouts(fd, 5000);
+      std::string got;
+      tunnel::read_to_eof(fd, got);
+      ::close(fd);
+      CHECK(got == "port " + std::to_string(port) + "\n");
+    }
+  // Just past the range nobody listens.
+  CHECK(tunnel::connect_loopback(uint16_t(first + kPorts)) < 0);
+}
+
+TEST_CASE("port range: without sk_lookup (--no-bpf) the agent does not start, and says why") {
+  std::vector<int> listening;
+  const uint16_t first = free_range(listening);
+  for (int fd : listening) ::close(fd);
+  char path[] = "/tmp/offload-range-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  std::ofstream(path) << range_config(first);
+  rig::Child agent;
+  REQUIRE(agent.start(rig::agent_path(), {"run", "-c", path, "--no-bpf"}));
+  auto code = agent.wait_exit(10000);
+  ::unlink(path);
+  REQUIRE(code.has_value());
+  CHECK(*code == 1);
+  CHECK(agent.stderr_text().find("a port range needs sk_lookup: --no-bpf turns BPF off") != std::string::npos);
+}
