@@ -9,47 +9,15 @@
 #include <fstream>
 #include <string>
 
+#include "config_file.h"
 #include "ops/config.h"
 
 using offload::Config;
 using offload::ConfigError;
 using offload::ListenerSecurity;
-
-namespace {
-
-std::string write_file(const std::string& text) {
-  char path[] = "/tmp/offload-security-test-XXXXXX";
-  int fd = mkstemp(path);
-  REQUIRE(fd >= 0);
-  close(fd);
-  std::ofstream(path) << text;
-  return path;
-}
-
-Config load(const std::string& toml) {
-  std::string path = write_file(toml);
-  Config c;
-  try {
-    offload::load_config_file(path, c);
-    offload::validate(c);
-  } catch (...) {
-    std::remove(path.c_str());
-    throw;
-  }
-  std::remove(path.c_str());
-  return c;
-}
-
-std::string error_of(const std::string& toml) {
-  try {
-    load(toml);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-}  // namespace
+using config_test::error_of;
+using config_test::load;
+using config_test::write_file;
 
 TEST_CASE("[security]: the source rules, with their defaults") {
   Config d = load("");
