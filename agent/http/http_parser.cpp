@@ -64,13 +64,6 @@ inline uint8_t cls(char c) { return kClass[uint8_t(c)]; }
 inline bool is_ws(char c) { return c == ' ' || c == '\t'; }
 inline char lower(char c) { return c >= 'A' && c <= 'Z' ? char(c + 32) : c; }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
-
 // Against a literal of lower-case letters, digits and "-" only, and a name
 // or value already checked to hold no control bytes, OR-ing 0x20 folds case
 // exactly: the only other bytes it could match are controls.
@@ -375,6 +368,13 @@ FieldId classify(std::string_view n) {
 }
 
 }  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (lower(a[i]) != lower(b[i])) return false;
+  return true;
+}
 
 int status_for(Error e) {
   switch (e) {

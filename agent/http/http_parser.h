@@ -53,6 +53,9 @@
 
 namespace offload::http {
 
+// ASCII case-insensitive equality, as field names compare (RFC 9110 5.1).
+bool iequals(std::string_view a, std::string_view b);
+
 struct Limits {
   uint32_t header_bytes_max = 16 * 1024;  // start line + fields + final CRLF
   uint32_t header_count_max = 100;

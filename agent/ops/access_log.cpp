@@ -32,17 +32,6 @@ uint64_t mono_ms() {
   return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = char(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = char(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
 // The length of the valid UTF-8 sequence at the front of `s` (0: invalid).
 // Overlong forms, surrogates and code points past U+10FFFF are invalid, as
 // a JSON reader requires.
@@ -225,8 +214,8 @@ void AccessRecord::capture(const http::Head& h, std::string_view msg) {
   user_agent.clear();
   for (const http::HeaderField& f : h.headers) {
     const std::string_view name = f.name.in(msg);
-    if (iequals(name, "referer")) copy_bounded(referer, f.value.in(msg), kAccessFieldMax);
-    else if (iequals(name, "user-agent")) copy_bounded(user_agent, f.value.in(msg), kAccessFieldMax);
+    if (http::iequals(name, "referer")) copy_bounded(referer, f.value.in(msg), kAccessFieldMax);
+    else if (http::iequals(name, "user-agent")) copy_bounded(user_agent, f.value.in(msg), kAccessFieldMax);
   }
 }
 
