@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "ip_text.h"
 #include "ops/config.h"
 #include "security/decision_log.h"
 #include "security/live_rules.h"
@@ -17,19 +18,13 @@
 #include "security/screen.h"
 
 using offload::IpAddress;
+using unit_test::ip;
 using offload::LiveRules;
 using offload::PrefixLists;
 using offload::RuleSet;
 using offload::RuleVerdict;
 
 namespace {
-
-IpAddress ip(const char* text) {
-  uint8_t raw[16];
-  if (inet_pton(AF_INET, text, raw) == 1) return IpAddress::from_v4(raw);
-  REQUIRE(inet_pton(AF_INET6, text, raw) == 1);
-  return IpAddress::from_v6(raw);
-}
 
 std::vector<offload::Prefix> prefixes(const std::vector<const char*>& texts) {
   std::vector<offload::Prefix> out;

@@ -5,21 +5,14 @@
 #include <map>
 #include <random>
 
+#include "ip_text.h"
 #include "ops/config.h"
 #include "security/screen.h"
 
 using offload::IpAddress;
+using unit_test::ip;
 using offload::Screen;
 using offload::Verdict;
-
-namespace {
-IpAddress ip(const char* text) {
-  uint8_t raw[16];
-  if (inet_pton(AF_INET, text, raw) == 1) return IpAddress::from_v4(raw);
-  REQUIRE(inet_pton(AF_INET6, text, raw) == 1);
-  return IpAddress::from_v6(raw);
-}
-}  // namespace
 
 TEST_CASE("prefixes: IPv4 and IPv6, longest match by containment, host bits refused") {
   auto p4 = offload::parse_prefix("deny", "203.0.113.0/24");

@@ -7,12 +7,14 @@
 
 #include <cstdio>
 
+#include "ip_text.h"
 #include "loop/clock.h"
 #include "security/screen.h"
 #include "security/source_table.h"
 #include "security/token_bucket.h"
 
 using offload::IpAddress;
+using unit_test::ip;
 using offload::RateLimit;
 using offload::Screen;
 using offload::SourceRules;
@@ -22,12 +24,6 @@ using offload::TokenBucket;
 using offload::Verdict;
 
 namespace {
-IpAddress ip(const char* text) {
-  uint8_t raw[16];
-  if (inet_pton(AF_INET, text, raw) == 1) return IpAddress::from_v4(raw);
-  REQUIRE(inet_pton(AF_INET6, text, raw) == 1);
-  return IpAddress::from_v6(raw);
-}
 
 IpAddress nth_v4(uint32_t n) {
   uint8_t raw[4] = {10, uint8_t(n >> 16), uint8_t(n >> 8), uint8_t(n)};
