@@ -57,6 +57,13 @@ bool socket_failed(int fd) {
   return ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state == TCP_CLOSE;
 }
 
+// A sockhash refuses a socket in any other state.
+bool established(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  return ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == TCP_ESTABLISHED;
+}
+
 }  // namespace
 
 PassthroughProxy::PassthroughProxy(Loop& loop, const Config& config, Counters& counters, BlockPool& data_pool,
@@ -456,13 +463,11 @@ bool PassthroughProxy::start_kernel(Tunnel* t) {
   const int family = t->server->target().address.family();
   if (family != AF_INET && family != AF_INET6) return false;
   // A sockhash takes established sockets only: a client that has already
-  // ended its writes goes on in user space (not a failure).
-  tcp_info info{};
-  socklen_t len = sizeof info;
-  if (::getsockopt(t->client_fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state != TCP_ESTABLISHED)
-    return false;
+  // ended its writes goes on in user space (not a failure), whether its FIN
+  // came before the check or during the insertion.
+  if (!established(t->client_fd)) return false;
   if (!splicer_->add_pair(t->client_fd, t->server_fd, t->pair)) {
-    bump(counters_.splice_setup_failures);
+    if (established(t->client_fd) && established(t->server_fd)) bump(counters_.splice_setup_failures);
     return false;
   }
   t->kernel = true;
@@ -479,7 +484,10 @@ bool PassthroughProxy::start_kernel(Tunnel* t) {
 // A receive said the source ended. The bytes the verdict passed wait in a
 // queue behind those redirected to this socket before they are readable, so
 // the end counts only once every byte the source received (its FIN as one)
-// is forwarded or redirected; else look again.
+// is forwarded or redirected, and every redirected one has left the peer's
+// backlog for its send queue: a redirect is sent by a kernel worker later,
+// and one that finds the peer's writes shut fails (the bytes are lost and
+// the peer gets EPIPE). Until then, look again.
 void PassthroughProxy::on_kernel_eof(Tunnel* t, Tunnel::Flow& f) {
   ss_flow now{};
   uint64_t received = 0;
@@ -487,10 +495,25 @@ void PassthroughProxy::on_kernel_eof(Tunnel* t, Tunnel::Flow& f) {
     end(t, true);
     return;
   }
-  if (f.user_sent + now.bytes + 1 >= received) {
+  if (f.user_sent + now.bytes + 1 >= received && peer_drained(t, f, now)) {
     on_eof(t, f);
     return;
   }
+  if (socket_failed(to_fd(t, f))) {  // its backlog will never go out
+    end(t, true);
+    return;
+  }
+  retry_later(t, f);
+}
+
+// Every byte of `f` (forwarded from user space, or redirected up to `now`)
+// is in the send queue of its destination: none waits in the kernel's backlog.
+bool PassthroughProxy::peer_drained(Tunnel* t, const Tunnel::Flow& f, const ss_flow& now) {
+  const uint64_t base = &f == &t->up ? t->pair.base_b : t->pair.base_a;
+  return splice::Splicer::drained(to_fd(t, f), base, f.user_sent + now.bytes);
+}
+
+void PassthroughProxy::retry_later(Tunnel* t, Tunnel::Flow& f) {
   io_uring_prep_timeout(loop_.sqe(f.retried), &f.retry_after, 0, 0);
   f.retry_busy = true;
   ++t->inflight;
@@ -536,8 +559,7 @@ void PassthroughProxy::read_when_drained(Tunnel* t, Tunnel::Flow& f) {
     return;
   }
   count_kernel(t, f, now);
-  const uint64_t base = &f == &t->up ? t->pair.base_b : t->pair.base_a;
-  if (splice::Splicer::drained(to_fd(t, f), base, f.user_sent + now.bytes)) {
+  if (peer_drained(t, f, now)) {
     post_recv(t, f, MSG_DONTWAIT);
     return;
   }
@@ -545,9 +567,7 @@ void PassthroughProxy::read_when_drained(Tunnel* t, Tunnel::Flow& f) {
     end(t, true);
     return;
   }
-  io_uring_prep_timeout(loop_.sqe(f.retried), &f.retry_after, 0, 0);
-  f.retry_busy = true;
-  ++t->inflight;
+  retry_later(t, f);
 }
 
 // The kernel's bytes of `f` up to `now` into the counters; any is activity.

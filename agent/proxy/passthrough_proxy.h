@@ -178,6 +178,8 @@ class PassthroughProxy final : public Proxy {
   void on_up_retry(Tunnel* t, const io_uring_cqe& cqe) { on_retry(t, t->up, cqe); }
   void on_down_retry(Tunnel* t, const io_uring_cqe& cqe) { on_retry(t, t->down, cqe); }
   void read_when_drained(Tunnel* t, Tunnel::Flow& f);
+  bool peer_drained(Tunnel* t, const Tunnel::Flow& f, const ss_flow& now);
+  void retry_later(Tunnel* t, Tunnel::Flow& f);
   void count_kernel(Tunnel* t, Tunnel::Flow& f, const ss_flow& now);
   void remove_from_kernel(Tunnel* t);
   int from_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->client_fd : t->server_fd; }
