@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <tuple>
+
 #include "ops/config.h"
 
 namespace offload {
@@ -63,12 +65,21 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
   std::string out;
   switch (format) {
     case StatsFormat::kText:
-      for (const auto& l : t.listeners)
+      for (const auto& l : t.listeners) {
         out += fmt::format(
             "listener {:<22} accepted {} active {} rejected {} requests {} rate_limited {} auth_missing {} "
-            "auth_wrong {} method_refused {} target_too_long {}\n",
+            "auth_wrong {} method_refused {} target_too_long {}",
             l->name, v(l->accepted), v(l->active), v(l->rejected), v(l->requests), v(l->rate_limited),
             v(l->auth_missing), v(l->auth_wrong), v(l->method_refused), v(l->target_too_long));
+        if (v(l->tunnels_kernel) + v(l->tunnels_user) > 0)
+          out += fmt::format(
+              " tunnels_kernel {} tunnels_user {} bytes_up {} bytes_down {} spliced_up {} spliced_down {} "
+              "half_closes {} resets {} splice_setup_failures {}",
+              v(l->tunnels_kernel), v(l->tunnels_user), v(l->user_bytes_up) + v(l->kernel_bytes_up),
+              v(l->user_bytes_down) + v(l->kernel_bytes_down), v(l->kernel_bytes_up), v(l->kernel_bytes_down),
+              v(l->tunnel_half_closes), v(l->tunnel_resets), v(l->splice_setup_failures));
+        out += "\n";
+      }
       for (const auto& s : t.servers)
         out += fmt::format("server {}/{} {} requests {} responses {} failures {} connects {} connections {}\n",
                            s->group, s->name, v(s->down) ? "down" : "up", v(s->requests), v(s->responses),
@@ -80,9 +91,15 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
       for (const auto& l : t.listeners) {
         out += fmt::format(
             "{}{{\"name\":{},\"accepted\":{},\"active\":{},\"rejected\":{},\"requests\":{},\"rate_limited\":{},"
-            "\"auth_missing\":{},\"auth_wrong\":{},\"method_refused\":{},\"target_too_long\":{}}}",
+            "\"auth_missing\":{},\"auth_wrong\":{},\"method_refused\":{},\"target_too_long\":{},"
+            "\"tunnels_kernel\":{},\"tunnels_user\":{},\"tunnel_bytes_up\":{},\"tunnel_bytes_down\":{},"
+            "\"spliced_bytes_up\":{},\"spliced_bytes_down\":{},\"tunnel_half_closes\":{},\"tunnel_resets\":{},"
+            "\"splice_setup_failures\":{}}}",
             first ? "" : ",", json_string(l->name), v(l->accepted), v(l->active), v(l->rejected), v(l->requests),
-            v(l->rate_limited), v(l->auth_missing), v(l->auth_wrong), v(l->method_refused), v(l->target_too_long));
+            v(l->rate_limited), v(l->auth_missing), v(l->auth_wrong), v(l->method_refused), v(l->target_too_long),
+            v(l->tunnels_kernel), v(l->tunnels_user), v(l->user_bytes_up) + v(l->kernel_bytes_up),
+            v(l->user_bytes_down) + v(l->kernel_bytes_down), v(l->kernel_bytes_up), v(l->kernel_bytes_down),
+            v(l->tunnel_half_closes), v(l->tunnel_resets), v(l->splice_setup_failures));
         first = false;
       }
       out += "],\"servers\":[";
@@ -128,6 +145,29 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
               {"target_too_long", &ListenerCounters::target_too_long}})
           out += fmt::format("offload_listener_refused_requests_total{{listener=\"{}\",reason=\"{}\"}} {}\n",
                              label(l->name), reason, v((*l).*field));
+      family("listener_tunnels_total", "counter", "tunnels opened, by the mode that moves their bytes");
+      for (const auto& l : t.listeners)
+        for (const auto& [mode, field] :
+             {std::pair{"kernel", &ListenerCounters::tunnels_kernel}, {"user", &ListenerCounters::tunnels_user}})
+          out += fmt::format("offload_listener_tunnels_total{{listener=\"{}\",mode=\"{}\"}} {}\n", label(l->name),
+                             mode, v((*l).*field));
+      family("listener_tunnel_bytes_total", "counter",
+             "bytes moved by tunnels, by direction (up: client to server) and mode");
+      for (const auto& l : t.listeners)
+        for (const auto& [direction, mode, field] :
+             {std::tuple{"up", "user", &ListenerCounters::user_bytes_up},
+              {"up", "kernel", &ListenerCounters::kernel_bytes_up},
+              {"down", "user", &ListenerCounters::user_bytes_down},
+              {"down", "kernel", &ListenerCounters::kernel_bytes_down}})
+          out += fmt::format("offload_listener_tunnel_bytes_total{{listener=\"{}\",direction=\"{}\",mode=\"{}\"}} {}\n",
+                             label(l->name), direction, mode, v((*l).*field));
+      per_listener("listener_tunnel_half_closes_total", "counter", "tunnel directions ended by a FIN passed on",
+                   &ListenerCounters::tunnel_half_closes);
+      per_listener("listener_tunnel_resets_total", "counter", "tunnels ended by a reset",
+                   &ListenerCounters::tunnel_resets);
+      per_listener("listener_splice_setup_failures_total", "counter",
+                   "tunnels that could not be put in the kernel splice (moved in user space)",
+                   &ListenerCounters::splice_setup_failures);
       per_server("server_requests_total", "counter", "requests sent to the server", &ServerCounters::requests);
       per_server("server_responses_total", "counter", "responses received from the server", &ServerCounters::responses);
       per_server("server_failures_total", "counter", "failed connects, resets, timeouts and bad answers",

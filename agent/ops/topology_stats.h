@@ -32,6 +32,19 @@ struct ListenerCounters {
   std::atomic<uint64_t> auth_wrong{0};      // 401 / 403
   std::atomic<uint64_t> method_refused{0};  // 405
   std::atomic<uint64_t> target_too_long{0}; // 414
+  // Tunnels (pass-through connections and upgraded ones), by the mode that
+  // moved them, and their bytes: up is client → server. A kernel tunnel's
+  // bytes are read from its flows (bpftool shows them per socket in the
+  // pinned splice_flows) as they move and at its end.
+  std::atomic<uint64_t> tunnels_kernel{0};
+  std::atomic<uint64_t> tunnels_user{0};
+  std::atomic<uint64_t> user_bytes_up{0};
+  std::atomic<uint64_t> user_bytes_down{0};
+  std::atomic<uint64_t> kernel_bytes_up{0};
+  std::atomic<uint64_t> kernel_bytes_down{0};
+  std::atomic<uint64_t> tunnel_half_closes{0};
+  std::atomic<uint64_t> tunnel_resets{0};
+  std::atomic<uint64_t> splice_setup_failures{0};
 };
 
 struct ServerCounters {

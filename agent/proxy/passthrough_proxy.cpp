@@ -265,6 +265,7 @@ void PassthroughProxy::on_connected(Tunnel* t, const io_uring_cqe& cqe) {
     return;
   }
   bump(counters_.tunnels_user);
+  add(t->listener->stats->tunnels_user);
   // Whatever either side sent already waits in its socket: the first
   // receives take it, whoever speaks first (an SSH or SMTP server does).
   // An upgrade's request goes out before anything else of the client's.
@@ -345,7 +346,7 @@ void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
       bump(counters_.upgrades_switched);
   }
   f.bytes += uint64_t(cqe.res);
-  bump(&f == &t->up ? counters_.tunnel_bytes_up : counters_.tunnel_bytes_down, uint64_t(cqe.res));
+  count_bytes(t, &f == &t->up, uint64_t(cqe.res), false);
   arm_idle(t);
   post_send(t, f);
 }
@@ -390,6 +391,7 @@ void PassthroughProxy::on_eof(Tunnel* t, Tunnel::Flow& f) {
     if (splicer_->flow(f.cookie, now)) count_kernel(t, f, now);
   }
   bump(counters_.tunnel_half_closes);  // counted before the peer can see it
+  add(t->listener->stats->tunnel_half_closes);
   ::shutdown(to_fd(t, f), SHUT_WR);
   Tunnel::Flow& other = &f == &t->up ? t->down : t->up;
   if (other.eof) {
@@ -409,6 +411,7 @@ void PassthroughProxy::end(Tunnel* t, bool reset) {
   disarm(t->timer);
   if (reset) {
     bump(counters_.tunnel_resets);
+    add(t->listener->stats->tunnel_resets);
     set_reset_on_close(t->client_fd);
     set_reset_on_close(t->server_fd);
   }
@@ -467,13 +470,17 @@ bool PassthroughProxy::start_kernel(Tunnel* t) {
   // came before the check or during the insertion.
   if (!established(t->client_fd)) return false;
   if (!splicer_->add_pair(t->client_fd, t->server_fd, t->pair)) {
-    if (established(t->client_fd) && established(t->server_fd)) bump(counters_.splice_setup_failures);
+    if (established(t->client_fd) && established(t->server_fd)) {
+      bump(counters_.splice_setup_failures);
+      add(t->listener->stats->splice_setup_failures);
+    }
     return false;
   }
   t->kernel = true;
   t->up.cookie = t->pair.a;
   t->down.cookie = t->pair.b;
   bump(counters_.tunnels_kernel);
+  add(t->listener->stats->tunnels_kernel);
   // Each direction is passed to its own socket until the agent has forwarded
   // what is there: the bytes that came before the insertion go first.
   post_recv(t, t->up, MSG_DONTWAIT);
@@ -577,9 +584,21 @@ void PassthroughProxy::count_kernel(Tunnel* t, Tunnel::Flow& f, const ss_flow& n
   f.kernel_counted = now.bytes;
   f.bytes += n;
   const bool up = &f == &t->up;
-  bump(up ? counters_.spliced_bytes_up : counters_.spliced_bytes_down, n);
-  bump(up ? counters_.tunnel_bytes_up : counters_.tunnel_bytes_down, n);
+  count_bytes(t, up, n, true);
   if (!t->ending) arm_idle(t);
+}
+
+// Bytes a tunnel moved, `up` client → server, by the kernel or from user
+// space: the agent's counters and its listener's.
+void PassthroughProxy::count_bytes(Tunnel* t, bool up, uint64_t n, bool kernel) {
+  ListenerCounters& l = *t->listener->stats;
+  bump(up ? counters_.tunnel_bytes_up : counters_.tunnel_bytes_down, n);
+  if (kernel) {
+    bump(up ? counters_.spliced_bytes_up : counters_.spliced_bytes_down, n);
+    add(up ? l.kernel_bytes_up : l.kernel_bytes_down, n);
+  } else {
+    add(up ? l.user_bytes_up : l.user_bytes_down, n);
+  }
 }
 
 // Out of the maps before the sockets close: the peers first, then the rest,

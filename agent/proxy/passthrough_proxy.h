@@ -181,6 +181,7 @@ class PassthroughProxy final : public Proxy {
   bool peer_drained(Tunnel* t, const Tunnel::Flow& f, const ss_flow& now);
   void retry_later(Tunnel* t, Tunnel::Flow& f);
   void count_kernel(Tunnel* t, Tunnel::Flow& f, const ss_flow& now);
+  void count_bytes(Tunnel* t, bool up, uint64_t n, bool kernel);
   void remove_from_kernel(Tunnel* t);
   int from_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->client_fd : t->server_fd; }
   int to_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->server_fd : t->client_fd; }

@@ -13,6 +13,14 @@
 
 namespace rig {
 
+// A counter of listener `index` in a stats document (its "listeners" array).
+inline int64_t listener_counter(const rig::Json& doc, size_t index, const std::string& name) {
+  const rig::Json* list = doc.get("listeners");
+  REQUIRE(list != nullptr);
+  REQUIRE(list->array.size() > index);
+  return list->array[index].int_or(name, -1);
+}
+
 class ConfigAgent {
  public:
   ~ConfigAgent() {
@@ -54,6 +62,8 @@ class ConfigAgent {
     REQUIRE(doc);
     return *doc;
   }
+  // A counter of listener `index` from the stats' "listeners" array.
+  int64_t listener_stat(size_t index, const std::string& name) { return listener_counter(stats(), index, name); }
   // The "state" of server `name` in the stats ("up" or "down").
   std::string server_state(const std::string& name) {
     rig::Json doc = stats();

@@ -177,6 +177,61 @@ TEST_CASE("passthrough: a server's reset reaches the client as a reset") {
   CHECK(stat(a, "tunnel_resets") == 1);
 }
 
+TEST_CASE("passthrough: each listener counts its own tunnels, bytes, half-closes and resets") {
+  TcpServer server(echo());
+  TcpServer resetter([](int fd) {
+    char buf[16];
+    (void)::recv(fd, buf, sizeof buf, 0);
+    reset_close(fd);
+  });
+  auto listener = [](const char* name, const char* group) {
+    return std::string("[[listener]]\nname = \"") + name + "\"\nlisten = \"127.0.0.1:0\"\nproxy = \"passthrough\"\n" +
+           "upstream = \"" + group + "\"\n";
+  };
+  ConfigAgent a;
+  a.start(kSpliceLine + "[[upstream]]\nname = \"echo\"\nservers = [\"" + server.url() +
+              "\"]\n[[upstream]]\nname = \"reset\"\nservers = [\"" + resetter.url() + "\"]\n" +
+              listener("bulk", "echo") + listener("other", "reset"),
+          2);
+  // Listener 0: two exchanges, each ended by the client's FIN, then the server's.
+  const uint64_t sizes[] = {3 << 20, 12345};
+  std::string why;
+  for (uint64_t n : sizes) CHECK_MESSAGE(echo_exchange(a.port(0), n, n, &why), why);
+  // Listener 1: its server resets the tunnel.
+  int fd = connect_loopback(a.port(1));
+  REQUIRE(fd >= 0);
+  set_timeouts(fd, 10000);
+  REQUIRE(send_all(fd, "x", 1));
+  char buf[16];
+  CHECK(::recv(fd, buf, sizeof buf, 0) < 0);
+  ::close(fd);
+  for (int i = 0; i < 500 && stat(a, "tunnels_active") != 0; ++i) rig::sleep_ms(10);
+  const std::string mode = PASSTHROUGH_SPLICE;
+  const std::string other = mode == "kernel" ? "user" : "kernel";
+  const uint64_t total = sizes[0] + sizes[1];
+  CHECK(a.listener_stat(0, "tunnels_" + mode) == 2);
+  CHECK(a.listener_stat(0, "tunnels_" + other) == 0);
+  CHECK(a.listener_stat(0, "tunnel_bytes_up") == int64_t(total));
+  CHECK(a.listener_stat(0, "tunnel_bytes_down") == int64_t(total));
+  CHECK(a.listener_stat(0, "tunnel_half_closes") == 4);
+  CHECK(a.listener_stat(0, "tunnel_resets") == 0);
+  CHECK(a.listener_stat(0, "splice_setup_failures") == 0);
+  if (mode == "kernel") {
+    CHECK(a.listener_stat(0, "spliced_bytes_up") > 0);
+    CHECK(a.listener_stat(0, "spliced_bytes_up") <= int64_t(total));
+  } else {
+    CHECK(a.listener_stat(0, "spliced_bytes_up") == 0);
+  }
+  CHECK(a.listener_stat(1, "tunnels_" + mode) == 1);
+  CHECK(a.listener_stat(1, "tunnel_bytes_up") == 1);
+  CHECK(a.listener_stat(1, "tunnel_bytes_down") == 0);
+  CHECK(a.listener_stat(1, "tunnel_resets") == 1);
+  CHECK(a.listener_stat(1, "tunnel_half_closes") == 0);
+  // The agent's totals are the listeners' sums.
+  CHECK(stat(a, "tunnel_bytes_up") == int64_t(total) + 1);
+  CHECK(stat(a, "tunnel_resets") == 1);
+}
+
 TEST_CASE("passthrough: a client's reset reaches the server as a reset") {
   std::atomic<int> server_errno{0};
   std::atomic<bool> done{false};

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "config_agent.h"
 #include "rig.h"
 
 using rig::Backend;
@@ -67,11 +68,7 @@ class Agent {
   int64_t stat(const std::string& name) { return rig::flatten_stats(stats_doc())[name]; }
   // A counter of listener `index` from the "listeners" array.
   int64_t listener_stat(size_t index, const std::string& name) {
-    rig::Json doc = stats_doc();
-    const rig::Json* list = doc.get("listeners");
-    REQUIRE(list != nullptr);
-    REQUIRE(list->array.size() > index);
-    return list->array[index].int_or(name, -1);
+    return rig::listener_counter(stats_doc(), index, name);
   }
 
  private:
