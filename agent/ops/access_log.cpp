@@ -193,6 +193,12 @@ std::string_view termination_name(Termination t) {
     case Termination::kParseError: return "parse_error";
     case Termination::kNoBuffer: return "no_buffer";
     case Termination::kUpgraded: return "upgraded";
+    case Termination::kTunnelDone: return "tunnel_done";
+    case Termination::kTunnelClientReset: return "tunnel_client_reset";
+    case Termination::kTunnelServerReset: return "tunnel_server_reset";
+    case Termination::kTimeoutTunnel: return "timeout_tunnel";
+    case Termination::kDrainDeadline: return "drain_deadline";
+    case Termination::kSpliceError: return "splice_error";
   }
   return "?";
 }
@@ -548,6 +554,10 @@ void AccessLog::log(ClientConn& c, Termination end) {
     e.upstream_ms = int64_t((r.upstream_done_ms != 0 ? r.upstream_done_ms : now) - r.assigned_ms);
   }
   e.end = r.end != Termination::kUnset ? r.end : end;
+  log(e);
+}
+
+void AccessLog::log(AccessEntry& e) {
   timespec wall;
   clock_gettime(CLOCK_REALTIME_COARSE, &wall);
   e.wall = wall.tv_sec;

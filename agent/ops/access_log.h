@@ -62,6 +62,13 @@ enum class Termination : uint8_t {
   kParseError,            // 400, 413, 414, 431, 501, 505: the request itself
   kNoBuffer,              // 503: buffer memory exhausted
   kUpgraded,              // went on as a tunnel (the pass-through proxy's from there)
+  // A tunnel's line (pass-through, or after an upgrade), at its end:
+  kTunnelDone,            // both sides ended their writes (a FIN each way)
+  kTunnelClientReset,     // the client reset it, or its socket failed
+  kTunnelServerReset,     // the server reset it, or its socket failed
+  kTimeoutTunnel,         // nothing moved for tunnel_timeout (or half_close_timeout)
+  kDrainDeadline,         // still open when a drain's deadline came
+  kSpliceError,           // the kernel splice's maps failed the agent mid-tunnel
 };
 std::string_view termination_name(Termination t);
 
@@ -189,6 +196,8 @@ class AccessLog {
   bool on() const { return writer_ != nullptr; }
   // The exchange of `c` ended: its line. `end` is used where its record has none.
   void log(ClientConn& c, Termination end);
+  // Any other line (a tunnel's): `e` as it is, its wall time set here.
+  void log(AccessEntry& e);
   // Large buffers go to the writer after each batch of completions.
   void after_batch() {
     if (buf_.size() >= kHandOverBytes) hand_over();

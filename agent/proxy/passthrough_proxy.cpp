@@ -93,7 +93,8 @@ PassthroughProxy::PassthroughProxy(Loop& loop, const Config& config, Counters& c
                  return t;
                },
                kTunnelsKeptFree),
-      splicer_(splice::installed()) {}
+      splicer_(splice::installed()),
+      access_log_(loop, config, counters) {}
 
 PassthroughProxy::~PassthroughProxy() { release_all(); }
 
@@ -112,6 +113,8 @@ void PassthroughProxy::drain() {
 void PassthroughProxy::release_all() {
   for (Tunnel* t : live_) {
     remove_from_kernel(t);
+    if (!t->ending) t->why = Termination::kDrainDeadline;
+    log_tunnel(t);
     if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
     if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
   }
@@ -134,6 +137,7 @@ Tunnel* PassthroughProxy::open_slot(Listener* l, int fd) {
   }
   t->client_fd = fd;
   t->listener = l;
+  t->started_ms = loop_.now_ms();
   t->live_index = uint32_t(live_.size());
   live_.push_back(t);
   ++active_;
@@ -154,12 +158,12 @@ void PassthroughProxy::accept(Listener* l, int fd) {
   bump(counters_.accepted);
   bump(counters_.tunnels_accepted);
   if (screen_out(t)) {
-    end(t, false);
+    end(t, false, Termination::kRefusedScreen);
     return;
   }
   if (!connect(t)) {
     bump(counters_.tunnel_connect_failures);
-    end(t, false);
+    end(t, false, Termination::kUpstreamConnectError);
   }
 }
 
@@ -175,7 +179,7 @@ void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool 
   t->first = std::move(first);
   if (!connect(t)) {
     bump(counters_.tunnel_connect_failures);
-    end(t, false);
+    end(t, false, Termination::kUpstreamConnectError);
   }
 }
 
@@ -205,7 +209,7 @@ void PassthroughProxy::rescreen() {
       continue;
     bump(counters_.closed_by_rules);
     screen_.note(source, "denied, open tunnel closed", t->listener->index, loop_.now_ms());
-    end(t, true);
+    end(t, true, Termination::kRefusedScreen);
   }
 }
 
@@ -248,15 +252,16 @@ void PassthroughProxy::on_connected(Tunnel* t, const io_uring_cqe& cqe) {
     if (cqe.res == -ECANCELED) bump(counters_.timeouts_connect);
     upstream_.tunnel_connected(*t->server, false);
     bump(counters_.tunnel_connect_failures);
-    end(t, false);
+    end(t, false, cqe.res == -ECANCELED ? Termination::kTimeoutConnect : Termination::kUpstreamConnectError);
     return;
   }
   upstream_.tunnel_connected(*t->server, true);
+  t->connect_ms = int64_t(loop_.now_ms() - t->started_ms);
   t->up.buf = data_pool_.get();
   t->down.buf = data_pool_.get();
   if (t->up.buf == nullptr || t->down.buf == nullptr) {
     bump(counters_.buffer_exhausted);
-    end(t, false);
+    end(t, false, Termination::kNoBuffer);
     return;
   }
   t->open = true;
@@ -284,7 +289,7 @@ void PassthroughProxy::arm_idle(Tunnel* t) {
 
 void PassthroughProxy::on_timer(Tunnel* t, Timer&) {
   bump(counters_.timeouts_tunnel);
-  end(t, false);
+  end(t, false, Termination::kTimeoutTunnel);
 }
 
 void PassthroughProxy::post_recv(Tunnel* t, Tunnel::Flow& f, int flags) {
@@ -306,7 +311,7 @@ void PassthroughProxy::post_send(Tunnel* t, Tunnel::Flow& f) {
 
 bool PassthroughProxy::send_first(Tunnel* t) {
   if (t->first.size() > t->up.buf->capacity) {  // larger than any head the HTTP proxy takes
-    end(t, false);
+    end(t, false, Termination::kNoBuffer);
     return false;
   }
   std::memcpy(t->up.buf->data(), t->first.data(), t->first.size());
@@ -336,7 +341,7 @@ void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     return;
   }
   if (cqe.res < 0) {  // a reset (or another error) on one side is a reset on both
-    end(t, true);
+    end(t, true, source_failed(t, f));
     return;
   }
   f.buf->tail = uint32_t(cqe.res);
@@ -359,7 +364,7 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     return;
   }
   if (cqe.res <= 0) {  // the receiving side is gone: tell the sending side by a reset
-    end(t, true);
+    end(t, true, destination_failed(t, f));
     return;
   }
   f.sent_off += uint32_t(cqe.res);
@@ -375,7 +380,7 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
   // What this direction forwarded, for the verdict to redirect from the
   // first skb that nothing waiting in user space precedes.
   if (!splicer_->forwarded(f.cookie, f.user_sent)) {
-    end(t, true);
+    end(t, true, Termination::kSpliceError);
     return;
   }
   post_recv(t, f, MSG_DONTWAIT);
@@ -395,7 +400,7 @@ void PassthroughProxy::on_eof(Tunnel* t, Tunnel::Flow& f) {
   ::shutdown(to_fd(t, f), SHUT_WR);
   Tunnel::Flow& other = &f == &t->up ? t->down : t->up;
   if (other.eof) {
-    end(t, false);  // both sides done: a clean close
+    end(t, false, Termination::kTunnelDone);  // both sides done: a clean close
     return;
   }
   arm_idle(t);
@@ -404,9 +409,10 @@ void PassthroughProxy::on_eof(Tunnel* t, Tunnel::Flow& f) {
 // The one place a tunnel ends. Operations still in flight are cancelled; the
 // sockets close once every one of them is back (maybe_free), with a reset
 // when `reset` (SO_LINGER 0), else with a FIN.
-void PassthroughProxy::end(Tunnel* t, bool reset) {
+void PassthroughProxy::end(Tunnel* t, bool reset, Termination why) {
   if (t->ending) return;
   t->ending = true;
+  t->why = why;
   t->reset = reset;
   disarm(t->timer);
   if (reset) {
@@ -437,7 +443,8 @@ void PassthroughProxy::on_cancelled(Tunnel* t, const io_uring_cqe&) {
 
 void PassthroughProxy::maybe_free(Tunnel* t) {
   if (!t->ending || t->inflight > 0) return;
-  remove_from_kernel(t);
+  remove_from_kernel(t);  // its last kernel bytes counted before its line
+  log_tunnel(t);
   if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
   if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
   if (t->up.buf != nullptr) data_pool_.put(std::exchange(t->up.buf, nullptr));
@@ -455,6 +462,37 @@ void PassthroughProxy::maybe_free(Tunnel* t) {
   live_.pop_back();
   t->clear();
   tunnels_.put(t);
+}
+
+// A tunnel's access-log line, in the HTTP lines' format: "TCP" (or
+// "UPGRADED" after an HTTP upgrade, whose request has a line of its own) for
+// the request, a status as nginx's stream module gives one (200 once
+// connected; 403 screened, 502/504 no connection, 503 no buffer), bytes up as
+// received and down as sent, and who ended it.
+void PassthroughProxy::log_tunnel(Tunnel* t) {
+  if (!access_log_.on()) return;
+  char ip[INET6_ADDRSTRLEN] = "";
+  if (t->source.is_v4()) inet_ntop(AF_INET, t->source.bytes + 12, ip, sizeof ip);
+  else inet_ntop(AF_INET6, t->source.bytes, ip, sizeof ip);
+  AccessEntry e;
+  e.remote = ip;
+  e.method = t->upgrade ? "UPGRADED" : "TCP";
+  e.target = t->listener->name;
+  if (t->server != nullptr && t->connect_ms >= 0) e.upstream = t->server->target().text;
+  e.listener = t->listener->name;
+  switch (t->why) {
+    case Termination::kRefusedScreen: e.status = 403; break;
+    case Termination::kUpstreamConnectError: e.status = 502; break;
+    case Termination::kTimeoutConnect: e.status = 504; break;
+    case Termination::kNoBuffer: e.status = t->connect_ms >= 0 ? 200 : 503; break;
+    default: e.status = t->connect_ms >= 0 ? 200 : 502; break;
+  }
+  e.received = t->up.bytes;
+  e.sent = e.body_bytes = t->down.bytes;
+  e.total_ms = int64_t(loop_.now_ms() - t->started_ms);
+  e.connect_ms = t->connect_ms;
+  e.end = t->why == Termination::kUnset ? Termination::kTunnelDone : t->why;
+  access_log_.log(e);
 }
 
 // ------------------------------------------------------------ kernel mode
@@ -499,7 +537,7 @@ void PassthroughProxy::on_kernel_eof(Tunnel* t, Tunnel::Flow& f) {
   ss_flow now{};
   uint64_t received = 0;
   if (!splicer_->flow(f.cookie, now) || !splice::Splicer::received_total(from_fd(t, f), received)) {
-    end(t, true);
+    end(t, true, Termination::kSpliceError);
     return;
   }
   if (f.user_sent + now.bytes + 1 >= received && peer_drained(t, f, now)) {
@@ -507,7 +545,7 @@ void PassthroughProxy::on_kernel_eof(Tunnel* t, Tunnel::Flow& f) {
     return;
   }
   if (socket_failed(to_fd(t, f))) {  // its backlog will never go out
-    end(t, true);
+    end(t, true, destination_failed(t, f));
     return;
   }
   retry_later(t, f);
@@ -541,7 +579,7 @@ void PassthroughProxy::on_polled(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe&
     return;
   }
   if (cqe.res < 0 || (cqe.res & POLLERR) != 0) {
-    end(t, true);
+    end(t, true, source_failed(t, f));
     return;
   }
   read_when_drained(t, f);
@@ -562,7 +600,7 @@ void PassthroughProxy::on_retry(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe&)
 void PassthroughProxy::read_when_drained(Tunnel* t, Tunnel::Flow& f) {
   ss_flow now{};
   if (!splicer_->flow(f.cookie, now)) {
-    end(t, true);
+    end(t, true, Termination::kSpliceError);
     return;
   }
   count_kernel(t, f, now);
@@ -571,7 +609,7 @@ void PassthroughProxy::read_when_drained(Tunnel* t, Tunnel::Flow& f) {
     return;
   }
   if (socket_failed(to_fd(t, f))) {  // its backlog will never go out
-    end(t, true);
+    end(t, true, destination_failed(t, f));
     return;
   }
   retry_later(t, f);

@@ -33,6 +33,7 @@
 
 #include "loop/loop.h"
 #include "loop/slab.h"
+#include "ops/access_log.h"
 #include "ops/config.h"
 #include "ops/counters.h"
 #include "proxy/acceptor.h"
@@ -100,6 +101,10 @@ struct Tunnel {
   IpAddress source;
   bool screened = false;       // counted against its source in the screen
   uint32_t live_index = 0;     // in PassthroughProxy::live_
+  // For its access-log line.
+  uint64_t started_ms = 0;     // loop time of its accept (or of the upgrade's hand-over)
+  int64_t connect_ms = -1;     // its server connection's set-up; -1: none made
+  Termination why = Termination::kUnset;  // the first cause of its end
 
   // Back to free: everything but the completions and the timer, which are
   // bound once when the slot is made.
@@ -116,6 +121,9 @@ struct Tunnel {
     first.shrink_to_fit();
     source = IpAddress{};
     live_index = 0;
+    started_ms = 0;
+    connect_ms = -1;
+    why = Termination::kUnset;
   }
 };
 
@@ -131,7 +139,7 @@ class PassthroughProxy final : public Proxy {
   void start() override { acceptor_.start(); }
   void drain() override;
   uint32_t active() const override { return active_; }
-  void after_batch() override {}
+  void after_batch() override { access_log_.after_batch(); }
   // Once a second: the kernel's bytes of each spliced pair into the counters
   // and its idle timer (the agent sees no completion for them). Frees nothing.
   uint64_t release_idle() override;
@@ -186,7 +194,16 @@ class PassthroughProxy final : public Proxy {
   int from_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->client_fd : t->server_fd; }
   int to_fd(const Tunnel* t, const Tunnel::Flow& f) const { return &f == &t->up ? t->server_fd : t->client_fd; }
   void on_eof(Tunnel* t, Tunnel::Flow& f);
-  void end(Tunnel* t, bool reset);
+  // The one place a tunnel ends; `why` goes to its access-log line.
+  void end(Tunnel* t, bool reset, Termination why);
+  void log_tunnel(Tunnel* t);
+  // The side whose socket failed, as a termination: the source of `f`, or where it goes.
+  static Termination source_failed(const Tunnel* t, const Tunnel::Flow& f) {
+    return &f == &t->up ? Termination::kTunnelClientReset : Termination::kTunnelServerReset;
+  }
+  static Termination destination_failed(const Tunnel* t, const Tunnel::Flow& f) {
+    return &f == &t->up ? Termination::kTunnelServerReset : Termination::kTunnelClientReset;
+  }
   void op_done(Tunnel* t) { --t->inflight; }
   void maybe_free(Tunnel* t);
 
@@ -202,6 +219,7 @@ class PassthroughProxy final : public Proxy {
   bool draining_ = false;
   std::vector<Tunnel*> live_;  // for release_all at teardown
   splice::Splicer* splicer_;   // null: every tunnel moves in user space
+  AccessLog access_log_;       // a line as each tunnel ends (maybe_free)
 };
 
 }  // namespace offload

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -34,6 +35,12 @@ constexpr uint64_t kBulkBytes = 256ull << 20;
 #else
 constexpr uint64_t kBulkBytes = 1ull << 30;
 #endif
+
+// A pass-through [[listener]] table on a free loopback port.
+std::string passthrough_listener(const char* name, const char* group) {
+  return std::string("[[listener]]\nname = \"") + name + "\"\nlisten = \"127.0.0.1:0\"\nproxy = \"passthrough\"\n" +
+         "upstream = \"" + group + "\"\n";
+}
 
 TEST_CASE("passthrough: 1 GiB each way through the agent, byte-exact") {
   TcpServer server(echo());
@@ -184,14 +191,10 @@ TEST_CASE("passthrough: each listener counts its own tunnels, bytes, half-closes
     (void)::recv(fd, buf, sizeof buf, 0);
     reset_close(fd);
   });
-  auto listener = [](const char* name, const char* group) {
-    return std::string("[[listener]]\nname = \"") + name + "\"\nlisten = \"127.0.0.1:0\"\nproxy = \"passthrough\"\n" +
-           "upstream = \"" + group + "\"\n";
-  };
   ConfigAgent a;
   a.start(kSpliceLine + "[[upstream]]\nname = \"echo\"\nservers = [\"" + server.url() +
               "\"]\n[[upstream]]\nname = \"reset\"\nservers = [\"" + resetter.url() + "\"]\n" +
-              listener("bulk", "echo") + listener("other", "reset"),
+              passthrough_listener("bulk", "echo") + passthrough_listener("other", "reset"),
           2);
   // Listener 0: two exchanges, each ended by the client's FIN, then the server's.
   const uint64_t sizes[] = {3 << 20, 12345};
@@ -230,6 +233,72 @@ TEST_CASE("passthrough: each listener counts its own tunnels, bytes, half-closes
   // The agent's totals are the listeners' sums.
   CHECK(stat(a, "tunnel_bytes_up") == int64_t(total) + 1);
   CHECK(stat(a, "tunnel_resets") == 1);
+}
+
+TEST_CASE("passthrough: the access log has a line per tunnel with its bytes, its server and who ended it") {
+  TcpServer server(echo());
+  TcpServer resetter([](int fd) {
+    char buf[16];
+    (void)::recv(fd, buf, sizeof buf, 0);
+    reset_close(fd);
+  });
+  char dir[] = "/tmp/offload-it-tunnel-log-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  const std::string log = std::string(dir) + "/access.log";
+  ConfigAgent a;
+  a.start(kSpliceLine + "access_log = \"" + log + "\"\naccess_log_format = \"json\"\n[[upstream]]\nname = \"echo\"\n" +
+              "servers = [\"" + server.url() + "\"]\n[[upstream]]\nname = \"reset\"\nservers = [\"" + resetter.url() +
+              "\"]\n[[upstream]]\nname = \"gone\"\nservers = [\"tcp://127.0.0.1:1\"]\n" + passthrough_listener("bulk", "echo") +
+              passthrough_listener("other", "reset") + passthrough_listener("nowhere", "gone"),
+          3);
+  std::string why;
+  CHECK_MESSAGE(echo_exchange(a.port(0), 1 << 20, 5, &why), why);
+  int fd = connect_loopback(a.port(1));
+  REQUIRE(fd >= 0);
+  set_timeouts(fd, 10000);
+  REQUIRE(send_all(fd, "x", 1));
+  char buf[16];
+  CHECK(::recv(fd, buf, sizeof buf, 0) < 0);
+  ::close(fd);
+  fd = connect_loopback(a.port(2));  // port 1 refuses: no server for it
+  REQUIRE(fd >= 0);
+  set_timeouts(fd, 10000);
+  std::string rest;
+  (void)read_to_eof(fd, rest);
+  ::close(fd);
+  std::vector<rig::Json> lines;
+  for (int i = 0; i < 250 && lines.size() < 3; ++i) {
+    rig::sleep_ms(20);
+    lines.clear();
+    std::ifstream in(log);
+    for (std::string line; std::getline(in, line);) {
+      auto j = rig::Json::parse(line);
+      REQUIRE_MESSAGE(j, line);
+      lines.push_back(*j);
+    }
+  }
+  REQUIRE(lines.size() == 3);
+  auto line_of = [&](const std::string& listener) -> const rig::Json& {
+    for (const auto& j : lines)
+      if (j.str_or("listener", "") == listener) return j;
+    FAIL("no line for " << listener);
+    return lines[0];
+  };
+  const rig::Json& bulk = line_of("bulk");
+  CHECK(bulk.str_or("method", "") == "TCP");
+  CHECK(bulk.str_or("remote_addr", "") == "127.0.0.1");
+  CHECK(bulk.int_or("status", 0) == 200);
+  CHECK(bulk.int_or("bytes_received", 0) == 1 << 20);
+  CHECK(bulk.int_or("bytes_sent", 0) == 1 << 20);
+  CHECK(bulk.str_or("upstream", "") == server.url());
+  CHECK(bulk.str_or("termination", "") == "tunnel_done");
+  const rig::Json& other = line_of("other");
+  CHECK(other.int_or("bytes_received", 0) == 1);
+  CHECK(other.str_or("termination", "") == "tunnel_server_reset");
+  const rig::Json& nowhere = line_of("nowhere");
+  CHECK(nowhere.int_or("status", 0) == 502);
+  CHECK(nowhere.str_or("termination", "") == "upstream_connect_error");
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("passthrough: a client's reset reaches the server as a reset") {
