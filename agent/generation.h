@@ -16,6 +16,7 @@
 namespace offload {
 
 struct ShardThread;
+class AccessLogWriter;
 
 class Generation {
  public:
@@ -57,7 +58,14 @@ class Generation {
   std::vector<const Counters*> counters() const;
   std::string features() const;
 
+ // The access-log writer its shards write to (null: off), kept until the
+  // generation has ended: a reload to another path gets a writer of its own
+  // while this one's last lines still go to the old path.
+  void keep_access_log(std::shared_ptr<AccessLogWriter> writer) { access_log_ = std::move(writer); }
+  const std::shared_ptr<AccessLogWriter>& access_log() const { return access_log_; }
+
  private:
+  std::shared_ptr<AccessLogWriter> access_log_;  // first: released after the shards have ended
   uint64_t number_;
   const Config config_;
   std::vector<std::vector<int>> fds_;

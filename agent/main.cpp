@@ -357,6 +357,7 @@ class Agent {
   void stop_all(bool now);
   ReloadMailbox::Result reload();
   ReloadMailbox::Result try_reload();
+  void install_access_log(offload::Generation& gen, const offload::Generation* running);
   void publish_sources(const std::function<void()>& meanwhile = {});
   offload::Generation& current() { return *gens_.back(); }
 
@@ -431,6 +432,19 @@ ReloadMailbox::Result Agent::reload() {
   return result;
 }
 
+// The access-log writer of `gen`, installed for its shards to find: the
+// running generation's when the path stays, a new one (its own thread, the
+// new file opened now: a path that cannot be opened fails the start or the
+// reload) when it changes, none when it is off.
+void Agent::install_access_log(offload::Generation& gen, const offload::Generation* running) {
+  const std::string& path = gen.config().access_log;
+  std::shared_ptr<offload::AccessLogWriter> writer;
+  if (running != nullptr && running->config().access_log == path) writer = running->access_log();
+  else if (path != "off") writer = std::make_shared<offload::AccessLogWriter>(path);
+  gen.keep_access_log(writer);
+  offload::AccessLogWriter::install(writer.get());
+}
+
 // Builds and validates the whole file as `check` does; only then is anything
 // touched. The new generation is started before the running one retires, so
 // there is no moment without a shard accepting on a kept address.
@@ -455,12 +469,14 @@ ReloadMailbox::Result Agent::try_reload() {
     open_shard_listeners(next, plan.fds, opened);
     gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology(),
                                                  rearm_fd_);
+    install_access_log(*gen, &running);
     // The new ranges (and sockets) first: the old program goes once it is replaced.
     std::shared_ptr<void> dispatch = dispatch_ranges(gen->config(), plan.fds, flags_.no_bpf);
     gen->start();
     dispatch_ = std::move(dispatch);
   } catch (const std::exception& e) {
     gen.reset();
+    offload::AccessLogWriter::install(running.access_log().get());
     for (int fd : opened) ::close(fd);
     return {false, fmt::format("reload failed, the running configuration stays: {}", e.what())};
   }
@@ -609,11 +625,10 @@ int Agent::run(Config config) {
     admin_->set_reload([this] { return mailbox_.ask(); });
     publish_sources();
   }
-  // Made before the shards (they find it at start) and ended after them:
-  // what they handed over is written before the agent exits. A reload
-  // cannot change access_log (this writer is the agent's).
-  std::unique_ptr<offload::AccessLogWriter> access_log;
-  if (first.access_log != "off") access_log = std::make_unique<offload::AccessLogWriter>(first.access_log);
+  // Made before the shards (they find it at start) and ended after them
+  // (the generation keeps it): what they handed over is written before the
+  // agent exits.
+  install_access_log(*gens_.back(), nullptr);
   std::shared_ptr<void> guard = attach_guard(first, fds.front(), flags_.no_bpf);  // every shard has the same ports
   // Chosen once for the agent's lifetime (a reload cannot change `splice`).
   std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(first, flags_.no_bpf);

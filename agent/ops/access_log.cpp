@@ -332,11 +332,11 @@ AccessLogWriter::AccessLogWriter(std::string path, size_t queued_bytes_max)
     : path_(std::move(path)), queued_bytes_max_(queued_bytes_max) {
   open_path(true);
   thread_ = std::thread([this] { run(); });
-  g_writer.store(this, std::memory_order_release);
 }
 
 AccessLogWriter::~AccessLogWriter() {
-  g_writer.store(nullptr, std::memory_order_release);
+  AccessLogWriter* self = this;
+  g_writer.compare_exchange_strong(self, nullptr, std::memory_order_acq_rel);
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
@@ -347,6 +347,7 @@ AccessLogWriter::~AccessLogWriter() {
 }
 
 AccessLogWriter* AccessLogWriter::current() { return g_writer.load(std::memory_order_acquire); }
+void AccessLogWriter::install(AccessLogWriter* w) { g_writer.store(w, std::memory_order_release); }
 
 void AccessLogWriter::reopen() {
   {
@@ -510,7 +511,7 @@ AccessLog::AccessLog(Loop& loop, const Config& config, Counters& counters) : loo
 }
 
 AccessLog::~AccessLog() {
-  if (writer_ != nullptr && AccessLogWriter::current() == writer_) hand_over();
+  if (writer_ != nullptr) hand_over();  // its generation keeps the writer until its shards have ended
 }
 
 std::string_view AccessLog::wall_text(time_t now) {

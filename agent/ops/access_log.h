@@ -140,8 +140,11 @@ class AccessLogWriter {
   AccessLogWriter(const AccessLogWriter&) = delete;
   AccessLogWriter& operator=(const AccessLogWriter&) = delete;
 
-  // The agent's writer while one exists (main makes it before the shards).
+  // The writer the next shards built take (main installs it before it
+  // starts a generation; null: the log is off). A writer that goes
+  // uninstalls itself.
   static AccessLogWriter* current();
+  static void install(AccessLogWriter* w);
 
   // Any thread: open the path again before the next write.
   void reopen();

@@ -36,7 +36,6 @@ void check_reloadable(const Config& running, const Config& next) {
   if (next.xdp_syn_burst != running.xdp_syn_burst)
     needs_restart("xdp_syn_burst", std::to_string(running.xdp_syn_burst), std::to_string(next.xdp_syn_burst));
   if (next.splice != running.splice) needs_restart("splice", running.splice, next.splice);
-  if (next.access_log != running.access_log) needs_restart("access_log", running.access_log, next.access_log);
   if (has_bus(running) || has_bus(next))
     throw ConfigError("upstream: an shm: group cannot be reloaded yet (its bus socket is one generation's; restart the agent)");
 }

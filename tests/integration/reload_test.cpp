@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -255,6 +257,55 @@ TEST_CASE("reload: an added listener serves, a removed one refuses, a group's ne
   for (int i = 0; i < 250 && !(gone = refused(removed)); ++i) rig::sleep_ms(20);
   CHECK(gone);
   CHECK(a.child().running());
+}
+
+TEST_CASE("reload: a new access_log path takes the new lines; an old connection's go on to the old file") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  char dir[] = "/tmp/offload-it-reload-log-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  const std::string first = std::string(dir) + "/first.log", second = std::string(dir) + "/second.log";
+  auto file = [&](const std::string& log) {
+    return "access_log = \"" + log + "\"\n[[upstream]]\nservers = [\"" + server(b) +
+           "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n";
+  };
+  auto count = [](const std::string& path, const std::string& needle) {
+    std::ifstream in(path);
+    size_t n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find(needle) != std::string::npos;
+    return n;
+  };
+  auto wait_count = [&](const std::string& path, const std::string& needle, size_t n) {
+    for (int i = 0; i < 250 && count(path, needle) < n; ++i) rig::sleep_ms(20);
+    return count(path, needle);
+  };
+  ConfigAgent a;
+  a.start(file(first), 1);
+  REQUIRE(get(a.port(0), "/ok?before") == 200);
+  Client kept;  // kept alive across the reload: the old generation serves it
+  REQUIRE(kept.connect(a.port(0)));
+  REQUIRE(kept.send_all("GET /ok?kept1 HTTP/1.1\r\nHost: a\r\n\r\n"));
+  REQUIRE(kept.read_response(5000));
+
+  // A path that cannot be opened: refused by name, the running log goes on.
+  a.rewrite(file("/nonexistent-dir/x.log"));
+  std::string said;
+  CHECK(reload_command(a.admin_port(), &said) == 2);
+  CHECK(said.find("/nonexistent-dir/x.log") != std::string::npos);
+  REQUIRE(get(a.port(0), "/ok?refused") == 200);
+
+  a.rewrite(file(second));
+  REQUIRE(reload_command(a.admin_port(), &said) == 0);
+  REQUIRE(get(a.port(0), "/ok?after") == 200);
+  REQUIRE(kept.send_all("GET /ok?kept2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+  REQUIRE(kept.read_response(5000));
+  CHECK(wait_count(second, "/ok?after", 1) == 1);
+  CHECK(wait_count(first, "/ok?kept2", 1) == 1);
+  CHECK(count(first, "/ok?before") == 1);
+  CHECK(count(first, "/ok?refused") == 1);
+  CHECK(count(first, "/ok?after") == 0);
+  CHECK(count(second, "/ok?before") + count(second, "/ok?kept2") == 0);
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("reload: a changed limit applies to new connections; a kept-alive one finishes under the old and closes") {
