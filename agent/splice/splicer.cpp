@@ -36,6 +36,10 @@ std::atomic<Splicer*> g_installed{nullptr};
 
 constexpr unsigned long kBpfFsMagic = 0xcafe4a11;
 const char* const kMapNames[] = {SS_MAP_SOCKS, SS_MAP_PEERS, SS_MAP_FLOWS, SS_MAP_CTL};
+// The kernel keeps 15 characters of a map's name (BPF_OBJ_NAME_LEN): a longer
+// one would be cut, and the pins and bpftool would not find it by name.
+static_assert(sizeof(SS_MAP_SOCKS) <= 16 && sizeof(SS_MAP_PEERS) <= 16 && sizeof(SS_MAP_FLOWS) <= 16 &&
+              sizeof(SS_MAP_CTL) <= 16);
 
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 
