@@ -108,7 +108,17 @@ bool Shard::turn(uint64_t max_wait_ms) {
   if (stop_now_) return false;
   loop_.turn(draining_ ? drain_deadline_ms_ : UINT64_MAX, max_wait_ms);
   after_batch();
-  return !(stop_now_ || (draining_ && (active() == 0 || loop_.now_ms() >= drain_deadline_ms_)));
+  return !(stop_now_ || (draining_ && ((active() == 0 && !accepting()) || loop_.now_ms() >= drain_deadline_ms_)));
+}
+
+// An accept still armed may yet complete with a connection (one the kernel
+// gave it just before its cancel or shutdown): a draining shard that ended
+// first would leave that client unserved and its descriptor open. Each
+// accept's last completion (no IORING_CQE_F_MORE) clears `armed`.
+bool Shard::accepting() const {
+  for (const auto& l : listeners_)
+    if (l->armed) return true;
+  return false;
 }
 
 // Work that waits for a whole batch of completions: a freed channel is

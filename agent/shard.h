@@ -95,6 +95,7 @@ class Shard final {
   void build_listeners(const std::vector<int>& fds);
   Proxy& proxy_for(const ListenerConfig& lc);
   uint32_t active() const;
+  bool accepting() const;
   void after_batch();
   void housekeeping();
   void on_control(const io_uring_cqe& cqe);

@@ -118,6 +118,7 @@ void PassthroughProxy::release_all() {
     if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
     if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
   }
+  live_.clear();  // the shard's teardown calls this, then the destructor: each tunnel once
 }
 
 void PassthroughProxy::on_accepted(void* self, Listener* l, int fd) {

@@ -177,6 +177,27 @@ inline TcpServer::Handler echo(std::string tail = "") {
   };
 }
 
+// Reads what comes first, then resets the connection.
+inline TcpServer::Handler reset_after_first_read() {
+  return [](int fd) {
+    char buf[16];
+    (void)::recv(fd, buf, sizeof buf, 0);
+    reset_close(fd);
+  };
+}
+
+// Sends a byte through the agent's `port` to a reset_after_first_read()
+// server: true when the client sees the reset.
+inline bool client_sees_reset(uint16_t port) {
+  int fd = connect_loopback(port);
+  if (fd < 0) return false;
+  set_timeouts(fd, 10000);
+  char buf[16];
+  const bool reset = send_all(fd, "x", 1) && ::recv(fd, buf, sizeof buf, 0) < 0 && errno == ECONNRESET;
+  ::close(fd);
+  return reset;
+}
+
 // Answers an upgrade request (its head goes to `seen`) with 101, then speaks
 // the new protocol: an echo.
 inline TcpServer::Handler switch_to_echo(std::function<void(const std::string&)> seen = nullptr) {
