@@ -387,3 +387,40 @@ TEST_CASE("CONNECT: a target that does not complete the handshake is 504 after c
   ::close(filler);
   ::close(full);
 }
+
+TEST_CASE("upgrade: a connection back from a refusal still counts against max_clients_per_source, once") {
+  Seen seen;
+  TcpServer server(refuse_upgrades("HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno", seen));
+  ConfigAgent a;
+  a.start("max_clients_per_source = 1\n" + http_config(server.url()), 1);
+  rig::Client c;
+  REQUIRE(c.connect(a.port(0)));
+  REQUIRE(c.send_all(kUpgrade));
+  rig::ReadResult r = c.read_response(5000);
+  REQUIRE_MESSAGE(r, r.error);
+  CHECK(r.response->status == 426);
+  next_request_is_served(c);
+  // Back in the HTTP proxy, it is still the source's one connection.
+  int second = connect_loopback(a.port(0));
+  REQUIRE(second >= 0);
+  set_timeouts(second, 10000);
+  CHECK(closed_without_a_byte(second));
+  CHECK(stat(a, "rejected_per_source") == 1);
+  // Once it ends, its place is given back exactly once: one more fits, not two.
+  c.close();
+  bool served = false;
+  rig::Client again;
+  for (int i = 0; i < 50 && !served; ++i) {
+    again = rig::Client();
+    served = again.connect(a.port(0)) && again.send_all("GET /x HTTP/1.1\r\nHost: a\r\n\r\n") &&
+             again.recv_some(4096, 2000) > 0;
+    if (!served) rig::sleep_ms(20);
+  }
+  REQUIRE(served);
+  const int64_t rejected = stat(a, "rejected_per_source");
+  int third = connect_loopback(a.port(0));
+  REQUIRE(third >= 0);
+  set_timeouts(third, 10000);
+  CHECK(closed_without_a_byte(third));
+  CHECK(stat(a, "rejected_per_source") == rejected + 1);
+}
