@@ -424,3 +424,40 @@ TEST_CASE("upgrade: a connection back from a refusal still counts against max_cl
   CHECK(closed_without_a_byte(third));
   CHECK(stat(a, "rejected_per_source") == rejected + 1);
 }
+
+TEST_CASE("upgrade: bytes the client sent right behind its request: the next request after a refusal, the new protocol after a 101") {
+  {
+    Seen seen;
+    TcpServer server(refuse_upgrades("HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno", seen));
+    ConfigAgent a;
+    a.start(http_config(server.url()), 1);
+    rig::Client c;
+    REQUIRE(c.connect(a.port(0)));
+    REQUIRE(c.send_all(kUpgrade + "GET /next HTTP/1.1\r\nHost: a\r\n\r\n"));
+    rig::ReadResult r = c.read_response(5000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 426);
+    r = c.read_response(5000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 200);
+    CHECK(r.response->body == "ok");
+    CHECK(seen.after_refusal == 0);  // it never went to the refusing connection
+    CHECK(seen.plain == 1);
+  }
+  {
+    TcpServer server(switch_to_echo());
+    ConfigAgent a;
+    a.start(http_config(server.url()), 1);
+    int fd = connect_loopback(a.port(0));
+    REQUIRE(fd >= 0);
+    set_timeouts(fd, 10000);
+    const std::string eager = kUpgrade + "eager bytes";
+    REQUIRE(send_all(fd, eager.data(), eager.size()));
+    ::shutdown(fd, SHUT_WR);
+    std::string got;
+    CHECK(read_to_eof(fd, got) == 0);
+    ::close(fd);
+    CHECK(got.rfind("HTTP/1.1 101 ", 0) == 0);
+    CHECK(got.substr(got.find("\r\n\r\n") + 4) == "eager bytes");
+  }
+}
