@@ -199,6 +199,7 @@ std::string_view termination_name(Termination t) {
     case Termination::kTimeoutTunnel: return "timeout_tunnel";
     case Termination::kDrainDeadline: return "drain_deadline";
     case Termination::kSpliceError: return "splice_error";
+    case Termination::kUpgradeRefused: return "upgrade_refused";
   }
   return "?";
 }

@@ -69,6 +69,7 @@ enum class Termination : uint8_t {
   kTimeoutTunnel,         // nothing moved for tunnel_timeout (or half_close_timeout)
   kDrainDeadline,         // still open when a drain's deadline came
   kSpliceError,           // the kernel splice's maps failed the agent mid-tunnel
+  kUpgradeRefused,        // the server answered an upgrade with no 101: the client went back to HTTP
 };
 std::string_view termination_name(Termination t);
 

@@ -33,6 +33,18 @@ void set_port(SocketAddress& a, uint16_t port) {
   else if (a.family() == AF_INET) reinterpret_cast<sockaddr_in*>(&a.storage)->sin_port = htons(port);
 }
 
+bool ConnectTarget::allows(const SocketAddress& a) const {
+  if (a.family() != address.family()) return false;
+  const uint16_t first = port_of(address), port = port_of(a);
+  if (port < first || port > std::max(first, port_last)) return false;
+  if (a.family() == AF_INET)
+    return reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_addr.s_addr;
+  return a.family() == AF_INET6 && std::memcmp(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr,
+                                               &reinterpret_cast<const sockaddr_in6*>(&address.storage)->sin6_addr,
+                                               16) == 0;
+}
+
 namespace {
 
 constexpr uint32_t kDayMs = 86400000;
@@ -425,7 +437,7 @@ std::vector<std::string> methods_value(const std::string& path, const toml::node
     bool ok = !m.empty() && m.size() <= 32;
     for (char c : m) ok = ok && c >= 'A' && c <= 'Z';
     if (!ok) bad(item_path, m, "a method in upper case, such as GET");
-    if (m == "CONNECT") bad(item_path, m, "a method the http proxy serves (CONNECT belongs to a pass-through listener)");
+    if (m == "CONNECT") bad(item_path, m, "a method the http proxy serves (CONNECT is allowed by the listener's connect_targets)");
     out.push_back(m);
   }
   return out;
@@ -471,12 +483,43 @@ SocketAddress parse_listen_range(const std::string& key, const std::string& text
   return a;
 }
 
+// connect_targets = ["127.0.0.1:9000", "[::1]:22", "10.0.0.5:8000-8099"]:
+// numeric addresses only, so a CONNECT never waits for a resolver.
+std::vector<ConnectTarget> connect_targets_value(const std::string& path, const toml::node& node) {
+  auto* list = node.as_array();
+  if (list == nullptr || list->empty())
+    bad(path, node_text(node), "a list of ADDR:PORT or ADDR:FIRST-LAST, such as [\"127.0.0.1:9000\", \"[::1]:22\"]");
+  std::vector<ConnectTarget> out;
+  for (size_t i = 0; i < list->size(); ++i) {
+    const std::string item_path = fmt::format("{}[{}]", path, i);
+    const std::string text = string_value(item_path, *list->get(i));
+    ConnectTarget t;
+    const auto colon = text.rfind(':');
+    const auto dash = text.find('-', colon == std::string::npos ? 0 : colon);
+    t.address = parse_socket_address(item_path, dash == std::string::npos ? text : text.substr(0, dash));
+    t.address.text = text;
+    const uint16_t first = port_of(t.address);
+    if (dash != std::string::npos) {
+      const std::string tail = text.substr(dash + 1);
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), n);
+      if (tail.empty() || ec != std::errc() || end != tail.data() + tail.size() || n > 65535 || n < first)
+        bad(item_path, text, "ADDR:FIRST-LAST with 1 <= FIRST <= LAST <= 65535, such as 127.0.0.1:9000-9010");
+      t.port_last = uint16_t(n);
+    }
+    if (first == 0) bad(item_path, text, "a port from 1 to 65535 (a CONNECT names its port)");
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 ListenerConfig listener_value(const std::string& where, const toml::table& table) {
   ListenerConfig listener;
   listener.where = where;
   std::vector<std::string> known = {"name", "listen", "port", "proxy", "upstream", "upstream_port"};
   for (const auto& l : listener_limits()) known.push_back(l.key);
   known.push_back("security");
+  known.push_back("connect_targets");
   bool has_listen = false, has_port = false;
   each_key(table, where, known, [&](const std::string& key, const toml::node& value, const std::string& path) {
     if (key == "name") {
@@ -506,6 +549,8 @@ ListenerConfig listener_value(const std::string& where, const toml::table& table
       listener.upstream = name_value(path, value);
     } else if (key == "security") {
       listener.security = security_value(path, value);
+    } else if (key == "connect_targets") {
+      listener.connect_targets = connect_targets_value(path, value);
     } else {
       find_limit(key)->set(listener, number_value(path, *find_number_key(key), value));
       listener.explicit_keys.push_back(key);
@@ -766,6 +811,10 @@ void validate_listeners(Config& config) {
     // pass-through listener opens one connection per client anyway.
     if (listener.upstream_port_same && listener.proxy != "passthrough")
       bad(key_of(listener.where, "upstream_port"), "same", "proxy = \"passthrough\" on this listener");
+    // A pass-through listener moves any bytes already; CONNECT is an HTTP request.
+    if (!listener.connect_targets.empty() && listener.proxy != "http")
+      bad(key_of(listener.where, "connect_targets"), listener.connect_targets.front().address.text,
+          "proxy = \"http\" on this listener");
     name_listener(config, i);
     resolve_group(config, listener);
     // The bus carries HTTP requests as records; a byte stream has no place on it.
@@ -1090,6 +1139,11 @@ void format_listener(const ListenerConfig& listener, std::string& out) {
   out += fmt::format("\n[[listener]]\nname = {}\nlisten = {}\nproxy = {}\nupstream = {}\n", quoted(listener.name),
                      quoted(listener.address.text), quoted(listener.proxy), quoted(listener.upstream));
   if (listener.upstream_port_same) out += "upstream_port = \"same\"\n";
+  if (!listener.connect_targets.empty()) {
+    std::vector<std::string> targets;
+    for (const ConnectTarget& t : listener.connect_targets) targets.push_back(t.address.text);
+    out += fmt::format("connect_targets = {}\n", quoted_list(targets));
+  }
   for (const auto& limit : listener_limits()) {
     std::string line = fmt::format("{} = {}", limit.key, limit.get(listener));
     if (!has_key(listener.explicit_keys, limit.key)) line = fmt::format("{:<36}# global", line);

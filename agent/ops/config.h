@@ -96,6 +96,15 @@ struct ListenerSecurity {
 };
 const char* auth_name(ListenerSecurity::Auth auth);  // "none", "bearer", "api-key", as in TOML
 
+// One entry of a listener's connect_targets: a numeric address and a port,
+// or a range of ports ("10.0.0.5:8000-8099": address holds the first port).
+struct ConnectTarget {
+  SocketAddress address;
+  uint16_t port_last = 0;  // 0: the one port of `address`
+  // Does this entry allow a CONNECT to `a` (same family, address and a port in range)?
+  bool allows(const SocketAddress& a) const;
+};
+
 // [[listener]]: one listening address, the proxy that serves it, its group
 // and its limits. After validate() every limit holds a value: the listener's
 // own if its table set one, else the global value of the same name.
@@ -124,6 +133,9 @@ struct ListenerConfig {
   uint32_t half_close_timeout_ms = 0;
   std::vector<std::string> explicit_keys;  // limits its table set; the rest follow the globals
   ListenerSecurity security;
+  // connect_targets = [...] (http listeners): what a CONNECT may open, then
+  // tunnelled; empty: CONNECT gets 405.
+  std::vector<ConnectTarget> connect_targets;
   std::string where = "listen";      // how errors name it: "listener[0]", "listen" or "--listen"
 };
 

@@ -99,9 +99,17 @@ namespace offload {
   X(tunnel_resets, "tunnel_resets_total", "", "Pass-through connections ended by a reset, passed on as a reset.") \
   X(tunnel_connect_failures, "tunnel_connect_failures_total", "",                                             \
     "Pass-through connections closed: no server up, or its connect failed.")                                  \
-  X(upgrades, "upgrades_total", "", "HTTP requests with Upgrade (WebSocket...) that went on as a tunnel.")     \
+  X(upgrades, "upgrades_total", "",                                                                       \
+    "HTTP requests with Upgrade (WebSocket...) sent on a connection of their own.")                         \
   X(upgrades_switched, "upgrades_switched_total", "",                                                         \
     "Upgrade requests answered 101 Switching Protocols by the server.")                                       \
+  X(upgrades_refused, "upgrades_refused_total", "",                                                           \
+    "Upgrade requests the server refused: its answer went to the client as an HTTP response.")              \
+  X(connect_established, "connect_requests_total", "result=\"established\"",                                 \
+    "CONNECT requests on listeners with connect_targets, by outcome (established: 200 and a tunnel).")         \
+  X(connect_not_listed, "connect_requests_total", "result=\"not_listed\"", "")                                 \
+  X(connect_failed, "connect_requests_total", "result=\"connect_failed\"", "")                                 \
+  X(connect_timed_out, "connect_requests_total", "result=\"connect_timeout\"", "")                             \
   X(access_log_dropped, "access_log_dropped_total", "",                                                      \
     "Access log lines dropped: its writer's queue was full, or the log could not be written.")               \
   X(admin_timeouts, "admin_closed_total", "reason=\"deadline\"",                                               \

@@ -68,6 +68,10 @@ struct Exchange {
   bool dechunk = false;        // a chunked response decoded for an HTTP/1.0 client
   bool discard_input = false;  // answered with an error of ours: the rest of the input is dropped
   bool upgrade = false;        // an Upgrade request: the connection goes to the pass-through proxy
+  bool connect = false;        // a CONNECT to a listed target (connect_to): the same
+  bool handing_over = false;   // either, waiting for the client's receive to stop
+  sockaddr_storage connect_to{};
+  socklen_t connect_to_len = 0;
   std::string_view canned;     // the unsent part of that error (static text)
   std::string interim;         // interim (1xx) heads for the client, sent ahead of the response
   size_t interim_sent = 0;

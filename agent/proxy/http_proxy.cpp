@@ -53,6 +53,46 @@ SourceRules source_rules(const Config& config) {
   return r;
 }
 
+// A CONNECT's target, "192.0.2.7:443" or "[2001:db8::7]:22", as an address;
+// false for a name (nothing is resolved on the loop: a name is never listed).
+bool parse_connect_target(std::string_view text, sockaddr_storage& out, socklen_t& len) {
+  std::string host;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
+    host = std::string(text.substr(1, close - 1));
+    port = text.substr(close + 2);
+  } else {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    host = std::string(text.substr(0, colon));
+    port = text.substr(colon + 1);
+  }
+  uint32_t p = 0;
+  for (char ch : port) {
+    if (ch < '0' || ch > '9' || p > 65535) return false;
+    p = p * 10 + uint32_t(ch - '0');
+  }
+  if (port.empty() || p == 0 || p > 65535) return false;
+  out = {};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&out);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(uint16_t(p));
+    len = sizeof(sockaddr_in);
+    return true;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(uint16_t(p));
+    len = sizeof(sockaddr_in6);
+    return true;
+  }
+  return false;
+}
+
 // Retry-After beyond an hour says nothing a client can use.
 constexpr uint64_t kRetryAfterMaxS = 3600;
 
@@ -120,6 +160,7 @@ void HttpProxy::serve(Listener* l) {
     l->limits.target_bytes_max = lc.security.target_bytes_max;
     policies_.push_back(std::make_unique<RequestPolicy>(lc.security));
     if (policies_.back()->active()) l->policy = policies_.back().get();
+    if (!lc.connect_targets.empty()) connect_targets_.emplace_back(l, &lc.connect_targets);
   }
   acceptor_.serve(l);
 }
@@ -253,6 +294,10 @@ void HttpProxy::on_client_recv(ClientConn* c, const io_uring_cqe& e) {
   }
   if (c->state == ClientState::kClosing) {
     maybe_free_client(c);
+    return;
+  }
+  if (!c->in.armed && c->ex != nullptr && c->ex->handing_over) {  // its last receive: see start_hand_over
+    hand_over(c);
     return;
   }
   // Out of provided buffers ends a multishot receive: back-pressure, re-arm.
@@ -445,25 +490,19 @@ bool HttpProxy::take_head(ClientConn* c) {
   ex->client_http10 = h.version_minor == 0;
   ex->close_after = !h.keep_alive || draining_;
   if (!screen_request(c, h, msg)) return false;
-  // A protocol switch (WebSocket and others) goes on as a tunnel to a server
-  // of the listener's group, over a connection of its own. CONNECT is not a
-  // method this proxy serves (405, with the ones it does); an upgrade where
-  // there is no tunnel to be had (the bus) is not implemented there (501).
-  if (h.method == http::Method::kConnect) {
-    static const std::string kRefused =
-        error_response_with(405, "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n", true);
-    bump(counters_.method_refused);
-    add(c->listener->stats->method_refused);
-    reject(c, 405, kRefused);
-    return false;
-  }
+  if (h.method == http::Method::kConnect) return take_connect(c, h, msg);
+  // A protocol switch (WebSocket and others) goes on to a server of the
+  // listener's group, over a connection of its own; where there is no
+  // tunnel to be had (the bus) it is not implemented (501). An HTTP/1.0
+  // request's Upgrade is ignored (RFC 9110 7.8): it goes on without it.
+  const bool upgrade = h.upgrade && h.version_minor == 1;
   const bool can_tunnel = tunnels_ != nullptr && c->listener->group != nullptr;
-  if (h.upgrade && !can_tunnel) {
+  if (upgrade && !can_tunnel) {
     bump(counters_.parse_errors);
     reject(c, 501);
     return false;
   }
-  ex->upgrade = h.upgrade;
+  ex->upgrade = upgrade;
   ex->forward = input_pool_.get();
   if (ex->forward == nullptr) {
     bump(counters_.buffer_exhausted);
@@ -482,6 +521,39 @@ bool HttpProxy::take_head(ClientConn* c) {
     return false;
   }
   ex->forward_bytes = uint32_t(n);
+  return true;
+}
+
+// CONNECT is not a method this proxy serves (405, with the ones it does)
+// unless the listener has connect_targets; then a target not among them, or
+// not a numeric address, gets 403.
+bool HttpProxy::take_connect(ClientConn* c, const http::Head& h, std::string_view msg) {
+  const std::vector<ConnectTarget>* targets = nullptr;
+  for (const auto& [l, t] : connect_targets_)
+    if (l == c->listener) targets = t;
+  if (targets == nullptr || tunnels_ == nullptr) {
+    static const std::string kRefused =
+        error_response_with(405, "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n", true);
+    bump(counters_.method_refused);
+    add(c->listener->stats->method_refused);
+    reject(c, 405, kRefused);
+    return false;
+  }
+  Exchange* ex = c->ex;
+  SocketAddress to;
+  bool listed = parse_connect_target(h.target.in(msg), to.storage, to.length);
+  if (listed) {
+    listed = false;
+    for (const ConnectTarget& t : *targets) listed = listed || t.allows(to);
+  }
+  if (!listed) {
+    bump(counters_.connect_not_listed);
+    reject(c, 403);
+    return false;
+  }
+  ex->connect = true;
+  ex->connect_to = to.storage;
+  ex->connect_to_len = to.length;
   return true;
 }
 
@@ -517,6 +589,10 @@ void HttpProxy::on_request_complete(ClientConn* c) {
   bump(counters_.requests);
   add(c->listener->stats->requests);
   disarm(c->timer);
+  if (ex->connect) {
+    start_hand_over(c);
+    return;
+  }
   // The body is forwarded de-chunked: now its length is known.
   size_t n = finish_upstream_request_head(ex->forward->data(), ex->forward_bytes, ex->forward->capacity,
                                           ex->parser.head().body != http::BodyKind::kNone, ex->body_bytes());
@@ -526,22 +602,46 @@ void HttpProxy::on_request_complete(ClientConn* c) {
   }
   ex->forward_bytes = uint32_t(n);
   if (ex->upgrade) {
-    hand_over(c);
+    start_hand_over(c);
     return;
   }
   upstream_of(c).submit(c);
 }
 
-// The upgrade request and what followed it go to the pass-through proxy,
-// which connects, sends them and then moves bytes both ways: the server's
-// answer (101, or a refusal) and everything after it. A client sends nothing
-// more before the answer (RFC 6455 4.1), and the receive here is cancelled
-// before an answer can come back, so no client byte is read here after this.
+void HttpProxy::set_tunnels(PassthroughProxy* tunnels) {
+  tunnels_ = tunnels;
+  if (tunnels != nullptr) tunnels->set_http(this);
+}
+
+// The client's receive stops first (its last completion hands over, in
+// on_client_recv): every byte it sent after its request is then in the
+// input here, and goes along; none is read and lost in between.
+void HttpProxy::start_hand_over(ClientConn* c) {
+  set_state(c, ClientState::kUpstream);
+  if (!c->in.armed) {
+    hand_over(c);
+    return;
+  }
+  c->ex->handing_over = true;
+  pause_recv(c);
+}
+
+// The upgrade request (or the CONNECT) goes to the pass-through proxy with
+// what the client sent after it (`held`). An upgrade's request goes to a
+// server, whose answer decides: a 101 moves bytes both ways from then on,
+// any other answer goes to the client and the connection comes back here
+// (take_back). A CONNECT's target is dialled; 200 and a tunnel, or back
+// here for a 502 or 504.
 void HttpProxy::hand_over(ClientConn* c) {
   Exchange* ex = c->ex;
-  std::string first(ex->forward->data(), ex->forward_bytes);
-  for (Block* b = ex->body.front(); b != nullptr; b = b->next) first.append(b->data() + b->head, b->readable());
-  if (ex->in != nullptr) first.append(ex->in->data() + ex->in->head, ex->in->readable());
+  ex->handing_over = false;
+  std::string held;
+  if (ex->in != nullptr) held.assign(ex->in->data() + ex->in->head, ex->in->readable());
+  std::string first;
+  if (ex->upgrade) {
+    first.assign(ex->forward->data(), ex->forward_bytes);
+    for (Block* b = ex->body.front(); b != nullptr; b = b->next) first.append(b->data() + b->head, b->readable());
+  }
   const int fd = ::fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0 || ex->body_spill.fd >= 0 || ex->overflow.bytes() > 0) {
     if (fd >= 0) ::close(fd);
@@ -550,11 +650,62 @@ void HttpProxy::hand_over(ClientConn* c) {
   }
   look_up_peer(c);
   const bool screened = screen_.active() && c->peer_family != 0;
-  tunnels_->adopt(c->listener, fd, c->peer_family == 0 ? IpAddress{} : peer_of(c), screened, std::move(first));
-  bump(counters_.upgrades);
+  const IpAddress source = c->peer_family == 0 ? IpAddress{} : peer_of(c);
+  Listener* l = c->listener;
+  const bool connect = ex->connect;
+  const bool keep_alive = !ex->close_after;
+  SocketAddress to;
+  to.storage = ex->connect_to;
+  to.length = ex->connect_to_len;
+  if (!connect) bump(counters_.upgrades);  // a CONNECT is counted by its outcome
   c->handed_over = true;
   ex->log.end_with(Termination::kUpgraded);
+  // This connection ends first: one given back at once finds its slot free.
   close_client(c);
+  if (connect) tunnels_->connect_to(l, fd, source, screened, to, std::move(held));
+  else tunnels_->adopt(l, fd, source, screened, std::move(first), std::move(held), keep_alive);
+}
+
+void HttpProxy::take_back(Listener* l, int fd, const IpAddress& source, bool screened, int status, bool close,
+                          std::string held) {
+  if (free_slots_.empty()) {
+    bump(counters_.rejected_over_limit);
+    ::close(fd);
+    if (screened) screen_.release(source);
+    return;
+  }
+  ClientConn* c = &clients_[free_slots_.back()];
+  c->slot = free_slots_.back();
+  free_slots_.pop_back();
+  c->fd = fd;
+  c->listener = l;
+  c->peer_family = 0;
+  if (screened) {  // released when this connection is freed
+    c->peer_family = source.is_v4() ? AF_INET : AF_INET6;
+    std::memcpy(c->peer_addr, source.is_v4() ? source.bytes + 12 : source.bytes, source.is_v4() ? 4 : 16);
+  }
+  c->in.eof = c->in.paused = c->out.busy = false;
+  c->in.armed = false;
+  c->handed_over = false;
+  ++active_clients_;
+  ++l->active;
+  add(l->stats->active);
+  bump(counters_.active_clients);
+  if (status != 0) {  // the gateway's error: sent, then the connection lingers and closes
+    set_state(c, ClientState::kHead);
+    c->ex = get_exchange(c);
+    respond_error(c, status);
+    return;
+  }
+  if (close || (draining_ && !l->serve_late)) {
+    set_state(c, ClientState::kIdle);
+    linger(c);
+    return;
+  }
+  set_state(c, ClientState::kIdle);
+  arm_client_timer(c, kTimerKeepalive);
+  post_recv(c);
+  if (!held.empty()) on_client_bytes(c, held.data(), held.size(), false);
 }
 
 // The multishot accept gives no addresses: the peer is looked up once, when
@@ -923,7 +1074,8 @@ void HttpProxy::put_exchange(ClientConn* c) {
   ex->response_bytes = 0;
   ex->response_head_done = ex->response_done = false;
   ex->sent_to_client = ex->retried = ex->close_after = ex->client_http10 = ex->dechunk = false;
-  ex->discard_input = ex->upgrade = false;
+  ex->discard_input = ex->upgrade = ex->connect = ex->handing_over = false;
+  ex->connect_to_len = 0;
   ex->canned = {};
   ex->log.reset();
   ex->interim.clear();

@@ -79,8 +79,16 @@ class HttpProxy final : public Proxy {
   Screen& screen() { return screen_; }
   // Closes the clients whose source the rule set in force refuses.
   void rescreen();
-  // Where upgraded connections go on (none: an upgrade gets 501).
-  void set_tunnels(PassthroughProxy* tunnels) { tunnels_ = tunnels; }
+  // Where upgraded connections and CONNECTs go on (none: an upgrade gets
+  // 501, a CONNECT 405); they come back through take_back.
+  void set_tunnels(PassthroughProxy* tunnels);
+  // A connection the pass-through proxy had (a refused upgrade, a CONNECT
+  // that could not connect) goes on here: answered with `status` (then
+  // closed) when not 0; else closed after a linger when `close`; else as
+  // keep-alive, `held` (what it sent after its request) its next input.
+  // `screened`: counted against `source` in the screen, released here.
+  void take_back(Listener* l, int fd, const IpAddress& source, bool screened, int status, bool close,
+                 std::string held);
 
  private:
   static void on_accepted(void* self, Listener* l, int fd);
@@ -103,6 +111,8 @@ class HttpProxy final : public Proxy {
   Block* grow_input(ClientConn* c);
   void put_input(Block* b);
   void on_request_complete(ClientConn* c);
+  bool take_connect(ClientConn* c, const http::Head& h, std::string_view msg);
+  void start_hand_over(ClientConn* c);
   void hand_over(ClientConn* c);
   void reject(ClientConn* c, int status, std::string_view response = {});
   void on_client_send(ClientConn* c, const io_uring_cqe& cqe);
@@ -132,6 +142,8 @@ class HttpProxy final : public Proxy {
   http::Limits request_limits_;
   bool draining_ = false;
   PassthroughProxy* tunnels_ = nullptr;
+  // The listeners with connect_targets, and theirs (the config's).
+  std::vector<std::pair<const Listener*, const std::vector<ConnectTarget>*>> connect_targets_;
 
   // Clients: slots made once, handed out LIFO so the same few stay warm.
   std::unique_ptr<ClientConn[]> clients_;

@@ -36,13 +36,17 @@ std::string local_address(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return sockaddr_text(ss);
+}
+
+std::string sockaddr_text(const sockaddr_storage& ss) {
   char host[INET6_ADDRSTRLEN] = "?";
   if (ss.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
     inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
     return fmt::format("[{}]:{}", host, ntohs(a->sin6_port));
   }
-  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
   inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
   return fmt::format("{}:{}", host, ntohs(a->sin_port));
 }

@@ -48,6 +48,8 @@ int open_listener(const SocketAddress& address, int backlog);
 
 // "127.0.0.1:PORT" / "[::1]:PORT" of a bound socket (the real port for :0).
 std::string local_address(int fd);
+// "127.0.0.1:80" or "[::1]:80".
+std::string sockaddr_text(const sockaddr_storage& ss);
 uint16_t local_port(int fd);
 
 }  // namespace offload

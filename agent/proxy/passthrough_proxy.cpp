@@ -11,8 +11,11 @@
 
 #include <cstring>
 
+#include "http/http_rewrite.h"
 #include "loop/check.h"
 #include "ops/topology_stats.h"
+#include "proxy/http_proxy.h"
+#include "security/decision_log.h"
 #include "upstream/hash.h"
 #include "upstream/tcp_upstream.h"
 
@@ -94,7 +97,13 @@ PassthroughProxy::PassthroughProxy(Loop& loop, const Config& config, Counters& c
                },
                kTunnelsKeptFree),
       splicer_(splice::installed()),
-      access_log_(loop, config, counters) {}
+      access_log_(loop, config, counters) {
+  // An upgrade's answer head is held whole while it is parsed, like a
+  // response head over a pool connection (half a data block).
+  answer_limits_.header_bytes_max = data_pool_.block_bytes() / 2;
+  answer_limits_.header_count_max = 1000;
+  answer_limits_.body_bytes_max = 0;  // a refusal's body streams through
+}
 
 PassthroughProxy::~PassthroughProxy() { release_all(); }
 
@@ -168,7 +177,8 @@ void PassthroughProxy::accept(Listener* l, int fd) {
   }
 }
 
-void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first) {
+void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first,
+                             std::string held, bool keep_alive) {
   Tunnel* t = open_slot(l, fd);
   if (t == nullptr) {
     if (screened) screen_.release(source);
@@ -178,9 +188,31 @@ void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool 
   t->screened = screened;
   t->upgrade = true;
   t->first = std::move(first);
+  t->answer = std::make_unique<UpgradeAnswer>(answer_limits_);
+  t->answer->held = std::move(held);
+  t->answer->keep_alive = keep_alive;
   if (!connect(t)) {
     bump(counters_.tunnel_connect_failures);
-    end(t, false, Termination::kUpstreamConnectError);
+    give_back(t, t->server == nullptr ? 503 : 502, true);
+  }
+}
+
+void PassthroughProxy::connect_to(Listener* l, int fd, const IpAddress& source, bool screened,
+                                  const SocketAddress& target, std::string held) {
+  Tunnel* t = open_slot(l, fd);
+  if (t == nullptr) {
+    if (screened) screen_.release(source);
+    return;
+  }
+  t->source = source;
+  t->screened = screened;
+  t->connect_request = true;
+  t->first = std::move(held);
+  t->dial = target;
+  if (!dial(t)) {
+    bump(counters_.tunnel_connect_failures);
+    bump(counters_.connect_failed);
+    give_back(t, 502, true);
   }
 }
 
@@ -222,6 +254,11 @@ bool PassthroughProxy::connect(Tunnel* t) {
   // Kept in the tunnel: the kernel reads it when the connect runs.
   t->dial = t->server->target().address;
   if (t->listener->upstream_port_same) set_port(t->dial, local_port(t->client_fd));
+  return dial(t);
+}
+
+// The connect to t->dial, bounded by connect_timeout_ms.
+bool PassthroughProxy::dial(Tunnel* t) {
   const SocketAddress& addr = t->dial;
   t->server_fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (t->server_fd < 0) return false;
@@ -249,34 +286,53 @@ void PassthroughProxy::on_connected(Tunnel* t, const io_uring_cqe& cqe) {
     maybe_free(t);
     return;
   }
+  // An HTTP request (an upgrade, a CONNECT) whose server cannot be had is
+  // answered by the HTTP proxy: the gateway's errors.
+  const bool http = t->upgrade || t->connect_request;
   if (cqe.res < 0) {
-    if (cqe.res == -ECANCELED) bump(counters_.timeouts_connect);
-    upstream_.tunnel_connected(*t->server, false);
+    const bool timed_out = cqe.res == -ECANCELED;
+    if (timed_out) bump(counters_.timeouts_connect);
+    if (t->server != nullptr) upstream_.tunnel_connected(*t->server, false);
     bump(counters_.tunnel_connect_failures);
-    end(t, false, cqe.res == -ECANCELED ? Termination::kTimeoutConnect : Termination::kUpstreamConnectError);
+    if (t->connect_request) bump(timed_out ? counters_.connect_timed_out : counters_.connect_failed);
+    if (http) give_back(t, timed_out ? 504 : 502, true);
+    else end(t, false, timed_out ? Termination::kTimeoutConnect : Termination::kUpstreamConnectError);
     return;
   }
-  upstream_.tunnel_connected(*t->server, true);
+  if (t->server != nullptr) upstream_.tunnel_connected(*t->server, true);
   t->connect_ms = int64_t(loop_.now_ms() - t->started_ms);
   t->up.buf = data_pool_.get();
   t->down.buf = data_pool_.get();
   if (t->up.buf == nullptr || t->down.buf == nullptr) {
     bump(counters_.buffer_exhausted);
-    end(t, false, Termination::kNoBuffer);
+    if (http) give_back(t, 503, true);
+    else end(t, false, Termination::kNoBuffer);
     return;
   }
   t->open = true;
-  if (!t->upgrade && start_kernel(t)) {
+  if (!http && start_kernel(t)) {
     arm_idle(t);
     return;
   }
   bump(counters_.tunnels_user);
   add(t->listener->stats->tunnels_user);
+  if (t->connect_request) {
+    bump(counters_.connect_established);
+    send_established(t);
+    start_up(t);  // what the client sent after its CONNECT goes first
+    arm_idle(t);
+    return;
+  }
+  if (t->upgrade) {
+    // The request out, its answer read as HTTP; the client waits.
+    if (!send_first(t)) return;
+    post_recv(t, t->down);
+    arm_answer_timer(t);
+    return;
+  }
   // Whatever either side sent already waits in its socket: the first
   // receives take it, whoever speaks first (an SSH or SMTP server does).
-  // An upgrade's request goes out before anything else of the client's.
-  if (t->upgrade && !send_first(t)) return;
-  if (!t->upgrade) post_recv(t, t->up);
+  post_recv(t, t->up);
   post_recv(t, t->down);
   arm_idle(t);
 }
@@ -289,6 +345,11 @@ void PassthroughProxy::arm_idle(Tunnel* t) {
 }
 
 void PassthroughProxy::on_timer(Tunnel* t, Timer&) {
+  if (t->answer != nullptr && !t->answer->switched) {  // the server, or the client, took too long over the answer
+    bump(counters_.timeouts_response);
+    answer_failed(t, 504);
+    return;
+  }
   bump(counters_.timeouts_tunnel);
   end(t, false, Termination::kTimeoutTunnel);
 }
@@ -325,11 +386,207 @@ bool PassthroughProxy::send_first(Tunnel* t) {
   return true;
 }
 
+// The client's side starts: what waits to go to the server first (the
+// bytes it sent after its request), then its own receives. Called again by
+// the send's completion when one is in flight.
+void PassthroughProxy::start_up(Tunnel* t) {
+  if (t->up.send_busy || t->up.recv_busy) return;
+  if (!t->first.empty()) {
+    t->up.bytes += t->first.size();  // the client's bytes, moved like any others
+    bump(counters_.tunnel_bytes_up, t->first.size());
+    send_first(t);
+    return;
+  }
+  post_recv(t, t->up);
+}
+
+void PassthroughProxy::send_established(Tunnel* t) {
+  static constexpr std::string_view k200 = "HTTP/1.1 200 Connection Established\r\n\r\n";
+  std::memcpy(t->down.buf->data(), k200.data(), k200.size());
+  t->down.buf->head = 0;
+  t->down.buf->tail = uint32_t(k200.size());
+  t->down.sent_off = 0;
+  post_send(t, t->down);
+}
+
+// ------------------------------------------------- an upgrade's answer
+
+void PassthroughProxy::arm_answer_timer(Tunnel* t) { loop_.arm(t->timer, t->listener->timers[kTimerResponse]); }
+
+// Bytes of the answer: heads parsed whole, a refusal's body framed; what the
+// client gets collects in `out`.
+void PassthroughProxy::on_answer_bytes(Tunnel* t, const char* data, size_t len) {
+  UpgradeAnswer& a = *t->answer;
+  arm_answer_timer(t);
+  while (len > 0 && !a.done && !a.switched) {
+    if (!a.in_body) {
+      if (!take_answer_head(t, data, len)) return;
+      continue;
+    }
+    const http::BodyProgress p = a.parser.parse_body(std::string_view(data, len), nullptr, nullptr);
+    if (p.error != http::Error::kNone) {
+      bump(counters_.upstream_bad_responses);
+      answer_failed(t, 502);
+      return;
+    }
+    a.out.append(data, p.consumed);
+    a.done = p.done;
+    len = 0;  // anything past the answer's end is dropped with its connection
+  }
+  flush_answer(t);
+}
+
+// Takes head bytes from data[0, len) (advancing past those it used); false
+// when the answer failed (the tunnel is ending).
+bool PassthroughProxy::take_answer_head(Tunnel* t, const char*& data, size_t& len) {
+  UpgradeAnswer& a = *t->answer;
+  const size_t take = std::min(len, answer_limits_.header_bytes_max - a.head.size());
+  a.head.append(data, take);
+  const http::Result r = a.parser.parse_head(a.head);
+  if (r == http::Result::kIncomplete && a.head.size() < answer_limits_.header_bytes_max) {
+    data += take;
+    len -= take;
+    return true;
+  }
+  if (r != http::Result::kComplete) {  // malformed, or a head larger than the limit
+    bump(counters_.upstream_bad_responses);
+    answer_failed(t, 502);
+    return false;
+  }
+  const http::Head& h = a.parser.head();
+  const size_t used = take - (a.head.size() - h.head_bytes);
+  data += used;
+  len -= used;
+  const std::string_view msg(a.head.data(), h.head_bytes);
+  if (h.status == 101) {
+    // As it came (its Upgrade and Connection fields are the switch), and
+    // the new protocol's first bytes behind it.
+    bump(counters_.upgrades_switched);
+    a.switched = true;
+    a.out.append(msg);
+    a.out.append(data, len);
+    len = 0;
+    t->first = std::move(a.held);
+    start_up(t);
+    return true;
+  }
+  std::string scratch(h.head_bytes + 1024, '\0');  // room for the fields the rewrite adds
+  if (h.status < 200) {
+    // Passed on (RFC 9110 15.2), but not a 100: the HTTP proxy answered
+    // the client's Expect itself.
+    if (h.status != 100) a.out.append(scratch.data(), write_interim_head(h, msg, scratch.data(), scratch.size()));
+    a.head.clear();
+    a.parser.reset();
+    return true;
+  }
+  bump(counters_.upgrades_refused);
+  a.close_after = !a.keep_alive || !h.keep_alive || h.body == http::BodyKind::kUntilClose;
+  const size_t n = write_client_response_head(h, msg, a.close_after, false, false, scratch.data(), scratch.size());
+  if (n == 0) {
+    bump(counters_.upstream_bad_responses);
+    answer_failed(t, 502);
+    return false;
+  }
+  a.out.append(scratch.data(), n);
+  a.in_body = true;
+  a.done = a.parser.body_done();
+  a.head.clear();
+  a.head.shrink_to_fit();
+  return true;
+}
+
+// The server closed during its answer: the end of a body that runs to the
+// close, else a failure.
+void PassthroughProxy::on_answer_eof(Tunnel* t) {
+  UpgradeAnswer& a = *t->answer;
+  if (a.in_body && !a.done && a.parser.finish_at_eof()) {
+    a.done = true;
+    a.close_after = true;  // its head said so
+    flush_answer(t);
+    return;
+  }
+  answer_failed(t, 502);
+}
+
+// What is ready goes to the client; else the answer's next bytes are read,
+// or it is over: on a 101 the bytes move as they are from now on, after a
+// refusal the client goes back to the HTTP proxy.
+void PassthroughProxy::flush_answer(Tunnel* t) {
+  UpgradeAnswer& a = *t->answer;
+  Tunnel::Flow& f = t->down;
+  if (f.send_busy || f.recv_busy) return;
+  if (a.out_sent < a.out.size()) {
+    io_uring_prep_send(loop_.sqe(f.sent), t->client_fd, a.out.data() + a.out_sent, a.out.size() - a.out_sent,
+                       MSG_NOSIGNAL);
+    f.send_busy = true;
+    ++t->inflight;
+    return;
+  }
+  a.out.clear();
+  a.out_sent = 0;
+  if (a.switched) {
+    t->answer.reset();
+    post_recv(t, f);
+    arm_idle(t);
+    return;
+  }
+  if (a.done) {
+    give_back(t, 0, a.close_after);
+    return;
+  }
+  post_recv(t, f);
+}
+
+void PassthroughProxy::on_answer_sent(Tunnel* t, int res) {
+  if (res <= 0) {  // the client is gone
+    end(t, true, Termination::kTunnelClientReset);
+    return;
+  }
+  UpgradeAnswer& a = *t->answer;
+  a.out_sent += size_t(res);
+  a.sent_any = true;
+  arm_answer_timer(t);
+  flush_answer(t);
+}
+
+// Nothing of an answer reached the client: the HTTP proxy answers it with
+// `status`. Else the only honest end is a close.
+void PassthroughProxy::answer_failed(Tunnel* t, int status) {
+  if (t->answer->sent_any || t->down.send_busy) {
+    end(t, false, status == 504 ? Termination::kTimeoutResponse : Termination::kUpstreamError);
+    return;
+  }
+  give_back(t, status, true);
+}
+
+void PassthroughProxy::give_back(Tunnel* t, int status, bool close) {
+  t->give_back = http_ != nullptr;
+  t->back_status = status;
+  t->back_close = close;
+  // Its line says why; the HTTP proxy's says what the client got after.
+  Termination why = Termination::kUpgradeRefused;
+  if (status == 503) why = Termination::kNoBuffer;
+  else if (status == 504) why = t->open ? Termination::kTimeoutResponse : Termination::kTimeoutConnect;
+  else if (status != 0) why = t->open ? Termination::kUpstreamError : Termination::kUpstreamConnectError;
+  end(t, false, why);
+}
+
 void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& cqe) {
   op_done(t);
   f.recv_busy = false;
   if (t->ending) {
     maybe_free(t);
+    return;
+  }
+  if (t->answer != nullptr && &f == &t->down) {
+    if (cqe.res <= 0) {
+      if (cqe.res == 0) on_answer_eof(t);
+      else answer_failed(t, 502);
+      return;
+    }
+    f.bytes += uint64_t(cqe.res);
+    bump(counters_.tunnel_bytes_down, uint64_t(cqe.res));
+    on_answer_bytes(t, f.buf->data(), size_t(cqe.res));
     return;
   }
   if (t->kernel && cqe.res == -EAGAIN) {  // nothing passed waits: watch it
@@ -346,11 +603,6 @@ void PassthroughProxy::on_recv(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     return;
   }
   f.buf->tail = uint32_t(cqe.res);
-  if (t->upgrade && &f == &t->down && f.bytes == 0) {
-    static constexpr std::string_view k101 = "HTTP/1.1 101";
-    if (std::string_view(f.buf->data(), std::min<size_t>(f.buf->tail, k101.size())) == k101)
-      bump(counters_.upgrades_switched);
-  }
   f.bytes += uint64_t(cqe.res);
   count_bytes(t, &f == &t->up, uint64_t(cqe.res), false);
   arm_idle(t);
@@ -364,6 +616,10 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     maybe_free(t);
     return;
   }
+  if (t->answer != nullptr && &f == &t->down) {
+    on_answer_sent(t, cqe.res);
+    return;
+  }
   if (cqe.res <= 0) {  // the receiving side is gone: tell the sending side by a reset
     end(t, true, destination_failed(t, f));
     return;
@@ -375,6 +631,12 @@ void PassthroughProxy::on_send(Tunnel* t, Tunnel::Flow& f, const io_uring_cqe& c
     return;
   }
   if (!t->kernel) {
+    if (&f == &t->up) {
+      // The client is read only once an upgrade is switched; what it sent
+      // after its request goes first.
+      if (t->answer == nullptr || t->answer->switched) start_up(t);
+      return;
+    }
     post_recv(t, f);
     return;
   }
@@ -446,11 +708,20 @@ void PassthroughProxy::maybe_free(Tunnel* t) {
   if (!t->ending || t->inflight > 0) return;
   remove_from_kernel(t);  // its last kernel bytes counted before its line
   log_tunnel(t);
-  if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
+  // A client given back keeps its socket and its place in the screen: the
+  // HTTP proxy goes on with both.
+  const int client = std::exchange(t->client_fd, -1);
+  const bool back = t->give_back && client >= 0;
+  if (client >= 0 && !back) ::close(client);
   if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
   if (t->up.buf != nullptr) data_pool_.put(std::exchange(t->up.buf, nullptr));
   if (t->down.buf != nullptr) data_pool_.put(std::exchange(t->down.buf, nullptr));
-  if (t->screened) screen_.release(t->source);
+  if (t->screened && !back) screen_.release(t->source);
+  const IpAddress source = t->source;
+  const bool screened = t->screened;
+  const int status = t->back_status;
+  const bool close = t->back_close;
+  std::string held = t->answer != nullptr ? std::move(t->answer->held) : std::string();
   Listener* l = t->listener;
   --l->active;
   sub(l->stats->active);
@@ -463,6 +734,7 @@ void PassthroughProxy::maybe_free(Tunnel* t) {
   live_.pop_back();
   t->clear();
   tunnels_.put(t);
+  if (back) http_->take_back(l, client, source, screened, status, close, std::move(held));
 }
 
 // A tunnel's access-log line, in the HTTP lines' format: "TCP" (or
@@ -472,13 +744,17 @@ void PassthroughProxy::maybe_free(Tunnel* t) {
 // received and down as sent, and who ended it.
 void PassthroughProxy::log_tunnel(Tunnel* t) {
   if (!access_log_.on()) return;
-  char ip[INET6_ADDRSTRLEN] = "";
-  if (t->source.is_v4()) inet_ntop(AF_INET, t->source.bytes + 12, ip, sizeof ip);
-  else inet_ntop(AF_INET6, t->source.bytes, ip, sizeof ip);
+  const std::string remote = address_text(t->source);
+  const std::string target = t->connect_request ? sockaddr_text(t->dial.storage) : std::string();
   AccessEntry e;
-  e.remote = ip;
-  e.method = t->upgrade ? "UPGRADED" : "TCP";
-  e.target = t->listener->name;
+  e.remote = remote;
+  if (t->connect_request) {
+    e.method = "CONNECT";
+    e.target = target;
+  } else {
+    e.method = t->upgrade ? "UPGRADED" : "TCP";
+    e.target = t->listener->name;
+  }
   if (t->server != nullptr && t->connect_ms >= 0) e.upstream = t->server->target().text;
   e.listener = t->listener->name;
   switch (t->why) {
@@ -486,6 +762,7 @@ void PassthroughProxy::log_tunnel(Tunnel* t) {
     case Termination::kUpstreamConnectError: e.status = 502; break;
     case Termination::kTimeoutConnect: e.status = 504; break;
     case Termination::kNoBuffer: e.status = t->connect_ms >= 0 ? 200 : 503; break;
+    case Termination::kUpgradeRefused: e.status = t->answer ? t->answer->parser.head().status : 0; break;
     default: e.status = t->connect_ms >= 0 ? 200 : 502; break;
   }
   e.received = t->up.bytes;

@@ -25,11 +25,29 @@
 // peer's send queue, so no byte overtakes another. The idle and half-close
 // timers see the kernel's bytes through the flows' counters, read once a
 // second (release_idle), and at the end the entries go before the sockets.
+//
+// The HTTP proxy hands two kinds of request over (user space only):
+//  - an upgrade (adopt): the request goes to a server of the listener's
+//    group on a connection of its own, and the answer is read as HTTP
+//    before any byte moves as it is. A 101 makes the pair a tunnel; 1xx
+//    before it are passed on (not 100: the HTTP proxy answered Expect);
+//    any other answer goes to the client as an HTTP response (its head
+//    rewritten like the HTTP proxy's, its body framed by the parser), the
+//    server connection closes, and the client goes back to the HTTP proxy
+//    (take_back) for its next request, or to be closed.
+//  - a CONNECT (connect_to): a connection to the target, "200 Connection
+//    Established", then a tunnel. A refused or timed-out connect goes back
+//    to the HTTP proxy as a 502 or 504.
+// The client is not read until the answer is a 101 (or the CONNECT is
+// established): what it sends meanwhile is the HTTP proxy's if it comes back.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "http/http_parser.h"
 
 #include "loop/loop.h"
 #include "loop/slab.h"
@@ -47,6 +65,23 @@ namespace offload {
 
 class TcpUpstream;
 class TcpPool;
+class HttpProxy;
+
+// An upgrade's answer while it is read as HTTP (see above).
+struct UpgradeAnswer {
+  explicit UpgradeAnswer(const http::Limits& limits) : parser(http::Parser::Kind::kResponse, limits) {}
+  http::Parser parser;
+  std::string head;          // the head being parsed, from its first byte
+  std::string out;           // for the client: interim heads, the final head, its body
+  size_t out_sent = 0;
+  std::string held;          // the client's bytes after its request: up first on a 101, else back
+  bool keep_alive = true;    // the request lets the connection go on
+  bool in_body = false;      // the final head is in
+  bool done = false;         // the whole final answer is in `out`
+  bool switched = false;     // a 101: what follows it is the new protocol
+  bool close_after = false;  // the client is closed after the answer
+  bool sent_any = false;     // some of it reached the client
+};
 
 struct Tunnel {
   // One direction: what `from` sends goes out on the other socket.
@@ -93,7 +128,9 @@ struct Tunnel {
   uint8_t inflight = 0;
   bool open = false;           // connected, bytes moving
   bool upgrade = false;        // an HTTP upgrade: `first` goes out first, the answer is looked at
-  std::string first;
+  bool connect_request = false;  // a CONNECT: dial is its target, "200" goes to the client first
+  std::unique_ptr<UpgradeAnswer> answer;  // an upgrade until its answer is sent
+  std::string first;           // what goes to the server before the client is read
   bool ending = false;         // closing: waiting for its operations to come back
   bool reset = false;          // end with a reset on both sockets
   bool kernel = false;         // its sockets are in the splice maps
@@ -105,6 +142,12 @@ struct Tunnel {
   uint64_t started_ms = 0;     // loop time of its accept (or of the upgrade's hand-over)
   int64_t connect_ms = -1;     // its server connection's set-up; -1: none made
   Termination why = Termination::kUnset;  // the first cause of its end
+  // At its end the client goes back to the HTTP proxy (not closed): with
+  // back_status, to be answered with that error; with back_close, to be
+  // closed after a linger; else for its next request.
+  bool give_back = false;
+  int back_status = 0;
+  bool back_close = false;
 
   // Back to free: everything but the completions and the timer, which are
   // bound once when the slot is made.
@@ -115,7 +158,10 @@ struct Tunnel {
     up.clear();
     down.clear();
     inflight = 0;
-    open = ending = reset = screened = upgrade = kernel = false;
+    open = ending = reset = screened = upgrade = connect_request = kernel = false;
+    answer.reset();
+    give_back = back_close = false;
+    back_status = 0;
     pair = splice::Pair{};
     first.clear();
     first.shrink_to_fit();
@@ -151,7 +197,16 @@ class PassthroughProxy final : public Proxy {
   // the bytes move both ways. Takes `fd`.
   // `screened`: it is counted against its source in the screen, and the
   // tunnel releases it.
-  void adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first);
+  // `held`: what the client sent after its request; `keep_alive`: the
+  // request lets its connection go on after a refusal.
+  void adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first, std::string held,
+             bool keep_alive);
+  // A CONNECT to `target` (one of the listener's connect_targets); `held`
+  // goes to the target first. Takes `fd`.
+  void connect_to(Listener* l, int fd, const IpAddress& source, bool screened, const SocketAddress& target,
+                  std::string held);
+  // Where clients go back to after a refused upgrade or a failed CONNECT.
+  void set_http(HttpProxy* http) { http_ = http; }
   // Ends the tunnels whose source the rule set in force refuses.
   void rescreen();
 
@@ -161,7 +216,19 @@ class PassthroughProxy final : public Proxy {
   Tunnel* open_slot(Listener* l, int fd);
   bool screen_out(Tunnel* t);
   bool connect(Tunnel* t);
+  bool dial(Tunnel* t);
   bool send_first(Tunnel* t);
+  void start_up(Tunnel* t);
+  void send_established(Tunnel* t);
+  // An upgrade's answer (see above).
+  void on_answer_bytes(Tunnel* t, const char* data, size_t len);
+  bool take_answer_head(Tunnel* t, const char*& data, size_t& len);
+  void on_answer_eof(Tunnel* t);
+  void on_answer_sent(Tunnel* t, int res);
+  void flush_answer(Tunnel* t);
+  void answer_failed(Tunnel* t, int status);
+  void arm_answer_timer(Tunnel* t);
+  void give_back(Tunnel* t, int status, bool close);
   void on_connected(Tunnel* t, const io_uring_cqe& cqe);
   void on_connect_timeout(Tunnel* t, const io_uring_cqe& cqe);
   void on_timer(Tunnel* t, Timer& timer);
@@ -220,6 +287,8 @@ class PassthroughProxy final : public Proxy {
   std::vector<Tunnel*> live_;  // for release_all at teardown
   splice::Splicer* splicer_;   // null: every tunnel moves in user space
   AccessLog access_log_;       // a line as each tunnel ends (maybe_free)
+  HttpProxy* http_ = nullptr;
+  http::Limits answer_limits_;
 };
 
 }  // namespace offload

@@ -85,7 +85,8 @@ Refusal RequestPolicy::check(const http::Head& head, std::string_view msg) const
     Refusal r = check_token(head, msg);
     if (r != Refusal::kNone) return r;
   }
-  if (!methods_.empty()) {
+  // CONNECT is never in `methods`: the listener's connect_targets decide it.
+  if (!methods_.empty() && head.method != http::Method::kConnect) {
     std::string_view method = head.method_text.in(msg);
     bool allowed = false;
     for (const auto& m : methods_) allowed = allowed || method == m;

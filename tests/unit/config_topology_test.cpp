@@ -458,7 +458,7 @@ TEST_CASE("bad listeners name listener[i].key") {
         "listener[0].connect_timeout_ms: unknown key (expected name, listen, port, proxy, upstream, upstream_port, max_clients, "
         "header_bytes_max, header_count_max, body_bytes_max, header_timeout_ms, body_timeout_ms, "
         "keepalive_timeout_ms, send_timeout_ms, queue_timeout_ms, response_timeout_ms, tunnel_timeout_ms, "
-        "half_close_timeout_ms or security)");
+        "half_close_timeout_ms, security or connect_targets)");
   CHECK(error_of("listener = 5\n") == "listener: bad value '5' (expected [[listener]] tables with listen = \"ADDR:PORT\")");
   CHECK(error_of("listen = \"127.0.0.1:1\"\n[[listener]]\nport = 2\n") ==
         "listen: cannot be combined with [[listener]] tables (give each address its own [[listener]])");
