@@ -3,6 +3,7 @@
 #include "proxy/listener.h"
 
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -84,6 +85,19 @@ AdminServer::AdminServer(const SocketAddress& address, std::vector<const Counter
     if (fd_ >= 0) ::close(fd_);
     throw ConfigError(fmt::format("admin: cannot listen on '{}': {}", address.text, why));
   }
+  make_wake_fd();
+}
+
+AdminServer::AdminServer(int listening_fd, std::vector<const Counters*> shards, const TopologyStats* topology)
+    : shards_(std::move(shards)), topology_(topology), fd_(listening_fd) {
+  shown_ = shards_.size();
+  // Handed over as the old agent had it: accept4 below needs it non-blocking.
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags >= 0) ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+  make_wake_fd();
+}
+
+void AdminServer::make_wake_fd() {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
     std::string why = std::strerror(errno);

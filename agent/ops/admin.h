@@ -52,6 +52,9 @@ class AdminServer {
   // `topology` (per listener and server counters) may be null.
   AdminServer(const SocketAddress& address, std::vector<const Counters*> shards,
               const TopologyStats* topology = nullptr);
+  // The same on a listening socket the agent already has (a binary
+  // upgrade's, ops/takeover.h); owned from here.
+  AdminServer(int listening_fd, std::vector<const Counters*> shards, const TopologyStats* topology = nullptr);
   ~AdminServer();  // wakes the thread, joins it, closes every connection
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
@@ -65,6 +68,7 @@ class AdminServer {
 
   void start();
   std::string bound_address() const;  // "127.0.0.1:PORT"
+  int listen_fd() const { return fd_; }  // for a binary upgrade to hand over
 
   // After a reload: what is rendered from now on. `shards` begins with the
   // `shown` shards of the running generation (the per-shard breakdown),
@@ -89,6 +93,7 @@ class AdminServer {
     size_t sent = 0;
   };
 
+  void make_wake_fd();
   void serve();
   void accept_ready(int64_t now_ms);
   bool on_readable(Conn& c);  // false: the connection is finished
