@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -355,9 +356,15 @@ std::shared_ptr<void> dispatch_ranges(const Config& config, const std::vector<st
 // The running agent: its generations of shards (the newest serves, older
 // ones finish what they had, see ops/reload.h), the cumulative counters of
 // those that ended, and the admin endpoint, which outlives them all.
+// How this agent was started, for SIGUSR2 to start its successor the same way.
+struct Launch {
+  std::string exe;                // the binary's path at start-up (a package upgrade puts the new one there)
+  std::vector<std::string> args;  // argv[1..]
+};
+
 class Agent {
  public:
-  explicit Agent(const RunFlags& flags) : flags_(flags) {}
+  Agent(const RunFlags& flags, Launch launch) : flags_(flags), launch_(std::move(launch)) {}
   int run(Config config);
 
  private:
@@ -371,10 +378,13 @@ class Agent {
   void on_takeover_connect();
   void on_takeover_request();
   void on_accepts_cancelled(uint64_t shards);
+  void start_successor();
+  void reap_children();
   bool sockets_given_out() const { return takeover_ && (takeover_->busy() || takeover_->draining()); }
   offload::Generation& current() { return *gens_.back(); }
 
   const RunFlags& flags_;
+  const Launch launch_;
   std::vector<std::unique_ptr<offload::Generation>> gens_;  // oldest first; back() accepts
   offload::Counters ended_;  // the _total counters of generations that ended; this thread writes them
   std::unique_ptr<offload::AdminServer> admin_;
@@ -387,7 +397,38 @@ class Agent {
   // have still to cancel their accepts once the new agent serves.
   std::unique_ptr<offload::takeover::Server> takeover_;
   uint64_t takeover_cancels_ = 0;
+  pid_t successor_ = -1;  // started by SIGUSR2, not yet exited
 };
+
+// SIGUSR2: this binary's path again (the new one, after a package upgrade),
+// with this agent's arguments and --takeover; the rest is the takeover's.
+void Agent::start_successor() {
+  std::string why;
+  if (!takeover_) why = "takeover_socket is not set";
+  else if (stopping_) why = "this agent is stopping";
+  else if (successor_ > 0) why = fmt::format("pid {}, started before, is still running", successor_);
+  else if (launch_.exe.empty()) why = "the agent's own path is unknown (/proc/self/exe)";
+  pid_t pid = -1;
+  if (why.empty()) pid = offload::takeover::spawn_successor(launch_.exe, launch_.args, current().config().takeover_socket, why);
+  if (pid < 0) return offload::log(offload::LogLevel::kError, "binary upgrade (SIGUSR2): not started: {}", why);
+  successor_ = pid;
+  offload::log(offload::LogLevel::kInfo, "binary upgrade (SIGUSR2): started {} as pid {}", launch_.exe, pid);
+}
+
+// SIGCHLD: a successor that ended before taking over is said; this agent serves on.
+void Agent::reap_children() {
+  int status = 0;
+  for (int i = 0; i < 64; ++i) {
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    if (pid != successor_) continue;
+    successor_ = -1;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    offload::log(stopping_ ? offload::LogLevel::kInfo : offload::LogLevel::kError,
+                 "binary upgrade: the new agent (pid {}) exited with code {}{}", pid, code,
+                 stopping_ ? "" : " before taking over; serving on");
+  }
+}
 
 // A new agent asks for the sockets: the newest generation's and the admin
 // endpoint's. Refused while stopping (they may be shut any moment) and with
@@ -600,6 +641,10 @@ void Agent::relay_signals(const sigset_t& mask) {
     if (signal_fd >= 0 && fds[0].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
       if (info.ssi_signo == SIGHUP) {
         if (!stopping_) reload();
+      } else if (info.ssi_signo == SIGUSR2) {
+        start_successor();
+      } else if (info.ssi_signo == SIGCHLD) {
+        reap_children();
       } else if (info.ssi_signo == SIGUSR1) {  // logrotate: the access log's path again
         if (offload::AccessLogWriter* log = offload::AccessLogWriter::current()) log->reopen();
       } else if (info.ssi_signo == SIGINT && ++sigints >= 2) {
@@ -687,6 +732,8 @@ int Agent::run(Config config) {
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGUSR2);
+  sigaddset(&mask, SIGCHLD);
   sigaddset(&mask, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
@@ -884,6 +931,15 @@ offload::xdp::AgentReply agent_call(const std::string& admin, const std::string&
 }
 #endif
 
+Launch launch_of(int argc, char** argv) {
+  Launch l;
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) l.exe.assign(exe, size_t(n));
+  for (int i = 1; i < argc; ++i) l.args.emplace_back(argv[i]);
+  return l;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -924,7 +980,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (run_cmd->parsed()) return Agent(run_flags).run(build_config(run_flags));
+    if (run_cmd->parsed()) return Agent(run_flags, launch_of(argc, argv)).run(build_config(run_flags));
     if (check_cmd->parsed()) {
       if (check_flags.config_file.empty()) throw ConfigError("check: -c FILE is required");
       Config config = build_config(check_flags);

@@ -2,7 +2,10 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -519,6 +522,64 @@ Start begin(const std::string& path, const Config& config) {
   s.line = fmt::format("takeover: from agent pid {} (version {}, {} shard{}): {}", s.offer.pid, s.offer.agent,
                        s.offer.shards, s.offer.shards == 1 ? "" : "s", s.plan.summary);
   return s;
+}
+
+pid_t spawn_successor(const std::string& exe, const std::vector<std::string>& args, const std::string& path,
+                      std::string& why) {
+  std::vector<std::string> argv = {exe};
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "-x" || args[i] == "--takeover") {
+      ++i;  // and its value
+      continue;
+    }
+    if (args[i].starts_with("--takeover=") || (args[i].starts_with("-x") && args[i].size() > 2)) continue;
+    argv.push_back(args[i]);
+  }
+  argv.push_back("--takeover");
+  argv.push_back(path);
+  std::vector<char*> c_argv;
+  for (std::string& a : argv) c_argv.push_back(a.data());
+  c_argv.push_back(nullptr);
+  // The exec's outcome: the pipe closes on success (O_CLOEXEC), else the
+  // child writes its errno. Made before fork: the child may only call
+  // async-signal-safe functions (the agent has threads).
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) {
+    why = fmt::format("pipe: {}", std::strerror(errno));
+    return -1;
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent blocks its signals for signalfd; exec keeps the mask
+    ::signal(SIGPIPE, SIG_DFL);
+    int w = report[1];
+    if (w != 3) w = ::dup3(report[1], 3, O_CLOEXEC);
+    if (w == 3) ::close_range(4, ~0u, 0);  // no client or upstream connection may live on in the new process
+    ::execv(c_argv[0], c_argv.data());
+    const int e = errno;
+    (void)!::write(3, &e, sizeof e);
+    ::_exit(127);
+  }
+  ::close(report[1]);
+  if (pid < 0) {
+    why = fmt::format("fork: {}", std::strerror(errno));
+    ::close(report[0]);
+    return -1;
+  }
+  int e = 0;
+  ssize_t n;
+  do {
+    n = ::read(report[0], &e, sizeof e);
+  } while (n < 0 && errno == EINTR);
+  ::close(report[0]);
+  if (n == ssize_t(sizeof e)) {
+    ::waitpid(pid, nullptr, 0);
+    why = fmt::format("exec {}: {}", exe, std::strerror(e));
+    return -1;
+  }
+  return pid;
 }
 
 }  // namespace offload::takeover

@@ -165,4 +165,13 @@ struct Start {
 };
 Start begin(const std::string& path, const Config& config);
 
+// SIGUSR2 (nginx's signal for the same): starts `exe` (the agent's binary
+// path as it was at start-up: after a package upgrade, the new binary) with
+// this agent's `args` and --takeover PATH (any --takeover / -x among them
+// replaced), as a child of this process: in its cgroup, so in its systemd
+// unit. Only stdin, stdout and stderr go with it. Returns its pid once the
+// exec has happened, or -1 with `why`.
+pid_t spawn_successor(const std::string& exe, const std::vector<std::string>& args, const std::string& path,
+                      std::string& why);
+
 }  // namespace offload::takeover

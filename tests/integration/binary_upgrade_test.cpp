@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -244,4 +245,51 @@ TEST_CASE("takeover: while a new agent holds the sockets the old one refuses a r
   a.child().signal(SIGHUP);
   CHECK_MESSAGE(a.child().wait_for_line("reloaded: generation 2", 10000), a.child().stderr_text());
   CHECK(get(a.port(0), "/ok?after") == 200);
+}
+
+namespace {
+
+// Gone, or a zombie nobody has reaped yet (its parent, the old agent, exited).
+bool gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  if (!std::getline(stat, text)) return true;
+  const size_t paren = text.rfind(')');
+  return paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] == 'Z';
+}
+
+}  // namespace
+
+TEST_CASE("SIGUSR2 starts the agent's own binary with --takeover: the old one exits 0, the new one serves the port") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(16), b.error());
+  SocketDir d;
+  ConfigAgent a;
+  a.start(config(b, d, 2), 1);
+  a.child().signal(SIGUSR2);
+  auto started = a.child().wait_for_line("binary upgrade (SIGUSR2): started ", 10000);
+  REQUIRE_MESSAGE(started, a.child().stderr_text());
+  const pid_t next = pid_t(std::stol(started->substr(started->rfind(' ') + 1)));
+  REQUIRE(next > 0);
+  // The new process writes to the same stderr: its lines are in the old one's capture.
+  CHECK_MESSAGE(a.child().wait_for_line("stopped accepting and drains", 15000), a.child().stderr_text());
+  auto code = a.child().wait_exit(20000);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  CHECK(get(a.port(0), "/ok?after-usr2") == 200);
+  ::kill(next, SIGTERM);
+  bool ended = false;
+  for (int i = 0; i < 1000 && !(ended = gone(next)); ++i) rig::sleep_ms(10);
+  CHECK(ended);
+}
+
+TEST_CASE("SIGUSR2 without takeover_socket says why in one line and the agent serves on") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  ConfigAgent a;
+  a.start("[[upstream]]\nservers = [\"" + server(b) + "\"]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n", 1);
+  a.child().signal(SIGUSR2);
+  CHECK(a.child().wait_for_line("binary upgrade (SIGUSR2): not started: takeover_socket is not set", 5000));
+  CHECK(a.child().running());
+  CHECK(get(a.port(0), "/ok") == 200);
 }
