@@ -2,10 +2,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -540,43 +539,29 @@ pid_t spawn_successor(const std::string& exe, const std::vector<std::string>& ar
   std::vector<char*> c_argv;
   for (std::string& a : argv) c_argv.push_back(a.data());
   c_argv.push_back(nullptr);
-  // The exec's outcome: the pipe closes on success (O_CLOEXEC), else the
-  // child writes its errno. Made before fork: the child may only call
-  // async-signal-safe functions (the agent has threads).
-  int report[2];
-  if (::pipe2(report, O_CLOEXEC) != 0) {
-    why = fmt::format("pipe: {}", std::strerror(errno));
-    return -1;
-  }
-  sigset_t none;
+  // posix_spawn, not fork: glibc's does not copy the agent's memory (its
+  // pinned io_uring buffers would be), and it returns the exec's own error.
+  // The agent blocks its signals for signalfd and ignores SIGPIPE: the new
+  // process starts with neither; and only stdin, stdout and stderr go with
+  // it, never a client's or a server's connection.
+  posix_spawn_file_actions_t files;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&files);
+  posix_spawn_file_actions_addclosefrom_np(&files, 3);
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
   sigemptyset(&none);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent blocks its signals for signalfd; exec keeps the mask
-    ::signal(SIGPIPE, SIG_DFL);
-    int w = report[1];
-    if (w != 3) w = ::dup3(report[1], 3, O_CLOEXEC);
-    if (w == 3) ::close_range(4, ~0u, 0);  // no client or upstream connection may live on in the new process
-    ::execv(c_argv[0], c_argv.data());
-    const int e = errno;
-    (void)!::write(3, &e, sizeof e);
-    ::_exit(127);
-  }
-  ::close(report[1]);
-  if (pid < 0) {
-    why = fmt::format("fork: {}", std::strerror(errno));
-    ::close(report[0]);
-    return -1;
-  }
-  int e = 0;
-  ssize_t n;
-  do {
-    n = ::read(report[0], &e, sizeof e);
-  } while (n < 0 && errno == EINTR);
-  ::close(report[0]);
-  if (n == ssize_t(sizeof e)) {
-    ::waitpid(pid, nullptr, 0);
-    why = fmt::format("exec {}: {}", exe, std::strerror(e));
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, c_argv[0], &files, &attr, c_argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&files);
+  if (rc != 0) {
+    why = fmt::format("exec {}: {}", exe, std::strerror(rc));
     return -1;
   }
   return pid;

@@ -293,3 +293,30 @@ TEST_CASE("SIGUSR2 without takeover_socket says why in one line and the agent se
   CHECK(a.child().running());
   CHECK(get(a.port(0), "/ok") == 200);
 }
+
+TEST_CASE("SIGUSR2 when the binary's path is gone says so in one line and the agent serves on") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  SocketDir d;
+  // The agent run from a copy, which is then removed: its path at start-up names nothing.
+  const std::string copy = d.dir + "/offload-agent";
+  {
+    std::ifstream in(rig::agent_path(), std::ios::binary);
+    std::ofstream out(copy, std::ios::binary);
+    out << in.rdbuf();
+  }
+  REQUIRE(::chmod(copy.c_str(), 0700) == 0);
+  Child c;
+  REQUIRE(c.start(copy, {"run", "--listen", "127.0.0.1:0", "--upstream", server(b), "--admin", "off",
+                         "--takeover-socket", d.socket()}));
+  auto listening = c.wait_for_line("offload-agent: listening on ", 15000);
+  REQUIRE_MESSAGE(listening, c.stderr_text());
+  REQUIRE(::unlink(copy.c_str()) == 0);
+  c.signal(SIGUSR2);
+  CHECK_MESSAGE(c.wait_for_line("binary upgrade (SIGUSR2): not started: exec " + copy + ": No such file or directory",
+                                5000),
+                c.stderr_text());
+  CHECK(c.running());
+  CHECK(get(port_after(*listening), "/ok") == 200);
+  CHECK(c.stop() == 0);
+}
