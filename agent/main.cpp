@@ -353,15 +353,15 @@ std::shared_ptr<void> dispatch_ranges(const Config& config, const std::vector<st
 #endif
 }
 
-// The running agent: its generations of shards (the newest serves, older
-// ones finish what they had, see ops/reload.h), the cumulative counters of
-// those that ended, and the admin endpoint, which outlives them all.
 // How this agent was started, for SIGUSR2 to start its successor the same way.
 struct Launch {
   std::string exe;                // the binary's path at start-up (a package upgrade puts the new one there)
   std::vector<std::string> args;  // argv[1..]
 };
 
+// The running agent: its generations of shards (the newest serves, older
+// ones finish what they had, see ops/reload.h), the cumulative counters of
+// those that ended, and the admin endpoint, which outlives them all.
 class Agent {
  public:
   Agent(const RunFlags& flags, Launch launch) : flags_(flags), launch_(std::move(launch)) {}
