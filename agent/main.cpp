@@ -463,6 +463,7 @@ void Agent::on_takeover_request() {
       return std::find(r.kept.begin(), r.kept.end(), fd) != r.kept.end();
     });
   current().retire(r.kept);
+  if (admin_) admin_->stop_accepting();  // its socket is the new agent's too (or closed by it)
   takeover_->say_draining();
   if (takeover_cancels_ == 0) takeover_->say_cancelled();
 }

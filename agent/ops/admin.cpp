@@ -155,7 +155,8 @@ void AdminServer::serve() {
     std::erase_if(conns_, [](const Conn& c) { return c.fd < 0; });
     fds.clear();
     fds.push_back({wake_fd_, POLLIN, 0});
-    fds.push_back({now >= accept_paused_until_ ? fd_ : -1, POLLIN, 0});  // -1: not polled
+    const bool accepting = now >= accept_paused_until_ && accepting_.load(std::memory_order_relaxed);
+    fds.push_back({accepting ? fd_ : -1, POLLIN, 0});  // -1: not polled
     for (const Conn& c : conns_) fds.push_back({c.fd, short(c.out.empty() ? POLLIN : POLLOUT), 0});
     const int timeout = next == INT64_MAX ? -1 : int(std::max<int64_t>(0, next - now));
     if (::poll(fds.data(), fds.size(), timeout) < 0) {
@@ -178,6 +179,7 @@ void AdminServer::serve() {
 }
 
 void AdminServer::accept_ready(int64_t now_ms) {
+  if (!accepting_.load(std::memory_order_relaxed)) return;  // the next turn leaves the socket out
   // At most one slot's worth per wake-up, so the loop gets back to the others.
   for (size_t k = 0; k < kConnectionsMax; ++k) {
     int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);

@@ -320,3 +320,35 @@ TEST_CASE("SIGUSR2 when the binary's path is gone says so in one line and the ag
   CHECK(get(port_after(*listening), "/ok") == 200);
   CHECK(c.stop() == 0);
 }
+
+TEST_CASE("takeover: while the old agent drains, the admin endpoint (the same socket) is the new agent's alone") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  SocketDir d;
+  ConfigAgent a;
+  a.start(config(b, d, 1), 1);
+  // An idle kept-alive client holds the old agent in its drain (up to drain_timeout_ms, 10 s).
+  Client idle;
+  REQUIRE(idle.connect(a.port(0)));
+  REQUIRE(idle.send_all(rig::get_request("/ok?idle")));
+  REQUIRE(idle.read_response(5000));
+  Child next;
+  REQUIRE(start_new(next, a.file(), d.socket()));
+  REQUIRE_MESSAGE(next.wait_for_line("stopped accepting and drains", 15000), next.stderr_text());
+  // POST /reload: the new agent applies it (200); the old one, draining, would refuse (400).
+  for (int i = 0; i < 10; ++i) {
+    REQUIRE(a.child().running());
+    Client c;
+    REQUIRE(c.connect(a.admin_port()));
+    REQUIRE(c.send_all("POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"));
+    rig::ReadResult r = c.read_response(30000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK_MESSAGE(r.response->status == 200, "reload ", i, ": ", r.response->body);
+  }
+  CHECK(lines_with(next, "reloaded: generation 11") == 1);
+  idle.close();
+  auto code = a.child().wait_exit(20000);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  CHECK(next.stop() == 0);
+}
