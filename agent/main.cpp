@@ -409,7 +409,8 @@ void Agent::start_successor() {
   else if (successor_ > 0) why = fmt::format("pid {}, started before, is still running", successor_);
   else if (launch_.exe.empty()) why = "the agent's own path is unknown (/proc/self/exe)";
   pid_t pid = -1;
-  if (why.empty()) pid = offload::takeover::spawn_successor(launch_.exe, launch_.args, current().config().takeover_socket, why);
+  if (why.empty())
+    pid = offload::takeover::spawn_successor(launch_.exe, launch_.args, current().config().takeover_socket, why);
   if (pid < 0) return offload::log(offload::LogLevel::kError, "binary upgrade (SIGUSR2): not started: {}", why);
   successor_ = pid;
   offload::log(offload::LogLevel::kInfo, "binary upgrade (SIGUSR2): started {} as pid {}", launch_.exe, pid);
@@ -765,10 +766,12 @@ int Agent::run(Config config) {
   // thread sums them when it renders. Per listener and per server: one set
   // for all shards, each add atomic.
   if (first.admin != "off") {
-    admin_ = taken.plan.admin_fd >= 0
-                 ? std::make_unique<offload::AdminServer>(taken.plan.admin_fd, current().counters(), &current().topology())
-                 : std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", first.admin),
-                                                          current().counters(), &current().topology());
+    // After a takeover the old agent's socket, when the address is the same.
+    if (taken.plan.admin_fd >= 0)
+      admin_ = std::make_unique<offload::AdminServer>(taken.plan.admin_fd, current().counters(), &current().topology());
+    else
+      admin_ = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", first.admin),
+                                                      current().counters(), &current().topology());
     admin_->set_reload([this] { return mailbox_.ask(); });
     publish_sources();
   }

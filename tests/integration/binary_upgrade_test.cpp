@@ -112,8 +112,8 @@ TEST_CASE("binary upgrade under keep-alive and new-connection load: no request l
   CHECK_MESSAGE(t.failures.empty(), failures);
   CHECK(before > 0);
   CHECK(t.ok.load() > before);
-  MESSAGE("requests answered: ", t.ok.load(), " (", before, " before the upgrade began), kept-alive connections closed by the old agent: ",
-          t.closes.load());
+  MESSAGE("requests answered: ", t.ok.load(), " (", before, " before the upgrade began), kept-alive connections ",
+          "closed by the old agent: ", t.closes.load());
   // The old agent handed over every socket (2 shards, and the admin's) and drained.
   CHECK(lines_with(next, "takeover: from agent pid " + std::to_string(a.child().pid())) == 1);
   CHECK(lines_with(next, "3 sockets taken over, 0 closed") == 1);
