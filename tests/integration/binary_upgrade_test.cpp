@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,6 +132,46 @@ TEST_CASE("binary upgrade under keep-alive and new-connection load: no request l
   struct stat st{};
   CHECK(::stat(d.socket().c_str(), &st) == 0);
   CHECK(next.stop() == 0);
+}
+
+// Each upgrade's new agent is the next one's old: the takeover socket
+// passes on with the listening sockets, and a lone connection that comes as
+// an old agent cancels its accepts is served (the new one re-arms its own).
+TEST_CASE("five binary upgrades in a row under load: every request answered, each old agent exits 0") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(64), b.error());
+  SocketDir d;
+  ConfigAgent a;
+  a.start(config(b, d, 2), 1);
+  const uint16_t port = a.port(0);
+  rig::Tally t;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 2; ++i) clients.emplace_back(rig::keepalive_client, port, i, std::cref(stop), std::ref(t));
+  for (int i = 0; i < 2; ++i) clients.emplace_back(rig::fresh_client, port, i, std::cref(stop), std::ref(t));
+  std::vector<std::unique_ptr<Child>> agents;
+  Child* old = &a.child();
+  for (int i = 0; i < 5; ++i) {
+    rig::sleep_ms(300);
+    agents.push_back(std::make_unique<Child>());
+    Child& next = *agents.back();
+    REQUIRE(start_new(next, a.file(), d.socket()));
+    REQUIRE_MESSAGE(next.wait_for_line("stopped accepting and drains", 15000), "upgrade ", i, ": ",
+                    next.stderr_text());
+    auto code = old->wait_exit(20000);
+    REQUIRE_MESSAGE(code, "upgrade ", i, ": the old agent did not exit");
+    CHECK(*code == 0);
+    old = &next;
+  }
+  rig::sleep_ms(300);
+  stop = true;
+  for (auto& th : clients) th.join();
+  std::string failures;
+  for (const std::string& f : t.failures) failures += f + "\n";
+  CHECK_MESSAGE(t.failures.empty(), failures);
+  CHECK(t.ok > 0);
+  CHECK(get(port, "/ok?last") == 200);
+  CHECK(old->stop() == 0);
 }
 
 TEST_CASE("takeover: a path nobody serves says so in one line, and the agent binds fresh") {
