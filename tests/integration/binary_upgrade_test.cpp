@@ -174,6 +174,42 @@ TEST_CASE("five binary upgrades in a row under load: every request answered, eac
   CHECK(old->stop() == 0);
 }
 
+// The old agent's accept waits on each socket with the new one's, and the
+// kernel wakes one of them per connection: one woken just as the old accept
+// is cancelled must not leave the connection unserved. Lone clients one
+// after the other across each upgrade, with nothing else to wake anyone.
+TEST_CASE("binary upgrade: a connection that comes just as the old agent stops accepting is served") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(64), b.error());
+  SocketDir d;
+  ConfigAgent a;
+  a.start(config(b, d, 1), 1);
+  std::vector<std::unique_ptr<Child>> agents;
+  Child* old = &a.child();
+  for (int i = 0; i < 8; ++i) {
+    agents.push_back(std::make_unique<Child>());
+    Child& next = *agents.back();
+    REQUIRE(start_new(next, a.file(), d.socket()));
+    // Until the takeover is done, then 50 more: the old agent's cancel lands around then.
+    int after = 0;
+    for (int k = 0; k < 5000 && after < 50; ++k) {
+      if (after > 0 || next.wait_for_line("stopped accepting and drains", 0)) ++after;
+      Client c;
+      REQUIRE(c.connect(a.port(0)));
+      REQUIRE(c.send_all(rig::get_request("/ok?lone")));
+      rig::ReadResult r = c.read_response(5000);
+      REQUIRE_MESSAGE(r, "upgrade ", i, " client ", k, ": ", r.error);
+      CHECK(r.response->status == 200);
+    }
+    REQUIRE_MESSAGE(after == 50, next.stderr_text());
+    auto code = old->wait_exit(20000);
+    REQUIRE(code);
+    CHECK(*code == 0);
+    old = &next;
+  }
+  CHECK(old->stop() == 0);
+}
+
 TEST_CASE("takeover: a path nobody serves says so in one line, and the agent binds fresh") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
