@@ -321,7 +321,7 @@ TEST_CASE("takeover: while a new agent holds the sockets the old one refuses a r
   CHECK(a.child().wait_for_line("takeover: the new agent left before taking over; serving on", 5000));
   a.child().signal(SIGHUP);
   CHECK_MESSAGE(a.child().wait_for_line("reloaded: generation 2", 10000), a.child().stderr_text());
-  CHECK(get(a.port(0), "/ok?after") == 200);
+  CHECK_MESSAGE(get(a.port(0), "/ok?after") == 200, a.child().stderr_text());
 }
 
 namespace {
@@ -422,7 +422,7 @@ TEST_CASE("takeover: while the old agent drains, the admin endpoint (the same so
     REQUIRE_MESSAGE(r, r.error);
     CHECK_MESSAGE(r.response->status == 200, "reload ", i, ": ", r.response->body);
   }
-  CHECK(lines_with(next, "reloaded: generation 11") == 1);
+  CHECK(next.wait_for_line("reloaded: generation 11,", 5000));
   idle.close();
   auto code = a.child().wait_exit(20000);
   REQUIRE(code);
