@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +37,7 @@
 #include "ops/reload.h"
 #include "ops/service_notify.h"
 #include "ops/shard_limits.h"
+#include "ops/takeover.h"
 #include "ops/version.h"
 #include "proxy/listener.h"
 #include "security/live_rules.h"
@@ -69,6 +71,8 @@ struct RunFlags {
   std::string log_level;
   std::string xdp_mode;
   std::string cpus;
+  std::string takeover_socket;
+  std::string takeover;  // run only: take the listening sockets over from the agent at this path
   std::vector<std::string> deny;
   std::vector<std::string> allow;
   bool no_bpf = false;
@@ -136,6 +140,9 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
                   "tcp://HOST:PORT, unix:PATH or shm:NAME (default tcp://127.0.0.1:8000); with [[upstream]] "
                   "tables, replaces the servers of the one named \"default\"");
   cmd->add_option("--admin", f.admin, "ADDR:PORT of the stats endpoint, or off (default 127.0.0.1:9901)");
+  cmd->add_option("--takeover-socket", f.takeover_socket,
+                  "Unix socket PATH to hand the listening sockets over on, to a new binary started with "
+                  "--takeover PATH (a binary upgrade); default none");
   cmd->add_option("--temp-dir", f.temp_dir,
                   "directory for the unlinked files large responses and bodies spill to; default /tmp");
   cmd->add_option("--access-log", f.access_log,
@@ -175,6 +182,7 @@ Config build_config(const RunFlags& f) {
   offload::apply_listen_flags(config, f.listen);
   offload::apply_upstream_flag(config, f.upstream);
   if (!f.admin.empty()) config.admin = f.admin;
+  if (!f.takeover_socket.empty()) config.takeover_socket = f.takeover_socket;
   if (!f.temp_dir.empty()) config.temp_dir = f.temp_dir;
   if (!f.access_log.empty()) config.access_log = f.access_log;
   if (!f.access_log_format.empty()) config.access_log_format = f.access_log_format;
@@ -256,15 +264,17 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 // picks the port and the other shards bind that same port. Only the -1
 // entries of `fds` are opened (the others were handed over by a reload);
 // each one opened is also added to `opened`, for the caller to close if the
-// whole does not start.
+// whole does not start. A binary upgrade from an agent with fewer shards
+// hands over the first shards' sockets: the others are opened on their port.
 void open_shard_listeners(const Config& config, std::vector<std::vector<int>>& fds, std::vector<int>& opened) {
   fds.resize(config.workers, std::vector<int>(config.listen.size(), -1));
   for (size_t j = 0; j < config.listen.size(); ++j) {
-    if (fds[0][j] >= 0) continue;
     offload::SocketAddress same = config.listen[j];
     for (uint32_t i = 0; i < config.workers; ++i) {
-      fds[i][j] = offload::open_listener(same, 4096);
-      opened.push_back(fds[i][j]);
+      if (fds[i][j] < 0) {
+        fds[i][j] = offload::open_listener(same, 4096);
+        opened.push_back(fds[i][j]);
+      }
       if (i == 0) offload::set_port(same, offload::local_port(fds[0][j]));
     }
   }
@@ -343,12 +353,18 @@ std::shared_ptr<void> dispatch_ranges(const Config& config, const std::vector<st
 #endif
 }
 
+// How this agent was started, for SIGUSR2 to start its successor the same way.
+struct Launch {
+  std::string exe;                // the binary's path at start-up (a package upgrade puts the new one there)
+  std::vector<std::string> args;  // argv[1..]
+};
+
 // The running agent: its generations of shards (the newest serves, older
 // ones finish what they had, see ops/reload.h), the cumulative counters of
 // those that ended, and the admin endpoint, which outlives them all.
 class Agent {
  public:
-  explicit Agent(const RunFlags& flags) : flags_(flags) {}
+  Agent(const RunFlags& flags, Launch launch) : flags_(flags), launch_(std::move(launch)) {}
   int run(Config config);
 
  private:
@@ -359,9 +375,16 @@ class Agent {
   ReloadMailbox::Result try_reload();
   void install_access_log(offload::Generation& gen, const offload::Generation* running);
   void publish_sources(const std::function<void()>& meanwhile = {});
+  void on_takeover_connect();
+  void on_takeover_request();
+  void on_accepts_cancelled(uint64_t shards);
+  void start_successor();
+  void reap_children();
+  bool sockets_given_out() const { return takeover_ && (takeover_->busy() || takeover_->draining()); }
   offload::Generation& current() { return *gens_.back(); }
 
   const RunFlags& flags_;
+  const Launch launch_;
   std::vector<std::unique_ptr<offload::Generation>> gens_;  // oldest first; back() accepts
   offload::Counters ended_;  // the _total counters of generations that ended; this thread writes them
   std::unique_ptr<offload::AdminServer> admin_;
@@ -370,7 +393,90 @@ class Agent {
   ReloadMailbox mailbox_;
   int rearm_fd_ = -1;  // a retiring shard has cancelled its accepts: the newest re-arm theirs
   bool stopping_ = false;
+  // A binary upgrade's running side (ops/takeover.h), and how many shards
+  // have still to cancel their accepts once the new agent serves.
+  std::unique_ptr<offload::takeover::Server> takeover_;
+  uint64_t takeover_cancels_ = 0;
+  pid_t successor_ = -1;  // started by SIGUSR2, not yet exited
 };
+
+// SIGUSR2: this binary's path again (the new one, after a package upgrade),
+// with this agent's arguments and --takeover; the rest is the takeover's.
+void Agent::start_successor() {
+  std::string why;
+  if (!takeover_) why = "takeover_socket is not set";
+  else if (stopping_) why = "this agent is stopping";
+  else if (successor_ > 0) why = fmt::format("pid {}, started before, is still running", successor_);
+  else if (launch_.exe.empty()) why = "the agent's own path is unknown (/proc/self/exe)";
+  pid_t pid = -1;
+  if (why.empty())
+    pid = offload::takeover::spawn_successor(launch_.exe, launch_.args, current().config().takeover_socket, why);
+  if (pid < 0) return offload::log(offload::LogLevel::kError, "binary upgrade (SIGUSR2): not started: {}", why);
+  successor_ = pid;
+  offload::log(offload::LogLevel::kInfo, "binary upgrade (SIGUSR2): started {} as pid {}", launch_.exe, pid);
+}
+
+// SIGCHLD: a successor that ended before taking over is said; this agent serves on.
+void Agent::reap_children() {
+  int status = 0;
+  for (int i = 0; i < 64; ++i) {
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    if (pid != successor_) continue;
+    successor_ = -1;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    offload::log(stopping_ ? offload::LogLevel::kInfo : offload::LogLevel::kError,
+                 "binary upgrade: the new agent (pid {}) exited with code {}{}", pid, code,
+                 stopping_ ? "" : " before taking over; serving on");
+  }
+}
+
+// A new agent asks for the sockets: the newest generation's and the admin
+// endpoint's. Refused while stopping (they may be shut any moment) and with
+// an shm: group (one process holds the bus's socket).
+void Agent::on_takeover_connect() {
+  const Config& config = current().config();
+  std::string refusal = stopping_ ? "this agent is stopping" : "";
+  for (const offload::GroupConfig& g : config.groups)
+    if (g.is_bus() && refusal.empty()) refusal = "an shm: group cannot be handed over yet (stop and start)";
+  const std::string line = takeover_->accept_one(
+      offload::takeover::offer_of(current(), admin_ ? admin_->listen_fd() : -1, config.admin), config.workers, refusal);
+  if (!line.empty()) offload::log(offload::LogLevel::kInfo, "{}", line);
+}
+
+// The new agent serves: this one retires as for a reload with every socket
+// it kept handed over (accepts cancelled, never the sockets shut: they are
+// the new agent's too), the others shut, and exits once drained.
+void Agent::on_takeover_request() {
+  offload::takeover::Server::Request r = takeover_->read_request();
+  if (r.kind == offload::takeover::Server::Request::Kind::kGone) {
+    offload::log(offload::LogLevel::kWarning, "takeover: {}; serving on", r.why);
+    return;
+  }
+  if (r.kind != offload::takeover::Server::Request::Kind::kDrain) return;
+  stopping_ = true;
+  offload::notify_stopping();
+  offload::log(offload::LogLevel::kInfo, "takeover: the new agent serves {} of the sockets; draining (deadline {} ms)",
+               r.kept.size(), current().config().drain_timeout_ms);
+  takeover_cancels_ = 0;
+  for (const auto& shard_fds : current().fds())
+    takeover_cancels_ += std::any_of(shard_fds.begin(), shard_fds.end(), [&](int fd) {
+      return std::find(r.kept.begin(), r.kept.end(), fd) != r.kept.end();
+    });
+  current().retire(r.kept);
+  if (admin_) admin_->stop_accepting();  // its socket is the new agent's too (or closed by it)
+  takeover_->say_draining();
+  if (takeover_cancels_ == 0) takeover_->say_cancelled();
+}
+
+// Each retiring shard says once that its accepts are off the handed-over
+// sockets; once all have, the new agent re-arms its own (Shard::request_rearm).
+void Agent::on_accepts_cancelled(uint64_t shards) {
+  if (!stopping_) return current().rearm();
+  if (!takeover_ || !takeover_->busy() || !takeover_->draining()) return;
+  takeover_cancels_ -= std::min(takeover_cancels_, shards);
+  if (takeover_cancels_ == 0) takeover_->say_cancelled();
+}
 
 // The admin endpoint renders the newest generation's shards, then those
 // still draining and the sum of the ended ones (totals never go back).
@@ -405,7 +511,9 @@ void Agent::on_generation_done(size_t i) {
     offload::notify_stopping();
     stop_all(false);
   }
-  if (!ended || !g.retiring()) return;
+  // The last one (a binary upgrade retired it) stays for run() to join:
+  // the admin endpoint renders its counters until the end.
+  if (!ended || !g.retiring() || gens_.size() == 1) return;
   g.join();
   std::unique_ptr<offload::Generation> gone = std::move(gens_[i]);
   gens_.erase(gens_.begin() + long(i));
@@ -449,6 +557,9 @@ void Agent::install_access_log(offload::Generation& gen, const offload::Generati
 // touched. The new generation is started before the running one retires, so
 // there is no moment without a shard accepting on a kept address.
 ReloadMailbox::Result Agent::try_reload() {
+  if (sockets_given_out())
+    return {false, "reload failed, the running configuration stays: a new agent has taken the listening sockets "
+                   "(binary upgrade under way)"};
   const offload::Generation& running = current();
   Config next;
   try {
@@ -507,16 +618,22 @@ void Agent::relay_signals(const sigset_t& mask) {
     fds.push_back({signal_fd, POLLIN, 0});
     fds.push_back({mailbox_.fd, POLLIN, 0});
     fds.push_back({rearm_fd_, POLLIN, 0});
+    // -1: not polled. A new agent's request only before this one drains.
+    fds.push_back({takeover_ ? takeover_->listen_fd() : -1, POLLIN, 0});
+    fds.push_back({takeover_ && !takeover_->draining() ? takeover_->conn_fd() : -1, POLLIN, 0});
+    constexpr size_t kFirstGen = 5;
     for (const auto& g : gens_) fds.push_back({g->done_fd(), POLLIN, 0});
     if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
     // Last first: on_generation_done() may erase the generation it is given.
     for (size_t i = gens_.size(); i-- > 0;)
-      if (fds[i + 3].revents != 0) on_generation_done(i);
+      if (fds[i + kFirstGen].revents != 0) on_generation_done(i);
     if (fds[2].revents != 0) {
       uint64_t n = 0;
       (void)!::read(rearm_fd_, &n, sizeof n);
-      if (!stopping_) current().rearm();
+      on_accepts_cancelled(n);
     }
+    if (fds[4].revents != 0) on_takeover_request();
+    if (fds[3].revents != 0) on_takeover_connect();
     if (fds[1].revents != 0) {
       uint64_t n = 0;
       (void)!::read(mailbox_.fd, &n, sizeof n);
@@ -526,12 +643,26 @@ void Agent::relay_signals(const sigset_t& mask) {
     if (signal_fd >= 0 && fds[0].revents != 0 && ::read(signal_fd, &info, sizeof info) == sizeof info) {
       if (info.ssi_signo == SIGHUP) {
         if (!stopping_) reload();
+      } else if (info.ssi_signo == SIGUSR2) {
+        start_successor();
+      } else if (info.ssi_signo == SIGCHLD) {
+        reap_children();
       } else if (info.ssi_signo == SIGUSR1) {  // logrotate: the access log's path again
         if (offload::AccessLogWriter* log = offload::AccessLogWriter::current()) log->reopen();
       } else if (info.ssi_signo == SIGINT && ++sigints >= 2) {
         fmt::print(stderr, "offload-agent: second SIGINT, exiting now\n");
         stopping_ = true;
         stop_all(true);
+      } else if (sockets_given_out()) {
+        // A new agent listens on these sockets too: shutting them (a drain)
+        // would stop its accepting as well. Retired instead, none shut.
+        if (!stopping_) {
+          std::vector<int> all;
+          for (const auto& shard_fds : current().fds()) all.insert(all.end(), shard_fds.begin(), shard_fds.end());
+          current().retire(all);
+        }
+        stopping_ = true;
+        offload::notify_stopping();
       } else {
         stopping_ = true;
         offload::notify_stopping();
@@ -603,13 +734,28 @@ int Agent::run(Config config) {
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGUSR2);
+  sigaddset(&mask, SIGCHLD);
   sigaddset(&mask, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   std::vector<std::vector<int>> fds;
   std::vector<int> opened;
+  // A binary upgrade: the running agent's sockets first, each where its
+  // address and shard say; what is left is opened as at any start.
+  offload::takeover::Start taken;
+  if (!flags_.takeover.empty()) {
+    taken = offload::takeover::begin(flags_.takeover, config);
+    fmt::print(stderr, "offload-agent: {}\n", taken.line);
+    fds = taken.plan.fds;
+  }
   open_shard_listeners(config, fds, opened);
+  // Without an agent to take over from, the path is this one's from the
+  // start (a bad one stops the start); after a takeover, only once the old
+  // agent drains (until then it is the old one's, should this one fail).
+  if (!config.takeover_socket.empty() && !taken.client)
+    takeover_ = std::make_unique<offload::takeover::Server>(config.takeover_socket);
   rearm_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (rearm_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
   gens_.push_back(std::make_unique<offload::Generation>(1, std::move(config), fds, nullptr, rearm_fd_));
@@ -620,8 +766,12 @@ int Agent::run(Config config) {
   // thread sums them when it renders. Per listener and per server: one set
   // for all shards, each add atomic.
   if (first.admin != "off") {
-    admin_ = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", first.admin),
-                                                    current().counters(), &current().topology());
+    // After a takeover the old agent's socket, when the address is the same.
+    if (taken.plan.admin_fd >= 0)
+      admin_ = std::make_unique<offload::AdminServer>(taken.plan.admin_fd, current().counters(), &current().topology());
+    else
+      admin_ = std::make_unique<offload::AdminServer>(offload::parse_socket_address("admin", first.admin),
+                                                      current().counters(), &current().topology());
     admin_->set_reload([this] { return mailbox_.ask(); });
     publish_sources();
   }
@@ -660,8 +810,28 @@ int Agent::run(Config config) {
   std::fflush(stderr);
   // Every shard is made and its sockets listen (the kernel queues
   // connections from here on): a service manager may count the agent up.
-  offload::notify_ready();
+  if (!taken.client) {
+    offload::notify_ready();
+  } else {
+    // The unit's main process from now on, then the old agent drains; once
+    // its accepts are off the shared sockets, this one's re-arm (a wake-up
+    // that went to a cancelled accept is not lost, as in a reload).
+    offload::notify_ready_as_main();
+    fmt::print(stderr, "offload-agent: {}\n", taken.client->drain(taken.offer, taken.plan.kept));
+    current().rearm();
+    taken.client.reset();
+    if (!first.takeover_socket.empty()) {
+      try {
+        takeover_ = std::make_unique<offload::takeover::Server>(first.takeover_socket);
+      } catch (const std::exception& e) {  // the old agent is draining: serve on without it
+        offload::log(offload::LogLevel::kError, "{}; no further takeover possible", e.what());
+      }
+    }
+  }
+  std::fflush(stderr);
   relay_signals(mask);
+  // Every shard has ended, so its accepts too: the new agent waits for this.
+  if (takeover_ && takeover_->busy() && takeover_->draining()) takeover_->say_cancelled();
   int code = 0;
   for (auto& g : gens_) {
     const int c = g->join();
@@ -669,6 +839,7 @@ int Agent::run(Config config) {
   }
   admin_.reset();  // before the counters it reads
   gens_.clear();
+  takeover_.reset();
   ::close(mailbox_.fd);
   ::close(rearm_fd_);
   offload::splice::install(nullptr);  // every shard is gone: the maps can go
@@ -764,6 +935,15 @@ offload::xdp::AgentReply agent_call(const std::string& admin, const std::string&
 }
 #endif
 
+Launch launch_of(int argc, char** argv) {
+  Launch l;
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) l.exe.assign(exe, size_t(n));
+  for (int i = 1; i < argc; ++i) l.args.emplace_back(argv[i]);
+  return l;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -776,6 +956,9 @@ int main(int argc, char** argv) {
   RunFlags run_flags;
   CLI::App* run_cmd = app.add_subcommand("run", "accept clients, buffer requests, forward them over a few upstream channels");
   add_config_flags(run_cmd, run_flags);
+  run_cmd->add_option("-x,--takeover", run_flags.takeover,
+                      "binary upgrade: take the listening sockets over from the agent serving this takeover_socket "
+                      "PATH, then tell it to drain and exit (nobody there: bind fresh); default none");
 
   RunFlags check_flags;
   bool check_show = false;
@@ -801,7 +984,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (run_cmd->parsed()) return Agent(run_flags).run(build_config(run_flags));
+    if (run_cmd->parsed()) return Agent(run_flags, launch_of(argc, argv)).run(build_config(run_flags));
     if (check_cmd->parsed()) {
       if (check_flags.config_file.empty()) throw ConfigError("check: -c FILE is required");
       Config config = build_config(check_flags);

@@ -3,6 +3,7 @@
 #include "proxy/listener.h"
 
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -84,6 +85,19 @@ AdminServer::AdminServer(const SocketAddress& address, std::vector<const Counter
     if (fd_ >= 0) ::close(fd_);
     throw ConfigError(fmt::format("admin: cannot listen on '{}': {}", address.text, why));
   }
+  make_wake_fd();
+}
+
+AdminServer::AdminServer(int listening_fd, std::vector<const Counters*> shards, const TopologyStats* topology)
+    : shards_(std::move(shards)), topology_(topology), fd_(listening_fd) {
+  shown_ = shards_.size();
+  // Handed over as the old agent had it: accept4 below needs it non-blocking.
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags >= 0) ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+  make_wake_fd();
+}
+
+void AdminServer::make_wake_fd() {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
     std::string why = std::strerror(errno);
@@ -141,7 +155,8 @@ void AdminServer::serve() {
     std::erase_if(conns_, [](const Conn& c) { return c.fd < 0; });
     fds.clear();
     fds.push_back({wake_fd_, POLLIN, 0});
-    fds.push_back({now >= accept_paused_until_ ? fd_ : -1, POLLIN, 0});  // -1: not polled
+    const bool accepting = now >= accept_paused_until_ && accepting_.load(std::memory_order_relaxed);
+    fds.push_back({accepting ? fd_ : -1, POLLIN, 0});  // -1: not polled
     for (const Conn& c : conns_) fds.push_back({c.fd, short(c.out.empty() ? POLLIN : POLLOUT), 0});
     const int timeout = next == INT64_MAX ? -1 : int(std::max<int64_t>(0, next - now));
     if (::poll(fds.data(), fds.size(), timeout) < 0) {
@@ -164,6 +179,7 @@ void AdminServer::serve() {
 }
 
 void AdminServer::accept_ready(int64_t now_ms) {
+  if (!accepting_.load(std::memory_order_relaxed)) return;  // the next turn leaves the socket out
   // At most one slot's worth per wake-up, so the loop gets back to the others.
   for (size_t k = 0; k < kConnectionsMax; ++k) {
     int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);

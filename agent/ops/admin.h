@@ -24,6 +24,7 @@
 // the agent's exit never waits on an admin client.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -52,6 +53,9 @@ class AdminServer {
   // `topology` (per listener and server counters) may be null.
   AdminServer(const SocketAddress& address, std::vector<const Counters*> shards,
               const TopologyStats* topology = nullptr);
+  // The same on a listening socket the agent already has (a binary
+  // upgrade's, ops/takeover.h); owned from here.
+  AdminServer(int listening_fd, std::vector<const Counters*> shards, const TopologyStats* topology = nullptr);
   ~AdminServer();  // wakes the thread, joins it, closes every connection
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
@@ -65,6 +69,10 @@ class AdminServer {
 
   void start();
   std::string bound_address() const;  // "127.0.0.1:PORT"
+  int listen_fd() const { return fd_; }  // for a binary upgrade to hand over
+  // A binary upgrade's new agent serves this socket too: from now on this
+  // one leaves its connections to it (thread-safe; at most one more wake-up).
+  void stop_accepting() { accepting_.store(false, std::memory_order_relaxed); }
 
   // After a reload: what is rendered from now on. `shards` begins with the
   // `shown` shards of the running generation (the per-shard breakdown),
@@ -89,6 +97,7 @@ class AdminServer {
     size_t sent = 0;
   };
 
+  void make_wake_fd();
   void serve();
   void accept_ready(int64_t now_ms);
   bool on_readable(Conn& c);  // false: the connection is finished
@@ -108,6 +117,7 @@ class AdminServer {
   int fd_ = -1;
   int wake_fd_ = -1;                // eventfd: the destructor's "stop now"
   int64_t accept_paused_until_ = 0; // after EMFILE: do not spin on the listener
+  std::atomic<bool> accepting_{true};
   std::vector<Conn> conns_;         // in accept order: the oldest first
   std::thread thread_;
 };

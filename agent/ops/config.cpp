@@ -944,6 +944,8 @@ void load_config_file(const std::string& path, Config& config) {
       config.temp_dir = string_value(key, node);
     } else if (key == "admin") {
       config.admin = string_value(key, node);
+    } else if (key == "takeover_socket") {
+      config.takeover_socket = string_value(key, node);
     } else if (key == "access_log") {
       config.access_log = string_value(key, node);
     } else if (key == "access_log_format") {
@@ -990,6 +992,9 @@ void validate(Config& config) {
   if ((config.recv_buffers & (config.recv_buffers - 1)) != 0)
     throw ConfigError(fmt::format("recv_buffers: bad value '{}' (expected a power of two)", config.recv_buffers));
   if (config.admin != "off") parse_socket_address("admin", config.admin);
+  // sockaddr_un holds 108 bytes; the server binds PATH.PID first (ops/takeover.cpp).
+  if (!config.takeover_socket.empty() && (config.takeover_socket.front() != '/' || config.takeover_socket.size() > 90))
+    bad("takeover_socket", config.takeover_socket, "an absolute path of at most 90 bytes, or \"\" for none");
   if (config.access_log.empty()) bad("access_log", config.access_log, "a file path, \"stderr\" or \"off\"");
   if (config.access_log_format != "combined" && config.access_log_format != "json")
     bad("access_log_format", config.access_log_format, "combined or json");
@@ -1126,6 +1131,7 @@ void format_globals(const Config& config, std::string& out) {
     out += fmt::format("cpus = [{}]\n", list);
   }
   out += fmt::format("admin = {}\ntemp_dir = {}\n", quoted(config.admin), quoted(config.temp_dir));
+  if (!config.takeover_socket.empty()) out += fmt::format("takeover_socket = {}\n", quoted(config.takeover_socket));
   out += fmt::format("access_log = {}\naccess_log_format = {}\n", quoted(config.access_log),
                      quoted(config.access_log_format));
   out += fmt::format("deny = {}\nallow = {}\n", quoted_list(config.deny), quoted_list(config.allow));

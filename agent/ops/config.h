@@ -203,6 +203,9 @@ struct Config {
   uint32_t recv_buffer_bytes = 4096;
 
   std::string admin = "127.0.0.1:9901";   // "off" disables the admin endpoint
+  // A Unix socket the running agent hands its listening sockets over on,
+  // to a new binary started with --takeover (ops/takeover.h); empty: none.
+  std::string takeover_socket;
   // One line per HTTP request (ops/access_log.h): a file path, "stderr" or
   // "off"; "combined" (nginx's, then the proxy's fields) or "json".
   std::string access_log = "off";

@@ -29,6 +29,8 @@ void check_reloadable(const Config& running, const Config& next) {
     needs_restart("workers", std::to_string(running.workers), std::to_string(next.workers));
   if (next.cpus != running.cpus) needs_restart("cpus", cpu_list(running), cpu_list(next));
   if (next.admin != running.admin) needs_restart("admin", running.admin, next.admin);
+  if (next.takeover_socket != running.takeover_socket)
+    needs_restart("takeover_socket", running.takeover_socket, next.takeover_socket);
   if (next.xdp_iface != running.xdp_iface) needs_restart("xdp_iface", running.xdp_iface, next.xdp_iface);
   if (next.xdp_mode != running.xdp_mode) needs_restart("xdp_mode", running.xdp_mode, next.xdp_mode);
   if (next.xdp_syn_rate != running.xdp_syn_rate)

@@ -21,7 +21,7 @@ namespace offload {
 // Throws ConfigError naming the first key of `next` that a reload cannot
 // apply, as "KEY: ... (restart the agent to change it)": the number of
 // shards and their CPUs (each shard's sockets are its own queue), the admin
-// address, the XDP guard's settings, the pass-through's `splice` (its maps
+// address, the takeover socket, the XDP guard's settings, the pass-through's `splice` (its maps
 // are chosen once, for the agent's lifetime), and shared-memory groups (a bus's
 // socket cannot be held by two generations).
 void check_reloadable(const Config& running, const Config& next);

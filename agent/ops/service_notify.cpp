@@ -1,6 +1,7 @@
 #include "ops/service_notify.h"
 
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -38,6 +39,11 @@ bool service_notify_built() {
 }
 
 void notify_ready() { notify("READY=1\nSTATUS=serving"); }
+
+void notify_ready_as_main() {
+  const std::string state = "MAINPID=" + std::to_string(::getpid()) + "\nREADY=1\nSTATUS=serving (took over)";
+  notify(state.c_str());
+}
 
 // systemd (Type=notify-reload, and Type=notify with ExecReload) wants the
 // monotonic time with RELOADING=1, so it can tell this reload from the next.

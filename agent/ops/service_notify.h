@@ -11,6 +11,10 @@ namespace offload {
 // True when this build can talk to systemd at all (libsystemd was found).
 bool service_notify_built();
 void notify_ready();
+// READY=1 with MAINPID=this process: a binary upgrade's new agent, started
+// inside the unit, becomes its main process before the old one exits (the
+// unit needs NotifyAccess=all for systemd to take it from a non-main pid).
+void notify_ready_as_main();
 void notify_reloading();
 void notify_stopping();  // sent once, however often it is called
 

@@ -44,6 +44,7 @@ class ConfigAgent {
     REQUIRE(ports_.size() == listeners);
   }
   uint16_t port(size_t i) const { return ports_.at(i); }
+  const std::string& file() const { return file_; }  // the TOML file it runs from
   uint16_t admin_port() const { return admin_; }
   // Replaces the file's text (for a reload to read).
   void rewrite(const std::string& toml) {

@@ -107,3 +107,46 @@ TEST_CASE("systemd: READY=1 once the agent listens, RELOADING=1 then READY=1 on 
   CHECK_MESSAGE(has_line(stopping, "STOPPING=1"), "got: '", stopping, "'");
   CHECK(agent.wait_exit(15000) == 0);
 }
+
+// A binary upgrade under systemd: the new process (SIGUSR2's child, so in
+// the unit) must say MAINPID= itself before the old one says STOPPING=1 and
+// exits, or the manager would take the old one's exit for the service's.
+TEST_CASE("systemd: on a binary upgrade the new agent sends MAINPID= itself and READY=1 before the old one's STOPPING=1") {
+#ifndef OFFLOAD_HAVE_SYSTEMD
+#ifdef OFFLOAD_REQUIRE_ALL_TESTS
+  FAIL("built without libsystemd (Debian libsystemd-dev; ci/deps.sh installs it)");
+#else
+  MESSAGE("SKIP: built without libsystemd (Debian libsystemd-dev; ci/deps.sh installs it)");
+#endif
+  return;
+#endif
+  rig::Backend b;
+  REQUIRE_MESSAGE(b.start(4), b.error());
+  NotifySocket manager;
+  const std::string takeover = manager.path() + ".takeover";
+  rig::Child agent;
+  ::setenv("NOTIFY_SOCKET", manager.path().c_str(), 1);
+  const bool started = agent.start(rig::agent_path(), {"run", "--listen", "127.0.0.1:0", "--upstream",
+                                                       "tcp://127.0.0.1:" + std::to_string(b.port()), "--admin",
+                                                       "off", "--takeover-socket", takeover});
+  ::unsetenv("NOTIFY_SOCKET");
+  REQUIRE_MESSAGE(started, agent.error());
+  CAPTURE(agent.stderr_text());
+  REQUIRE(has_line(manager.next(15000), "READY=1"));
+  agent.signal(SIGUSR2);
+  auto line = agent.wait_for_line("binary upgrade (SIGUSR2): started ", 10000);
+  REQUIRE(line);
+  const std::string pid = line->substr(line->rfind(' ') + 1);
+  const std::string as_main = manager.next(15000);
+  CHECK_MESSAGE(has_line(as_main, "MAINPID=" + pid), "got: '", as_main, "'");
+  CHECK_MESSAGE(has_line(as_main, "READY=1"), "got: '", as_main, "'");
+  const std::string stopping = manager.next(10000);
+  CHECK_MESSAGE(has_line(stopping, "STOPPING=1"), "got: '", stopping, "'");
+  CHECK(agent.wait_exit(15000) == 0);
+  // The new agent, by the pid the old one gave: it drains on SIGTERM as any agent does.
+  ::kill(pid_t(std::stol(pid)), SIGTERM);
+  std::string last;
+  for (int i = 0; i < 50 && !has_line(last, "STOPPING=1"); ++i) last = manager.next(100);
+  CHECK_MESSAGE(has_line(last, "STOPPING=1"), "got: '", last, "'");
+  ::unlink(takeover.c_str());
+}
