@@ -10,7 +10,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
 
 #include "config_agent.h"
 #include "rig.h"
@@ -156,6 +159,61 @@ TEST_CASE("upgrade: a refused upgrade's answer reaches the client as HTTP, and t
     CHECK(stat(a, "upgrades_refused") == 1);
     CHECK(stat(a, "upgrades_switched") == 0);
   }
+}
+
+TEST_CASE("access log: a refused upgrade's tunnel and a CONNECT's each have a line saying how they ended") {
+  Seen seen;
+  TcpServer server(refuse_upgrades("HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n", seen));
+  TcpServer target(echo());
+  const std::string listed = "127.0.0.1:" + std::to_string(target.port());
+  char dir[] = "/tmp/offload-it-upgrade-log-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  const std::string log = std::string(dir) + "/access.log";
+  ConfigAgent a;
+  a.start("access_log = \"" + log + "\"\naccess_log_format = \"json\"\n" +
+              http_config(server.url(), "connect_targets = [\"" + listed + "\"]\n"),
+          1);
+  {
+    rig::Client c;
+    REQUIRE(c.connect(a.port(0)));
+    REQUIRE(c.send_all(kUpgrade));
+    rig::ReadResult r = c.read_response(5000);
+    REQUIRE_MESSAGE(r, r.error);
+    CHECK(r.response->status == 426);
+  }
+  int fd = connect_loopback(a.port(0));
+  REQUIRE(fd >= 0);
+  set_timeouts(fd, 10000);
+  std::string rest;
+  REQUIRE(connect_head(fd, listed, "", rest) == "HTTP/1.1 200 Connection Established\r\n\r\n");
+  REQUIRE(send_all(fd, "twenty bytes, echoed", 20));
+  ::shutdown(fd, SHUT_WR);
+  CHECK(read_to_eof(fd, rest) == 0);
+  ::close(fd);
+  // Lines: the upgrade request's, its tunnel's, the CONNECT tunnel's (and
+  // the CONNECT request's own).
+  std::vector<rig::Json> tunnels;
+  for (int i = 0; i < 250 && tunnels.size() < 2; ++i) {
+    rig::sleep_ms(20);
+    tunnels.clear();
+    std::ifstream in(log);
+    for (std::string line; std::getline(in, line);) {
+      auto j = rig::Json::parse(line);
+      REQUIRE_MESSAGE(j, line);
+      const std::string m = j->str_or("method", "");
+      if (m == "UPGRADED" || (m == "CONNECT" && j->str_or("termination", "") != "upgraded")) tunnels.push_back(*j);
+    }
+  }
+  REQUIRE(tunnels.size() == 2);
+  const rig::Json& refused = tunnels[0].str_or("method", "") == "UPGRADED" ? tunnels[0] : tunnels[1];
+  const rig::Json& connect = &refused == &tunnels[0] ? tunnels[1] : tunnels[0];
+  CHECK(refused.int_or("status", 0) == 426);
+  CHECK(refused.str_or("termination", "") == "upgrade_refused");
+  CHECK(connect.str_or("target", "") == listed);
+  CHECK(connect.int_or("status", 0) == 200);
+  CHECK(connect.int_or("bytes_received", 0) == 20);
+  CHECK(connect.str_or("termination", "") == "tunnel_done");
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("upgrade: interim answers before a refusal: a 103 is passed on, a 100 is not") {
