@@ -177,15 +177,23 @@ void PassthroughProxy::accept(Listener* l, int fd) {
   }
 }
 
-void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first,
-                             std::string held, bool keep_alive) {
+// A tunnel for a client the HTTP proxy hands over, screened there already;
+// null (its place in the screen given back) when there is no room.
+Tunnel* PassthroughProxy::open_handed(Listener* l, int fd, const IpAddress& source, bool screened) {
   Tunnel* t = open_slot(l, fd);
   if (t == nullptr) {
     if (screened) screen_.release(source);
-    return;
+    return nullptr;
   }
   t->source = source;
   t->screened = screened;
+  return t;
+}
+
+void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool screened, std::string first,
+                             std::string held, bool keep_alive) {
+  Tunnel* t = open_handed(l, fd, source, screened);
+  if (t == nullptr) return;
   t->upgrade = true;
   t->first = std::move(first);
   t->answer = std::make_unique<UpgradeAnswer>(answer_limits_);
@@ -199,13 +207,8 @@ void PassthroughProxy::adopt(Listener* l, int fd, const IpAddress& source, bool 
 
 void PassthroughProxy::connect_to(Listener* l, int fd, const IpAddress& source, bool screened,
                                   const SocketAddress& target, std::string held) {
-  Tunnel* t = open_slot(l, fd);
-  if (t == nullptr) {
-    if (screened) screen_.release(source);
-    return;
-  }
-  t->source = source;
-  t->screened = screened;
+  Tunnel* t = open_handed(l, fd, source, screened);
+  if (t == nullptr) return;
   t->connect_request = true;
   t->first = std::move(held);
   t->dial = target;

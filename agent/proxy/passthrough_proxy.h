@@ -213,6 +213,7 @@ class PassthroughProxy final : public Proxy {
  private:
   static void on_accepted(void* self, Listener* l, int fd);
   void accept(Listener* l, int fd);
+  Tunnel* open_handed(Listener* l, int fd, const IpAddress& source, bool screened);
   Tunnel* open_slot(Listener* l, int fd);
   bool screen_out(Tunnel* t);
   bool connect(Tunnel* t);

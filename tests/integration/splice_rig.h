@@ -61,7 +61,7 @@ struct Checksum {
   bool operator==(const Checksum& o) const { return h == o.h && bytes == o.bytes; }
 };
 
-inline int listen_loopback(uint16_t& port) {
+inline int listen_loopback(uint16_t& port, int backlog = 512) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   int one = 1;
@@ -70,7 +70,7 @@ inline int listen_loopback(uint16_t& port) {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::listen(fd, 512) == 0);
+  REQUIRE(::listen(fd, backlog) == 0);
   socklen_t len = sizeof a;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   port = ntohs(a.sin_port);

@@ -416,16 +416,8 @@ TEST_CASE("upgrade: a server that never answers is the gateway's 504 after respo
 TEST_CASE("CONNECT: a target that does not complete the handshake is 504 after connect_timeout_ms") {
   // A listening socket whose accept queue (backlog 0) is full drops the
   // next SYNs: a connect to it hangs until its timeout.
-  int full = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(full >= 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(full, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-  REQUIRE(::listen(full, 0) == 0);
-  socklen_t len = sizeof sa;
-  ::getsockname(full, reinterpret_cast<sockaddr*>(&sa), &len);
-  const uint16_t port = ntohs(sa.sin_port);
+  uint16_t port = 0;
+  const int full = listen_loopback(port, 0);
   int filler = connect_loopback(port);
   REQUIRE(filler >= 0);
   rig::Backend web;
