@@ -126,6 +126,8 @@ void PassthroughProxy::release_all() {
     log_tunnel(t);
     if (t->client_fd >= 0) ::close(std::exchange(t->client_fd, -1));
     if (t->server_fd >= 0) ::close(std::exchange(t->server_fd, -1));
+    if (t->up.buf != nullptr) data_pool_.put(std::exchange(t->up.buf, nullptr));
+    if (t->down.buf != nullptr) data_pool_.put(std::exchange(t->down.buf, nullptr));
   }
   live_.clear();  // the shard's teardown calls this, then the destructor: each tunnel once
 }
