@@ -146,7 +146,7 @@ void add_config_flags(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--temp-dir", f.temp_dir,
                   "directory for the unlinked files large responses and bodies spill to; default /tmp");
   cmd->add_option("--access-log", f.access_log,
-                  "one line per HTTP request to this file (reopened on SIGUSR1), stderr, or off; default off");
+                  "one line per HTTP request and per tunnel to this file (reopened on SIGUSR1), stderr, or off; default off");
   cmd->add_option("--access-log-format", f.access_log_format,
                   "access log lines: combined (nginx's, then times, upstream, bytes, termination) or json "
                   "(one object per line); default combined");

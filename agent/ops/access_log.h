@@ -1,4 +1,4 @@
-// The access log: one line per HTTP request, in nginx's `combined` format
+// The access log: one line per HTTP request (and per tunnel), in nginx's `combined` format
 // with the proxy's own fields after it, or as one JSON object per line.
 //
 // Three parts, by thread:
