@@ -48,7 +48,16 @@ class Processes:
         """Runs a load generator to its end (bounded by `timeout`) and returns its output."""
         if self.pin and cpu is not None:
             argv = ["taskset", "-c", str(cpu)] + argv
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            # subprocess.run has killed it. A load generator that hangs (wrk
+            # whose every connection waits on a server that no longer
+            # answers: the unshielded backend under slowloris) is a result
+            # of the scenario, not the end of the run.
+            def text(b):
+                return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+            return text(e.stdout) + text(e.stderr) + f"\nharness: {argv[0]} stopped after {timeout} s\n"
         return r.stdout + r.stderr
 
 
@@ -110,6 +119,10 @@ def wrk(procs, cpu, port, connections, seconds, path, headers=()):
         argv += ["-H", h]
     out = procs.run(argv + [f"http://127.0.0.1:{port}{path}"], cpu, seconds + 60)
     r = {"requests": 0, "rps": 0.0, "errors": 0}
+    if "harness: " in out and "stopped after" in out:
+        r["errors"] = connections  # none of its connections finished
+        r["stalled"] = True
+        return r
     m = re.search(r"(\d+) requests in", out)
     if m:
         r["requests"] = int(m.group(1))
