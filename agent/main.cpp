@@ -37,7 +37,9 @@
 #include "ops/service_notify.h"
 #include "ops/shard_limits.h"
 #include "ops/version.h"
+#include "proxy/listen_sockets.h"
 #include "proxy/listener.h"
+#include "proxy/port_ranges.h"
 #include "security/live_rules.h"
 #include "shard.h"
 #include "splice/mode.h"
@@ -257,15 +259,15 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 // entries of `fds` are opened (the others were handed over by a reload);
 // each one opened is also added to `opened`, for the caller to close if the
 // whole does not start.
-void open_shard_listeners(const Config& config, std::vector<std::vector<int>>& fds, std::vector<int>& opened) {
-  fds.resize(config.workers, std::vector<int>(config.listen.size(), -1));
+void open_shard_listeners(const Config& config, offload::AgentSockets& fds, std::vector<int>& opened) {
+  fds.resize(config.workers, offload::ShardSockets(config.listen.size()));
   for (size_t j = 0; j < config.listen.size(); ++j) {
-    if (fds[0][j] >= 0) continue;
+    if (!fds[0][j].empty()) continue;
     offload::SocketAddress same = config.listen[j];
     for (uint32_t i = 0; i < config.workers; ++i) {
-      fds[i][j] = offload::open_listener(same, 4096);
-      opened.push_back(fds[i][j]);
-      if (i == 0) offload::set_port(same, offload::local_port(fds[0][j]));
+      fds[i][j].push_back(offload::open_listener(same, 4096));
+      opened.push_back(fds[i][j].front());
+      if (i == 0) offload::set_port(same, offload::local_port(fds[0][j].front()));
     }
   }
 }
@@ -306,41 +308,16 @@ struct ReloadMailbox {
   }
 };
 
-// Port-range listeners: one socket each (on the range's first port, in
-// every shard's SO_REUSEPORT group) and sk_lookup giving it the whole range.
-// Binding each port instead is not built: without sk_lookup a range stops
-// the start (or the reload) with the reason, rather than serving one port.
-std::shared_ptr<void> dispatch_ranges(const Config& config, const std::vector<std::vector<int>>& fds, bool no_bpf) {
-  std::string names;
-  for (const offload::ListenerConfig& l : config.listeners)
-    if (l.port_last != 0) names += (names.empty() ? "" : ", ") + l.name;
-  if (names.empty()) return nullptr;
-  auto refuse = [&](const std::string& why) -> std::shared_ptr<void> {
-    throw std::runtime_error(fmt::format("listener {}: a port range needs sk_lookup: {} (give each port its own "
-                                         "[[listener]] instead)", names, why));
-  };
-  if (no_bpf) return refuse("--no-bpf turns BPF off");
+// Port-range listeners: sk_lookup or each port bound (proxy/port_ranges.h).
+std::shared_ptr<void> dispatch_ranges(const Config& config, offload::AgentSockets& fds, std::vector<int>& opened,
+                                      bool no_bpf) {
+  offload::SkLookupStart sk_lookup;  // empty: this build has none
 #ifdef OFFLOAD_HAVE_DISPATCH
-  std::vector<offload::DispatchRange> ranges;
-  for (size_t j = 0; j < config.listeners.size(); ++j) {
-    const offload::ListenerConfig& l = config.listeners[j];
-    if (l.port_last == 0) continue;
-    offload::DispatchRange r;
-    std::memcpy(&r.address, &l.address.storage, l.address.length);
-    r.port_first = offload::port_of(l.address);
-    r.port_last = l.port_last;
-    r.fd = fds.front()[j];
-    ranges.push_back(r);
-    offload::log(offload::LogLevel::kInfo, "listener {}: ports {}-{} through sk_lookup, one socket", l.name,
-                 r.port_first, r.port_last);
-  }
-  std::string error;
-  std::shared_ptr<offload::PortDispatch> d = offload::PortDispatch::start(ranges, error);
-  if (!d) return refuse(error);
-  return d;
-#else
-  return refuse("this build has no sk_dispatch program (no kernel BTF at build time)");
+  sk_lookup = [](const std::vector<offload::DispatchRange>& ranges, std::string& error) -> std::shared_ptr<void> {
+    return offload::PortDispatch::start(ranges, error);
+  };
 #endif
+  return offload::serve_port_ranges(config, fds, opened, no_bpf, sk_lookup);
 }
 
 // The running agent: its generations of shards (the newest serves, older
@@ -412,11 +389,12 @@ void Agent::on_generation_done(size_t i) {
     for (const offload::Counters* c : gone->counters()) offload::add_cumulative(ended_, *c);
   });
   for (const auto& shard_fds : gone->fds())
-    for (int fd : shard_fds) {
+    for (int fd : offload::flat(shard_fds)) {
       bool used = false;
       for (const auto& other : gens_)
         for (const auto& other_fds : other->fds())
-          used = used || std::find(other_fds.begin(), other_fds.end(), fd) != other_fds.end();
+          for (const std::vector<int>& sockets : other_fds)
+            used = used || std::find(sockets.begin(), sockets.end(), fd) != sockets.end();
       if (!used) ::close(fd);
     }
 }
@@ -453,10 +431,10 @@ ReloadMailbox::Result Agent::try_reload() {
   std::unique_ptr<offload::Generation> gen;
   try {
     open_shard_listeners(next, plan.fds, opened);
+    // The new ranges (and sockets) first: the old program goes once it is replaced.
+    std::shared_ptr<void> dispatch = dispatch_ranges(next, plan.fds, opened, flags_.no_bpf);
     gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology(),
                                                  rearm_fd_);
-    // The new ranges (and sockets) first: the old program goes once it is replaced.
-    std::shared_ptr<void> dispatch = dispatch_ranges(gen->config(), plan.fds, flags_.no_bpf);
     gen->start();
     dispatch_ = std::move(dispatch);
   } catch (const std::exception& e) {
@@ -471,8 +449,8 @@ ReloadMailbox::Result Agent::try_reload() {
   const size_t listeners = current().config().listeners.size();
   std::string added;
   for (size_t j = 0; j < listeners; ++j)
-    if (std::find(opened.begin(), opened.end(), current().fds()[0][j]) != opened.end())
-      added += fmt::format(", listening on {}", offload::local_address(current().fds()[0][j]));
+    if (std::find(opened.begin(), opened.end(), current().fds()[0][j].front()) != opened.end())
+      added += fmt::format(", listening on {}", offload::local_address(current().fds()[0][j].front()));
   return {true, fmt::format("reloaded: generation {}, {} listener{}{}; {} older generation{} draining",
                             current().number(), listeners, listeners == 1 ? "" : "s", added, gens_.size() - 1,
                             gens_.size() == 2 ? "" : "s")};
@@ -591,9 +569,10 @@ int Agent::run(Config config) {
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  std::vector<std::vector<int>> fds;
+  offload::AgentSockets fds;
   std::vector<int> opened;
   open_shard_listeners(config, fds, opened);
+  dispatch_ = dispatch_ranges(config, fds, opened, flags_.no_bpf);
   rearm_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (rearm_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
   gens_.push_back(std::make_unique<offload::Generation>(1, std::move(config), fds, nullptr, rearm_fd_));
@@ -614,11 +593,10 @@ int Agent::run(Config config) {
   // cannot change access_log (this writer is the agent's).
   std::unique_ptr<offload::AccessLogWriter> access_log;
   if (first.access_log != "off") access_log = std::make_unique<offload::AccessLogWriter>(first.access_log);
-  std::shared_ptr<void> guard = attach_guard(first, fds.front(), flags_.no_bpf);  // every shard has the same ports
+  std::shared_ptr<void> guard = attach_guard(first, offload::flat(fds.front()), flags_.no_bpf);  // every shard has the same ports
   // Chosen once for the agent's lifetime (a reload cannot change `splice`).
   std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(first, flags_.no_bpf);
   mirror_ = mirror_into_guard(guard, *first.live_rules);
-  dispatch_ = dispatch_ranges(first, fds, flags_.no_bpf);
   if (admin_) admin_->set_rules(first.live_rules, mirror_);
   current().start();
   fmt::print(stderr, "offload-agent: {}\n", current().features());
@@ -636,7 +614,8 @@ int Agent::run(Config config) {
     const char* mode = l.proxy != "passthrough" ? "" : splicer ? " (kernel splice)" : " (user space)";
     fmt::print(stderr, "offload-agent: listener {}: proxy {}{}, upstream {}\n", l.name, l.proxy, mode,
                first.groups[l.group].name);
-    fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fds.front()[i]));
+    fmt::print(stderr, "offload-agent: listening on {}{}\n", offload::local_address(fds.front()[i].front()),
+               l.port_last != 0 ? fmt::format("-{}", l.port_last) : "");
   }
   if (admin_) {
     admin_->start();

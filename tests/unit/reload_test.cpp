@@ -35,18 +35,18 @@ TEST_CASE("reload hand-over: an unchanged address keeps each shard's socket, a n
   Config running = with_listeners({"127.0.0.1:7001", "127.0.0.1:0"});
   Config next = with_listeners({"127.0.0.1:0", "127.0.0.1:7002"});
   // Two shards, each with its own socket per address.
-  offload::Handover h = offload::plan_handover(running, {{10, 11}, {20, 21}}, next);
+  offload::Handover h = offload::plan_handover(running, {{{10}, {11}}, {{20}, {21}}}, next);
   REQUIRE(h.fds.size() == 2);
-  CHECK(h.fds[0] == std::vector<int>{11, -1});
-  CHECK(h.fds[1] == std::vector<int>{21, -1});
+  CHECK(h.fds[0] == offload::ShardSockets{{11}, {}});
+  CHECK(h.fds[1] == offload::ShardSockets{{21}, {}});
   CHECK(h.kept == std::vector<int>{11, 21});  // 10 and 20 (port 7001) are removed
 }
 
 TEST_CASE("reload hand-over: the same address twice is not one socket given to two listeners") {
   Config running = with_listeners({"127.0.0.1:7001"});
   Config next = with_listeners({"127.0.0.1:7001", "127.0.0.1:7003"});
-  offload::Handover h = offload::plan_handover(running, {{5}}, next);
-  CHECK(h.fds[0] == std::vector<int>{5, -1});
+  offload::Handover h = offload::plan_handover(running, {{{5}}}, next);
+  CHECK(h.fds[0] == offload::ShardSockets{{5}, {}});
 }
 
 TEST_CASE("reload: limits may change; shards, CPUs, the admin address and the XDP guard need a restart, by name") {
