@@ -108,7 +108,11 @@ bool Shard::turn(uint64_t max_wait_ms) {
   if (stop_now_) return false;
   loop_.turn(draining_ ? drain_deadline_ms_ : UINT64_MAX, max_wait_ms);
   after_batch();
-  return !(stop_now_ || (draining_ && (active() == 0 || loop_.now_ms() >= drain_deadline_ms_)));
+  // A retiring shard whose accepts are not all cancelled yet may still be
+  // handed a connection by one of them: ending now would leave it accepted
+  // into a ring nobody reads, open and never served.
+  const bool idle = active() == 0 && retire_cancels_pending_ == 0;
+  return !(stop_now_ || (draining_ && (idle || loop_.now_ms() >= drain_deadline_ms_)));
 }
 
 // Work that waits for a whole batch of completions: a freed channel is
