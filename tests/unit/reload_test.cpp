@@ -49,6 +49,23 @@ TEST_CASE("reload hand-over: the same address twice is not one socket given to t
   CHECK(h.fds[0] == offload::ShardSockets{{5}, {}});
 }
 
+TEST_CASE("reload hand-over: a range bound port by port goes over whole, each shard's socket of every port") {
+  Config running = with_listeners({"127.0.0.1:7001"});
+  running.listeners[0].port_last = 7003;
+  Config next = running;  // the range stays; a listener is added before it
+  next.listeners.insert(next.listeners.begin(), running.listeners[0]);
+  next.listeners[0].address = offload::parse_socket_address("listen", "127.0.0.1:7100");
+  next.listeners[0].port_last = 0;
+  offload::Handover h = offload::plan_handover(running, {{{10, 11, 12}}, {{20, 21, 22}}}, next);
+  CHECK(h.fds[0] == offload::ShardSockets{{}, {10, 11, 12}});
+  CHECK(h.fds[1] == offload::ShardSockets{{}, {20, 21, 22}});
+  CHECK(h.kept == std::vector<int>{10, 11, 12, 20, 21, 22});
+  // Another last port is another range: nothing goes over.
+  next.listeners[1].port_last = 7004;
+  h = offload::plan_handover(running, {{{10, 11, 12}}, {{20, 21, 22}}}, next);
+  CHECK(h.kept.empty());
+}
+
 TEST_CASE("reload: limits may change; shards, CPUs, the admin address and the XDP guard need a restart, by name") {
   Config running = with_listeners({"127.0.0.1:7001"});
   Config next = running;
@@ -66,6 +83,10 @@ TEST_CASE("reload: limits may change; shards, CPUs, the admin address and the XD
   next = running;
   next.xdp_iface = "lo";
   CHECK(refusal(running, next).rfind("xdp_iface: ", 0) == 0);
+  next = running;
+  next.port_range_mode = "bind";
+  CHECK(refusal(running, next) ==
+        "port_range_mode: 'bind' differs from the running 'auto' (a reload cannot change it; restart the agent)");
 }
 
 TEST_CASE("reload: an ended generation's totals are kept, its gauges are not") {
