@@ -44,7 +44,7 @@ void pin_to_cpu(int cpu) {
 
 // Makes shard `i`, says it is ready (or why not), runs it, and counts
 // itself done on `done_fd` whatever happened.
-void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, Counters& counters, TopologyStats& topology,
+void run_shard(const Config& whole, uint32_t i, ShardSockets fds, Counters& counters, TopologyStats& topology,
                ShardThread& slot, std::promise<void>& ready, int done_fd, int rearm_fd) {
   const Config config = shard_share(whole, i);
   std::unique_ptr<Shard> shard;
@@ -81,7 +81,7 @@ void run_shard(const Config& whole, uint32_t i, std::vector<int> fds, Counters& 
 
 }  // namespace
 
-Generation::Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry,
+Generation::Generation(uint64_t number, Config config, AgentSockets fds, const TopologyStats* carry,
                        int rearm_fd)
     : number_(number), config_(std::move(config)), fds_(std::move(fds)), rearm_fd_(rearm_fd) {
   for (uint32_t i = 0; i < config_.workers; ++i) counters_.push_back(std::make_unique<Counters>());

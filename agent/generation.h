@@ -12,6 +12,7 @@
 #include "ops/config.h"
 #include "ops/counters.h"
 #include "ops/topology_stats.h"
+#include "proxy/listen_sockets.h"
 
 namespace offload {
 
@@ -20,13 +21,13 @@ class AccessLogWriter;
 
 class Generation {
  public:
-  // `config` is whole and validated; `fds` has one socket per listener for
+  // `config` is whole and validated; `fds` has each listener's sockets for
   // each shard, all listening. The sockets are not owned: the agent closes
   // one when no generation uses it. `carry`: the running generation's
   // stats, whose listeners and servers of the same names count on.
   // `rearm_fd` (an eventfd) is written when a retiring shard has cancelled
   // its accepts: the agent then calls rearm() on the newest generation.
-  Generation(uint64_t number, Config config, std::vector<std::vector<int>> fds, const TopologyStats* carry,
+  Generation(uint64_t number, Config config, AgentSockets fds, const TopologyStats* carry,
              int rearm_fd);
   ~Generation();  // stops the shards still running and joins them
   Generation(const Generation&) = delete;
@@ -53,7 +54,7 @@ class Generation {
 
   uint64_t number() const { return number_; }
   const Config& config() const { return config_; }
-  const std::vector<std::vector<int>>& fds() const { return fds_; }
+  const AgentSockets& fds() const { return fds_; }
   const TopologyStats& topology() const { return *topology_; }
   std::vector<const Counters*> counters() const;
   std::string features() const;
@@ -68,7 +69,7 @@ class Generation {
   std::shared_ptr<AccessLogWriter> access_log_;  // first: released after the shards have ended
   uint64_t number_;
   const Config config_;
-  std::vector<std::vector<int>> fds_;
+  AgentSockets fds_;
   std::vector<std::unique_ptr<Counters>> counters_;  // one per shard, each its shard's alone
   std::unique_ptr<TopologyStats> topology_;
   std::vector<std::unique_ptr<ShardThread>> slots_;

@@ -39,7 +39,9 @@
 #include "ops/shard_limits.h"
 #include "ops/takeover.h"
 #include "ops/version.h"
+#include "proxy/listen_sockets.h"
 #include "proxy/listener.h"
+#include "proxy/port_ranges.h"
 #include "security/live_rules.h"
 #include "shard.h"
 #include "splice/mode.h"
@@ -266,16 +268,18 @@ std::shared_ptr<void> attach_guard(const Config& config, const std::vector<int>&
 // each one opened is also added to `opened`, for the caller to close if the
 // whole does not start. A binary upgrade from an agent with fewer shards
 // hands over the first shards' sockets: the others are opened on their port.
-void open_shard_listeners(const Config& config, std::vector<std::vector<int>>& fds, std::vector<int>& opened) {
-  fds.resize(config.workers, std::vector<int>(config.listen.size(), -1));
+// A range bound port by port gets its first port's sockets here, the rest
+// from serve_port_ranges.
+void open_shard_listeners(const Config& config, offload::AgentSockets& fds, std::vector<int>& opened) {
+  fds.resize(config.workers, offload::ShardSockets(config.listen.size()));
   for (size_t j = 0; j < config.listen.size(); ++j) {
     offload::SocketAddress same = config.listen[j];
     for (uint32_t i = 0; i < config.workers; ++i) {
-      if (fds[i][j] < 0) {
-        fds[i][j] = offload::open_listener(same, 4096);
-        opened.push_back(fds[i][j]);
+      if (fds[i][j].empty()) {
+        fds[i][j].push_back(offload::open_listener(same, 4096));
+        opened.push_back(fds[i][j].front());
       }
-      if (i == 0) offload::set_port(same, offload::local_port(fds[0][j]));
+      if (i == 0) offload::set_port(same, offload::local_port(fds[0][j].front()));
     }
   }
 }
@@ -316,41 +320,16 @@ struct ReloadMailbox {
   }
 };
 
-// Port-range listeners: one socket each (on the range's first port, in
-// every shard's SO_REUSEPORT group) and sk_lookup giving it the whole range.
-// Binding each port instead is not built: without sk_lookup a range stops
-// the start (or the reload) with the reason, rather than serving one port.
-std::shared_ptr<void> dispatch_ranges(const Config& config, const std::vector<std::vector<int>>& fds, bool no_bpf) {
-  std::string names;
-  for (const offload::ListenerConfig& l : config.listeners)
-    if (l.port_last != 0) names += (names.empty() ? "" : ", ") + l.name;
-  if (names.empty()) return nullptr;
-  auto refuse = [&](const std::string& why) -> std::shared_ptr<void> {
-    throw std::runtime_error(fmt::format("listener {}: a port range needs sk_lookup: {} (give each port its own "
-                                         "[[listener]] instead)", names, why));
-  };
-  if (no_bpf) return refuse("--no-bpf turns BPF off");
+// Port-range listeners: sk_lookup or each port bound (proxy/port_ranges.h).
+std::shared_ptr<void> dispatch_ranges(const Config& config, offload::AgentSockets& fds, std::vector<int>& opened,
+                                      bool no_bpf) {
+  offload::SkLookupStart sk_lookup;  // empty: this build has none
 #ifdef OFFLOAD_HAVE_DISPATCH
-  std::vector<offload::DispatchRange> ranges;
-  for (size_t j = 0; j < config.listeners.size(); ++j) {
-    const offload::ListenerConfig& l = config.listeners[j];
-    if (l.port_last == 0) continue;
-    offload::DispatchRange r;
-    std::memcpy(&r.address, &l.address.storage, l.address.length);
-    r.port_first = offload::port_of(l.address);
-    r.port_last = l.port_last;
-    r.fd = fds.front()[j];
-    ranges.push_back(r);
-    offload::log(offload::LogLevel::kInfo, "listener {}: ports {}-{} through sk_lookup, one socket", l.name,
-                 r.port_first, r.port_last);
-  }
-  std::string error;
-  std::shared_ptr<offload::PortDispatch> d = offload::PortDispatch::start(ranges, error);
-  if (!d) return refuse(error);
-  return d;
-#else
-  return refuse("this build has no sk_dispatch program (no kernel BTF at build time)");
+  sk_lookup = [](const std::vector<offload::DispatchRange>& ranges, std::string& error) -> std::shared_ptr<void> {
+    return offload::PortDispatch::start(ranges, error);
+  };
 #endif
+  return offload::serve_port_ranges(config, fds, opened, no_bpf, sk_lookup);
 }
 
 // How this agent was started, for SIGUSR2 to start its successor the same way.
@@ -439,6 +418,12 @@ void Agent::on_takeover_connect() {
   std::string refusal = stopping_ ? "this agent is stopping" : "";
   for (const offload::GroupConfig& g : config.groups)
     if (g.is_bus() && refusal.empty()) refusal = "an shm: group cannot be handed over yet (stop and start)";
+  // A range bound port by port: only its first port's sockets would go, and
+  // the connections queued on the others would be lost with this agent.
+  for (size_t j = 0; j < config.listeners.size() && refusal.empty(); ++j)
+    if (current().fds().front()[j].size() > 1)
+      refusal = fmt::format("listener {}: a range bound port by port cannot be handed over yet (stop and start, or "
+                            "use sk_lookup)", config.listeners[j].name);
   const std::string line = takeover_->accept_one(
       offload::takeover::offer_of(current(), admin_ ? admin_->listen_fd() : -1, config.admin), config.workers, refusal);
   if (!line.empty()) offload::log(offload::LogLevel::kInfo, "{}", line);
@@ -459,10 +444,12 @@ void Agent::on_takeover_request() {
   offload::log(offload::LogLevel::kInfo, "takeover: the new agent serves {} of the sockets; draining (deadline {} ms)",
                r.kept.size(), current().config().drain_timeout_ms);
   takeover_cancels_ = 0;
-  for (const auto& shard_fds : current().fds())
+  for (const auto& shard : current().fds()) {
+    const std::vector<int> shard_fds = offload::flat(shard);
     takeover_cancels_ += std::any_of(shard_fds.begin(), shard_fds.end(), [&](int fd) {
       return std::find(r.kept.begin(), r.kept.end(), fd) != r.kept.end();
     });
+  }
   current().retire(r.kept);
   if (admin_) admin_->stop_accepting();  // its socket is the new agent's too (or closed by it)
   takeover_->say_draining();
@@ -521,11 +508,12 @@ void Agent::on_generation_done(size_t i) {
     for (const offload::Counters* c : gone->counters()) offload::add_cumulative(ended_, *c);
   });
   for (const auto& shard_fds : gone->fds())
-    for (int fd : shard_fds) {
+    for (int fd : offload::flat(shard_fds)) {
       bool used = false;
       for (const auto& other : gens_)
         for (const auto& other_fds : other->fds())
-          used = used || std::find(other_fds.begin(), other_fds.end(), fd) != other_fds.end();
+          for (const std::vector<int>& sockets : other_fds)
+            used = used || std::find(sockets.begin(), sockets.end(), fd) != sockets.end();
       if (!used) ::close(fd);
     }
 }
@@ -578,11 +566,11 @@ ReloadMailbox::Result Agent::try_reload() {
   std::unique_ptr<offload::Generation> gen;
   try {
     open_shard_listeners(next, plan.fds, opened);
+    // The new ranges (and sockets) first: the old program goes once it is replaced.
+    std::shared_ptr<void> dispatch = dispatch_ranges(next, plan.fds, opened, flags_.no_bpf);
     gen = std::make_unique<offload::Generation>(running.number() + 1, std::move(next), plan.fds, &running.topology(),
                                                  rearm_fd_);
     install_access_log(*gen, &running);
-    // The new ranges (and sockets) first: the old program goes once it is replaced.
-    std::shared_ptr<void> dispatch = dispatch_ranges(gen->config(), plan.fds, flags_.no_bpf);
     gen->start();
     dispatch_ = std::move(dispatch);
   } catch (const std::exception& e) {
@@ -598,8 +586,8 @@ ReloadMailbox::Result Agent::try_reload() {
   const size_t listeners = current().config().listeners.size();
   std::string added;
   for (size_t j = 0; j < listeners; ++j)
-    if (std::find(opened.begin(), opened.end(), current().fds()[0][j]) != opened.end())
-      added += fmt::format(", listening on {}", offload::local_address(current().fds()[0][j]));
+    if (std::find(opened.begin(), opened.end(), current().fds()[0][j].front()) != opened.end())
+      added += fmt::format(", listening on {}", offload::local_address(current().fds()[0][j].front()));
   return {true, fmt::format("reloaded: generation {}, {} listener{}{}; {} older generation{} draining",
                             current().number(), listeners, listeners == 1 ? "" : "s", added, gens_.size() - 1,
                             gens_.size() == 2 ? "" : "s")};
@@ -658,7 +646,10 @@ void Agent::relay_signals(const sigset_t& mask) {
         // would stop its accepting as well. Retired instead, none shut.
         if (!stopping_) {
           std::vector<int> all;
-          for (const auto& shard_fds : current().fds()) all.insert(all.end(), shard_fds.begin(), shard_fds.end());
+          for (const auto& shard : current().fds()) {
+            const std::vector<int> shard_fds = offload::flat(shard);
+            all.insert(all.end(), shard_fds.begin(), shard_fds.end());
+          }
           current().retire(all);
         }
         stopping_ = true;
@@ -740,7 +731,7 @@ int Agent::run(Config config) {
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  std::vector<std::vector<int>> fds;
+  offload::AgentSockets fds;
   std::vector<int> opened;
   // A binary upgrade: the running agent's sockets first, each where its
   // address and shard say; what is left is opened as at any start.
@@ -748,9 +739,10 @@ int Agent::run(Config config) {
   if (!flags_.takeover.empty()) {
     taken = offload::takeover::begin(flags_.takeover, config);
     fmt::print(stderr, "offload-agent: {}\n", taken.line);
-    fds = taken.plan.fds;
+    fds = offload::takeover::as_sockets(taken.plan.fds);
   }
   open_shard_listeners(config, fds, opened);
+  dispatch_ = dispatch_ranges(config, fds, opened, flags_.no_bpf);
   // Without an agent to take over from, the path is this one's from the
   // start (a bad one stops the start); after a takeover, only once the old
   // agent drains (until then it is the old one's, should this one fail).
@@ -779,11 +771,10 @@ int Agent::run(Config config) {
   // (the generation keeps it): what they handed over is written before the
   // agent exits.
   install_access_log(*gens_.back(), nullptr);
-  std::shared_ptr<void> guard = attach_guard(first, fds.front(), flags_.no_bpf);  // every shard has the same ports
+  std::shared_ptr<void> guard = attach_guard(first, offload::flat(fds.front()), flags_.no_bpf);  // every shard has the same ports
   // Chosen once for the agent's lifetime (a reload cannot change `splice`).
   std::unique_ptr<offload::splice::Splicer> splicer = choose_splice(first, flags_.no_bpf);
   mirror_ = mirror_into_guard(guard, *first.live_rules);
-  dispatch_ = dispatch_ranges(first, fds, flags_.no_bpf);
   if (admin_) admin_->set_rules(first.live_rules, mirror_);
   current().start();
   fmt::print(stderr, "offload-agent: {}\n", current().features());
@@ -801,7 +792,8 @@ int Agent::run(Config config) {
     const char* mode = l.proxy != "passthrough" ? "" : splicer ? " (kernel splice)" : " (user space)";
     fmt::print(stderr, "offload-agent: listener {}: proxy {}{}, upstream {}\n", l.name, l.proxy, mode,
                first.groups[l.group].name);
-    fmt::print(stderr, "offload-agent: listening on {}\n", offload::local_address(fds.front()[i]));
+    fmt::print(stderr, "offload-agent: listening on {}{}\n", offload::local_address(fds.front()[i].front()),
+               l.port_last != 0 ? fmt::format("-{}", l.port_last) : "");
   }
   if (admin_) {
     admin_->start();

@@ -49,7 +49,7 @@ const Clock& Shard::default_clock() {
   return clock;
 }
 
-Shard::Shard(const Config& config, std::vector<int> listen_fds, Counters& counters, TopologyStats* topology,
+Shard::Shard(const Config& config, ShardSockets listen_fds, Counters& counters, TopologyStats* topology,
              const Clock& clock)
     : config_(config),
       counters_(counters),
@@ -117,7 +117,8 @@ bool Shard::turn(uint64_t max_wait_ms) {
 // accept's last completion (no IORING_CQE_F_MORE) clears `armed`.
 bool Shard::accepting() const {
   for (const auto& l : listeners_)
-    if (l->armed) return true;
+    for (const ListenSocket& sock : l->sockets)
+      if (sock.armed) return true;
   return false;
 }
 
@@ -189,7 +190,8 @@ void Shard::on_control(const io_uring_cqe& cqe) {
     // The acceptor re-arms an accept whose end was a cancel (not stopped).
     if (rearm_requested_.exchange(false, std::memory_order_acq_rel) && !draining_)
       for (auto& l : listeners_)
-        if (l->armed) loop_.cancel(l->accepted, nullptr);
+        for (ListenSocket& sock : l->sockets)
+          if (sock.armed) loop_.cancel(sock.accepted, nullptr);
     if (http_.screen().take_rescreen() && http_.screen().close_established()) {
       http_.rescreen();
       passthrough_.rescreen();
@@ -205,7 +207,8 @@ void Shard::start_drain() {
   fmt::print(stderr, "offload-agent: draining {} connections (deadline {} ms)\n", active(),
              config_.drain_timeout_ms);
   // shutdown() ends a multishot accept; the sockets close with the process.
-  for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
+  for (auto& l : listeners_)
+    for (ListenSocket& sock : l->sockets) ::shutdown(sock.fd, SHUT_RDWR);
   tcp_.drain();
   for (Proxy* p : proxies_) p->drain();
 }
@@ -224,14 +227,15 @@ void Shard::start_retire() {
   }
   for (auto& l : listeners_) l->serve_late = true;
   for (Proxy* p : proxies_) p->drain();  // their acceptors stop first: a cancelled accept is not re-armed
-  for (auto& l : listeners_) {
-    if (std::find(kept.begin(), kept.end(), l->fd) != kept.end()) {
-      loop_.cancel(l->accepted, &retire_cancelled_);
-      ++retire_cancels_pending_;
-    } else {
-      ::shutdown(l->fd, SHUT_RDWR);
+  for (auto& l : listeners_)
+    for (ListenSocket& sock : l->sockets) {
+      if (std::find(kept.begin(), kept.end(), sock.fd) != kept.end()) {
+        loop_.cancel(sock.accepted, &retire_cancelled_);
+        ++retire_cancels_pending_;
+      } else {
+        ::shutdown(sock.fd, SHUT_RDWR);
+      }
     }
-  }
 }
 
 // A cancel's own completion comes once its target is off the socket's wait
@@ -244,15 +248,20 @@ void Shard::on_retire_cancelled(const io_uring_cqe&) {
 
 // Each listener's clients get its own limits and timeouts ([[listener]]
 // values; the globals where its table sets none, and with the flat keys).
-void Shard::build_listeners(const std::vector<int>& fds) {
+void Shard::build_listeners(const ShardSockets& fds) {
   OFFLOAD_ASSERT(fds.size() == config_.listeners.size());
-  for (int fd : fds) {
+  for (const std::vector<int>& sockets : fds) {
     const ListenerConfig& lc = config_.listeners[listeners_.size()];
     const uint32_t client_durations[kClientTimerKinds] = {
         lc.header_timeout_ms, lc.body_timeout_ms, lc.keepalive_timeout_ms, lc.send_timeout_ms,
         lc.queue_timeout_ms,  2000 /* linger */,  lc.response_timeout_ms};
     auto l = std::make_unique<Listener>();
-    l->fd = fd;
+    OFFLOAD_ASSERT(!sockets.empty());
+    l->sockets.resize(sockets.size());
+    for (size_t k = 0; k < sockets.size(); ++k) {
+      l->sockets[k].fd = sockets[k];
+      l->sockets[k].listener = l.get();
+    }
     l->index = uint32_t(listeners_.size());
     l->stats = topology_->listeners.at(listeners_.size()).get();
     l->name = lc.name;

@@ -33,6 +33,7 @@
 #include "ops/topology_stats.h"
 #include "proxy/buffers.h"
 #include "proxy/http_proxy.h"
+#include "proxy/listen_sockets.h"
 #include "proxy/listener.h"
 #include "proxy/passthrough_proxy.h"
 #include "upstream/response_sink.h"
@@ -43,10 +44,11 @@ namespace offload {
 
 class Shard final {
  public:
-  // Binds nothing: the listening sockets are made by the caller and shared.
+  // Binds nothing: the listening sockets are made by the caller and shared
+  // (each listener's: one, or one per port of a range bound port by port).
   // `topology` (per listener and per server counters, for the whole agent)
   // may be shared by shards; null: the shard keeps its own.
-  Shard(const Config& config, std::vector<int> listen_fds, Counters& counters, TopologyStats* topology = nullptr,
+  Shard(const Config& config, ShardSockets listen_fds, Counters& counters, TopologyStats* topology = nullptr,
         const Clock& clock = default_clock());
   ~Shard();
   Shard(const Shard&) = delete;
@@ -92,7 +94,7 @@ class Shard final {
  private:
   static const Clock& default_clock();
 
-  void build_listeners(const std::vector<int>& fds);
+  void build_listeners(const ShardSockets& fds);
   Proxy& proxy_for(const ListenerConfig& lc);
   uint32_t active() const;
   bool accepting() const;

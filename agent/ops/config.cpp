@@ -973,6 +973,8 @@ void load_config_file(const std::string& path, Config& config) {
       config.log_level = string_value(key, node);
     } else if (key == "splice") {
       config.splice = string_value(key, node);
+    } else if (key == "port_range_mode") {
+      config.port_range_mode = string_value(key, node);
     } else {
       throw ConfigError(fmt::format("{}: unknown key '{}'", path, key));
     }
@@ -1006,6 +1008,8 @@ void validate(Config& config) {
   if (!parse_log_level(config.log_level)) bad("log_level", config.log_level, "error, warning, info or debug");
   if (config.splice != "auto" && config.splice != "kernel" && config.splice != "user")
     bad("splice", config.splice, "auto, kernel or user");
+  if (config.port_range_mode != "auto" && config.port_range_mode != "sk_lookup" && config.port_range_mode != "bind")
+    bad("port_range_mode", config.port_range_mode, "auto, sk_lookup or bind");
   validate_shards(config);
   // One response's memory must fit one shard's share of the buffer memory.
   const uint64_t shard_memory = config.buffer_memory_max / config.workers;
@@ -1139,6 +1143,7 @@ void format_globals(const Config& config, std::string& out) {
   if (!config.xdp_iface.empty()) out += fmt::format("xdp_iface = {}\n", quoted(config.xdp_iface));
   out += fmt::format("xdp_mode = {}\nlog_level = {}\n", quoted(config.xdp_mode), quoted(config.log_level));
   out += fmt::format("splice = {}\n", quoted(config.splice));
+  out += fmt::format("port_range_mode = {}\n", quoted(config.port_range_mode));
 }
 
 void format_listener(const ListenerConfig& listener, std::string& out) {

@@ -246,6 +246,12 @@ struct Config {
   // "user" by default: on loopback it moved 1.2-1.3x the kernel splice's
   // bytes and ~1.3x its short connections a second (README, Figures).
   std::string splice = "user";
+
+  // How a port-range listener serves its ports: "sk_lookup" (one socket per
+  // shard, bpf/sk_dispatch.bpf.c steering the whole range to it; start-up
+  // fails without it), "bind" (one socket per port per shard), or "auto"
+  // (sk_lookup when it loads and attaches, else bind; --no-bpf is bind).
+  std::string port_range_mode = "auto";
 };
 
 // Parses "4096", "64k", "8m", "1g" (powers of 1024). Throws ConfigError naming `key`.

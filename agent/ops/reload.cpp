@@ -38,6 +38,8 @@ void check_reloadable(const Config& running, const Config& next) {
   if (next.xdp_syn_burst != running.xdp_syn_burst)
     needs_restart("xdp_syn_burst", std::to_string(running.xdp_syn_burst), std::to_string(next.xdp_syn_burst));
   if (next.splice != running.splice) needs_restart("splice", running.splice, next.splice);
+  if (next.port_range_mode != running.port_range_mode)
+    needs_restart("port_range_mode", running.port_range_mode, next.port_range_mode);
   if (has_bus(running) || has_bus(next))
     throw ConfigError("upstream: an shm: group cannot be reloaded yet (its bus socket is one generation's; restart the agent)");
 }
@@ -46,20 +48,22 @@ bool same_address(const SocketAddress& a, const SocketAddress& b) {
   return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
 }
 
-Handover plan_handover(const Config& running, const std::vector<std::vector<int>>& running_fds, const Config& next) {
+Handover plan_handover(const Config& running, const AgentSockets& running_fds, const Config& next) {
   Handover h;
-  h.fds.assign(running_fds.size(), std::vector<int>(next.listeners.size(), -1));
+  h.fds.assign(running_fds.size(), ShardSockets(next.listeners.size()));
   std::vector<bool> taken(running.listeners.size(), false);  // each socket goes to one listener
   for (size_t j = 0; j < next.listeners.size(); ++j) {
     for (size_t i = 0; i < running.listeners.size(); ++i) {
       const ListenerConfig& was = running.listeners[i];
       const ListenerConfig& is = next.listeners[j];
-      // A port range is one listener: the same range, or not the same socket.
+      // A port range is one listener: the same range, or not the same
+      // sockets. All of them go over (one per port when it was bound port
+      // by port): dropping one would drop the connections in its queue.
       if (taken[i] || !same_address(was.address, is.address) || was.port_last != is.port_last) continue;
       taken[i] = true;
       for (size_t s = 0; s < running_fds.size(); ++s) {
         h.fds[s][j] = running_fds[s][i];
-        h.kept.push_back(running_fds[s][i]);
+        h.kept.insert(h.kept.end(), running_fds[s][i].begin(), running_fds[s][i].end());
       }
       break;
     }

@@ -211,13 +211,23 @@ bool has_bus(const Config& c) {
 
 }  // namespace
 
+AgentSockets as_sockets(const std::vector<std::vector<int>>& fds) {
+  AgentSockets out(fds.size());
+  for (size_t s = 0; s < fds.size(); ++s) {
+    out[s].resize(fds[s].size());
+    for (size_t j = 0; j < fds[s].size(); ++j)
+      if (fds[s][j] >= 0) out[s][j].push_back(fds[s][j]);
+  }
+  return out;
+}
+
 std::vector<Socket> offer_of(const Generation& running, int admin_fd, const std::string& admin_address) {
   std::vector<Socket> out;
   const Config& config = running.config();
   for (size_t s = 0; s < running.fds().size(); ++s)
     for (size_t j = 0; j < running.fds()[s].size(); ++j) {
       const ListenerConfig& l = config.listeners[j];
-      out.push_back({false, uint32_t(s), uint32_t(j), l.name, l.address, l.port_last, running.fds()[s][j]});
+      out.push_back({false, uint32_t(s), uint32_t(j), l.name, l.address, l.port_last, running.fds()[s][j].front()});
     }
   if (admin_fd >= 0) {
     Socket a;

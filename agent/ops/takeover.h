@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "ops/config.h"
+#include "proxy/listen_sockets.h"
 
 namespace offload {
 class Generation;
@@ -57,6 +58,10 @@ struct Socket {
 
 // What the old agent offers: every shard's socket of every listener of its
 // newest generation, then the admin endpoint's listener (if it has one).
+// The plan's sockets in the agent's shape (one per listener and shard; a
+// listener with none handed over gets an empty list, to be opened).
+AgentSockets as_sockets(const std::vector<std::vector<int>>& fds);
+
 std::vector<Socket> offer_of(const Generation& running, int admin_fd, const std::string& admin_address);
 
 // ------------------------------------------------------ the running agent

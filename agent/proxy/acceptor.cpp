@@ -14,33 +14,36 @@ Acceptor::Acceptor(Loop& loop, Counters& counters, void* owner, OnAccepted on_ac
 }
 
 void Acceptor::serve(Listener* l) {
-  bind<&Acceptor::on_accept>(l->accepted, this, l);
-  listeners_.push_back(l);
+  for (ListenSocket& s : l->sockets) {
+    bind<&Acceptor::on_accept>(s.accepted, this, &s);
+    sockets_.push_back(&s);
+  }
 }
 
 void Acceptor::start() {
-  for (Listener* l : listeners_) post(l);
+  for (ListenSocket* s : sockets_) post(s);
 }
 
-void Acceptor::post(Listener* l) {
+void Acceptor::post(ListenSocket* s) {
   if (stopped_) return;
-  OFFLOAD_ASSERT(!l->armed);
-  l->armed = true;
-  io_uring_prep_multishot_accept(loop_.sqe(l->accepted), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
+  OFFLOAD_ASSERT(!s->armed);
+  s->armed = true;
+  io_uring_prep_multishot_accept(loop_.sqe(s->accepted), s->fd, nullptr, nullptr, SOCK_CLOEXEC);
 }
 
-void Acceptor::on_accept(Listener* l, const io_uring_cqe& cqe) {
+void Acceptor::on_accept(ListenSocket* s, const io_uring_cqe& cqe) {
   if (!(cqe.flags & IORING_CQE_F_MORE)) {
-    l->armed = false;
+    s->armed = false;
     const int res = cqe.res;
     if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
       bump(counters_.accept_pauses);
       if (!retry_timer_.armed()) loop_.arm(retry_timer_, retry_list_);
     } else {
-      post(l);
+      post(s);
     }
   }
   if (cqe.res < 0) return;
+  Listener* l = s->listener;
   if (stopped_ && !l->serve_late) {
     ::close(cqe.res);
     return;
@@ -59,8 +62,8 @@ void count_refusal(Verdict v, Counters& counters) {
 }
 
 void Acceptor::on_retry() {
-  for (Listener* l : listeners_)
-    if (!l->armed) post(l);
+  for (ListenSocket* s : sockets_)
+    if (!s->armed) post(s);
 }
 
 }  // namespace offload

@@ -1,7 +1,9 @@
-// Accepting on a proxy's listeners: one multishot accept each. When the
-// process runs out of descriptors or memory, accepting again at once would
-// fail at once, forever: it pauses (the backlog keeps the clients) and tries
-// again 100 ms later, like nginx. Each accepted socket goes to the owner.
+// Accepting on a proxy's listeners: one multishot accept for each of their
+// sockets (a port range bound port by port has one per port, all feeding
+// its one listener). When the process runs out of descriptors or memory,
+// accepting again at once would fail at once, forever: it pauses (the
+// backlog keeps the clients) and tries again 100 ms later, like nginx. Each
+// accepted socket goes to the owner, with the listener it came in on.
 #pragma once
 
 #include <vector>
@@ -31,8 +33,8 @@ class Acceptor {
   void stop() { stopped_ = true; }
 
  private:
-  void post(Listener* l);
-  void on_accept(Listener* l, const io_uring_cqe& cqe);
+  void post(ListenSocket* s);
+  void on_accept(ListenSocket* s, const io_uring_cqe& cqe);
   void on_retry();
 
   Loop& loop_;
@@ -40,7 +42,7 @@ class Acceptor {
   void* owner_;
   OnAccepted on_accepted_;
   bool stopped_ = false;
-  std::vector<Listener*> listeners_;
+  std::vector<ListenSocket*> sockets_;
   TimerList retry_list_{100};
   Timer retry_timer_;
 };

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "http/http_parser.h"
 #include "loop/completion.h"
@@ -17,10 +18,23 @@ struct ListenerCounters;
 class Proxy;
 class RequestPolicy;
 
-// One listening socket of a shard and what its clients get: the group their
-// requests go to, and the limits and timeouts of its listener table.
-struct Listener {
+struct Listener;
+
+// One listening socket of a listener and its multishot accept.
+struct ListenSocket {
   int fd = -1;
+  Listener* listener = nullptr;
+  bool armed = false;  // the multishot accept is running
+  Completion accepted;
+};
+
+// A listener of a shard: its listening sockets and what their clients get:
+// the group their requests go to, and the limits and timeouts of its
+// listener table.
+struct Listener {
+  // One socket, or one per port of a range bound port by port; sized once
+  // when the shard is built (each Completion's address is in the ring).
+  std::vector<ListenSocket> sockets;
   uint32_t index = 0;                // in the configuration's listeners: its own source rules
   std::string name;
   ListenerCounters* stats = nullptr;  // the whole agent's counters for this listener
@@ -32,12 +46,10 @@ struct Listener {
   uint32_t max_clients = 0;      // of this listener's clients at once
   bool upstream_port_same = false;  // passthrough: the server's port is the one the client dialled
   uint32_t active = 0;
-  bool armed = false;            // the multishot accept is running
   // Its shard was retired by a reload: a connection accepted after its
   // proxy's drain is served (not closed), and idle ones stay open until
   // their next response (see Shard::request_retire).
   bool serve_late = false;
-  Completion accepted;
   TimerList timers[kClientTimerKinds];  // its clients' timeouts, one list per kind
   TimerList tunnel_idle;         // passthrough: a tunnel with nothing moving...
   TimerList tunnel_half_close;   // ... and one with a side ended

@@ -98,7 +98,7 @@ TEST_CASE("port range: one listener serves every port of its range, each reachin
   PortServers servers(listening, first);
   tunnel::ConfigAgent a;
   a.start(range_config(first), 1);
-  CHECK(a.child().stderr_text().find("through sk_lookup, one socket") != std::string::npos);
+  CHECK(a.child().stderr_text().find("through sk_lookup, one socket per shard") != std::string::npos);
   for (int round = 0; round < 2; ++round)
     for (int k = kPorts - 1; k >= 0; --k) {
       const uint16_t port = uint16_t(first + k);
@@ -115,7 +115,7 @@ TEST_CASE("port range: one listener serves every port of its range, each reachin
   CHECK(tunnel::connect_loopback(uint16_t(first + kPorts)) < 0);
 }
 
-TEST_CASE("port range: without sk_lookup (--no-bpf) the agent does not start, and says why") {
+TEST_CASE("port range: port_range_mode = \"sk_lookup\" with --no-bpf does not start, and says why in one line") {
   std::vector<int> listening;
   const uint16_t first = free_range(listening);
   for (int fd : listening) ::close(fd);
@@ -123,12 +123,35 @@ TEST_CASE("port range: without sk_lookup (--no-bpf) the agent does not start, an
   int fd = ::mkstemp(path);
   REQUIRE(fd >= 0);
   ::close(fd);
-  std::ofstream(path) << range_config(first);
+  std::ofstream(path) << "port_range_mode = \"sk_lookup\"\n" + range_config(first);
   rig::Child agent;
   REQUIRE(agent.start(rig::agent_path(), {"run", "-c", path, "--no-bpf"}));
   auto code = agent.wait_exit(10000);
   ::unlink(path);
   REQUIRE(code.has_value());
-  CHECK(*code == 1);
-  CHECK(agent.stderr_text().find("a port range needs sk_lookup: --no-bpf turns BPF off") != std::string::npos);
+  CHECK(*code == 2);
+  CHECK(agent.stderr_text().find("offload-agent: port_range_mode: 'sk_lookup' cannot be had with --no-bpf (expected "
+                                 "auto or bind with --no-bpf)\n") != std::string::npos);
+  CHECK(agent.stderr_text().find("listening on") == std::string::npos);
+}
+
+TEST_CASE("port range: with sk_lookup there, port_range_mode = \"bind\" still binds each port, and each serves") {
+  std::vector<int> listening;
+  const uint16_t first = free_range(listening);
+  PortServers servers(listening, first);
+  tunnel::ConfigAgent a;
+  a.start("port_range_mode = \"bind\"\n" + range_config(first), 1);
+  CHECK(a.child().stderr_text().find("bound one by one, 4 sockets per shard (port_range_mode = \"bind\")") !=
+        std::string::npos);
+  for (int k = 0; k < kPorts; ++k) {
+    const uint16_t port = uint16_t(first + k);
+    CAPTURE(port);
+    int fd = tunnel::connect_loopback(port);
+    REQUIRE(fd >= 0);
+    tunnel::set_timeouts(fd, 5000);
+    std::string got;
+    tunnel::read_to_eof(fd, got);
+    ::close(fd);
+    CHECK(got == "port " + std::to_string(port) + "\n");
+  }
 }

@@ -77,3 +77,14 @@ TEST_CASE("two listeners may not share a port, range or not; other addresses or 
   CHECK(error_of(l + "[[listener]]\nlisten = \"127.0.0.1:9100-9199\"\n[[listener]]\nlisten = \"127.0.0.2:9100-9199\"\n") ==
         "(no error)");
 }
+
+TEST_CASE("port_range_mode: auto by default, sk_lookup or bind, anything else an error naming it") {
+  CHECK(load(kGroup).port_range_mode == "auto");
+  CHECK(load("port_range_mode = \"bind\"\n" + kGroup).port_range_mode == "bind");
+  CHECK(load("port_range_mode = \"sk_lookup\"\n" + kGroup).port_range_mode == "sk_lookup");
+  CHECK(error_of("port_range_mode = \"each\"\n" + kGroup) ==
+        "port_range_mode: bad value 'each' (expected auto, sk_lookup or bind)");
+  // --show writes it, and it loads back.
+  offload::Config c = load("port_range_mode = \"bind\"\n" + kGroup);
+  CHECK(offload::format_config(c).find("port_range_mode = \"bind\"\n") != std::string::npos);
+}

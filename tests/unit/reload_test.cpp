@@ -35,18 +35,35 @@ TEST_CASE("reload hand-over: an unchanged address keeps each shard's socket, a n
   Config running = with_listeners({"127.0.0.1:7001", "127.0.0.1:0"});
   Config next = with_listeners({"127.0.0.1:0", "127.0.0.1:7002"});
   // Two shards, each with its own socket per address.
-  offload::Handover h = offload::plan_handover(running, {{10, 11}, {20, 21}}, next);
+  offload::Handover h = offload::plan_handover(running, {{{10}, {11}}, {{20}, {21}}}, next);
   REQUIRE(h.fds.size() == 2);
-  CHECK(h.fds[0] == std::vector<int>{11, -1});
-  CHECK(h.fds[1] == std::vector<int>{21, -1});
+  CHECK(h.fds[0] == offload::ShardSockets{{11}, {}});
+  CHECK(h.fds[1] == offload::ShardSockets{{21}, {}});
   CHECK(h.kept == std::vector<int>{11, 21});  // 10 and 20 (port 7001) are removed
 }
 
 TEST_CASE("reload hand-over: the same address twice is not one socket given to two listeners") {
   Config running = with_listeners({"127.0.0.1:7001"});
   Config next = with_listeners({"127.0.0.1:7001", "127.0.0.1:7003"});
-  offload::Handover h = offload::plan_handover(running, {{5}}, next);
-  CHECK(h.fds[0] == std::vector<int>{5, -1});
+  offload::Handover h = offload::plan_handover(running, {{{5}}}, next);
+  CHECK(h.fds[0] == offload::ShardSockets{{5}, {}});
+}
+
+TEST_CASE("reload hand-over: a range bound port by port goes over whole, each shard's socket of every port") {
+  Config running = with_listeners({"127.0.0.1:7001"});
+  running.listeners[0].port_last = 7003;
+  Config next = running;  // the range stays; a listener is added before it
+  next.listeners.insert(next.listeners.begin(), running.listeners[0]);
+  next.listeners[0].address = offload::parse_socket_address("listen", "127.0.0.1:7100");
+  next.listeners[0].port_last = 0;
+  offload::Handover h = offload::plan_handover(running, {{{10, 11, 12}}, {{20, 21, 22}}}, next);
+  CHECK(h.fds[0] == offload::ShardSockets{{}, {10, 11, 12}});
+  CHECK(h.fds[1] == offload::ShardSockets{{}, {20, 21, 22}});
+  CHECK(h.kept == std::vector<int>{10, 11, 12, 20, 21, 22});
+  // Another last port is another range: nothing goes over.
+  next.listeners[1].port_last = 7004;
+  h = offload::plan_handover(running, {{{10, 11, 12}}, {{20, 21, 22}}}, next);
+  CHECK(h.kept.empty());
 }
 
 TEST_CASE("reload: limits may change; shards, CPUs, the admin address and the XDP guard need a restart, by name") {
@@ -66,6 +83,10 @@ TEST_CASE("reload: limits may change; shards, CPUs, the admin address and the XD
   next = running;
   next.xdp_iface = "lo";
   CHECK(refusal(running, next).rfind("xdp_iface: ", 0) == 0);
+  next = running;
+  next.port_range_mode = "bind";
+  CHECK(refusal(running, next) ==
+        "port_range_mode: 'bind' differs from the running 'auto' (a reload cannot change it; restart the agent)");
 }
 
 TEST_CASE("reload: an ended generation's totals are kept, its gauges are not") {
