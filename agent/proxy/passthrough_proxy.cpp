@@ -398,7 +398,7 @@ void PassthroughProxy::start_up(Tunnel* t) {
   if (t->up.send_busy || t->up.recv_busy) return;
   if (!t->first.empty()) {
     t->up.bytes += t->first.size();  // the client's bytes, moved like any others
-    bump(counters_.tunnel_bytes_up, t->first.size());
+    count_bytes(t, true, t->first.size(), false);
     send_first(t);
     return;
   }

@@ -342,6 +342,7 @@ TEST_CASE("CONNECT to a listed target: 200, then bytes both ways, the early ones
   ::close(fd);
   CHECK(stat(a, "connect_established") == 1);
   CHECK(stat(a, "tunnel_bytes_up") == 20);
+  CHECK(a.listener_stat(0, "tunnel_bytes_up") == 20);  // the early bytes too
   // The web group never saw the CONNECT.
   auto rec = web.record();
   REQUIRE(rec);
