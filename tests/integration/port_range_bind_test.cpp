@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "config_agent.h"
+#include "port_block.h"
 #include "rig.h"
 
 using rig::Backend;
@@ -28,49 +29,6 @@ using rig::ConfigAgent;
 namespace {
 
 constexpr int kPorts = 8;
-
-// A socket bound to 127.0.0.x:port (host order), listening; -1 if the port is taken.
-int listen_on(uint32_t host, uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(host);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// kPorts consecutive ports free on 127.0.0.1 (for the agent) and on
-// 127.0.0.2 (for the servers), at a random base below the ephemeral range;
-// the 127.0.0.2 sockets are returned listening, the others closed.
-uint16_t free_range(std::vector<int>& server_fds) {
-  std::mt19937 random(std::random_device{}());
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    const uint16_t first = uint16_t(20000 + random() % 10000);
-    std::vector<int> probe, servers;
-    bool ok = true;
-    for (int k = 0; k < kPorts && ok; ++k) {
-      const int a = listen_on(0x7f000001, uint16_t(first + k));
-      const int s = listen_on(0x7f000002, uint16_t(first + k));
-      if (a >= 0) probe.push_back(a);
-      if (s >= 0) servers.push_back(s);
-      ok = a >= 0 && s >= 0;
-    }
-    for (int fd : probe) ::close(fd);
-    if (ok) {
-      server_fds = servers;
-      return first;
-    }
-    for (int fd : servers) ::close(fd);
-  }
-  FAIL("no free block of ports in 200 tries");
-  return 0;
-}
 
 // Each server says which address and port it was reached on, then closes.
 struct PortServers {
@@ -149,7 +107,7 @@ size_t lines_with(const rig::Child& c, const std::string& needle) {
 
 TEST_CASE("port range bound port by port: every port of an HTTP range answers, counted by its one listener") {
   std::vector<int> spare;
-  const uint16_t first = free_range(spare);
+  const uint16_t first = rig::free_port_block(kPorts, spare);
   for (int fd : spare) ::close(fd);
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
@@ -171,7 +129,7 @@ TEST_CASE("port range bound port by port: every port of an HTTP range answers, c
 
 TEST_CASE("port range bound port by port: upstream_port = \"same\" reaches the server on the port dialled") {
   std::vector<int> listening;
-  const uint16_t first = free_range(listening);
+  const uint16_t first = rig::free_port_block(kPorts, listening);
   PortServers servers(listening);
   ConfigAgent a;
   a.start(passthrough_range(first, "port_range_mode = \"bind\"\n"), 1);
@@ -188,7 +146,7 @@ TEST_CASE("port range bound port by port: upstream_port = \"same\" reaches the s
 
 TEST_CASE("port range: auto under --no-bpf binds each port and says --no-bpf is why") {
   std::vector<int> listening;
-  const uint16_t first = free_range(listening);
+  const uint16_t first = rig::free_port_block(kPorts, listening);
   PortServers servers(listening);
   char path[] = "/tmp/offload-range-XXXXXX";
   const int fd = ::mkstemp(path);
@@ -208,7 +166,7 @@ TEST_CASE("port range: auto under --no-bpf binds each port and says --no-bpf is 
 
 TEST_CASE("port range: more ports than the open-file limit can hold is refused in one line, before serving") {
   std::vector<int> spare;
-  const uint16_t first = free_range(spare);
+  const uint16_t first = rig::free_port_block(kPorts, spare);
   for (int fd : spare) ::close(fd);
   // 200 ports x 2 shards under a limit of 64: refused at the count, so only the
   // first port needs to be free.
@@ -233,7 +191,7 @@ TEST_CASE("port range: more ports than the open-file limit can hold is refused i
 
 TEST_CASE("port range bound port by port: a reload hands every port's socket over, each port serving throughout") {
   std::vector<int> spare;
-  const uint16_t first = free_range(spare);
+  const uint16_t first = rig::free_port_block(kPorts, spare);
   for (int fd : spare) ::close(fd);
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());
@@ -279,7 +237,7 @@ TEST_CASE("port range bound port by port: a reload hands every port's socket ove
 
 TEST_CASE("port range bound port by port: a binary upgrade is refused in one line, and the old agent serves on") {
   std::vector<int> server_fds;
-  const uint16_t first = free_range(server_fds);
+  const uint16_t first = rig::free_port_block(kPorts, server_fds);
   for (int fd : server_fds) ::close(fd);
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());

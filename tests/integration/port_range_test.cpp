@@ -14,52 +14,12 @@
 #include <thread>
 #include <vector>
 
+#include "port_block.h"
 #include "splice_rig.h"
 
 namespace {
 
 constexpr int kPorts = 4;
-
-// A socket bound to 127.0.0.x:port (host order), listening; -1 if the port is taken.
-int listen_on(uint32_t host, uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(host);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// kPorts consecutive ports free on 127.0.0.1 (for the agent) and on
-// 127.0.0.2 (for the servers), below the ephemeral range; the servers' sockets
-// are returned open.
-uint16_t free_range(std::vector<int>& server_fds) {
-  for (uint16_t first = 21000; first < 30000; first += kPorts) {
-    std::vector<int> probe, servers;
-    bool ok = true;
-    for (int k = 0; k < kPorts && ok; ++k) {
-      int a = listen_on(0x7f000001, uint16_t(first + k));
-      int s = listen_on(0x7f000002, uint16_t(first + k));
-      if (a >= 0) probe.push_back(a);
-      if (s >= 0) servers.push_back(s);
-      ok = a >= 0 && s >= 0;
-    }
-    for (int fd : probe) ::close(fd);
-    if (ok) {
-      server_fds = servers;
-      return first;
-    }
-    for (int fd : servers) ::close(fd);
-  }
-  FAIL("no free port range");
-  return 0;
-}
 
 // Each server says which port it was reached on, then closes.
 struct PortServers {
@@ -94,7 +54,7 @@ std::string range_config(uint16_t first, const std::string& extra = "") {
 
 TEST_CASE("port range: one listener serves every port of its range, each reaching the server on the port dialled") {
   std::vector<int> listening;
-  const uint16_t first = free_range(listening);
+  const uint16_t first = rig::free_port_block(kPorts, listening);
   PortServers servers(listening, first);
   tunnel::ConfigAgent a;
   a.start(range_config(first), 1);
@@ -117,7 +77,7 @@ TEST_CASE("port range: one listener serves every port of its range, each reachin
 
 TEST_CASE("port range: port_range_mode = \"sk_lookup\" with --no-bpf does not start, and says why in one line") {
   std::vector<int> listening;
-  const uint16_t first = free_range(listening);
+  const uint16_t first = rig::free_port_block(kPorts, listening);
   for (int fd : listening) ::close(fd);
   char path[] = "/tmp/offload-range-XXXXXX";
   int fd = ::mkstemp(path);
@@ -137,7 +97,7 @@ TEST_CASE("port range: port_range_mode = \"sk_lookup\" with --no-bpf does not st
 
 TEST_CASE("port range: with sk_lookup there, port_range_mode = \"bind\" still binds each port, and each serves") {
   std::vector<int> listening;
-  const uint16_t first = free_range(listening);
+  const uint16_t first = rig::free_port_block(kPorts, listening);
   PortServers servers(listening, first);
   tunnel::ConfigAgent a;
   a.start("port_range_mode = \"bind\"\n" + range_config(first), 1);
