@@ -43,6 +43,7 @@
 #include "proxy/listener.h"
 #include "proxy/port_ranges.h"
 #include "security/live_rules.h"
+#include "security/screen.h"
 #include "shard.h"
 #include "splice/mode.h"
 
@@ -122,7 +123,7 @@ const std::map<std::string, std::string>& number_help() {
       {"max_clients_per_source", "client connections per source (see --source-ipv4-prefix), per shard; 0: no limit; default 0"},
       {"rate_limit", "requests per second per source, per shard (429 with Retry-After beyond); 0: no limit; default 0"},
       {"rate_burst", "requests a source may send at once (its bucket's size); 0: --rate-limit's value; default 0"},
-      {"source_table_size", "sources tracked per shard for the per-source limits (idle ones evicted); default 65536"},
+      {"source_table_size", "sources tracked for the per-source limits, one table for every shard (idle ones evicted); default 65536"},
       {"source_ipv4_prefix", "leading bits of an IPv4 address that make one source (32: per address); default 32"},
       {"source_ipv6_prefix", "leading bits of an IPv6 address that make one source (64: per /64); default 64"},
       {"xdp_syn_rate", "XDP guard: SYNs per second per source; 0: no limit; default 0"},
@@ -557,6 +558,7 @@ ReloadMailbox::Result Agent::try_reload() {
     // on top: a reload for another reason does not let a denied source back.
     next.live_rules = std::make_shared<offload::LiveRules>(next);
     next.live_rules->replay(*running.config().live_rules);
+    next.sources = offload::share_sources(next, &running.config());
   } catch (const std::exception& e) {
     return {false, fmt::format("reload failed, the running configuration stays: {}", e.what())};
   }
@@ -715,6 +717,7 @@ int Agent::run(Config config) {
   // live); a reload makes the next one from its file and replays the live
   // changes into it.
   config.live_rules = std::make_shared<offload::LiveRules>(config);
+  config.sources = offload::share_sources(config, nullptr);
   offload::set_log_level(*offload::parse_log_level(config.log_level));  // validate() checked it
   offload::set_log_priority_prefix(offload::journal_is_stderr());
   raise_fd_limit_for(config);

@@ -13,6 +13,7 @@
 namespace offload {
 
 class LiveRules;
+struct SharedSources;
 
 // One bad setting: names the key, the value and what was expected.
 // Caught at start-up and printed as one line with exit code 2.
@@ -158,6 +159,9 @@ struct Config {
   uint32_t workers = 0;               // 0: unset (one per entry of cpus, else 1)
   std::vector<int> cpus;
 
+  // Which shard a shard's own copy is for (shard_share sets it): shard 0
+  // runs the work done once per agent, such as active health checks.
+  uint32_t shard_index = 0;
   // The whole agent's limits; each shard gets its share (ops/shard_limits.h).
   uint32_t max_clients = 10000;
   // Bus connections, far fewer than clients. "auto" (the default): an
@@ -223,12 +227,15 @@ struct Config {
   std::shared_ptr<LiveRules> live_rules;
   // Requests per source (a token bucket, 429 with Retry-After over it) and
   // the grouping of addresses into sources; the per-source state of both
-  // limits is kept in one table of source_table_size entries per shard.
+  // limits is kept in one table of source_table_size entries that every
+  // shard shares (`sources`, made by run() and kept by a reload that
+  // leaves its shape alone; null in tests: each screen has its own).
   // [security] in TOML names them rate, burst, source_table_size,
   // ipv4_prefix and ipv6_prefix (and takes allow, deny, max_clients_per_source).
   uint32_t rate_limit = 0;                 // requests per second per source; 0: no limit
   uint32_t rate_burst = 0;                 // requests at once; 0: rate_limit (one second's worth)
   uint32_t source_table_size = 65536;
+  std::shared_ptr<SharedSources> sources;
   uint32_t source_ipv4_prefix = 32;        // an IPv4 source is its address...
   uint32_t source_ipv6_prefix = 64;        // ... an IPv6 source its /64
 

@@ -66,6 +66,7 @@ uint64_t share(uint64_t whole, uint32_t n, uint32_t i) { return whole / n + (i <
 Config shard_share(const Config& config, uint32_t shard) {
   const uint32_t n = std::max<uint32_t>(config.workers, 1);
   Config c = config;
+  c.shard_index = shard;
   c.max_clients = uint32_t(share(config.max_clients, n, shard));
   c.max_upstream = uint32_t(share(config.max_upstream, n, shard));
   c.persistent = uint32_t(std::min<uint64_t>(share(config.persistent, n, shard), c.max_upstream));

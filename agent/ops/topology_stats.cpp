@@ -106,10 +106,10 @@ std::string render_topology(const TopologyStats& t, StatsFormat format) {
       first = true;
       for (const auto& s : t.servers) {
         out += fmt::format(
-            "{}{{\"group\":{},\"server\":{},\"state\":\"{}\",\"requests\":{},\"responses\":{},\"failures\":{},"
-            "\"connects\":{},\"connections\":{}}}",
-            first ? "" : ",", json_string(s->group), json_string(s->name), v(s->down) ? "down" : "up", v(s->requests),
-            v(s->responses), v(s->failures), v(s->connects), v(s->connections));
+            "{}{{\"group\":{},\"server\":{},\"state\":\"{}\",\"shards_down\":{},\"requests\":{},\"responses\":{},"
+            "\"failures\":{},\"connects\":{},\"connections\":{}}}",
+            first ? "" : ",", json_string(s->group), json_string(s->name), v(s->down) ? "down" : "up", v(s->down),
+            v(s->requests), v(s->responses), v(s->failures), v(s->connects), v(s->connections));
         first = false;
       }
       out += "]";

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ops/counters.h"
+#include "upstream/probe_board.h"
 
 namespace offload {
 
@@ -56,6 +57,7 @@ struct ServerCounters {
   std::atomic<uint64_t> connects{0};
   std::atomic<uint64_t> connections{0};      // gauge: open now
   std::atomic<uint64_t> down{0};             // gauge: shards that have taken it out
+  ProbeBoard probes;                         // active health: shard 0's results for the others
 };
 
 // Shared: after a reload, a listener or server of the same name is the same

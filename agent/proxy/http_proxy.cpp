@@ -43,16 +43,6 @@ uint32_t largest_head(const Config& config) {
   return n;
 }
 
-SourceRules source_rules(const Config& config) {
-  SourceRules r;
-  r.max_connections = config.max_clients_per_source;
-  r.rate = {config.rate_limit, config.rate_burst};
-  r.table_size = config.source_table_size;
-  r.ipv4_prefix = uint8_t(config.source_ipv4_prefix);
-  r.ipv6_prefix = uint8_t(config.source_ipv6_prefix);
-  return r;
-}
-
 // A CONNECT's target, "192.0.2.7:443" or "[2001:db8::7]:22", as an address;
 // false for a name (nothing is resolved on the loop: a name is never listed).
 bool parse_connect_target(std::string_view text, sockaddr_storage& out, socklen_t& len) {
@@ -731,9 +721,8 @@ IpAddress HttpProxy::peer_of(const ClientConn* c) const {
 // True when the connection was refused (closed and counted, slot returned).
 bool HttpProxy::screen_out(ClientConn* c) {
   look_up_peer(c);
-  const uint64_t evictions = screen_.evictions();
   Verdict v = c->peer_family == 0 ? Verdict::kAccept : screen_.admit(peer_of(c), loop_.now_ms(), c->listener->index);
-  bump(counters_.source_evictions, screen_.evictions() - evictions);
+  bump(counters_.source_evictions, screen_.take_evictions());
   if (v == Verdict::kAccept) return false;
   count_refusal(v, counters_);
   ::close(c->fd);
@@ -750,7 +739,9 @@ bool HttpProxy::screen_request(ClientConn* c, const http::Head& h, std::string_v
   ListenerCounters& stats = *c->listener->stats;
   // The peer was looked up at accept: a rate limit makes the screen active.
   if (screen_.rate_limited() && c->peer_family != 0) {
-    if (uint64_t wait_ms = screen_.check_rate(peer_of(c), loop_.now_ms(), c->listener->index); wait_ms > 0) {
+    const uint64_t wait_ms = screen_.check_rate(peer_of(c), loop_.now_ms(), c->listener->index);
+    bump(counters_.source_evictions, screen_.take_evictions());
+    if (wait_ms > 0) {
       bump(counters_.rate_limited);
       add(stats.rate_limited);
       reject(c, 429, too_many((wait_ms + 999) / 1000));

@@ -221,14 +221,13 @@ void PassthroughProxy::connect_to(Listener* l, int fd, const IpAddress& source, 
   }
 }
 
-// The same screen as the HTTP proxy's (one per shard): the deny and allow
+// The same screen as the HTTP proxy's (one per shard, their source table the agent's): the deny and allow
 // lists, and the connections per source, counted until the tunnel ends.
 bool PassthroughProxy::screen_out(Tunnel* t) {
   const bool known = peer_address(t->client_fd, t->source);
   if (!screen_.active() || !known) return false;
-  const uint64_t evictions = screen_.evictions();
   const Verdict v = screen_.admit(t->source, loop_.now_ms(), t->listener->index);
-  bump(counters_.source_evictions, screen_.evictions() - evictions);
+  bump(counters_.source_evictions, screen_.take_evictions());
   if (v == Verdict::kAccept) {
     t->screened = true;
     return false;

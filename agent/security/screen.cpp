@@ -77,13 +77,34 @@ Prefix parse_prefix(const std::string& key, const std::string& text) {
   return p;
 }
 
+SourceRules source_rules(const Config& config) {
+  SourceRules r;
+  r.max_connections = config.max_clients_per_source;
+  r.rate = {config.rate_limit, config.rate_burst};
+  r.table_size = config.source_table_size;
+  r.ipv4_prefix = uint8_t(config.source_ipv4_prefix);
+  r.ipv6_prefix = uint8_t(config.source_ipv6_prefix);
+  return r;
+}
+
+std::shared_ptr<SharedSources> share_sources(const Config& next, const Config* running) {
+  const SourceRules r = source_rules(next);
+  if (r.max_connections == 0 && r.rate.rate == 0) return nullptr;
+  if (running != nullptr && running->sources != nullptr) {
+    const SharedSources& s = *running->sources;
+    if (s.table_size == r.table_size && s.ipv4_prefix == r.ipv4_prefix && s.ipv6_prefix == r.ipv6_prefix)
+      return running->sources;
+  }
+  return std::make_shared<SharedSources>(r);
+}
+
 Screen::Screen(const Config& config, const SourceRules& rules)
     : live_(config.live_rules ? config.live_rules : std::make_shared<LiveRules>(config)),
       rules_view_(live_),
       rescreened_(rules_view_.version()),
       rules_(rules) {
   for (const ListenerConfig& l : config.listeners) listener_names_.push_back(l.name);
-  if (tracking()) table_ = std::make_unique<SourceTable>(rules_.table_size);
+  if (tracking()) sources_ = config.sources ? config.sources : std::make_shared<SharedSources>(rules_);
 }
 
 Screen::Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, const SourceRules& rules)
@@ -91,7 +112,7 @@ Screen::Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, const Source
       rules_view_(live_),
       rescreened_(rules_view_.version()),
       rules_(rules) {
-  if (tracking()) table_ = std::make_unique<SourceTable>(rules_.table_size);
+  if (tracking()) sources_ = std::make_shared<SharedSources>(rules_);
 }
 
 Screen::Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, uint32_t per_source_max, uint32_t max_clients)
@@ -105,7 +126,10 @@ IpAddress Screen::source_of(const IpAddress& a) const {
 // is full of sources with open connections.
 SourceEntry* Screen::entry(const IpAddress& source, uint64_t now_ms) {
   bool fresh = false;
-  SourceEntry* e = table_->get(source_of(source), &fresh);
+  SourceTable& table = sources_->table;
+  const uint64_t evicted = table.evictions();
+  SourceEntry* e = table.get(source_of(source), &fresh);
+  evictions_ += table.evictions() - evicted;
   if (e != nullptr && fresh && rules_.rate.rate > 0) e->bucket.fill(rules_.rate, now_ms);
   return e;
 }
@@ -118,17 +142,21 @@ Verdict Screen::admit(const IpAddress& source, uint64_t now_ms, uint32_t listene
     case RuleVerdict::kAccept: break;
   }
   if (!tracking()) return Verdict::kAccept;
-  SourceEntry* e = entry(source, now_ms);
-  if (e == nullptr) {
-    note(source, "source table full", listener, now_ms);
-    return Verdict::kSourceTableFull;
+  Verdict v = Verdict::kAccept;
+  {
+    std::lock_guard held(sources_->lock);
+    SourceEntry* e = entry(source, now_ms);
+    if (e == nullptr)
+      v = Verdict::kSourceTableFull;
+    else if (rules_.max_connections > 0 && e->connections >= rules_.max_connections)
+      v = Verdict::kOverSourceLimit;
+    else
+      sources_->table.connect(e);
   }
-  if (rules_.max_connections > 0 && e->connections >= rules_.max_connections) {
-    note(source, "over max_clients_per_source", listener, now_ms);
-    return Verdict::kOverSourceLimit;
-  }
-  table_->connect(e);
-  return Verdict::kAccept;
+  // The log takes its own lock: not under the table's.
+  if (v == Verdict::kSourceTableFull) note(source, "source table full", listener, now_ms);
+  if (v == Verdict::kOverSourceLimit) note(source, "over max_clients_per_source", listener, now_ms);
+  return v;
 }
 
 bool Screen::take_rescreen() {
@@ -149,22 +177,33 @@ void Screen::note(const IpAddress& source, const char* reason, uint32_t listener
 
 void Screen::release(const IpAddress& source) {
   if (!tracking()) return;
-  if (SourceEntry* e = table_->find(source_of(source))) table_->disconnect(e);
+  std::lock_guard held(sources_->lock);
+  if (SourceEntry* e = sources_->table.find(source_of(source))) sources_->table.disconnect(e);
 }
 
 uint64_t Screen::check_rate(const IpAddress& source, uint64_t now_ms, uint32_t listener) {
   if (rules_.rate.rate == 0) return 0;
-  // Found at once for a connection admitted at accept: its entry is pinned.
-  SourceEntry* e = entry(source, now_ms);
-  const uint64_t wait_ms = e == nullptr ? 1000 : e->bucket.take(rules_.rate, now_ms);
+  uint64_t wait_ms = 1000;
+  {
+    std::lock_guard held(sources_->lock);
+    // Found at once for a connection admitted at accept: its entry is pinned.
+    if (SourceEntry* e = entry(source, now_ms)) wait_ms = e->bucket.take(rules_.rate, now_ms);
+  }
   if (wait_ms > 0) note(source, "over the request rate", listener, now_ms);
   return wait_ms;
 }
 
 uint32_t Screen::connections_from(const IpAddress& source) const {
   if (!tracking()) return 0;
-  SourceEntry* e = table_->find(source_of(source));
+  std::lock_guard held(sources_->lock);
+  SourceEntry* e = sources_->table.find(source_of(source));
   return e == nullptr ? 0 : e->connections;
+}
+
+uint32_t Screen::sources_tracked() const {
+  if (!tracking()) return 0;
+  std::lock_guard held(sources_->lock);
+  return sources_->table.size();
 }
 
 }  // namespace offload

@@ -7,11 +7,15 @@
 // A "source" is an address grouped by prefix: per address for IPv4 and per
 // /64 for IPv6 by default (one IPv6 host is usually given a whole /64, so
 // per address would let it count as billions of sources). Per-source state
-// lives in one bounded SourceTable.
+// lives in one bounded SourceTable that every shard shares (SharedSources):
+// the limits are the agent's, as nginx's limit_req zone and HAProxy's stick
+// table are, so a source spread over N shards cannot have N times them.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "security/address.h"
@@ -29,14 +33,35 @@ struct SourceRules {
   uint8_t ipv6_prefix = 64;
 };
 
-enum class Verdict : uint8_t { kAccept, kDenied, kNotAllowed, kOverSourceLimit, kSourceTableFull };
+// The source table of one generation's shards, behind a lock. Each accept
+// and each rate-checked request takes it once, for well under a
+// microsecond (a probe of the table and a few stores); the shards are few,
+// so it is rarely contended. A reload keeps it when the table's shape
+// (size, prefixes) is unchanged, so reloading resets no source's count.
+struct SharedSources {
+  SharedSources(const SourceRules& r) : table(r.table_size), table_size(r.table_size),
+      ipv4_prefix(r.ipv4_prefix), ipv6_prefix(r.ipv6_prefix) {}
+  std::mutex lock;
+  SourceTable table;  // under lock
+  const uint32_t table_size;
+  const uint8_t ipv4_prefix, ipv6_prefix;
+};
 
 struct Config;
 
+SourceRules source_rules(const Config& config);
+// The shared table for `next`'s shards: the running one's when `next`
+// groups sources the same way and sizes the table alike, a new one when it
+// tracks sources and none fits, null when it tracks none.
+std::shared_ptr<SharedSources> share_sources(const Config& next, const Config* running);
+
+enum class Verdict : uint8_t { kAccept, kDenied, kNotAllowed, kOverSourceLimit, kSourceTableFull };
+
 class Screen {
  public:
-  // The agent's: config.live_rules when run() made it (shared by every
-  // shard and the admin endpoint), else a set of this screen's own.
+  // The agent's: config.live_rules and config.sources when run() made them
+  // (shared by every shard, and the rules by the admin endpoint), else a
+  // set and a table of this screen's own.
   Screen(const Config& config, const SourceRules& rules);
   Screen(std::vector<Prefix> deny, std::vector<Prefix> allow, const SourceRules& rules);
   // A per-source connection limit with a table large enough for every client.
@@ -73,19 +98,22 @@ class Screen {
   uint32_t connections_from(const IpAddress& source) const;
   // The address `a` counts as: masked to its family's prefix.
   IpAddress source_of(const IpAddress& a) const;
-  const SourceTable* table() const { return table_.get(); }
-  uint64_t evictions() const { return table_ ? table_->evictions() : 0; }
+  // The table's entries in use (every shard's sources).
+  uint32_t sources_tracked() const;
+  // Sources this screen evicted since the last call (each shard counts its own).
+  uint64_t take_evictions() { return std::exchange(evictions_, 0); }
 
  private:
   bool tracking() const { return rules_.max_connections > 0 || rules_.rate.rate > 0; }
-  SourceEntry* entry(const IpAddress& source, uint64_t now_ms);
+  SourceEntry* entry(const IpAddress& source, uint64_t now_ms);  // under sources_->lock
 
   std::shared_ptr<LiveRules> live_;
   RulesView rules_view_;
   uint64_t rescreened_ = 0;  // the rule set's version the open connections were last checked against
   std::vector<std::string> listener_names_;
   SourceRules rules_;
-  std::unique_ptr<SourceTable> table_;  // only while tracking()
+  std::shared_ptr<SharedSources> sources_;  // only while tracking()
+  uint64_t evictions_ = 0;
 };
 
 }  // namespace offload

@@ -56,6 +56,7 @@ class TcpPool {
   const UpstreamTarget& target() const { return settings_.target; }
   ServerCounters& stats() { return stats_; }
   bool counted_down = false;  // this shard has it out: counted in stats().down
+  uint16_t probes_seen = 0;   // of its ProbeBoard's results, those this shard has applied (not shard 0)
 
   // The most recently used idle connection (the warmest), or null.
   UpstreamConn* take_idle();

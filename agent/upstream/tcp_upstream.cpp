@@ -125,9 +125,17 @@ void TcpUpstream::build_group(size_t gi) {
     hs.interval_ms = gc.health.interval_ms;
     hs.timeout_ms = gc.health.timeout_ms;
     UpstreamGroup* group = g.get();
-    g->checker = std::make_unique<HealthChecker>(loop_, std::move(targets), hs, [this, group](size_t i, bool ok) {
-      on_probe(*group->servers.at(i), ok);
-    });
+    if (config_.shard_index == 0) {
+      g->checker = std::make_unique<HealthChecker>(loop_, std::move(targets), hs, [this, group](size_t i, bool ok) {
+        TcpPool& p = *group->servers.at(i);
+        p.stats().probes.publish(ok);
+        on_probe(p, ok);
+      });
+    } else {
+      g->follow_list.set_duration(std::clamp<uint64_t>(hs.interval_ms / 4, 50, 1000));
+      bind<&TcpUpstream::on_follow>(g->follow, this, g.get());
+      loop_.add_timers(g->follow_list);
+    }
   }
   bind<&TcpUpstream::on_group_wake>(g->wake, this, g.get());
   loop_.add_timers(g->wake_list);
@@ -143,15 +151,29 @@ TcpPool* TcpUpstream::pick_tunnel_server(UpstreamGroup& g, uint64_t source_hash)
 }
 
 void TcpUpstream::start() {
-  for (auto& g : groups_)
+  for (auto& g : groups_) {
     if (g->checker) g->checker->start();
+    if (g->follow_list.duration_ms() == 0) continue;
+    for (auto& p : g->servers) p->probes_seen = p->stats().probes.count();  // from now on
+    loop_.arm(g->follow, g->follow_list);
+  }
   refill_pools();
 }
 
 void TcpUpstream::drain() {
   draining_ = true;
-  for (auto& g : groups_)
+  for (auto& g : groups_) {
     if (g->checker) g->checker->stop();
+    disarm(g->follow);
+  }
+}
+
+// Not shard 0: the probes shard 0 made since the last look, as if this
+// shard had made them.
+void TcpUpstream::on_follow(UpstreamGroup* g, Timer&) {
+  for (auto& p : g->servers)
+    p->stats().probes.replay(p->probes_seen, [this, &p](bool ok) { on_probe(*p, ok); });
+  loop_.arm(g->follow, g->follow_list);
 }
 
 void TcpUpstream::after_batch() {

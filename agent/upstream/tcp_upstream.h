@@ -93,6 +93,7 @@ class TcpUpstream final : public Upstream, public TcpPool::Host {
   void dispatch(UpstreamGroup& g);
   void dispatch_all();
   void on_group_wake(UpstreamGroup* g, Timer& t);
+  void on_follow(UpstreamGroup* g, Timer& t);
   void serve_pending(TcpPool& p);
   bool wants_new_upstream(TcpPool& p);
   struct PoolCensus {

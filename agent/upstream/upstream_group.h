@@ -32,8 +32,12 @@ struct UpstreamGroup {
   // may be probed again, the queue is tried once more.
   TimerList wake_list;
   Timer wake;
-  // Active health (health = {...}): probes each server, tells the balancer.
+  // Active health (health = {...}): in shard 0, probes each server, tells
+  // the balancer and publishes each result (ServerCounters::probes); in the
+  // other shards, `follow` reads those results into this shard's balancer.
   std::unique_ptr<HealthChecker> checker;
+  TimerList follow_list;
+  Timer follow;
 };
 
 }  // namespace offload

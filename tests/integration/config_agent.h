@@ -74,6 +74,15 @@ class ConfigAgent {
       if (s.str_or("server", "") == name) return s.str_or("state", "?");
     return "?";
   }
+  // How many shards have the server out (the JSON's shards_down).
+  int64_t shards_down(const std::string& name) {
+    rig::Json doc = stats();
+    const rig::Json* servers = doc.get("servers");
+    REQUIRE(servers != nullptr);
+    for (const rig::Json& s : servers->array)
+      if (s.str_or("server", "") == name) return s.int_or("shards_down", -1);
+    return -1;
+  }
   rig::Child& child() { return child_; }
 
  private:

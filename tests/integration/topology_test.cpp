@@ -3,10 +3,12 @@
 // backends as the servers, and the stats to see what the agent decided.
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
@@ -183,6 +185,39 @@ TEST_CASE("active health checks take a dead server out before any client meets i
     get(a.port(0), "/ok?again");
     return count(back, "/ok?again") > 0;
   }, 5000));
+}
+
+// Health checks are the agent's, not each shard's: shard 0 probes, the other
+// shards apply its results, so a server sees one probe per interval however
+// many shards there are, and every shard takes it out and back together.
+TEST_CASE("two shards: one probe per server each interval, and both shards follow the checks") {
+  Backend one, two;
+  REQUIRE_MESSAGE(one.start(8), one.error());
+  REQUIRE_MESSAGE(two.start(8), two.error());
+  const uint16_t two_port = two.port();
+  const std::string two_name = server(two);
+  ConfigAgent a;
+  a.start("workers = 2\n[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" +
+              two_name + "\"]\nhealth = { path = \"/ok?probe\", interval_ms = 100, timeout_ms = 50, rise = 2, "
+              "fall = 2 }\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
+          1);
+  REQUIRE(eventually([&] { return count(one, "/ok?probe") >= 1; }, 5000));
+  // A window of 20 intervals: about 20 probes from one prober, 40 from two.
+  const int before = count(one, "/ok?probe");
+  const auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  const int probes = count(one, "/ok?probe") - before;
+  const double intervals =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / 100.0;
+  INFO("probes " << probes << " in " << intervals << " intervals");
+  CHECK(probes <= int(intervals * 1.3) + 1);
+  CHECK(probes >= int(intervals * 0.5));
+  two.stop();
+  CHECK(eventually([&] { return a.shards_down(two_name) == 2; }, 5000));  // both shards, not only the prober
+  Backend back;
+  REQUIRE_MESSAGE(back.start(8, two_port), back.error());
+  CHECK(eventually([&] { return a.shards_down(two_name) == 0; }, 5000));
+  CHECK(a.server_state(two_name) == "up");
 }
 
 TEST_CASE("every server down: complete requests wait in the queue and are served when one returns") {

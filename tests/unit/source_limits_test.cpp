@@ -5,10 +5,14 @@
 
 #include <arpa/inet.h>
 
+#include <atomic>
 #include <cstdio>
+#include <thread>
+#include <vector>
 
 #include "ip_text.h"
 #include "loop/clock.h"
+#include "ops/config.h"
 #include "security/screen.h"
 #include "security/source_table.h"
 #include "security/token_bucket.h"
@@ -157,8 +161,9 @@ TEST_CASE("screen: a flood of sources keeps connection counts; a full table refu
     Verdict v = s.admit(nth_v4(n));
     if (v == Verdict::kAccept) s.release(nth_v4(n));
   }
-  CHECK(s.table()->size() <= 32);
-  CHECK(s.evictions() > 0);
+  CHECK(s.sources_tracked() <= 32);
+  CHECK(s.take_evictions() > 0);
+  CHECK(s.take_evictions() == 0);  // taken: the next call counts only new ones
   CHECK(s.connections_from(nth_v4(0)) == 3);
   CHECK(s.admit(nth_v4(0)) == Verdict::kOverSourceLimit);
   // 31 more sources hold a connection each: the 33rd source finds no room.
@@ -166,4 +171,100 @@ TEST_CASE("screen: a flood of sources keeps connection counts; a full table refu
   CHECK(s.admit(nth_v4(300000)) == Verdict::kSourceTableFull);
   s.release(nth_v4(200001));
   CHECK(s.admit(nth_v4(300000)) == Verdict::kAccept);
+}
+
+namespace {
+
+offload::Config shared_config(uint32_t per_source, uint32_t rate, uint32_t burst) {
+  offload::Config c;
+  c.max_clients_per_source = per_source;
+  c.rate_limit = rate;
+  c.rate_burst = burst;
+  c.source_table_size = 64;
+  c.sources = offload::share_sources(c, nullptr);
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("shared sources: two shards' screens count one source's connections and requests together") {
+  TestClock clock;
+  const offload::Config config = shared_config(3, 1, 4);
+  REQUIRE(config.sources != nullptr);
+  Screen one(config, offload::source_rules(config)), two(config, offload::source_rules(config));
+  const IpAddress a = ip("127.0.0.2");
+  CHECK(one.admit(a, clock.now_ms()) == Verdict::kAccept);
+  CHECK(two.admit(a, clock.now_ms()) == Verdict::kAccept);
+  CHECK(one.admit(a, clock.now_ms()) == Verdict::kAccept);  // exactly the limit, over two shards
+  CHECK(two.admit(a, clock.now_ms()) == Verdict::kOverSourceLimit);
+  CHECK(one.admit(a, clock.now_ms()) == Verdict::kOverSourceLimit);
+  CHECK(one.connections_from(a) == 3);
+  two.release(a);  // a connection of one shard's ends: the other may take its place
+  CHECK(one.admit(a, clock.now_ms()) == Verdict::kAccept);
+  // One bucket of 4 between them.
+  CHECK(one.check_rate(a, clock.now_ms()) == 0);
+  CHECK(two.check_rate(a, clock.now_ms()) == 0);
+  CHECK(one.check_rate(a, clock.now_ms()) == 0);
+  CHECK(two.check_rate(a, clock.now_ms()) == 0);
+  CHECK(one.check_rate(a, clock.now_ms()) == 1000);
+  CHECK(two.check_rate(a, clock.now_ms()) == 1000);
+  CHECK(one.sources_tracked() == 1);
+  CHECK(two.sources_tracked() == 1);
+}
+
+TEST_CASE("shared sources: a reload keeps the table when its shape is unchanged, and makes a new one otherwise") {
+  const offload::Config running = shared_config(2, 0, 0);
+  offload::Config same = running;
+  same.max_clients_per_source = 5;  // the limits may change: the counts carry over
+  same.sources = nullptr;
+  CHECK(offload::share_sources(same, &running) == running.sources);
+  offload::Config bigger = same;
+  bigger.source_table_size = 128;
+  CHECK(offload::share_sources(bigger, &running) != running.sources);
+  offload::Config regrouped = same;
+  regrouped.source_ipv6_prefix = 48;
+  CHECK(offload::share_sources(regrouped, &running) != running.sources);
+  offload::Config untracked = same;
+  untracked.max_clients_per_source = 0;
+  CHECK(offload::share_sources(untracked, &running) == nullptr);
+
+  // The running screen's connection is still counted by the next one's.
+  Screen old_gen(running, offload::source_rules(running));
+  CHECK(old_gen.admit(ip("127.0.0.7")) == Verdict::kAccept);
+  same.sources = offload::share_sources(same, &running);
+  Screen new_gen(same, offload::source_rules(same));
+  CHECK(new_gen.connections_from(ip("127.0.0.7")) == 1);
+  old_gen.release(ip("127.0.0.7"));
+  CHECK(new_gen.connections_from(ip("127.0.0.7")) == 0);
+}
+
+TEST_CASE("shared sources: two threads admitting and releasing at once never pass the limit and end at zero") {
+  const offload::Config config = shared_config(4, 0, 0);
+  const IpAddress a = ip("127.0.0.3");
+  std::atomic<int> open{0}, most{0};
+  // Each shard wants three connections at a time: six wanted, four allowed.
+  auto shard = [&] {
+    Screen s(config, offload::source_rules(config));
+    for (int i = 0; i < 5000; ++i) {
+      int held = 0;
+      for (int k = 0; k < 3; ++k) {
+        if (s.admit(a) != Verdict::kAccept) continue;
+        ++held;
+        const int now = open.fetch_add(1) + 1;
+        for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {
+        }
+      }
+      for (; held > 0; --held) {
+        open.fetch_sub(1);
+        s.release(a);
+      }
+    }
+  };
+  std::thread t1(shard), t2(shard);
+  t1.join();
+  t2.join();
+  CHECK(most.load() <= 4);
+  CHECK(most.load() >= 3);
+  Screen check(config, offload::source_rules(config));
+  CHECK(check.connections_from(a) == 0);
 }
