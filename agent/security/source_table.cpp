@@ -1,21 +1,37 @@
 #include "security/source_table.h"
 
 #include <cstring>
+#include <random>
 
 namespace offload {
 namespace {
 
-size_t hash_of(const IpAddress& a) {
+// Every bit of the address must reach the index's low bits: IPv4 sources
+// differ in the last bytes of the mapped form only, and a multiply alone
+// carries a difference upwards, never down (the earlier hash put all of a
+// /24 in one slot's probe chain). Two rounds of a 64-bit finaliser, keyed
+// per table so that nobody can pick sources that collide.
+uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+size_t hash_of(const IpAddress& a, uint64_t seed) {
   uint64_t lo, hi;
   std::memcpy(&lo, a.bytes, 8);
   std::memcpy(&hi, a.bytes + 8, 8);
-  uint64_t h = (lo ^ (hi * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull;
-  return size_t(h ^ (h >> 29));
+  return size_t(mix(hi ^ mix(lo ^ seed)));
 }
 
 }  // namespace
 
 SourceTable::SourceTable(uint32_t capacity) : capacity_(capacity), entries_(new SourceEntry[capacity + 1]) {
+  std::random_device random;
+  seed_ = (uint64_t{random()} << 32) | random();
   size_t size = 16;
   while (size < size_t(capacity) * 2) size *= 2;
   index_.reset(new uint32_t[size]);
@@ -30,9 +46,13 @@ size_t SourceTable::memory_bytes() const {
 }
 
 size_t SourceTable::slot_of(const IpAddress& key) const {
-  size_t i = hash_of(key) & mask_;
+  size_t i = hash_of(key, seed_) & mask_;
   while (index_[i] != kNone && !(entries_[index_[i]].key == key)) i = (i + 1) & mask_;
   return i;
+}
+
+uint32_t SourceTable::probe_distance(const IpAddress& key) const {
+  return uint32_t((slot_of(key) - (hash_of(key, seed_) & mask_)) & mask_);
 }
 
 SourceEntry* SourceTable::find(const IpAddress& key) {
@@ -61,7 +81,7 @@ void SourceTable::erase_from_index(const IpAddress& key) {
   size_t hole = slot_of(key);
   index_[hole] = kNone;
   for (size_t j = (hole + 1) & mask_; index_[j] != kNone; j = (j + 1) & mask_) {
-    size_t home = hash_of(entries_[index_[j]].key) & mask_;
+    size_t home = hash_of(entries_[index_[j]].key, seed_) & mask_;
     bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
     if (movable) {
       index_[hole] = index_[j];

@@ -44,6 +44,9 @@ class SourceTable {
   uint32_t size() const { return used_; }
   uint32_t capacity() const { return capacity_; }
   uint64_t evictions() const { return evictions_; }
+  // How many slots past its hash's own the index holds `key` (or the empty
+  // slot ending its search): each is a comparison at every lookup.
+  uint32_t probe_distance(const IpAddress& key) const;
   // Bytes allocated for the table: fixed for its life.
   size_t memory_bytes() const;
 
@@ -63,6 +66,7 @@ class SourceTable {
   // full; removal shifts later slots back (no tombstones).
   std::unique_ptr<uint32_t[]> index_;
   size_t mask_ = 0;
+  uint64_t seed_ = 0;  // the hash's key, random per table
 };
 
 }  // namespace offload

@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <thread>
@@ -152,6 +153,26 @@ TEST_CASE("source table: a source with open connections is never evicted; full o
   CHECK(fresh);
   CHECK(t.find(nth_v4(9999)) == nullptr);
   CHECK(t.find(nth_v4(0)) == held);
+}
+
+TEST_CASE("source table: the sources of one /24, or of one /16, spread over the index instead of one probe chain") {
+  SourceTable t(65536);
+  bool fresh = false;
+  std::vector<IpAddress> added;
+  for (uint32_t n = 0; n < 4096; ++n) {  // 10.0.0.0 to 10.0.15.255: the last two bytes differ
+    added.push_back(nth_v4(n));
+    REQUIRE(t.get(added.back(), &fresh) != nullptr);
+  }
+  uint32_t longest = 0, total = 0;
+  for (const IpAddress& a : added) {
+    const uint32_t d = t.probe_distance(a);
+    longest = std::max(longest, d);
+    total += d;
+  }
+  // At most 1/32 full: a good hash keeps almost every source in its own
+  // slot (a source of each /24 sharing one slot would give 255 and more).
+  CHECK(longest <= 8);
+  CHECK(total <= added.size() / 4);
 }
 
 TEST_CASE("screen: a flood of sources keeps connection counts; a full table refuses, counted as its own verdict") {
