@@ -35,20 +35,33 @@ void PrefixTable::Ranked::sort() {
     return x.deny && !y.deny;
   });
   for (uint32_t i = 0; i < entries.size(); ++i) {
-    if (runs.empty() || runs.back().bits != entries[i].bits) runs.push_back({entries[i].bits, i});
+    if (runs.empty() || runs.back().bits != entries[i].bits) {
+      const unsigned b = entries[i].bits;
+      const Key mask{b == 0 ? 0 : b >= 64 ? ~0ull : ~0ull << (64 - b), b <= 64 ? 0 : ~0ull << (128 - b)};
+      runs.push_back({entries[i].bits, i, mask});
+    }
     runs.back().end = i + 1;
+    keys.push_back(Key::of(entries[i].address));
   }
 }
 
+PrefixTable::Key PrefixTable::Key::of(const IpAddress& a) {
+  Key k{0, 0};
+  for (int i = 0; i < 8; ++i) k.hi = (k.hi << 8) | a.bytes[i];
+  for (int i = 8; i < 16; ++i) k.lo = (k.lo << 8) | a.bytes[i];
+  return k;
+}
+
 const PrefixTable::Entry* PrefixTable::Ranked::longest_match(const IpAddress& a) const {
-  auto from = entries.begin();
+  const Key whole = Key::of(a);
+  auto from = keys.begin();
   for (const Run& run : runs) {
-    const IpAddress key = a.masked(run.bits);
+    const Key key = whole & run.mask;
     // The first entry of this length not below the key is the match if any
     // (deny sorts first among equals).
-    auto to = entries.begin() + run.end;
-    auto it = std::lower_bound(from, to, key, [](const Entry& e, const IpAddress& k) { return compare(e.address, k) < 0; });
-    if (it != to && it->address == key) return &*it;
+    auto to = keys.begin() + run.end;
+    auto it = std::lower_bound(from, to, key);
+    if (it != to && *it == key) return &entries[size_t(it - keys.begin())];
     from = to;
   }
   return nullptr;

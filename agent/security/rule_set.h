@@ -43,13 +43,25 @@ class PrefixTable {
     uint8_t bits;
     bool deny;
   };
+  // An address as two big-endian words: their order is the bytes' order,
+  // compared in two integer steps instead of a memcmp (the accept path
+  // does a binary search per prefix length present).
+  struct Key {
+    uint64_t hi, lo;
+    static Key of(const IpAddress& a);
+    Key operator&(const Key& m) const { return {hi & m.hi, lo & m.lo}; }
+    bool operator<(const Key& o) const { return hi < o.hi || (hi == o.hi && lo < o.lo); }
+    bool operator==(const Key& o) const { return hi == o.hi && lo == o.lo; }
+  };
   // Sorted by bits (longest first), then address, deny before allow: one
   // binary search per distinct length, at most 129 of them.
   struct Ranked {
     std::vector<Entry> entries;
+    std::vector<Key> keys;  // entries[i].address, as a Key
     struct Run {
       uint8_t bits;
       uint32_t end;  // entries of this length end here (they start where the last run ended)
+      Key mask;      // the first `bits` bits set
     };
     std::vector<Run> runs;  // one per distinct length present, longest first
     void sort();
