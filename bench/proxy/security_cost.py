@@ -3,7 +3,7 @@
 rule set against the same agent with none, in the same run.
 
   /usr/bin/python3 bench/proxy/security_cost.py [--build build-release]
-      [--rounds 2] [--seconds 8] [--prefixes 1000] [--callgrind 2000]
+      [--rounds 2] [--seconds 8] [--prefixes 1000]
 
 "rules": `deny` with --prefixes prefixes (IPv4 and IPv6, of many lengths, none
 covering 127.0.0.0/8, so every request is screened and served), a request
@@ -14,21 +14,13 @@ per-request checks) and once with a new connection per request (the accept
 screen too). Each agent pinned to CPU 0, wrk and the demo server to CPU 1;
 the two agents take turns, --rounds times. Prints CPU per request and the
 ratio rules/none of each round. A figure, not a test: it asserts nothing.
-
-CPU time per request on a shared 2-core machine moves by more than the 5 %
-this is meant to show, so --callgrind N counts instructions instead, which
-do not drift: each agent runs under valgrind's callgrind twice, serving N
-and then 2N requests (the same requests, sent one at a time by this script,
-over keep-alive connections of 100 requests and then with a connection per
-request), and the difference over N is its instructions per request, start-up
-(1,000 prefixes parsed) left out. Nothing of the kernel's is counted.
+On a shared 2-core machine these rounds move by more than the 5 % they are
+meant to show; build/bench/security/bench_security gives the checks' own
+cost, which does not drift.
 """
 import argparse
 import os
 import random
-import re
-import socket
-import subprocess
 import sys
 import tempfile
 
@@ -76,84 +68,12 @@ def write_config(path, port, backend_port, rules, token_file, prefixes):
         f.write("\n".join(lines) + "\n")
 
 
-def send_requests(port, n, per_connection, headers):
-    """n GET /size/100, per_connection of them on each connection, one at a
-    time, each response read whole (Content-Length framed)."""
-    request = ("GET /size/100 HTTP/1.1\r\nHost: bench\r\n" + "".join(h + "\r\n" for h in headers)
-               + "\r\n").encode()
-    sent = 0
-    while sent < n:
-        with socket.create_connection(("127.0.0.1", port), 60) as s:
-            buf = b""
-            for _ in range(min(per_connection, n - sent)):
-                s.sendall(request)
-                while b"\r\n\r\n" not in buf:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        raise RuntimeError("the agent closed the connection before a response")
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError("unexpected response: " + head.split(b"\r\n")[0].decode(errors="replace"))
-                length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
-                while len(buf) < length:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        raise RuntimeError("the agent closed the connection inside a body")
-                    buf += chunk
-                buf = buf[length:]
-                sent += 1
-
-
-def instructions(agent, cfg, port, tmp, name, n, per_connection, headers):
-    """Instructions callgrind counted in an agent that served n requests."""
-    out = os.path.join(tmp, f"callgrind.{name}.{n}.{per_connection}")
-    log = open(out + ".log", "w")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", agent, "run", "-c", cfg],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    proc.log_path, proc.name = log.name, "agent-" + name
-    try:
-        wait_listening(port, proc, 120)
-        send_requests(port, n, per_connection, headers)
-    finally:
-        proc.terminate()  # SIGTERM: the agent drains and exits, and callgrind writes its counts
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with open(out) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
-
-
-def callgrind_table(agent, tmp, backend_port, token_file, prefixes, n):
-    auth = f"Authorization: Bearer {TOKEN}"
-    print(f"security_cost: instructions per request under callgrind ({prefixes} deny prefixes, rate limit on, "
-          f"bearer token on), from agents that served {n} and {2 * n} requests")
-    print(f"{'':34}{'none (instr/req)':>18}{'rules (instr/req)':>18}{'rules/none':>12}")
-    for label, per_connection in (("keep-alive (100 a connection)", 100), ("a connection per request", 1)):
-        per_request = {}
-        for name, rules in (("none", False), ("rules", True)):
-            port = free_port()
-            cfg = os.path.join(tmp, f"cg-{name}.toml")
-            write_config(cfg, port, backend_port, rules, token_file, prefixes)
-            counts = [instructions(agent, cfg, port, tmp, name, k, per_connection, (auth,)) for k in (n, 2 * n)]
-            per_request[name] = (counts[1] - counts[0]) / n
-        print(f"{label:34}{per_request['none']:>18,.0f}{per_request['rules']:>18,.0f}"
-              f"{per_request['rules'] / per_request['none']:>12.3f}")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "build"))
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--prefixes", type=int, default=1000)
-    p.add_argument("--callgrind", type=int, default=0, metavar="N",
-                   help="count instructions per request under callgrind (N and 2N requests) instead of CPU time")
     a = p.parse_args()
     agent = os.path.join(a.build, "agent", "offload-agent")
     server = os.path.join(a.build, "server", "offload-demo-server")
@@ -166,9 +86,6 @@ def main():
         backend_port = free_port()
         backend = procs.start("backend", [server, "--listen", f"127.0.0.1:{backend_port}", "--workers", "64"], 1)
         wait_listening(backend_port, backend)
-        if a.callgrind > 0:
-            callgrind_table(agent, tmp, backend_port, token_file, a.prefixes, a.callgrind)
-            return
         agents = {}
         for name, rules in (("none", False), ("rules", True)):
             port = free_port()
