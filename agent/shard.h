@@ -1,7 +1,8 @@
 // A shard: one thread, one Loop, and the parts that serve its listeners.
-// Shards share the read-only configuration and the per-listener and
-// per-server stats (atomic adds), and each has its own listening sockets
-// (SO_REUSEPORT) for the same ports.
+// Shards share the read-only configuration, the per-listener and
+// per-server stats (atomic adds), the live rule set, the per-source table
+// (one lock) and the active health checks' results (shard 0 probes), and
+// each has its own listening sockets (SO_REUSEPORT) for the same ports.
 //
 // One request, as one walk through the parts (DESIGN.md's flow):
 //   Listener      the socket a client came in on: its limits, timeouts, and

@@ -171,13 +171,20 @@ struct UpstreamConn : Channel {
   uint32_t generation = 0;      // bumped at each open: a completion can tell its connection
   UpstreamState state = UpstreamState::kFree;
   uint8_t inflight = 0;
-  bool recv_armed = false;      // the multishot receive is running
-  bool send_busy = false;
+  // Each direction's state, as a client's: the response coming in, the
+  // request going out.
+  struct {
+    bool armed = false;         // the multishot receive is running
+    bool paused = false;        // the client's buffers are full: receive cancelled
+  } in;
+  struct {
+    bool busy = false;          // a send of the request is in flight
+  } out;
+  // What the pool has learnt of the connection.
   bool used = false;            // has carried a request (for reuse counting)
   bool proven = false;          // has carried a response: the server serves it
   bool stall_noted = false;     // its first request went unanswered too long (counted once)
   bool reusable = true;         // may carry another request after this one
-  bool read_paused = false;     // the client's buffers are full: receive cancelled
 };
 
 }  // namespace offload

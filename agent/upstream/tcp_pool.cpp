@@ -186,7 +186,7 @@ void TcpPool::maybe_free(UpstreamConn* u) {
   --open_;
   drop(counters_.upstream_active);
   sub(stats_.connections);
-  OFFLOAD_ASSERT(!u->recv_armed && !u->send_busy);
+  OFFLOAD_ASSERT(!u->in.armed && !u->out.busy);
   host_.on_freed(*this, u);
 }
 

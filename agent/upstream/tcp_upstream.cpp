@@ -445,7 +445,7 @@ void TcpUpstream::assign(UpstreamConn* u, ClientConn* c) {
   u->state = UpstreamState::kBusy;
   u->client = c;
   u->send_off = 0;
-  u->read_paused = false;
+  u->in.paused = false;
   ex->up = u;
   u->busy_since_ms = loop_.now_ms();
   counters_.queue_wait.observe(u->busy_since_ms - ex->queued_ms);
@@ -502,7 +502,7 @@ void TcpUpstream::post_up_send(UpstreamConn* u) {
   OFFLOAD_ASSERT(n > 0);  // a send of nothing would come back as 0 and loop
   prep_send_iov(loop_.sqe(u->sent), u->fd, u->send_msg, u->send_iov, n);
   ++u->inflight;
-  u->send_busy = true;
+  u->out.busy = true;
 }
 
 // Reads the next piece of a spilled request body, from `offset` in its file,
@@ -531,7 +531,7 @@ bool TcpUpstream::load_body_piece(UpstreamConn* u, uint64_t offset) {
 void TcpUpstream::on_up_send(UpstreamConn* u, const io_uring_cqe& cqe) {
   const int res = cqe.res;
   --u->inflight;
-  u->send_busy = false;
+  u->out.busy = false;
   if (u->state != UpstreamState::kBusy) {
     maybe_free_upstream(u);
     return;
@@ -552,21 +552,21 @@ void TcpUpstream::on_up_send(UpstreamConn* u, const io_uring_cqe& cqe) {
 // per-request poll arming. Bytes land in provided buffers and are copied
 // into the client's output blocks.
 void TcpUpstream::arm_up_recv(UpstreamConn* u) {
-  OFFLOAD_ASSERT(!u->recv_armed && u->fd >= 0);  // one receive per connection
+  OFFLOAD_ASSERT(!u->in.armed && u->fd >= 0);  // one receive per connection
   io_uring_sqe* s = loop_.sqe(u->received);
   io_uring_prep_recv_multishot(s, u->fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kUpstreamGroup;
   ++u->inflight;
-  u->recv_armed = true;
+  u->in.armed = true;
 }
 
 // A read paused for this exchange's buffers tries again (and pauses again if
 // there is still no room).
 void TcpUpstream::resume(Exchange* ex) {
   auto* u = static_cast<UpstreamConn*>(ex->up);
-  if (u == nullptr || !u->read_paused) return;
-  u->read_paused = false;
+  if (u == nullptr || !u->in.paused) return;
+  u->in.paused = false;
   post_up_recv(u);
 }
 
@@ -577,9 +577,9 @@ void TcpUpstream::on_up_cancelled(UpstreamConn* u, const io_uring_cqe&) {
 
 // Back-pressure: the client's buffers (memory and spill file) are full.
 void TcpUpstream::pause_up_read(UpstreamConn* u) {
-  u->read_paused = true;
+  u->in.paused = true;
   disarm(u->timer);
-  if (!u->recv_armed) return;
+  if (!u->in.armed) return;
   loop_.cancel(u->received, &u->cancelled);
   ++u->inflight;
 }
@@ -587,19 +587,19 @@ void TcpUpstream::pause_up_read(UpstreamConn* u) {
 // The client drained some of its response: read on if there is room.
 void TcpUpstream::post_up_recv(UpstreamConn* u) {
   if (u->state != UpstreamState::kBusy || !sink_.read_allowed(u->client->ex)) {
-    u->read_paused = true;
+    u->in.paused = true;
     if (u->state == UpstreamState::kBusy) proxy_.wait_if_unwoken(u->client);
     return;
   }
   arm_response_timer(u);
-  if (!u->recv_armed) arm_up_recv(u);
+  if (!u->in.armed) arm_up_recv(u);
 }
 
 void TcpUpstream::on_up_recv(UpstreamConn* u, const io_uring_cqe& e) {
   const io_uring_cqe* cqe = &e;
   const uint32_t generation = u->generation;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
-    u->recv_armed = false;
+    u->in.armed = false;
     --u->inflight;
   }
   const int res = cqe->res;
@@ -626,7 +626,7 @@ void TcpUpstream::on_up_recv(UpstreamConn* u, const io_uring_cqe& e) {
   // completion has nothing more to do with it.
   if (u->generation != generation) return;
   // Out of provided buffers ends a multishot receive: arm it again.
-  if (!u->recv_armed && !u->read_paused) {
+  if (!u->in.armed && !u->in.paused) {
     uring_.publish_buffers();
     arm_up_recv(u);
   }
@@ -866,14 +866,14 @@ void TcpUpstream::release_upstream(UpstreamConn* u) {
   TcpPool& p = *u->pool;
   u->client = nullptr;
   disarm(u->timer);
-  u->read_paused = false;
+  u->in.paused = false;
   ++p.responses;
   if (!u->proven) p.limit().on_new_answered();
   u->proven = true;
   const int64_t took_ms = int64_t(loop_.now_ms() - u->busy_since_ms);
   counters_.upstream_response.observe(uint64_t(took_ms));
   p.response_ms_avg += (took_ms - p.response_ms_avg) / 8;  // smoothed over about 8 responses
-  if (!u->reusable || draining_ || u->send_busy) {
+  if (!u->reusable || draining_ || u->out.busy) {
     // The server ended a connection it had served. While a newer one waits
     // unanswered, it has no worker for that one and makes room (a yield).
     if (!u->parser.head().keep_alive) {
@@ -892,7 +892,7 @@ void TcpUpstream::release_upstream(UpstreamConn* u) {
     return;
   }
   // A receive that ran out of provided buffers (or was paused) serves on.
-  if (!u->recv_armed) arm_up_recv(u);
+  if (!u->in.armed) arm_up_recv(u);
   if (ClientConn* next = take_from(u->pool->pending, counters_)) {
     assign(u, next);
   } else {
