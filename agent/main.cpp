@@ -685,20 +685,17 @@ std::unique_ptr<offload::splice::Splicer> choose_splice(const Config& config, bo
   return std::move(choice.splicer);
 }
 
-// The guard's side of the rule set: each global prefix the guard can hold
-// (a deny with an allow inside it cannot be: the guard would drop the
-// allowed part too), and every later change through the admin endpoint.
+// The guard's side of the rule set: each global deny the guard can hold
+// (RuleSet::guard_denies), and every later change through the admin endpoint.
 offload::AdminServer::Mirror mirror_into_guard(const std::shared_ptr<void>& guard, const offload::LiveRules& rules) {
   if (!guard) return {};
 #ifdef OFFLOAD_HAVE_XDP
   const std::shared_ptr<const offload::RuleSet> set = rules.current();
-  size_t mirrored = 0, kept_out = 0;
-  for (const offload::Prefix& d : set->global().deny) {
-    bool inside = false;
-    for (const offload::Prefix& a : set->global().allow) inside = inside || (a.bits > d.bits && d.contains(a.address));
-    if (inside) ++kept_out;
-    else mirrored += offload::xdp::mirror_rule(true, true, offload::prefix_text(d)).starts_with("guard: added");
-  }
+  const std::vector<offload::Prefix> held = set->guard_denies();
+  const size_t kept_out = set->global().deny.size() - held.size();
+  size_t mirrored = 0;
+  for (const offload::Prefix& d : held)
+    mirrored += offload::xdp::mirror_rule(true, true, offload::prefix_text(d)).starts_with("guard: added");
   for (const offload::Prefix& a : set->global().allow) (void)offload::xdp::mirror_rule(false, true, offload::prefix_text(a));
   if (!set->global().deny.empty())
     fmt::print(stderr, "offload-agent: xdp: {} deny prefixes mirrored into the guard ({} with an allow inside kept out)\n",

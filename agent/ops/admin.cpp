@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <stdexcept>
 #include <utility>
 
@@ -284,26 +285,50 @@ std::string AdminServer::security_answer(std::string_view method, std::string_vi
   const bool add = method == "POST";
   bool changed = false;
   std::string agent;
+  // One change at a time, so that the guard's denies before and after it
+  // are this change's alone.
+  std::lock_guard changing(security_change_mutex_);
+  const std::shared_ptr<const RuleSet> before = rules->current();
   try {
     agent = add ? rules->add(list, cidr, &changed) : rules->remove(list, cidr, &changed);
   } catch (const ConfigError& e) {
     return http_answer("400 Bad Request", "text/plain", std::string(e.what()) + "\n");
   }
-  std::string guard = "guard: not attached to the agent";
-  if (mirror) {
-    // The guard drops a denied prefix whole: an allowed prefix inside it
-    // (longest wins here) would be dropped there too, so it stays out.
-    std::string inside;
-    if (add && list == LiveRules::List::kDeny) {
-      const Prefix p = parse_prefix("deny", cidr);
-      for (const Prefix& a : rules->current()->global().allow)
-        if (a.bits > p.bits && p.contains(a.address)) inside = prefix_text(a);
-    }
-    guard = inside.empty() ? mirror(list, add, cidr)
-                           : fmt::format("guard: not changed (allow {} lies inside it: the guard cannot make that "
-                                         "exception)", inside);
-  }
+  const std::string guard = mirror ? mirror_change(mirror, *before, *rules->current(), list, add, cidr)
+                                   : "guard: not attached to the agent";
   return http_answer("200 OK", "text/plain", fmt::format("agent: {}\n{}\n", agent, guard));
+}
+
+// What the guard must change for one change of the rule set: the global
+// denies it holds (RuleSet::guard_denies) before and after, so an allow
+// added inside a deny takes that deny out of the guard (the agent alone
+// screens it), and deleting the allow puts it back. An allow itself is
+// mirrored too (the guard keeps it for its allow-only mode).
+std::string mirror_change(const AdminServer::Mirror& mirror, const RuleSet& before, const RuleSet& after,
+                          LiveRules::List list, bool add, const std::string& cidr) {
+  auto text_of = [](const std::vector<Prefix>& ps) {
+    std::vector<std::string> out;
+    for (const Prefix& p : ps) out.push_back(prefix_text(p));
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  const std::vector<std::string> held = text_of(before.guard_denies()), next = text_of(after.guard_denies());
+  std::vector<std::string> gone, come;
+  std::set_difference(held.begin(), held.end(), next.begin(), next.end(), std::back_inserter(gone));
+  std::set_difference(next.begin(), next.end(), held.begin(), held.end(), std::back_inserter(come));
+  std::vector<std::string> lines;
+  for (const std::string& d : gone) lines.push_back(mirror(LiveRules::List::kDeny, false, d));
+  for (const std::string& d : come) lines.push_back(mirror(LiveRules::List::kDeny, true, d));
+  if (list == LiveRules::List::kAllow) lines.push_back(mirror(list, add, cidr));
+  if (lines.empty() && list == LiveRules::List::kDeny && add) {
+    // Denied here, but an allow lies inside it: the guard cannot make that exception.
+    lines.push_back(fmt::format("guard: not changed ({} has an allow inside it: the agent alone screens it)",
+                                prefix_text(parse_prefix("deny", cidr))));
+  }
+  if (lines.empty()) lines.push_back("guard: not changed");
+  std::string out;
+  for (const std::string& l : lines) out += (out.empty() ? "" : "\n") + l;
+  return out;
 }
 
 std::pair<int, std::string> request_admin(const SocketAddress& address, const std::string& method,

@@ -106,6 +106,7 @@ class AdminServer {
   std::string answer(std::string_view request) const;
   std::string security_answer(std::string_view method, std::string_view target) const;
 
+  mutable std::mutex security_change_mutex_;  // one /security change at a time, the guard's part included
   mutable std::mutex sources_mutex_;  // shards_, shown_ and topology_: a reload replaces them
   std::vector<const Counters*> shards_;
   size_t shown_ = 0;
@@ -127,6 +128,14 @@ class AdminServer {
 std::string fetch_admin(const SocketAddress& address, const std::string& path);
 // The same for any method, each read and write bounded by `timeout_s`: the
 // status code and the body.
+// What the guard must change for one change of the rule set, through
+// `mirror` (its answers, one line each): the global denies it may hold
+// (RuleSet::guard_denies) before and after the change, so an allow added
+// inside a deny takes that deny out of the guard (the agent alone screens
+// it) and deleting the allow puts it back; an allow is mirrored as well.
+std::string mirror_change(const AdminServer::Mirror& mirror, const RuleSet& before, const RuleSet& after,
+                          LiveRules::List list, bool add, const std::string& cidr);
+
 std::pair<int, std::string> request_admin(const SocketAddress& address, const std::string& method,
                                           const std::string& path, int timeout_s);
 

@@ -86,6 +86,20 @@ RuleVerdict RuleSet::check(const IpAddress& a, uint32_t listener) const {
   return listener < tables_.size() ? tables_[listener].check(a) : global_table_.check(a);
 }
 
+std::vector<Prefix> RuleSet::guard_denies() const {
+  auto allowed_inside = [this](const Prefix& d) {
+    auto inside = [&d](const Prefix& a) { return a.bits > d.bits && d.contains(a.address); };
+    if (std::any_of(global_.allow.begin(), global_.allow.end(), inside)) return true;
+    for (const PrefixLists& own : listeners_)
+      if (std::any_of(own.allow.begin(), own.allow.end(), inside)) return true;
+    return false;
+  };
+  std::vector<Prefix> out;
+  for (const Prefix& d : global_.deny)
+    if (!allowed_inside(d)) out.push_back(d);
+  return out;
+}
+
 std::string prefix_text(const Prefix& p) {
   char buf[INET6_ADDRSTRLEN];
   if (p.address.is_v4() && p.bits >= 96) {

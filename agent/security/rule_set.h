@@ -79,6 +79,12 @@ class RuleSet {
   RuleSet(PrefixLists global, std::vector<PrefixLists> listeners);
 
   RuleVerdict check(const IpAddress& a, uint32_t listener) const;
+  // The global denies the XDP guard may hold. The guard drops a denied
+  // prefix whole, before any allow, so a deny with an allow inside it (the
+  // global list's or any listener's: longest wins here) stays out of it and
+  // is screened here alone; otherwise the guard would drop what the agent
+  // lets in.
+  std::vector<Prefix> guard_denies() const;
   // No prefix anywhere: the accept path need not look up the peer.
   bool empty() const { return empty_; }
   const PrefixLists& global() const { return global_; }

@@ -82,7 +82,7 @@ in_srv ip addr add 10.77.0.1/24 dev "$SIF"
 in_srv ip -6 addr add fd77::1/64 dev "$SIF" nodad
 in_srv ip link set "$SIF" up
 in_cli ip link set lo up
-for a in 2 3 4; do in_cli ip addr add 10.77.0.$a/24 dev "$CIF"; done
+for a in 2 3 4 5; do in_cli ip addr add 10.77.0.$a/24 dev "$CIF"; done
 for a in 2 3; do in_cli ip -6 addr add fd77::$a/64 dev "$CIF" nodad; done
 in_cli ip link set "$CIF" up
 # cpumap-redirected frames lose veth's "checksum not done yet" state: finish checksums on send.
@@ -244,6 +244,26 @@ check "deny list shows it in the agent and in the guard" \
   sh -c "grep -qx 'agent: 10.77.0.4/32' $WORK/mirror && grep -q '^guard: 10.77.0.4/32 packets=' $WORK/mirror"
 check "deny del through the agent" in_srv "$CLI" deny del 10.77.0.4 --admin "$ADMIN"
 check "10.77.0.4 reaches the agent once removed" in_cli "$TOOL" connect 10.77.0.4 10.77.0.1 8081 3000
+# An allow inside a deny the guard holds: longest wins in the agent, and the
+# guard drops a deny whole, so the deny must leave the guard (and come back).
+check "deny add 10.77.0.4/31 through the agent" in_srv "$CLI" deny add 10.77.0.4/31 --admin "$ADMIN"
+if in_cli "$TOOL" connect 10.77.0.5 10.77.0.1 8081 1200 >/dev/null; then
+  fail "10.77.0.5, inside the live-denied 10.77.0.4/31, completed a handshake"
+else
+  pass "10.77.0.5 inside the live-denied 10.77.0.4/31 is dropped by the guard"
+fi
+in_srv "$CLI" allow add 10.77.0.5 --admin "$ADMIN" >"$WORK/mirror" 2>&1
+check "allow add inside it takes the deny out of the guard, and says so" \
+  grep -qx "guard: removed 10.77.0.4/31" "$WORK/mirror"
+check "the allowed 10.77.0.5 reaches the agent as the agent's rules say" \
+  in_cli "$TOOL" connect 10.77.0.5 10.77.0.1 8081 3000
+in_srv "$CLI" allow del 10.77.0.5 --admin "$ADMIN" >"$WORK/mirror" 2>&1
+check "allow del puts the deny back into the guard" grep -qx "guard: added 10.77.0.4/31" "$WORK/mirror"
+if in_cli "$TOOL" connect 10.77.0.5 10.77.0.1 8081 1200 >/dev/null; then
+  fail "10.77.0.5 completed a handshake once its allow was gone"
+else
+  pass "10.77.0.5 is dropped by the guard again once its allow is gone"
+fi
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID"
 check "the agent's guard left no pins behind" sh -c "! ls $PIN/xdp_* >/dev/null 2>&1"

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ip_text.h"
+#include "ops/admin.h"
 #include "ops/config.h"
 #include "security/decision_log.h"
 #include "security/live_rules.h"
@@ -166,6 +167,44 @@ TEST_CASE("screen: a live change reaches admit at once and asks for one re-check
   CHECK(s.take_rescreen());  // admit took the set first: the re-check is still owed
   CHECK_FALSE(s.take_rescreen());
   CHECK(s.recheck(ip("127.0.0.5"), 0) == RuleVerdict::kDenied);
+}
+
+TEST_CASE("rule set: the guard holds the global denies no allow lies inside, a listener's allow included") {
+  RuleSet set(lists({"10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"}, {"10.1.2.3/32", "198.51.100.0/24"}),
+              {PrefixLists{}, lists({}, {"192.0.2.7/32"})});
+  std::vector<std::string> held;
+  for (const offload::Prefix& p : set.guard_denies()) held.push_back(offload::prefix_text(p));
+  // 10/8 has an allow inside (global), 192.0.2/24 one of listener 1's; the
+  // same prefix in both lists is a deny (deny wins a tie), as in the guard.
+  CHECK(held == std::vector<std::string>{"198.51.100.0/24"});
+}
+
+TEST_CASE("guard mirror: an allow added inside a mirrored deny takes the deny out of the guard, its removal puts it back") {
+  LiveRules live(lists({"10.0.0.0/8"}));
+  std::vector<std::string> calls;
+  const offload::AdminServer::Mirror mirror = [&](LiveRules::List list, bool add, const std::string& cidr) {
+    calls.push_back(std::string(list == LiveRules::List::kDeny ? "deny " : "allow ") + (add ? "add " : "del ") + cidr);
+    return std::string("guard: ") + (add ? "added " : "removed ") + cidr;
+  };
+  auto change = [&](LiveRules::List list, bool add, const std::string& cidr) {
+    calls.clear();
+    const std::shared_ptr<const RuleSet> before = live.current();
+    bool changed = false;
+    if (add) live.add(list, cidr, &changed);
+    else live.remove(list, cidr, &changed);
+    return offload::mirror_change(mirror, *before, *live.current(), list, add, cidr);
+  };
+  CHECK(change(LiveRules::List::kAllow, true, "10.1.2.3") == "guard: removed 10.0.0.0/8\nguard: added 10.1.2.3");
+  CHECK(calls == std::vector<std::string>{"deny del 10.0.0.0/8", "allow add 10.1.2.3"});
+  // A deny added inside the allow-holding one is mirrored on its own...
+  CHECK(change(LiveRules::List::kDeny, true, "10.9.0.0/16") == "guard: added 10.9.0.0/16");
+  // ... one that holds the allow is not.
+  CHECK(change(LiveRules::List::kDeny, true, "10.1.0.0/16") ==
+        "guard: not changed (10.1.0.0/16 has an allow inside it: the agent alone screens it)");
+  CHECK(calls.empty());
+  CHECK(change(LiveRules::List::kAllow, false, "10.1.2.3") ==
+        "guard: added 10.0.0.0/8\nguard: added 10.1.0.0/16\nguard: removed 10.1.2.3");
+  CHECK(change(LiveRules::List::kDeny, false, "10.9.0.0/16") == "guard: removed 10.9.0.0/16");
 }
 
 TEST_CASE("decision log: at most its lines a second, each saying how many were left out before it") {
