@@ -3,28 +3,21 @@
 #include <cstring>
 #include <random>
 
+#include "upstream/hash.h"
+
 namespace offload {
 namespace {
 
 // Every bit of the address must reach the index's low bits: IPv4 sources
 // differ in the last bytes of the mapped form only, and a multiply alone
 // carries a difference upwards, never down (the earlier hash put all of a
-// /24 in one slot's probe chain). Two rounds of a 64-bit finaliser, keyed
-// per table so that nobody can pick sources that collide.
-uint64_t mix(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
-}
-
+// /24 in one slot's probe chain). Two rounds of a finalizer, keyed per
+// table so that nobody can pick sources that collide.
 size_t hash_of(const IpAddress& a, uint64_t seed) {
   uint64_t lo, hi;
   std::memcpy(&lo, a.bytes, 8);
   std::memcpy(&hi, a.bytes + 8, 8);
-  return size_t(mix(hi ^ mix(lo ^ seed)));
+  return size_t(mix64(hi ^ mix64(lo ^ seed)));
 }
 
 }  // namespace

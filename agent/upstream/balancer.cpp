@@ -3,22 +3,11 @@
 #include <cmath>
 
 #include "loop/check.h"
+#include "upstream/hash.h"
 
 namespace offload {
 
 namespace {
-
-// A 64-bit finalizer (the avalanche step of MurmurHash3): every input bit
-// flips each output bit with probability about 1/2, so nearby sources and
-// nearby keys land far apart.
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return x;
-}
 
 // Weighted rendezvous score: with u uniform in (0, 1), w / -ln(u) is largest
 // on each server with probability proportional to w (the exponential race),

@@ -162,6 +162,18 @@ TEST_CASE("a server that fails is taken out, its requests go to the others, and 
   CHECK(a.server_state(bad_name) == "up");
 }
 
+namespace {
+
+// A round-robin group of two servers, actively checked at `path` every
+// 100 ms (rise 2, fall 2), and one listener.
+std::string checked_pair(Backend& one, const std::string& two_name, const std::string& path) {
+  return "[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" + two_name +
+         "\"]\nhealth = { path = \"" + path + "\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }\n"
+         "[[listener]]\nlisten = \"127.0.0.1:0\"\n";
+}
+
+}  // namespace
+
 TEST_CASE("active health checks take a dead server out before any client meets it, and bring it back") {
   Backend one, two;
   REQUIRE_MESSAGE(one.start(8), one.error());
@@ -169,10 +181,7 @@ TEST_CASE("active health checks take a dead server out before any client meets i
   const uint16_t two_port = two.port();
   const std::string two_name = server(two);
   ConfigAgent a;
-  a.start("[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" + two_name +
-              "\"]\nhealth = { path = \"/ok\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }\n"
-              "[[listener]]\nlisten = \"127.0.0.1:0\"\n",
-          1);
+  a.start(checked_pair(one, two_name, "/ok"), 1);
   REQUIRE(eventually([&] { return count(two, "/ok") >= 2; }, 5000));  // the probes reach it
   two.stop();
   CHECK(eventually([&] { return a.server_state(two_name) == "down"; }, 5000));
@@ -197,10 +206,7 @@ TEST_CASE("two shards: one probe per server each interval, and both shards follo
   const uint16_t two_port = two.port();
   const std::string two_name = server(two);
   ConfigAgent a;
-  a.start("workers = 2\n[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" +
-              two_name + "\"]\nhealth = { path = \"/ok?probe\", interval_ms = 100, timeout_ms = 50, rise = 2, "
-              "fall = 2 }\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
-          1);
+  a.start("workers = 2\n" + checked_pair(one, two_name, "/ok?probe"), 1);
   REQUIRE(eventually([&] { return count(one, "/ok?probe") >= 1; }, 5000));
   // A window of 20 intervals: about 20 probes from one prober, 40 from two.
   const int before = count(one, "/ok?probe");
