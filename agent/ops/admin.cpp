@@ -278,7 +278,14 @@ std::string AdminServer::security_answer(std::string_view method, std::string_vi
   if (rules == nullptr || (path != "/security/deny" && path != "/security/allow"))
     return http_answer("404 Not Found", "text/plain", "try /security/deny or /security/allow\n");
   const LiveRules::List list = path == "/security/deny" ? LiveRules::List::kDeny : LiveRules::List::kAllow;
-  if (method == "GET") return http_answer("200 OK", "text/plain", rules->list(list));
+  const std::string listener = query_value(target, "listener");  // empty: the global lists
+  if (method == "GET") {
+    try {
+      return http_answer("200 OK", "text/plain", rules->list(list, listener));
+    } catch (const ConfigError& e) {
+      return http_answer("400 Bad Request", "text/plain", std::string(e.what()) + "\n");
+    }
+  }
   if (method != "POST" && method != "DELETE")
     return http_answer("405 Method Not Allowed", "text/plain", "GET, POST or DELETE\n");
   const std::string cidr = query_value(target, "cidr");
@@ -290,11 +297,11 @@ std::string AdminServer::security_answer(std::string_view method, std::string_vi
   std::lock_guard changing(security_change_mutex_);
   const std::shared_ptr<const RuleSet> before = rules->current();
   try {
-    agent = add ? rules->add(list, cidr, &changed) : rules->remove(list, cidr, &changed);
+    agent = add ? rules->add(list, cidr, &changed, listener) : rules->remove(list, cidr, &changed, listener);
   } catch (const ConfigError& e) {
     return http_answer("400 Bad Request", "text/plain", std::string(e.what()) + "\n");
   }
-  const std::string guard = mirror ? mirror_change(mirror, *before, *rules->current(), list, add, cidr)
+  const std::string guard = mirror ? mirror_change(mirror, *before, *rules->current(), list, add, cidr, !listener.empty())
                                    : "guard: not attached to the agent";
   return http_answer("200 OK", "text/plain", fmt::format("agent: {}\n{}\n", agent, guard));
 }
@@ -305,7 +312,7 @@ std::string AdminServer::security_answer(std::string_view method, std::string_vi
 // screens it), and deleting the allow puts it back. An allow itself is
 // mirrored too (the guard keeps it for its allow-only mode).
 std::string mirror_change(const AdminServer::Mirror& mirror, const RuleSet& before, const RuleSet& after,
-                          LiveRules::List list, bool add, const std::string& cidr) {
+                          LiveRules::List list, bool add, const std::string& cidr, bool listener) {
   auto text_of = [](const std::vector<Prefix>& ps) {
     std::vector<std::string> out;
     for (const Prefix& p : ps) out.push_back(prefix_text(p));
@@ -319,7 +326,8 @@ std::string mirror_change(const AdminServer::Mirror& mirror, const RuleSet& befo
   std::vector<std::string> lines;
   for (const std::string& d : gone) lines.push_back(mirror(LiveRules::List::kDeny, false, d));
   for (const std::string& d : come) lines.push_back(mirror(LiveRules::List::kDeny, true, d));
-  if (list == LiveRules::List::kAllow) lines.push_back(mirror(list, add, cidr));
+  if (list == LiveRules::List::kAllow && !listener) lines.push_back(mirror(list, add, cidr));
+  if (lines.empty() && listener) lines.push_back("guard: not changed (a listener's own prefixes stay in the agent)");
   if (lines.empty() && list == LiveRules::List::kDeny && add) {
     // Denied here, but an allow lies inside it: the guard cannot make that exception.
     lines.push_back(fmt::format("guard: not changed ({} has an allow inside it: the agent alone screens it)",

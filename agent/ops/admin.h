@@ -132,9 +132,11 @@ std::string fetch_admin(const SocketAddress& address, const std::string& path);
 // `mirror` (its answers, one line each): the global denies it may hold
 // (RuleSet::guard_denies) before and after the change, so an allow added
 // inside a deny takes that deny out of the guard (the agent alone screens
-// it) and deleting the allow puts it back; an allow is mirrored as well.
+// it) and deleting the allow puts it back; a global allow is mirrored as
+// well. `listener`: the change was to a listener's own lists, which the
+// guard (one for every port) does not hold.
 std::string mirror_change(const AdminServer::Mirror& mirror, const RuleSet& before, const RuleSet& after,
-                          LiveRules::List list, bool add, const std::string& cidr);
+                          LiveRules::List list, bool add, const std::string& cidr, bool listener = false);
 
 std::pair<int, std::string> request_admin(const SocketAddress& address, const std::string& method,
                                           const std::string& path, int timeout_s);

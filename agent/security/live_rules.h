@@ -39,24 +39,26 @@ class LiveRules {
   // default) or left to end by themselves (deny_established = "keep").
   bool close_established() const { return close_established_; }
 
-  // A change to the global lists. Each returns a one-line answer; `changed`
-  // says whether the set changed (adding what is there and removing what is
-  // not change nothing). Throws ConfigError for a bad prefix.
-  std::string add(List list, const std::string& cidr, bool* changed);
-  std::string remove(List list, const std::string& cidr, bool* changed);
+  // A change to the global lists, or with `listener` (its name) to that
+  // listener's own. Each returns a one-line answer; `changed` says whether
+  // the set changed (adding what is there and removing what is not change
+  // nothing). Throws ConfigError for a bad prefix or an unknown listener.
+  std::string add(List list, const std::string& cidr, bool* changed, const std::string& listener = "");
+  std::string remove(List list, const std::string& cidr, bool* changed, const std::string& listener = "");
   // After a reload: the live changes made to `older` since its start, in
   // their order, applied to this set (made from the new file), so that a
   // source denied live stays denied.
   void replay(const LiveRules& older);
-  // The global list, one prefix a line.
-  std::string list(List list) const;
+  // The global list (or `listener`'s own), one prefix a line.
+  std::string list(List list, const std::string& listener = "") const;
 
   // Woken (one 8-byte write) after each change; the fd stays the caller's.
   void subscribe(int eventfd);
   void unsubscribe(int eventfd);
 
  private:
-  std::string change(List list, const std::string& cidr, bool add, bool* changed);
+  std::string change(List list, const std::string& cidr, bool add, bool* changed, const std::string& listener);
+  size_t listener_index(const std::string& name) const;  // throws ConfigError for a name not configured
   void publish(std::shared_ptr<const RuleSet> next);  // with mutex_ held
 
   friend class RulesView;  // takes current_ and version_ together, under mutex_
@@ -68,7 +70,9 @@ class LiveRules {
     List list;
     std::string cidr;
     bool add;
+    std::string listener;  // empty: the global lists
   };
+  std::vector<std::string> listener_names_;  // in configuration order
   std::vector<Change> changes_;  // every live change that changed the set, oldest first
   bool close_established_ = true;
 };

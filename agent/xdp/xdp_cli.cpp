@@ -3,8 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cstdio>
 #include <memory>
+#include <string>
 
 #include "cidr.h"
 #include "pinned_maps.h"
@@ -24,7 +26,19 @@ struct SetArgs {
   std::string cidr;
   std::string admin;
   std::string config_file;
+  std::string listener;  // a listener's own lists, in the running agent only
 };
+
+// A query value: everything but unreserved characters percent-encoded
+// (a listener's name is often its address: "[::1]:8080").
+std::string query_escape(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') out += char(c);
+    else out += fmt::format("%{:02X}", c);
+  }
+  return out;
+}
 
 int report(const char* command, const Status& status) {
   if (!status.message.empty()) {
@@ -81,10 +95,19 @@ int guard_edit(SetKind set, const SetArgs& args, const std::optional<Prefix>& pr
 int run_both(const char* command, SetKind set, const SetArgs& args, const std::optional<Prefix>& prefix,
              const AgentCall& agent) {
   std::string target = fmt::format("/security/{}", command);
-  if (prefix) target += "?cidr=" + prefix->str();
+  std::string query;
+  if (prefix) query += "&cidr=" + prefix->str();
+  if (!args.listener.empty()) query += "&listener=" + query_escape(args.listener);
+  if (!query.empty()) target += "?" + query.substr(1);
   const char* method = args.action == "add" ? "POST" : args.action == "del" ? "DELETE" : "GET";
   const AgentReply reply = agent(args.admin, args.config_file, method, target);
-  bool guard_done = false;
+  // A listener's lists are the agent's alone: no guard holds them.
+  bool guard_done = !args.listener.empty();
+  if (!reply.reached && !args.listener.empty()) {
+    std::fprintf(stderr, "%s: nothing changed: --listener needs the running agent (%s)\n", command,
+                 reply.error.c_str());
+    return kExitFailure;
+  }
   if (!reply.reached && attached_interface().empty()) {
     std::fprintf(stderr, "%s: nothing changed: no agent running (%s) and no XDP guard attached\n", command,
                  reply.error.c_str());
@@ -108,7 +131,7 @@ int run_both(const char* command, SetKind set, const SetArgs& args, const std::o
     }
   } else {
     // "agent: ...\nguard: ...\n": the guard's line says whether the agent mirrored it.
-    guard_done = reply.body.find("\nguard: not attached to the agent") == std::string::npos;
+    guard_done = guard_done || reply.body.find("\nguard: not attached to the agent") == std::string::npos;
     const std::string shown = guard_done ? reply.body : reply.body.substr(0, reply.body.find("\nguard: ") + 1);
     std::printf("%s", shown.c_str());
   }
@@ -173,6 +196,7 @@ void add_set_command(CLI::App& app, int& exit_code, const char* command, SetKind
   if (agent) {
     cmd->add_option("--admin", args->admin, "the running agent's admin endpoint (default: -c's, else 127.0.0.1:9901)");
     cmd->add_option("-c,--config", args->config_file, "the running agent's configuration file, for its admin address");
+    cmd->add_option("--listener", args->listener, "a listener's own list (its name), not the global one");
   }
   cmd->callback([args, &exit_code, command, set, agent] { exit_code = run_set(command, set, *args, agent); });
 }

@@ -387,6 +387,41 @@ TEST_CASE("live deny: a reload keeps what was denied live, on top of the re-read
   CHECK(rec->find("/ok?reload=denied") == nullptr);
 }
 
+TEST_CASE("live deny on one listener: --listener changes that listener's own list only, an unknown name is refused") {
+  Backend b;
+  REQUIRE_MESSAGE(b.start(8), b.error());
+  Agent a;
+  a.start(upstream_of(b) + listener_at("127.0.0.1:0", "name = \"front\"\n") +
+              listener_at("127.0.0.1:0", "name = \"back\"\n"),
+          2);
+  Cli add = cli("deny add 127.0.0.31 --listener front" + admin_flag(a));
+  CHECK_MESSAGE(add.code == 0, add.out);
+  CHECK(add.out.find("agent: deny 127.0.0.31/32 on listener front: added\n") != std::string::npos);
+  CHECK(refused("127.0.0.31", a.port(0), "/ok?front=denied"));
+  CHECK(served("127.0.0.31", a.port(1), "/ok?back=served"));
+  CHECK(served("127.0.0.32", a.port(0), "/ok?front=other"));
+  CHECK(cli("deny list --listener front" + admin_flag(a)).out == "agent: 127.0.0.31/32\n");
+  CHECK(cli("deny list --listener back" + admin_flag(a)).out.empty());
+  CHECK(cli("deny list" + admin_flag(a)).out.find("127.0.0.31") == std::string::npos);  // not global
+  // An allow on `back` inside a global deny: longest wins on back alone.
+  REQUIRE(cli("deny add 127.0.0.32/31" + admin_flag(a)).code == 0);
+  REQUIRE(cli("allow add 127.0.0.33 --listener back" + admin_flag(a)).code == 0);
+  CHECK(served("127.0.0.33", a.port(1), "/ok?back=allowed"));
+  CHECK(refused("127.0.0.33", a.port(0), "/ok?front=denied-globally"));
+  Cli unknown = cli("deny add 127.0.0.31 --listener nosuch" + admin_flag(a));
+  CHECK(unknown.code == 2);
+  CHECK(line_count(unknown.out) == 1);
+  CHECK(unknown.out.find("listener: bad value 'nosuch' (expected the name of a listener: front, back)") !=
+        std::string::npos);
+  Cli del = cli("deny del 127.0.0.31 --listener front" + admin_flag(a));
+  CHECK(del.out.find("agent: deny 127.0.0.31/32 on listener front: removed\n") != std::string::npos);
+  CHECK(served("127.0.0.31", a.port(0), "/ok?front=after"));
+  auto rec = b.wait_record([](const rig::Record& r) { return r.find("/ok?front=after") != nullptr; }, 3000);
+  REQUIRE(rec);
+  CHECK(rec->count("/ok?front=denied") == 0);
+  CHECK(rec->count("/ok?front=denied-globally") == 0);
+}
+
 TEST_CASE("live deny: open connections and tunnels from a newly denied source are closed, or kept with deny_established = keep") {
   Backend b;
   REQUIRE_MESSAGE(b.start(8), b.error());

@@ -207,6 +207,52 @@ TEST_CASE("guard mirror: an allow added inside a mirrored deny takes the deny ou
   CHECK(change(LiveRules::List::kDeny, false, "10.9.0.0/16") == "guard: removed 10.9.0.0/16");
 }
 
+TEST_CASE("live rules: a listener's own list changes by name, a reload replays it by name, a gone listener drops it") {
+  offload::Config config;
+  config.listeners.resize(2);
+  config.listeners[0].name = "front";
+  config.listeners[1].name = "back";
+  LiveRules live(config);
+  bool changed = false;
+  CHECK(live.add(LiveRules::List::kDeny, "127.0.0.31", &changed, "back") == "deny 127.0.0.31/32 on listener back: added");
+  CHECK(changed);
+  CHECK(live.current()->check(ip("127.0.0.31"), 1) == RuleVerdict::kDenied);
+  CHECK(live.current()->check(ip("127.0.0.31"), 0) == RuleVerdict::kAccept);
+  CHECK(live.list(LiveRules::List::kDeny, "back") == "127.0.0.31/32\n");
+  CHECK(live.list(LiveRules::List::kDeny).empty());
+  CHECK_THROWS_WITH_AS(live.add(LiveRules::List::kDeny, "127.0.0.1", &changed, "nosuch"),
+                       "listener: bad value 'nosuch' (expected the name of a listener: front, back)",
+                       offload::ConfigError);
+  // The next file swaps the two listeners' order: the change follows the name.
+  offload::Config next = config;
+  std::swap(next.listeners[0], next.listeners[1]);
+  LiveRules reloaded(next);
+  reloaded.replay(live);
+  CHECK(reloaded.current()->check(ip("127.0.0.31"), 0) == RuleVerdict::kDenied);  // "back" is first now
+  CHECK(reloaded.current()->check(ip("127.0.0.31"), 1) == RuleVerdict::kAccept);
+  offload::Config without = config;
+  without.listeners.pop_back();
+  LiveRules smaller(without);
+  smaller.replay(live);
+  CHECK(smaller.current()->check(ip("127.0.0.31"), 0) == RuleVerdict::kAccept);
+}
+
+TEST_CASE("guard mirror: a listener's change touches the guard only through the global denies it holds") {
+  LiveRules live(lists({"10.0.0.0/8"}), {PrefixLists{}});
+  const offload::AdminServer::Mirror mirror = [](LiveRules::List, bool add, const std::string& cidr) {
+    return std::string("guard: ") + (add ? "added " : "removed ") + cidr;
+  };
+  bool changed = false;
+  std::shared_ptr<const RuleSet> before = live.current();
+  live.add(LiveRules::List::kDeny, "192.0.2.0/24", &changed, "0");
+  CHECK(offload::mirror_change(mirror, *before, *live.current(), LiveRules::List::kDeny, true, "192.0.2.0/24", true) ==
+        "guard: not changed (a listener's own prefixes stay in the agent)");
+  before = live.current();
+  live.add(LiveRules::List::kAllow, "10.1.2.3", &changed, "0");
+  CHECK(offload::mirror_change(mirror, *before, *live.current(), LiveRules::List::kAllow, true, "10.1.2.3", true) ==
+        "guard: removed 10.0.0.0/8");
+}
+
 TEST_CASE("decision log: at most its lines a second, each saying how many were left out before it") {
   std::vector<std::string> lines;
   offload::DecisionLog log(3, [&](std::string_view l) { lines.emplace_back(l); });
