@@ -86,7 +86,8 @@ void RingBus::post_wake() {
 
 // The hub says an attach or a detach happened (several may have, as one
 // read): catch up with what is current now.
-void RingBus::on_wake(const io_uring_cqe&) {
+void RingBus::on_wake(const io_uring_cqe& cqe) {
+  if (cqe.res == -ECANCELED) return;  // the loop is ending
   post_wake();
   catch_up();
 }

@@ -52,7 +52,9 @@ RingHub::RingHub(const Config& whole, const GroupConfig& group, uint32_t shards)
     if (stop_fd_ >= 0) ::close(stop_fd_);
   };
   for (uint32_t i = 0; i <= shards_; ++i) {
-    const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    // A shard reads its wake-up with io_uring: a blocking eventfd, so the
+    // read waits for the write instead of ending at once with EAGAIN.
+    const int fd = ::eventfd(0, EFD_CLOEXEC | (i < shards_ ? 0 : EFD_NONBLOCK));
     if (fd < 0) {
       const std::string why = std::strerror(errno);
       close_all();
