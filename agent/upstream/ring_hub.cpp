@@ -2,6 +2,7 @@
 #include "upstream/ring_hub.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,7 +81,12 @@ RingHub::~RingHub() {
   if (stop_fd_ >= 0) ::close(stop_fd_);
 }
 
-void RingHub::start() { thread_ = std::thread([this] { run(); }); }
+void RingHub::start() {
+  thread_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "offload-bus");
+    run();
+  });
+}
 
 std::shared_ptr<ring::RingAttach> RingHub::view() const {
   std::lock_guard lock(mutex_);
@@ -130,10 +136,14 @@ void RingHub::on_event(RingAgent::Event e) {
     if (channels < shards_) {  // channel c is shard c % shards_: the last shards have none
       const std::string who = shards_ - channels == 1 ? fmt::format("shard {} has", channels)
                                                       : fmt::format("shards {}-{} have", channels, shards_ - 1);
+      // Fewer channels than shards: the server's workers, or the bus's own cap.
+      const std::string fix = channels == channels_max_
+                                  ? fmt::format("raise the bus's max_connections ({}) to at least {}", channels_max_, shards_)
+                                  : fmt::format("give the server at least {} workers", shards_);
       log(LogLevel::kWarning,
           "bus {}: the server has {} channel{} for {} shards: {} no channel, so {} requests wait in the queue "
-          "and get 503 after queue_timeout_ms (give the server at least {} workers, or run fewer shards)",
-          text_, channels, channels == 1 ? "" : "s", shards_, who, shards_ - channels == 1 ? "its" : "their", shards_);
+          "and get 503 after queue_timeout_ms ({}, or run fewer shards)",
+          text_, channels, channels == 1 ? "" : "s", shards_, who, shards_ - channels == 1 ? "its" : "their", fix);
     }
     publish(ring_->attachment());
   } else if (e == RingAgent::Event::kDetached) {
