@@ -16,6 +16,7 @@
 
 #include "ops/shard_limits.h"
 #include "shard.h"
+#include "upstream/ring_hub.h"
 
 namespace offload {
 
@@ -45,12 +46,12 @@ void pin_to_cpu(int cpu) {
 // Makes shard `i`, says it is ready (or why not), runs it, and counts
 // itself done on `done_fd` whatever happened.
 void run_shard(const Config& whole, uint32_t i, ShardSockets fds, Counters& counters, TopologyStats& topology,
-               ShardThread& slot, std::promise<void>& ready, int done_fd, int rearm_fd) {
+               RingHub* hub, ShardThread& slot, std::promise<void>& ready, int done_fd, int rearm_fd) {
   const Config config = shard_share(whole, i);
   std::unique_ptr<Shard> shard;
   try {
     pin_to_cpu(config.cpu);
-    shard = std::make_unique<Shard>(config, std::move(fds), counters, &topology);
+    shard = std::make_unique<Shard>(config, std::move(fds), counters, &topology, ShardBus{hub, i});
     shard->set_accepts_cancelled_hook([rearm_fd] {
       const uint64_t one = 1;
       (void)!::write(rearm_fd, &one, sizeof one);
@@ -99,11 +100,16 @@ Generation::~Generation() {
 }
 
 void Generation::start() {
+  // One shard opens the bus itself; several divide one (upstream/ring_hub.h).
+  if (config_.workers > 1)
+    for (const GroupConfig& g : config_.groups)
+      if (g.is_bus()) hub_ = std::make_unique<RingHub>(config_, g, config_.workers);
   std::vector<std::promise<void>> ready(config_.workers);
   for (uint32_t i = 0; i < config_.workers; ++i) {
     slots_.push_back(std::make_unique<ShardThread>());
     slots_.back()->thread = std::thread(run_shard, std::cref(config_), i, fds_[i], std::ref(*counters_[i]),
-                                        std::ref(*topology_), std::ref(*slots_.back()), std::ref(ready[i]), done_fd_, rearm_fd_);
+                                        std::ref(*topology_), hub_.get(), std::ref(*slots_.back()), std::ref(ready[i]),
+                                        done_fd_, rearm_fd_);
   }
   std::exception_ptr failed;
   for (auto& r : ready) {
@@ -118,6 +124,7 @@ void Generation::start() {
     join();
     std::rethrow_exception(failed);
   }
+  if (hub_) hub_->start();  // every shard is built: servers may attach now
 }
 
 void Generation::drain() {
@@ -161,6 +168,7 @@ int Generation::join() {
     if (slot->thread.joinable()) slot->thread.join();
     if (code == 0) code = slot->code;
   }
+  hub_.reset();  // no shard uses the bus any more: close it (the server sees the agent go)
   joined_ = true;
   return code;
 }

@@ -18,6 +18,7 @@ namespace offload {
 
 struct ShardThread;
 class AccessLogWriter;
+class RingHub;
 
 class Generation {
  public:
@@ -72,6 +73,9 @@ class Generation {
   AgentSockets fds_;
   std::vector<std::unique_ptr<Counters>> counters_;  // one per shard, each its shard's alone
   std::unique_ptr<TopologyStats> topology_;
+  // With several shards and an shm: group: the one bus they divide (made in
+  // start() before the shards, closed in join() once they have all ended).
+  std::unique_ptr<RingHub> hub_;
   std::vector<std::unique_ptr<ShardThread>> slots_;
   int done_fd_ = -1;
   int rearm_fd_ = -1;

@@ -88,7 +88,9 @@ struct RunFlags {
 const std::map<std::string, std::string>& number_help() {
   static const std::map<std::string, std::string> help = {
       {"cpu", "run one shard pinned to this CPU number (the same as --cpus K); default none: not pinned"},
-      {"workers", "number of shards (threads, each with its own io_uring); default 1 (or one per --cpus entry)"},
+      {"workers", "number of shards (threads, each with its own io_uring; over an shm: bus shard i serves channels "
+                  "i, i + workers, ...: give the server at least this many workers); default 1 (or one per --cpus "
+                  "entry)"},
       {"max_clients", "client connections open at once, agent-wide; more are closed at once; default 10000"},
       {"max_upstream",
        "connections to each server, agent-wide: a number is a fixed ceiling, auto an adaptive limit up to 64; "

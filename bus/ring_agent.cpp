@@ -15,7 +15,7 @@ namespace offload::ring {
 namespace {
 
 // One bus connection's agent side for the current attach.
-struct Channel {
+struct alignas(64) Channel {  // its own cache lines: channels may be served by different threads
   Producer requests;
   Consumer responses;
   struct Sent {
@@ -33,6 +33,23 @@ struct Channel {
 
 }  // namespace
 
+// One attach: the region, the server's doorbells, the channels' state.
+struct RingAttach::State {
+  uint64_t generation = 0;
+  uint32_t ring_bytes = 0;
+  Region region;
+  std::vector<Fd> to_server;   // fresh per attach
+  std::vector<Channel> channels;
+
+  int fail_channel(uint32_t ch, std::string why);
+  int check_piece(Channel& c, const ResponsePiece& p);
+};
+
+RingAttach::RingAttach(std::unique_ptr<State> state) : s_(std::move(state)) {}
+RingAttach::~RingAttach() = default;
+uint64_t RingAttach::generation() const { return s_->generation; }
+uint32_t RingAttach::channel_count() const { return uint32_t(s_->channels.size()); }
+
 struct RingAgent::Impl {
   RingAgentOptions opts;
   Fd listener;
@@ -43,9 +60,7 @@ struct RingAgent::Impl {
   uint32_t server_pid = 0;
   std::string last_error;
   std::vector<Fd> to_agent;    // stable doorbells, channels_max of them
-  std::vector<Fd> to_server;   // fresh per attach
-  Region region;
-  std::vector<Channel> channels;
+  std::shared_ptr<RingAttach> current;  // while attached
   uint64_t my_beat = 0;
   uint64_t seen_beat = 0;
   uint64_t seen_beat_ms = 0;
@@ -59,8 +74,6 @@ struct RingAgent::Impl {
   void refuse(Fd sock, int status, uint64_t now);
   void close_refused(uint64_t now);
   Event detach(std::string why);
-  int fail_channel(uint32_t ch, std::string why);
-  int check_piece(Channel& c, const ResponsePiece& p);
 };
 
 RingAgent::RingAgent(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -103,7 +116,7 @@ std::unique_ptr<RingAgent> RingAgent::create(const RingAgentOptions& opts, std::
 int RingAgent::listen_fd() const { return impl_->listener.get(); }
 int RingAgent::peer_fd() const { return impl_->peer.get(); }
 bool RingAgent::attached() const { return impl_->attached; }
-uint32_t RingAgent::channel_count() const { return impl_->attached ? impl_->region.channels() : 0; }
+uint32_t RingAgent::channel_count() const { return impl_->current ? impl_->current->channel_count() : 0; }
 uint64_t RingAgent::generation() const { return impl_->generation; }
 uint32_t RingAgent::server_pid() const { return impl_->server_pid; }
 const std::string& RingAgent::last_error() const { return impl_->last_error; }
@@ -115,9 +128,16 @@ uint64_t RingAgent::max_request_bytes() const {
   return impl_->opts.ring_bytes - sizeof(offload_rec) - sizeof(offload_req);
 }
 
+std::shared_ptr<RingAttach> RingAgent::attachment() const { return impl_->current; }
+
+const std::string& RingAttach::channel_error(uint32_t ch) const {
+  static const std::string kNone;
+  return ch < s_->channels.size() ? s_->channels[ch].error : kNone;
+}
+
 const std::string& RingAgent::channel_error(uint32_t ch) const {
   static const std::string kNone;
-  return ch < impl_->channels.size() ? impl_->channels[ch].error : kNone;
+  return impl_->current ? impl_->current->channel_error(ch) : kNone;
 }
 
 // ---- attach -------------------------------------------------------------------
@@ -215,32 +235,37 @@ int RingAgent::Impl::build_attach(uint32_t wanted) {
   w.ring_bytes = opts.ring_bytes;
   w.region_bytes = r.bytes();
   if (int rc = send_message(peer.get(), &w, sizeof w, fds.data(), fds.size()); rc != 0) return rc;
-  region = std::move(r);
-  to_server = std::move(bells);
-  channels.clear();
-  channels.resize(n);
+  auto st = std::make_unique<RingAttach::State>();
+  st->generation = generation + 1;
+  st->ring_bytes = opts.ring_bytes;
+  st->region = std::move(r);
+  st->to_server = std::move(bells);
+  st->channels.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
     uint64_t stale;
     while (::read(to_agent[i].get(), &stale, sizeof stale) > 0) {
     }
-    channels[i].requests.init(region.request_ctrl(i), region.request_data(i), opts.ring_bytes, to_server[i].get());
-    channels[i].responses.init(region.response_ctrl(i), region.response_data(i), opts.ring_bytes,
-                               to_server[i].get());
-    channels[i].fields.reserve(64);
+    Channel& c = st->channels[i];
+    Region& rg = st->region;
+    c.requests.init(rg.request_ctrl(i), rg.request_data(i), opts.ring_bytes, st->to_server[i].get());
+    c.responses.init(rg.response_ctrl(i), rg.response_data(i), opts.ring_bytes, st->to_server[i].get());
+    c.fields.reserve(64);
   }
+  current = std::shared_ptr<RingAttach>(new RingAttach(std::move(st)));
   return 0;
 }
 
 RingAgent::Event RingAgent::Impl::detach(std::string why) {
   if (peer.get() < 0 && !attached) return Event::kNone;
   bool was_attached = attached;
-  if (region.mapped()) offload_store_relaxed_u32(&region.header()->agent.state, OFFLOAD_SIDE_CLOSING);
+  if (current && current->s_->region.mapped())
+    offload_store_relaxed_u32(&current->s_->region.header()->agent.state, OFFLOAD_SIDE_CLOSING);
   last_error = std::move(why);
   attached = false;
   peer.reset();
-  channels.clear();
-  to_server.clear();
-  region.unmap();
+  // Unmapped when the last holder (a thread still serving its channels)
+  // lets go of it.
+  current.reset();
   return was_attached ? Event::kDetached : Event::kNone;
 }
 
@@ -255,7 +280,7 @@ RingAgent::Event RingAgent::tick(uint64_t now) {
     return Event::kNone;
   }
   if (!m.attached) return Event::kNone;
-  offload_region_header* h = m.region.header();
+  offload_region_header* h = m.current->s_->region.header();
   __atomic_store_n(&h->agent.heartbeat, ++m.my_beat, __ATOMIC_RELAXED);
   uint64_t beat = __atomic_load_n(&h->server.heartbeat, __ATOMIC_RELAXED);
   if (beat != m.seen_beat) {
@@ -269,20 +294,41 @@ RingAgent::Event RingAgent::tick(uint64_t now) {
 
 // ---- data path ----------------------------------------------------------------
 
-void RingAgent::on_doorbell(uint32_t ch) {
+void RingAgent::clear_doorbell(uint32_t ch) const {
   if (ch >= impl_->to_agent.size()) return;
   uint64_t v;
   while (::read(impl_->to_agent[ch].get(), &v, sizeof v) > 0) {
   }
-  if (ch < impl_->channels.size()) {
-    impl_->channels[ch].responses.end_wait();
-    impl_->channels[ch].requests.end_wait();
-  }
+}
+
+void RingAgent::on_doorbell(uint32_t ch) {
+  clear_doorbell(ch);
+  if (impl_->current) impl_->current->on_doorbell(ch);
 }
 
 RingAgent::Send RingAgent::try_send_request(uint32_t ch, const RequestOut& req) {
-  Impl& m = *impl_;
-  if (!m.attached || ch >= m.channels.size()) return Send::kDetached;
+  return impl_->current ? impl_->current->try_send_request(ch, req) : Send::kDetached;
+}
+
+int RingAgent::poll_response(uint32_t ch, ResponsePiece* out) {
+  return impl_->current ? impl_->current->poll_response(ch, out) : -EPIPE;
+}
+
+void RingAgent::release_response(uint32_t ch) {
+  if (impl_->current) impl_->current->release_response(ch);
+}
+
+void RingAttach::on_doorbell(uint32_t ch) {
+  if (ch < s_->channels.size()) {
+    s_->channels[ch].responses.end_wait();
+    s_->channels[ch].requests.end_wait();
+  }
+}
+
+RingAgent::Send RingAttach::try_send_request(uint32_t ch, const RequestOut& req) {
+  State& m = *s_;
+  using Send = RingAgent::Send;
+  if (ch >= m.channels.size()) return Send::kDetached;
   Channel& c = m.channels[ch];
   if (!c.error.empty()) return Send::kFailed;
   uint64_t bytes = request_payload_bytes(req);
@@ -302,7 +348,7 @@ RingAgent::Send RingAgent::try_send_request(uint32_t ch, const RequestOut& req) 
   return Send::kOk;
 }
 
-int RingAgent::Impl::fail_channel(uint32_t ch, std::string why) {
+int RingAttach::State::fail_channel(uint32_t ch, std::string why) {
   Channel& c = channels[ch];
   if (c.error.empty()) c.error = "ring channel " + std::to_string(ch) + ": " + why;
   return -EBADMSG;
@@ -311,7 +357,7 @@ int RingAgent::Impl::fail_channel(uint32_t ch, std::string why) {
 // The server's pieces must follow the requests: ids in order, interim heads
 // (1xx, not the end) then one final head first, no more body than
 // announced, and the announced length delivered.
-int RingAgent::Impl::check_piece(Channel& c, const ResponsePiece& p) {
+int RingAttach::State::check_piece(Channel& c, const ResponsePiece& p) {
   if (c.in_flight.empty() || p.id != c.in_flight.front().id) return -1;
   if (p.kind == ResponsePiece::Kind::kHead) {
     if (c.in_response) return -1;
@@ -337,9 +383,9 @@ int RingAgent::Impl::check_piece(Channel& c, const ResponsePiece& p) {
   return 0;
 }
 
-int RingAgent::poll_response(uint32_t ch, ResponsePiece* out) {
-  Impl& m = *impl_;
-  if (!m.attached || ch >= m.channels.size()) return -EPIPE;
+int RingAttach::poll_response(uint32_t ch, ResponsePiece* out) {
+  State& m = *s_;
+  if (ch >= m.channels.size()) return -EPIPE;
   Channel& c = m.channels[ch];
   if (!c.error.empty()) return -EBADMSG;
   for (;;) {
@@ -355,8 +401,8 @@ int RingAgent::poll_response(uint32_t ch, ResponsePiece* out) {
   }
 }
 
-void RingAgent::release_response(uint32_t ch) {
-  if (impl_->attached && ch < impl_->channels.size()) impl_->channels[ch].responses.release();
+void RingAttach::release_response(uint32_t ch) {
+  if (ch < s_->channels.size()) s_->channels[ch].responses.release();
 }
 
 }  // namespace offload::ring

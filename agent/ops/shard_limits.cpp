@@ -51,8 +51,8 @@ void validate_shards(Config& config) {
     bad("max_clients", std::to_string(config.max_clients), fmt::format("at least one per shard ({})", n));
   if (config.max_upstream < n)
     bad("max_upstream", std::to_string(config.max_upstream), fmt::format("at least one per shard ({})", n));
-  if (n > 1 && config.upstream.kind == UpstreamTarget::Kind::kShm)
-    bad("workers", std::to_string(n), "1 with an shm: upstream (the ring bus is not divided among shards yet)");
+  // With an shm: group and several shards, the bus's channels are divided
+  // among the shards (upstream/ring_hub.h): nothing to refuse.
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "ops/log.h"
+#include "upstream/ring_hub.h"
 
 namespace offload {
 
@@ -29,18 +30,28 @@ RingBus::RingBus(const Parts& parts, const GroupConfig& group)
       proxy_(parts.proxy),
       target_(group.servers.front().target),
       default_host_(target_.address.text),
+      hub_(parts.hub),
       response_timers_(parts.config.response_timeout_ms) {
-  uint32_t channels = group.servers.front().max_connections;
-  if (config_.max_upstream_auto) channels = std::min<uint32_t>(channels, 8);  // "auto" adapts TCP pools only
-  ring::RingAgentOptions opts;
-  opts.name = target_.shm_name;
-  opts.channels_max = channels;
-  // A request travels as one record: the ring must hold the largest one.
-  opts.ring_bytes = uint32_t(config_.ring_bytes);
-  std::string error;
-  ring_ = RingAgent::create(opts, &error);
-  if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", target_.text, error));
+  uint32_t channels = 0;
+  if (hub_ != nullptr) {
+    channels = hub_->channels_max();
+    agent_ = &hub_->agent();
+    wake_fd_ = hub_->wake_fd(parts.shard);
+  } else {
+    channels = RingHub::channels_for(config_, group);
+    ring::RingAgentOptions opts;
+    opts.name = target_.shm_name;
+    opts.channels_max = channels;
+    // A request travels as one record: the ring must hold the largest one.
+    opts.ring_bytes = uint32_t(config_.ring_bytes);
+    std::string error;
+    ring_ = RingAgent::create(opts, &error);
+    if (!ring_) throw ConfigError(fmt::format("upstream: cannot open the bus '{}': {}", target_.text, error));
+    agent_ = ring_.get();
+  }
+  const uint32_t shards = hub_ != nullptr ? hub_->shards() : 1;
   for (uint32_t i = 0; i < channels; ++i) {
+    if (i % shards != parts.shard) continue;  // another shard's channel
     channels_.push_back(std::make_unique<RingChannel>(i));
     RingChannel* u = channels_.back().get();
     bind<&RingBus::on_doorbell>(u->doorbell, this, u);
@@ -48,6 +59,7 @@ RingBus::RingBus(const Parts& parts, const GroupConfig& group)
   }
   bind<&RingBus::on_tick>(tick_, this);
   bind<&RingBus::on_listen>(listen_, this);
+  bind<&RingBus::on_wake>(wake_, this);
   loop_.add_timers(response_timers_);
   loop_.add_timers(tick_list_);
   fields_.reserve(config_.header_count_max + 8);
@@ -58,9 +70,32 @@ RingBus::RingBus(const Parts& parts, const GroupConfig& group)
 RingBus::~RingBus() = default;
 
 void RingBus::start() {
-  post_listen();
   for (auto& u : channels_) post_doorbell(u.get());
+  if (hub_ != nullptr) {  // the hub's thread drives the control side
+    post_wake();
+    catch_up();  // a server may have attached already
+    return;
+  }
+  post_listen();
   loop_.arm(tick_, tick_list_);
+}
+
+void RingBus::post_wake() {
+  io_uring_prep_read(loop_.sqe(wake_), wake_fd_, &wake_buf_, sizeof wake_buf_, 0);
+}
+
+// The hub says an attach or a detach happened (several may have, as one
+// read): catch up with what is current now.
+void RingBus::on_wake(const io_uring_cqe& cqe) {
+  if (cqe.res == -ECANCELED) return;  // the loop is ending
+  post_wake();
+  catch_up();
+}
+
+void RingBus::catch_up() {
+  std::shared_ptr<ring::RingAttach> now = hub_->view();
+  if (attach_ != nullptr && attach_ != now) detach();
+  if (now != nullptr && attach_ != now) attach(std::move(now));
 }
 
 // A complete request waits in the bus's queue until a channel has room.
@@ -98,7 +133,7 @@ void RingBus::post_listen() {
 }
 
 void RingBus::post_doorbell(RingChannel* u) {
-  io_uring_prep_poll_multishot(loop_.sqe(u->doorbell), ring_->doorbell_fd(u->channel), POLLIN);
+  io_uring_prep_poll_multishot(loop_.sqe(u->doorbell), agent_->doorbell_fd(u->channel), POLLIN);
 }
 
 void RingBus::on_listen(const io_uring_cqe& cqe) {
@@ -116,7 +151,8 @@ void RingBus::on_peer(PeerPoll* p, const io_uring_cqe&) {
 
 void RingBus::on_doorbell(RingChannel* u, const io_uring_cqe& cqe) {
   if (!(cqe.flags & IORING_CQE_F_MORE)) post_doorbell(u);
-  ring_->on_doorbell(u->channel);
+  agent_->clear_doorbell(u->channel);
+  if (attach_ != nullptr) attach_->on_doorbell(u->channel);
   if (u->send_pending && u->state == UpstreamState::kIdle) send_back(u);
   drain(u);
   dispatch();
@@ -133,24 +169,10 @@ void RingBus::on_event(RingAgent::Event e) {
   if (e == RingAgent::Event::kAttached) {
     log(LogLevel::kInfo, "bus {}: server pid {} attached with {} channels", target_.text, ring_->server_pid(),
         ring_->channel_count());
-    attached_channels_ = ring_->channel_count();
-    for (auto& u : channels_) {
-      reset_channel(u.get());
-      if (u->channel < ring_->channel_count()) {
-        bump(counters_.upstream_connects);
-        bump(counters_.upstream_active);
-        u->state = UpstreamState::kIdle;
-      }
-    }
-    dispatch();
+    attach(ring_->attachment());
   } else if (e == RingAgent::Event::kDetached) {
     log(LogLevel::kWarning, "bus {}: server detached: {}", target_.text, ring_->last_error());
-    for (auto& u : channels_) {
-      if (u->channel < attached_channels_) drop(counters_.upstream_active);
-      fail_all(u.get(), 502);
-      reset_channel(u.get());
-    }
-    attached_channels_ = 0;
+    detach();
   }
   const int fd = ring_->peer_fd();
   if (fd == peer_poll_fd_) return;
@@ -174,6 +196,34 @@ void RingBus::on_event(RingAgent::Event e) {
   p->in_flight = true;
   peer_poll_ = p;
   io_uring_prep_poll_add(loop_.sqe(p->done), fd, POLLIN | POLLRDHUP);
+}
+
+// A server attached: this shard's channels of it are usable.
+void RingBus::attach(std::shared_ptr<ring::RingAttach> a) {
+  attach_ = std::move(a);
+  attached_channels_ = attach_->channel_count();
+  for (auto& u : channels_) {
+    reset_channel(u.get());
+    if (u->channel < attached_channels_) {
+      bump(counters_.upstream_connects);
+      bump(counters_.upstream_active);
+      u->state = UpstreamState::kIdle;
+    }
+  }
+  dispatch();
+}
+
+// The server is gone: what was in flight on its channels gets 502; what is
+// queued waits for the next server.
+void RingBus::detach() {
+  for (auto& u : channels_) u->state = UpstreamState::kFree;  // takes nothing more while the others fail
+  for (auto& u : channels_) {
+    if (u->channel < attached_channels_) drop(counters_.upstream_active);
+    fail_all(u.get(), 502);
+    reset_channel(u.get());
+  }
+  attached_channels_ = 0;
+  attach_.reset();  // the region is unmapped when the last shard lets go
 }
 
 void RingBus::reset_channel(RingChannel* u) {
@@ -270,7 +320,7 @@ void RingBus::send_back(RingChannel* u) {
   req.method_text = {h.method_text.off, h.method_text.len};
   req.target = {h.target.off, h.target.len};
   req.fields = fields_;
-  switch (ring_->try_send_request(u->channel, req)) {
+  switch (attach_->try_send_request(u->channel, req)) {
     case RingAgent::Send::kOk:
       u->send_pending = false;
       if (u->fifo_count > 1) bump(counters_.upstream_reuses);  // pipelined behind another
@@ -411,10 +461,10 @@ void RingBus::drain(RingChannel* u) {
     }
     u->read_paused = false;
     ring::ResponsePiece piece;
-    int r = ring_->poll_response(u->channel, &piece);
+    int r = attach_->poll_response(u->channel, &piece);
     if (r == 0 || r == -EPIPE) break;
     if (r < 0) {
-      log(LogLevel::kWarning, "bus channel {}: {}", u->channel, ring_->channel_error(u->channel));
+      log(LogLevel::kWarning, "bus channel {}: {}", u->channel, attach_->channel_error(u->channel));
       bump(counters_.upstream_bad_responses);
       fail_all(u, 502);
       u->failed = true;  // said once; unusable until the server attaches again
@@ -427,7 +477,7 @@ void RingBus::drain(RingChannel* u) {
       ok = piece.kind != ring::ResponsePiece::Kind::kAbort && take_piece(u, c, piece);
       if (!ok) u->at(0) = nullptr;
     }
-    ring_->release_response(u->channel);
+    attach_->release_response(u->channel);
     if (c != nullptr && !ok) {
       c->ex->up = nullptr;
       proxy_.fail_exchange(c, 502);

@@ -14,6 +14,19 @@
 //   the end   the proxy sends it (HttpProxy::on_response_done)
 // The loop polls the bus's listening socket, the attached server's socket and
 // one doorbell eventfd per channel, and ticks every 250 ms for heartbeats.
+//
+// With several shards (workers > 1) the bus is one for the agent (a RingHub,
+// upstream/ring_hub.h): its control side runs on the hub's thread, and each
+// shard's RingBus serves only its own channels (channel c is shard
+// c % shards), learning of each attach and detach from its hub wake-up
+// eventfd. A shard with no channel keeps its requests queued (503 at their
+// queue timeout), as when no server is attached.
+//
+// Thread rules: everything here runs on the shard's loop thread. The calls
+// into the ring: with its own RingAgent (one shard) all of them; with a hub,
+// the channel calls on the RingAttach it holds, for its channels only, and
+// the any-thread calls of the hub's RingAgent (doorbell_fd, clear_doorbell,
+// max_request_bytes).
 #pragma once
 
 #include <memory>
@@ -34,6 +47,8 @@
 #include "upstream/upstream.h"
 
 namespace offload {
+
+class RingHub;
 
 // Requests one ring channel may carry at once (ring_depth is capped here).
 inline constexpr uint32_t kRingDepthMax = 64;
@@ -72,10 +87,12 @@ class RingBus final : public Upstream {
     Counters& counters;
     ResponseSink& sink;
     HttpProxy& proxy;
+    RingHub* hub = nullptr;  // several shards: the agent's bus; null: this shard's own
+    uint32_t shard = 0;      // this shard's index, with a hub
   };
 
-  // Creates the bus of `group` (its one server is shm:NAME); throws
-  // ConfigError when it cannot.
+  // Creates the bus of `group` (its one server is shm:NAME), or with a hub
+  // this shard's part of it; throws ConfigError when it cannot.
   RingBus(const Parts& parts, const GroupConfig& group);
   ~RingBus() override;
   RingBus(const RingBus&) = delete;
@@ -89,7 +106,7 @@ class RingBus final : public Upstream {
   void resume(Exchange* ex) override;
   void leave(Exchange*) override {}  // a channel is no server's: nothing counts it
   int queue_timeout_status(const ClientConn*) const override { return 503; }
-  uint64_t request_bytes_max(const ClientConn*) const override { return ring_->max_request_bytes(); }
+  uint64_t request_bytes_max(const ClientConn*) const override { return agent_->max_request_bytes(); }
   std::string_view default_host(const ClientConn*) const override { return default_host_; }
 
  private:
@@ -102,6 +119,11 @@ class RingBus final : public Upstream {
   void on_doorbell(RingChannel* u, const io_uring_cqe& cqe);
   void on_tick();
   void on_event(ring::RingAgent::Event e);
+  void post_wake();
+  void on_wake(const io_uring_cqe& cqe);
+  void catch_up();
+  void attach(std::shared_ptr<ring::RingAttach> a);
+  void detach();
   void watch_peer();
   void reset_channel(RingChannel* u);
   RingChannel* pick();
@@ -129,7 +151,14 @@ class RingBus final : public Upstream {
   std::string default_host_;
   RequestQueue ready_;  // complete requests no channel has taken yet, oldest first
   std::vector<std::unique_ptr<RingChannel>> channels_;
-  std::unique_ptr<ring::RingAgent> ring_;
+  std::unique_ptr<ring::RingAgent> ring_;  // one shard: its own, all calls; null with a hub
+  RingHub* hub_ = nullptr;
+  const ring::RingAgent* agent_ = nullptr;  // ring_, or the hub's (any-thread calls only)
+  // The attach this shard serves (null: none); its channel calls go here.
+  std::shared_ptr<ring::RingAttach> attach_;
+  Completion wake_;  // the hub's wake-up: an attach or a detach happened
+  int wake_fd_ = -1;
+  uint64_t wake_buf_ = 0;
   uint32_t attached_channels_ = 0;
   uint32_t depth_ = 1;
   uint64_t request_ids_ = 0;

@@ -12,6 +12,9 @@
 #   ring      wrk -> offload-agent --upstream shm:NAME  -> offload-demo-server --ring
 #   ring-spin the same with the server busy-polling 50 us before it sleeps
 #             (--spin-us 50; the default is to sleep at once)
+#   ring-w2   ring with the agent in two shards (--workers 2): the bus's
+#             channels divided between them (not in the default MODES; with
+#             both ring and ring-w2 a last line compares the two)
 # Workloads: GET /size/100 and GET /spin/20 (20 us of work per request), each a
 # bounded wrk run of WRK_SECONDS after a WARM_SECONDS warm-up.
 #
@@ -28,7 +31,7 @@
 #
 # Knobs (environment): WRK_SECONDS=5 WARM_SECONDS=1 CONNECTIONS=64 WORKERS=4
 #   SERVER_CPU=0 AGENT_CPU=1 LOAD_CPU=1 (default: last core for agent and load)
-#   PATHS="/size/100 /spin/20" MODES="direct tcp ring ring-spin"
+#   PATHS="/size/100 /spin/20" MODES="direct tcp ring ring-spin" (or add ring-w2)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -108,10 +111,10 @@ start_server() {  # $1: listen | ring NAME [spin]
     wait_line "$log" 'serving ring' >/dev/null
   fi
 }
-start_agent() {  # $1: upstream
+start_agent() {  # $1: upstream, $2: shards (default 1)
   local log="$TMP/agent.log"
   : >"$log"
-  taskset -c "$AGENT_CPU" "$AGENT" run --listen 127.0.0.1:0 --upstream "$1" --admin off \
+  taskset -c "$AGENT_CPU" "$AGENT" run --listen 127.0.0.1:0 --upstream "$1" --admin off --workers "${2:-1}" \
     --max-upstream "$WORKERS" --persistent "$WORKERS" --max-clients 10000 2>"$log" &
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
@@ -146,10 +149,10 @@ run_mode() {  # $1: mode
       local upstream_port=$PORT
       start_agent "tcp://127.0.0.1:$upstream_port"
       ;;
-    ring | ring-spin)
+    ring | ring-spin | ring-w2)
       name="wp-$$-$mode"
-      start_agent "shm:$name"
-      if [[ $mode == ring ]]; then start_server ring "$name"; else start_server ring "$name" 50; fi
+      if [[ $mode == ring-w2 ]]; then start_agent "shm:$name" 2; else start_agent "shm:$name"; fi
+      if [[ $mode == ring-spin ]]; then start_server ring "$name" 50; else start_server ring "$name"; fi
       wait_line "$TMP/agent.log" 'attached with' >/dev/null
       ;;
   esac
@@ -189,3 +192,10 @@ echo
 echo "server s/100k: server CPU seconds (user+sys) per 100,000 requests; vs direct: that divided by the"
 echo "direct figure for the same path (the aim: at most 0.50x behind the agent); agent us/req: agent CPU"
 echo "microseconds per request. ring sleeps at once when idle (the default); ring-spin busy-polls 50 us first."
+if [[ " $MODES " == *" ring "* && " $MODES " == *" ring-w2 "* ]]; then
+  for path in $PATHS; do
+    awk -v p="$path" -v r1="${RPS_OF[ring,$path]}" -v r2="${RPS_OF[ring-w2,$path]}" \
+      -v a1="${AGT_US[ring,$path]}" -v a2="${AGT_US[ring-w2,$path]}" 'BEGIN {
+        printf "ring-w2 / ring, %s: req/s %.2fx, agent us/req %.2fx\n", p, (r1 > 0 ? r2 / r1 : 0), (a1 > 0 ? a2 / a1 : 0) }'
+  done
+fi

@@ -27,7 +27,22 @@
 // arms the doorbell) or try_send_request() returned kFull (which arms it for
 // space); otherwise keep polling.
 //
-// Thread rules: one thread (the agent shard's loop) calls everything.
+// Thread rules. One thread, the owner, makes the control calls: create,
+// listen_fd, peer_fd, on_listen_ready, on_peer_ready, tick, detach,
+// attached, channel_count, generation, server_pid, last_error, attachment,
+// and the channel calls of RingAgent itself (on_doorbell, try_send_request,
+// poll_response, release_response, channel_error: they act on the current
+// attach). doorbell_fd, clear_doorbell and max_request_bytes read only what
+// create() made and may be called from any thread.
+//
+// To serve channels from several threads (the agent's shards), the owner
+// hands each thread the current attach (attachment(), a shared_ptr, passed
+// under the caller's own lock), and each thread makes the channel calls of
+// its own channels on that RingAttach: a channel's calls come from one thread
+// at a time, different channels' from different threads at once. A detach
+// (and the next attach) leaves the RingAttach it replaced alone: its region
+// stays mapped until the last holder lets go, so a thread still in a call on
+// it finishes safely; the server is gone, so nothing more will come on it.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +64,8 @@ struct RingAgentOptions {
   // The region is always an anonymous memfd sealed against shrinking and
   // growing: liboffload-server refuses anything else (see ring.h, Attaching).
 };
+
+class RingAttach;
 
 class RingAgent {
  public:
@@ -86,8 +103,15 @@ class RingAgent {
   uint64_t max_request_bytes() const;
 
   int doorbell_fd(uint32_t ch) const;  // ch < channels_max
-  // Drains the doorbell; the caller then polls responses and retries sends.
+  // Drains the doorbell (any thread); the caller then polls responses and
+  // retries sends: on_doorbell() of this object or of a RingAttach.
+  void clear_doorbell(uint32_t ch) const;
+  // clear_doorbell(ch), then the current attach's on_doorbell(ch).
   void on_doorbell(uint32_t ch);
+
+  // The current attach (null when detached), to hand to the threads that
+  // serve its channels. The same object until the next detach.
+  std::shared_ptr<RingAttach> attachment() const;
 
   Send try_send_request(uint32_t ch, const RequestOut& req);
 
@@ -112,6 +136,34 @@ class RingAgent {
   struct Impl;
   explicit RingAgent(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+// The channels of one attach: its region (mapped as long as this object
+// lives), the server's doorbells, and each channel's agent-side state. The
+// calls mean what RingAgent's of the same names mean, for this attach only;
+// after its detach they go on working on memory the server no longer reads
+// (sends may succeed, nothing answers). Thread rules: see RingAgent.
+class RingAttach {
+ public:
+  ~RingAttach();
+  RingAttach(const RingAttach&) = delete;
+  RingAttach& operator=(const RingAttach&) = delete;
+
+  uint64_t generation() const;     // RingAgent::generation() of this attach
+  uint32_t channel_count() const;  // fixed for its life
+
+  // After RingAgent::clear_doorbell(ch): ends the channel's waits.
+  void on_doorbell(uint32_t ch);
+  RingAgent::Send try_send_request(uint32_t ch, const RequestOut& req);
+  int poll_response(uint32_t ch, ResponsePiece* out);
+  void release_response(uint32_t ch);
+  const std::string& channel_error(uint32_t ch) const;
+
+ private:
+  friend class RingAgent;
+  struct State;
+  explicit RingAttach(std::unique_ptr<State> state);
+  std::unique_ptr<State> s_;
 };
 
 }  // namespace offload::ring

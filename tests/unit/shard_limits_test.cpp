@@ -155,10 +155,11 @@ TEST_CASE("shard settings that contradict each other name the key") {
   clients.max_clients = 1;
   CHECK(validate_error(clients).rfind("max_clients: bad value '1'", 0) == 0);
 
+  // The bus's channels are divided among the shards (upstream/ring_hub.h).
   Config ring;
   ring.workers = 2;
   ring.upstream = offload::parse_upstream("upstream", "shm:app");
-  CHECK(validate_error(ring).find("workers: bad value '2' (expected 1 with an shm: upstream") == 0);
+  CHECK(validate_error(ring).empty());
 
   Config memory;
   memory.workers = 4;
