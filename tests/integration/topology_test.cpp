@@ -164,31 +164,41 @@ TEST_CASE("a server that fails is taken out, its requests go to the others, and 
 
 namespace {
 
-// A round-robin group of two servers, actively checked at `path` every
-// 100 ms (rise 2, fall 2), and one listener.
-std::string checked_pair(Backend& one, const std::string& two_name, const std::string& path) {
-  return "[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" + two_name +
-         "\"]\nhealth = { path = \"" + path + "\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }\n"
-         "[[listener]]\nlisten = \"127.0.0.1:0\"\n";
-}
+// Two recording servers in a round-robin group, actively checked at a path
+// every 100 ms (rise 2, fall 2), and one listener; `two` is the one the
+// cases stop and bring back on the same port.
+struct CheckedPair {
+  Backend one, two;
+  uint16_t two_port = 0;
+  std::string two_name;
+  CheckedPair() {
+    REQUIRE_MESSAGE(one.start(8), one.error());
+    REQUIRE_MESSAGE(two.start(8), two.error());
+    two_port = two.port();
+    two_name = server(two);
+  }
+  std::string config(const std::string& path) const {
+    return "[[upstream]]\nbalance = \"round-robin\"\nservers = [\"" + server(one) + "\", \"" + two_name +
+           "\"]\nhealth = { path = \"" + path + "\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }\n"
+           "[[listener]]\nlisten = \"127.0.0.1:0\"\n";
+  }
+};
 
 }  // namespace
 
 TEST_CASE("active health checks take a dead server out before any client meets it, and bring it back") {
-  Backend one, two;
-  REQUIRE_MESSAGE(one.start(8), one.error());
-  REQUIRE_MESSAGE(two.start(8), two.error());
-  const uint16_t two_port = two.port();
-  const std::string two_name = server(two);
+  CheckedPair p;
+  Backend &one = p.one, &two = p.two;
+  const std::string& two_name = p.two_name;
   ConfigAgent a;
-  a.start(checked_pair(one, two_name, "/ok"), 1);
+  a.start(p.config("/ok"), 1);
   REQUIRE(eventually([&] { return count(two, "/ok") >= 2; }, 5000));  // the probes reach it
   two.stop();
   CHECK(eventually([&] { return a.server_state(two_name) == "down"; }, 5000));
   for (int i = 0; i < 10; ++i) REQUIRE(get(a.port(0), "/ok?c") == 200);
   CHECK(count(one, "/ok?c") == 10);
   Backend back;
-  REQUIRE_MESSAGE(back.start(8, two_port), back.error());
+  REQUIRE_MESSAGE(back.start(8, p.two_port), back.error());
   CHECK(eventually([&] { return a.server_state(two_name) == "up"; }, 5000));
   CHECK(eventually([&] {
     get(a.port(0), "/ok?again");
@@ -200,13 +210,11 @@ TEST_CASE("active health checks take a dead server out before any client meets i
 // shards apply its results, so a server sees one probe per interval however
 // many shards there are, and every shard takes it out and back together.
 TEST_CASE("two shards: one probe per server each interval, and both shards follow the checks") {
-  Backend one, two;
-  REQUIRE_MESSAGE(one.start(8), one.error());
-  REQUIRE_MESSAGE(two.start(8), two.error());
-  const uint16_t two_port = two.port();
-  const std::string two_name = server(two);
+  CheckedPair p;
+  Backend &one = p.one, &two = p.two;
+  const std::string& two_name = p.two_name;
   ConfigAgent a;
-  a.start("workers = 2\n" + checked_pair(one, two_name, "/ok?probe"), 1);
+  a.start("workers = 2\n" + p.config("/ok?probe"), 1);
   REQUIRE(eventually([&] { return count(one, "/ok?probe") >= 1; }, 5000));
   // A window of 20 intervals: about 20 probes from one prober, 40 from two.
   const int before = count(one, "/ok?probe");
@@ -221,7 +229,7 @@ TEST_CASE("two shards: one probe per server each interval, and both shards follo
   two.stop();
   CHECK(eventually([&] { return a.shards_down(two_name) == 2; }, 5000));  // both shards, not only the prober
   Backend back;
-  REQUIRE_MESSAGE(back.start(8, two_port), back.error());
+  REQUIRE_MESSAGE(back.start(8, p.two_port), back.error());
   CHECK(eventually([&] { return a.shards_down(two_name) == 0; }, 5000));
   CHECK(a.server_state(two_name) == "up");
 }
