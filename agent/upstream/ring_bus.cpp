@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "loop/check.h"
 #include "ops/log.h"
 #include "upstream/ring_hub.h"
 
@@ -284,6 +285,7 @@ void RingBus::assign(RingChannel* u, ClientConn* c) {
 // Sends the newest request of the channel; a full ring keeps it pending
 // (the channel takes nothing else) until the server's doorbell says room.
 void RingBus::send_back(RingChannel* u) {
+  OFFLOAD_ASSERT(attach_ != nullptr);  // a channel in use belongs to the current attach
   ClientConn* c = u->at(u->fifo_count - 1);
   if (c == nullptr) {  // its client left while it waited for room
     --u->fifo_count;
@@ -453,6 +455,7 @@ bool RingBus::read_allowed(const RingChannel* u) const {
 // Room it frees is filled by the caller's dispatch().
 void RingBus::drain(RingChannel* u) {
   if (u->failed || u->state == UpstreamState::kFree) return;
+  OFFLOAD_ASSERT(attach_ != nullptr);  // only a detached channel is kFree
   for (;;) {
     if (!read_allowed(u)) {
       if (!u->read_paused) paused(u);
