@@ -51,7 +51,7 @@ void run_shard(const Config& whole, uint32_t i, ShardSockets fds, Counters& coun
   std::unique_ptr<Shard> shard;
   try {
     pin_to_cpu(config.cpu);
-    shard = std::make_unique<Shard>(config, std::move(fds), counters, &topology, ShardBus{hub, i});
+    shard = std::make_unique<Shard>(config, std::move(fds), counters, &topology, hub);
     shard->set_accepts_cancelled_hook([rearm_fd] {
       const uint64_t one = 1;
       (void)!::write(rearm_fd, &one, sizeof one);

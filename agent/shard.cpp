@@ -50,7 +50,7 @@ const Clock& Shard::default_clock() {
 }
 
 Shard::Shard(const Config& config, ShardSockets listen_fds, Counters& counters, TopologyStats* topology,
-             ShardBus bus, const Clock& clock)
+             RingHub* hub, const Clock& clock)
     : config_(config),
       counters_(counters),
       own_topology_(topology == nullptr ? TopologyStats::from(config) : nullptr),
@@ -67,7 +67,7 @@ Shard::Shard(const Config& config, ShardSockets listen_fds, Counters& counters, 
   spill_budget_.files_max = spill_files_max(config);
   for (const GroupConfig& g : config.groups)
     if (g.is_bus())
-      bus_ = std::make_unique<RingBus>(RingBus::Parts{loop_, config, counters_, sink_, http_, bus.hub, bus.index}, g);
+      bus_ = std::make_unique<RingBus>(RingBus::Parts{loop_, config, counters_, sink_, http_, hub}, g);
   build_listeners(listen_fds);
   bind<&Shard::housekeeping>(housekeeping_timer_, this);
   loop_.add_timers(housekeeping_list_);

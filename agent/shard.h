@@ -45,22 +45,17 @@ namespace offload {
 
 class RingHub;
 
-// A shard's part of the agent's bus (see Shard's constructor).
-struct ShardBus {
-  RingHub* hub = nullptr;
-  uint32_t index = 0;
-};
-
 class Shard final {
  public:
   // Binds nothing: the listening sockets are made by the caller and shared
   // (each listener's: one, or one per port of a range bound port by port).
   // `topology` (per listener and per server counters, for the whole agent)
-  // may be shared by shards; null: the shard keeps its own. `bus`: with
-  // several shards and an shm: group, the agent's bus and this shard's index
-  // (upstream/ring_hub.h); none: the shard opens the bus itself.
+  // may be shared by shards; null: the shard keeps its own. `hub`: with
+  // several shards and an shm: group, the agent's bus (upstream/ring_hub.h;
+  // this shard's channels follow config.shard_index); null: the shard opens
+  // the bus itself.
   Shard(const Config& config, ShardSockets listen_fds, Counters& counters, TopologyStats* topology = nullptr,
-        ShardBus bus = {}, const Clock& clock = default_clock());
+        RingHub* hub = nullptr, const Clock& clock = default_clock());
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;

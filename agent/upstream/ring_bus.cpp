@@ -37,7 +37,7 @@ RingBus::RingBus(const Parts& parts, const GroupConfig& group)
   if (hub_ != nullptr) {
     channels = hub_->channels_max();
     agent_ = &hub_->agent();
-    wake_fd_ = hub_->wake_fd(parts.shard);
+    wake_fd_ = hub_->wake_fd(config_.shard_index);
   } else {
     channels = RingHub::channels_for(config_, group);
     ring::RingAgentOptions opts;
@@ -52,7 +52,7 @@ RingBus::RingBus(const Parts& parts, const GroupConfig& group)
   }
   const uint32_t shards = hub_ != nullptr ? hub_->shards() : 1;
   for (uint32_t i = 0; i < channels; ++i) {
-    if (i % shards != parts.shard) continue;  // another shard's channel
+    if (i % shards != config_.shard_index) continue;  // another shard's channel
     channels_.push_back(std::make_unique<RingChannel>(i));
     RingChannel* u = channels_.back().get();
     bind<&RingBus::on_doorbell>(u->doorbell, this, u);

@@ -87,8 +87,7 @@ class RingBus final : public Upstream {
     Counters& counters;
     ResponseSink& sink;
     HttpProxy& proxy;
-    RingHub* hub = nullptr;  // several shards: the agent's bus; null: this shard's own
-    uint32_t shard = 0;      // this shard's index, with a hub
+    RingHub* hub = nullptr;  // several shards: the agent's bus (channels by config.shard_index); null: this shard's own
   };
 
   // Creates the bus of `group` (its one server is shm:NAME), or with a hub

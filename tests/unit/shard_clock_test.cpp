@@ -133,7 +133,7 @@ struct Rig {
     offload::validate(config);
     listen_fd = offload::open_listener(offload::parse_socket_address("listen", "127.0.0.1:0"), 64);
     port = offload::local_port(listen_fd);
-    shard = std::make_unique<Shard>(config, offload::ShardSockets{{listen_fd}}, counters, nullptr, offload::ShardBus{}, clock);
+    shard = std::make_unique<Shard>(config, offload::ShardSockets{{listen_fd}}, counters, nullptr, nullptr, clock);
     shard->start();
   }
   ~Rig() {
