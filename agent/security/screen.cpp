@@ -92,7 +92,7 @@ std::shared_ptr<SharedSources> share_sources(const Config& next, const Config* r
   if (r.max_connections == 0 && r.rate.rate == 0) return nullptr;
   if (running != nullptr && running->sources != nullptr) {
     const SharedSources& s = *running->sources;
-    if (s.table_size == r.table_size && s.ipv4_prefix == r.ipv4_prefix && s.ipv6_prefix == r.ipv6_prefix)
+    if (s.table.capacity() == r.table_size && s.ipv4_prefix == r.ipv4_prefix && s.ipv6_prefix == r.ipv6_prefix)
       return running->sources;
   }
   return std::make_shared<SharedSources>(r);

@@ -39,11 +39,10 @@ struct SourceRules {
 // so it is rarely contended. A reload keeps it when the table's shape
 // (size, prefixes) is unchanged, so reloading resets no source's count.
 struct SharedSources {
-  SharedSources(const SourceRules& r) : table(r.table_size), table_size(r.table_size),
-      ipv4_prefix(r.ipv4_prefix), ipv6_prefix(r.ipv6_prefix) {}
+  explicit SharedSources(const SourceRules& r)
+      : table(r.table_size), ipv4_prefix(r.ipv4_prefix), ipv6_prefix(r.ipv6_prefix) {}
   std::mutex lock;
-  SourceTable table;  // under lock
-  const uint32_t table_size;
+  SourceTable table;  // under lock (its capacity is fixed: read it without)
   const uint8_t ipv4_prefix, ipv6_prefix;
 };
 

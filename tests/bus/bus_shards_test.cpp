@@ -112,6 +112,25 @@ void crowd(uint16_t port, int clients, int per_client, bool allow_502, Outcome& 
   for (auto& t : threads) t.join();
 }
 
+// One request `path?c=i` on each client's own connection, all taken in by
+// the agent, and the kernel's spread of them reaching both shards (checked:
+// a case that needs both would prove nothing otherwise). Returns each
+// shard's active clients.
+std::vector<int64_t> send_on_both_shards(bus::Agent& a, std::vector<Client>& clients, const std::string& path) {
+  for (size_t i = 0; i < clients.size(); ++i) {
+    REQUIRE(clients[i].connect(a.port()));
+    REQUIRE(clients[i].send_all(rig::get_request(path + "?c=" + std::to_string(i))));
+  }
+  const int64_t until = rig::now_ms() + kWait;
+  while (a.stat("requests") < int64_t(clients.size()) && rig::now_ms() < until) rig::sleep_ms(5);
+  REQUIRE(a.stat("requests") == int64_t(clients.size()));
+  const auto active = per_shard(a, "active_clients");
+  REQUIRE(active.size() == 2);
+  REQUIRE_MESSAGE(active[0] > 0, "no request on shard 0");
+  REQUIRE_MESSAGE(active[1] > 0, "no request on shard 1");
+  return active;
+}
+
 }  // namespace
 
 TEST_CASE("two shards over one bus of 4 channels: 200 clients, 2,000 requests, every answer right, both shards used") {
@@ -166,17 +185,7 @@ TEST_CASE("two shards: the server killed under load gives its in-flight requests
   // 24 requests that keep the workers busy for 5 s, spread over both shards
   // by the kernel (checked), all in the ring at once (depth 16 per channel).
   std::vector<Client> busy(24);
-  for (size_t i = 0; i < busy.size(); ++i) {
-    REQUIRE(busy[i].connect(a.port()));
-    REQUIRE(busy[i].send_all(rig::get_request("/spin/5000000?c=" + std::to_string(i))));
-  }
-  int64_t until = rig::now_ms() + kWait;
-  while (a.stat("requests") < int64_t(busy.size()) && rig::now_ms() < until) rig::sleep_ms(5);
-  REQUIRE(a.stat("requests") == int64_t(busy.size()));
-  const auto active = per_shard(a, "active_clients");
-  REQUIRE(active.size() == 2);
-  REQUIRE_MESSAGE(active[0] > 0, "no request on shard 0");
-  REQUIRE_MESSAGE(active[1] > 0, "no request on shard 1");
+  send_on_both_shards(a, busy, "/spin/5000000");
   CHECK(a.stat("queue_length") == 0);  // all on channels, none waiting
 
   // Load on top: kept-alive clients that go on through the kill and restart.
@@ -238,17 +247,7 @@ TEST_CASE("two shards over the bus: SIGTERM with requests in flight on both answ
 
   // 24 requests of 300 ms each: 6 per worker, queued in the channels.
   std::vector<Client> clients(24);
-  for (size_t i = 0; i < clients.size(); ++i) {
-    REQUIRE(clients[i].connect(a.port()));
-    REQUIRE(clients[i].send_all(rig::get_request("/spin/300000?c=" + std::to_string(i))));
-  }
-  int64_t until = rig::now_ms() + kWait;
-  while (a.stat("requests") < int64_t(clients.size()) && rig::now_ms() < until) rig::sleep_ms(5);
-  REQUIRE(a.stat("requests") == int64_t(clients.size()));
-  const auto active = per_shard(a, "active_clients");
-  REQUIRE(active.size() == 2);
-  REQUIRE_MESSAGE(active[0] > 0, "no request on shard 0");
-  REQUIRE_MESSAGE(active[1] > 0, "no request on shard 1");
+  const auto active = send_on_both_shards(a, clients, "/spin/300000");
 
   a.child().signal(SIGTERM);
   for (size_t i = 0; i < clients.size(); ++i) {

@@ -65,27 +65,22 @@ class ConfigAgent {
   }
   // A counter of listener `index` from the stats' "listeners" array.
   int64_t listener_stat(size_t index, const std::string& name) { return listener_counter(stats(), index, name); }
-  // The "state" of server `name` in the stats ("up" or "down").
-  std::string server_state(const std::string& name) {
-    rig::Json doc = stats();
-    const rig::Json* servers = doc.get("servers");
-    REQUIRE(servers != nullptr);
-    for (const rig::Json& s : servers->array)
-      if (s.str_or("server", "") == name) return s.str_or("state", "?");
-    return "?";
-  }
-  // How many shards have the server out (the JSON's shards_down).
-  int64_t shards_down(const std::string& name) {
-    rig::Json doc = stats();
-    const rig::Json* servers = doc.get("servers");
-    REQUIRE(servers != nullptr);
-    for (const rig::Json& s : servers->array)
-      if (s.str_or("server", "") == name) return s.int_or("shards_down", -1);
-    return -1;
-  }
+  // The "state" of server `name` in the stats ("up" or "down"; "?": no such server).
+  std::string server_state(const std::string& name) { return server_entry(name).str_or("state", "?"); }
+  // How many shards have the server out (the JSON's shards_down; -1: no such server).
+  int64_t shards_down(const std::string& name) { return server_entry(name).int_or("shards_down", -1); }
   rig::Child& child() { return child_; }
 
  private:
+  // Server `name`'s object in the stats' "servers" array; empty when there is none.
+  rig::Json server_entry(const std::string& name) {
+    rig::Json doc = stats();
+    const rig::Json* servers = doc.get("servers");
+    REQUIRE(servers != nullptr);
+    for (const rig::Json& s : servers->array)
+      if (s.str_or("server", "") == name) return s;
+    return {};
+  }
   static uint16_t port_of(const std::string& line) {
     return uint16_t(std::stoi(line.substr(line.rfind(':') + 1)));
   }

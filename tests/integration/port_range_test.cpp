@@ -44,6 +44,18 @@ struct PortServers {
   }
 };
 
+// A connection to the agent's `port` reaches the PortServer of that port.
+void check_reaches_server_on(uint16_t port) {
+  CAPTURE(port);
+  int fd = tunnel::connect_loopback(port);
+  REQUIRE(fd >= 0);
+  tunnel::set_timeouts(fd, 5000);
+  std::string got;
+  tunnel::read_to_eof(fd, got);
+  ::close(fd);
+  CHECK(got == "port " + std::to_string(port) + "\n");
+}
+
 std::string range_config(uint16_t first, const std::string& extra = "") {
   return "admin = \"off\"\n[[upstream]]\nname = \"ports\"\nservers = [\"tcp://127.0.0.2:9\"]\n"
          "[[listener]]\nlisten = \"127.0.0.1:" + std::to_string(first) + "-" + std::to_string(first + kPorts - 1) +
@@ -60,17 +72,7 @@ TEST_CASE("port range: one listener serves every port of its range, each reachin
   a.start(range_config(first), 1);
   CHECK(a.child().stderr_text().find("through sk_lookup, one socket per shard") != std::string::npos);
   for (int round = 0; round < 2; ++round)
-    for (int k = kPorts - 1; k >= 0; --k) {
-      const uint16_t port = uint16_t(first + k);
-      CAPTURE(port);
-      int fd = tunnel::connect_loopback(port);
-      REQUIRE(fd >= 0);
-      tunnel::set_timeouts(fd, 5000);
-      std::string got;
-      tunnel::read_to_eof(fd, got);
-      ::close(fd);
-      CHECK(got == "port " + std::to_string(port) + "\n");
-    }
+    for (int k = kPorts - 1; k >= 0; --k) check_reaches_server_on(uint16_t(first + k));
   // Just past the range nobody listens.
   CHECK(tunnel::connect_loopback(uint16_t(first + kPorts)) < 0);
 }
@@ -103,15 +105,5 @@ TEST_CASE("port range: with sk_lookup there, port_range_mode = \"bind\" still bi
   a.start("port_range_mode = \"bind\"\n" + range_config(first), 1);
   CHECK(a.child().stderr_text().find("bound one by one, 4 sockets per shard (port_range_mode = \"bind\")") !=
         std::string::npos);
-  for (int k = 0; k < kPorts; ++k) {
-    const uint16_t port = uint16_t(first + k);
-    CAPTURE(port);
-    int fd = tunnel::connect_loopback(port);
-    REQUIRE(fd >= 0);
-    tunnel::set_timeouts(fd, 5000);
-    std::string got;
-    tunnel::read_to_eof(fd, got);
-    ::close(fd);
-    CHECK(got == "port " + std::to_string(port) + "\n");
-  }
+  for (int k = 0; k < kPorts; ++k) check_reaches_server_on(uint16_t(first + k));
 }
